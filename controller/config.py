@@ -1,0 +1,315 @@
+"""The daemon's configuration: TOML in, frozen dataclasses out, validated once.
+
+Every problem is reported as ``FILE:LINE: field: message``; nothing later
+re-validates. Device kinds read their own tables (see :mod:`controller.kinds`);
+point specs (which bus, which line) are read here, keyed by their driver:
+``{ gpio = 17, ... }``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import keyword
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import tomli
+
+from controller.configbase import ConfigError, Document, Problem, Table
+
+DEFAULT_LISTEN = "127.0.0.1:8765"
+# Method namespaces owned by the daemon: a device may not be named after them.
+RESERVED_NAMES = frozenset({"system", "events", "session", "sim", "rpc"})
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+GPIO_PINS = range(0, 28)  # BCM numbers on the 40-pin header
+
+
+@dataclass(frozen=True)
+class GpioOutputSpec:
+    """A relay or other digital output on a BCM-numbered GPIO line."""
+
+    pin: int  # BCM number
+    active_high: bool  # electrical level that energises the load
+
+
+@dataclass(frozen=True)
+class GpioInputSpec:
+    """A digital input on a BCM-numbered GPIO line."""
+
+    pin: int  # BCM number
+    pull: str  # "up", "down" or "none" (external resistor)
+    active_high: bool | None  # with pull "none": which level is active; else implied by the pull
+    debounce_s: float | None  # ignore edges closer than this (real pins only)
+
+    @property
+    def active_level(self) -> bool:
+        """The electrical level that reads as active."""
+        if self.pull == "up":
+            return False
+        if self.pull == "down":
+            return True
+        return bool(self.active_high)
+
+
+OutputSpec = GpioOutputSpec
+InputSpec = GpioInputSpec
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """What every device kind has; kinds subclass it with their own fields."""
+
+    name: str  # valid identifier, the method prefix
+    kind: str  # registered kind name
+    timeout: float  # default confirmation deadline, seconds
+    max_timeout: float  # cap on a caller's "timeout"
+
+
+@dataclass(frozen=True)
+class Role:
+    """Which methods a token of this role may call (shell-style patterns)."""
+
+    name: str
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Token:
+    """A named credential. ``secret`` is never logged or sent anywhere."""
+
+    name: str
+    role: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str  # listen address
+    port: int  # listen port
+    allowed_origins: tuple[str, ...]  # browser origins allowed besides the daemon's own
+    max_frame_bytes: int  # a bigger frame closes the connection with 1009
+    max_batch: int  # JSON-RPC batch members accepted in one frame
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration."""
+
+    path: str
+    server: ServerConfig
+    gpio_factory: str
+    roles: dict[str, Role]
+    tokens: tuple[Token, ...]
+    devices: dict[str, DeviceConfig]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; ValueError when malformed."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+class PinRegistry:
+    """Catches a GPIO line claimed by two points."""
+
+    def __init__(self) -> None:
+        self.owner: dict[int, str] = {}  # pin -> field that claimed it first
+
+    def claim(self, table: Table, key: str, pin: int) -> None:
+        where = ".".join(str(p) for p in (*table.path, key))
+        first = self.owner.setdefault(pin, where)
+        if first != where:
+            table.problem(key, f"GPIO {pin} is already used by {first}")
+
+
+class Loader:
+    """Reads one document; device kinds call back into it for their points."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.pins = PinRegistry()
+
+    def output_point(self, parent: Table, key: str, required: bool = True) -> OutputSpec | None:
+        t = parent.table(key, required=required)
+        if t is None:
+            return None
+        if not t.has("gpio"):
+            t.problem(None, "a point needs a driver key: gpio = PIN")
+            return None
+        pin = t.integer("gpio", low=GPIO_PINS.start, high=GPIO_PINS.stop - 1)
+        active = t.string("active", default="high", choices=("high", "low"))
+        t.finish()
+        if pin is None:
+            return None
+        self.pins.claim(t, "gpio", pin)
+        return GpioOutputSpec(pin=pin, active_high=active == "high")
+
+    def input_point(self, parent: Table, key: str, required: bool = True) -> InputSpec | None:
+        t = parent.table(key, required=required)
+        if t is None:
+            return None
+        if not t.has("gpio"):
+            t.problem(None, "a point needs a driver key: gpio = PIN")
+            return None
+        pin = t.integer("gpio", low=GPIO_PINS.start, high=GPIO_PINS.stop - 1)
+        pull = t.string("pull", default="up", choices=("up", "down", "none"))
+        active = t.string("active", default=None, choices=("high", "low"))
+        debounce_ms = t.number("debounce_ms", default=None, high=1000.0, low_inclusive=True)
+        t.finish()
+        if pull == "none" and active is None:
+            t.problem("active", 'required with pull = "none" (which level means active?)')
+        if pull in ("up", "down") and active is not None:
+            t.problem("active", f'implied by pull = "{pull}" (active {"low" if pull == "up" else "high"}); remove it')
+        if pin is None:
+            return None
+        self.pins.claim(t, "gpio", pin)
+        return GpioInputSpec(
+            pin=pin,
+            pull=pull or "up",
+            active_high=None if active is None else active == "high",
+            debounce_s=None if not debounce_ms else debounce_ms / 1000.0,
+        )
+
+    def common(self, name: str, t: Table, default_timeout: float) -> dict[str, Any]:
+        """Fields every device kind has."""
+        timeout = t.number("timeout", default=default_timeout, high=3600.0)
+        max_timeout = t.number("max_timeout", default=max(30.0, timeout or 0.0), high=3600.0)
+        if timeout and max_timeout and max_timeout < timeout:
+            t.problem("max_timeout", f"must be >= timeout ({timeout})")
+        return {"name": name, "kind": t.data.get("kind"), "timeout": timeout, "max_timeout": max_timeout}
+
+
+def load(path: str) -> Config:
+    """Read and validate *path*; raises :class:`ConfigError` listing every problem."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError([Problem(path, None, f"cannot read: {exc.strerror or exc}")]) from None
+    return loads(raw, path)
+
+
+def loads(raw: bytes | str, path: str = "<config>") -> Config:
+    """Validate TOML text; raises :class:`ConfigError` listing every problem."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        message = exc.msg if hasattr(exc, "msg") else str(exc)
+        raise ConfigError([Problem(path, getattr(exc, "lineno", None), f"TOML syntax: {message}")]) from None
+    doc = Document(path, text)
+    config = _read(doc, data)
+    if doc.problems or config is None:
+        raise ConfigError(doc.problems)
+    return config
+
+
+def _read(doc: Document, data: dict[str, Any]) -> Config | None:
+    from controller import kinds  # the kind registry imports this module
+
+    root = Table(doc, (), data)
+    loader = Loader(doc)
+
+    server = _read_server(root.table("server"), doc)
+    gpio = root.table("gpio")
+    factory = "auto"
+    if gpio is not None:
+        factory = gpio.string("factory", default="auto", choices=("auto", "lgpio", "rpigpio", "pigpio", "native"))
+        gpio.finish()
+
+    roles, tokens = _read_auth(root.table("auth"))
+
+    devices: dict[str, DeviceConfig] = {}
+    for name, t in root.tables("devices"):
+        if not _NAME.fullmatch(name) or keyword.iskeyword(name):
+            t.problem(None, "device name must be an identifier (letters, digits, _; not starting with a digit)")
+            continue
+        if name in RESERVED_NAMES:
+            t.problem(None, f"device name {name!r} is reserved for the daemon's own methods")
+            continue
+        kind_name = t.string("kind")
+        if kind_name is None:
+            continue
+        kind = kinds.REGISTRY.get(kind_name)
+        if kind is None:
+            t.problem("kind", f"unknown device kind {kind_name!r} (known: {', '.join(sorted(kinds.REGISTRY))})")
+            continue
+        device = kind.read_config(name, t, loader)
+        t.finish()
+        if device is not None:
+            devices[name] = device
+    if not devices and not doc.problems:
+        root.problem("devices", "no devices configured")
+    root.finish()
+    if server is None:
+        return None
+    return Config(
+        path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices
+    )
+
+
+def _read_server(t: Table | None, doc: Document) -> ServerConfig | None:
+    listen = DEFAULT_LISTEN
+    origins: tuple[str, ...] = ()
+    max_frame = 65536
+    max_batch = 50
+    if t is not None:
+        listen = t.string("listen", default=DEFAULT_LISTEN)
+        origins = t.strings("allowed_origins", default=())
+        max_frame = t.integer("max_frame_bytes", default=65536, low=1024, high=16 * 1024 * 1024)
+        max_batch = t.integer("max_batch", default=50, low=1, high=1000)
+        for origin in origins or ():
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                t.problem("allowed_origins", f"{origin!r} is not an origin like https://panel.example:8443")
+        t.finish()
+    try:
+        host, port = parse_listen(listen or DEFAULT_LISTEN)
+    except ValueError as exc:
+        doc.problem(("server", "listen"), str(exc))
+        return None
+    return ServerConfig(
+        host=host, port=port, allowed_origins=tuple(origins or ()), max_frame_bytes=max_frame or 65536,
+        max_batch=max_batch or 50,
+    )
+
+
+def _read_auth(t: Table | None) -> tuple[dict[str, Role], tuple[Token, ...]]:
+    roles: dict[str, Role] = {}
+    tokens: list[Token] = []
+    if t is None:
+        return roles, ()
+    for name, rt in t.tables("roles"):
+        allow = rt.strings("allow")
+        rt.finish()
+        if allow is not None:
+            roles[name] = Role(name=name, allow=allow)
+    for name, tt in t.tables("tokens"):
+        if not _TOKEN_NAME.fullmatch(name):
+            tt.problem(None, "token name must be 1-64 of letters, digits, '.', '_', '-'")
+        role = tt.string("role")
+        secret = tt.string("secret")
+        tt.finish()
+        if role is not None and role not in roles:
+            tt.problem("role", f"no role named {role!r} in [auth.roles]")
+        elif secret is not None and len(secret) < 8:
+            tt.problem("secret", "must be at least 8 characters")
+        elif role is not None and secret is not None:
+            tokens.append(Token(name=name, role=role, secret=secret))
+    secrets = [tok.secret for tok in tokens]
+    if len(set(secrets)) != len(secrets):
+        t.problem("tokens", "two tokens share the same secret")
+    t.finish()
+    return roles, tuple(tokens)

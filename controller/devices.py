@@ -1,0 +1,233 @@
+"""Devices: doors, switches and sensors built from points.
+
+A device kind subclasses :class:`Device`. It *must* define ``kind``,
+``actions`` and :meth:`Device.state`, and implement :meth:`Device._perform`
+(command the points, then await the observation that proves the change). The
+base class owns what every kind shares: the per-device FIFO queue, the
+``timeout`` parameter, the online check, timing, and state-change
+notification. See :mod:`controller.kinds` for the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from controller.clock import iso
+from controller.config import DeviceConfig
+from controller.errors import Busy, InvalidParams, NotConfirmed, Unavailable
+from drivers.base import Observation, Point
+
+log = logging.getLogger(__name__)
+
+StateListener = Callable[["Device", dict[str, Any], str], None]
+MAX_TIMEOUT_PARAM = 3600.0  # anything longer is a client bug, not a wish
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an action, as ``system.describe`` shows it."""
+
+    type: str  # JSON type: "number", "string", "boolean"
+    description: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action a device offers."""
+
+    description: str
+    params: dict[str, Param] = field(default_factory=dict)
+
+
+TIMEOUT_PARAM = Param("number", "seconds to wait for confirmation (capped by the device's max_timeout)")
+
+
+@dataclass
+class Outcome:
+    """What a kind's ``_perform`` returns on success."""
+
+    state: str  # the device state proved by the evidence
+    changed: bool  # False when it was already there
+    evidence: dict[str, Any]  # where the proof came from
+
+
+def evidence_of(obs: Observation, shown: Any, source: str | None = None) -> dict[str, Any]:
+    """The evidence object of CONTRACT §3 for one observation."""
+    out: dict[str, Any] = {"source": source or obs.point, "value": shown, "at": iso(obs.at)}
+    if source is not None:
+        out["point"] = obs.point
+    return out
+
+
+class Device:
+    """A named thing with actions that are confirmed by observation."""
+
+    kind: ClassVar[str] = ""
+    actions: ClassVar[dict[str, Action]] = {}
+
+    def __init__(self, config: DeviceConfig, points: list[Point]) -> None:
+        self.config = config
+        self.name = config.name
+        self.points = points  # everything this device reads or writes
+        self._queue = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
+        self._listeners: list[StateListener] = []
+        self._busy_action: str | None = None  # the action holding the queue, if any
+        self._last_state: dict[str, Any] | None = None
+        self.changed_at = time.time()  # when the state last changed
+        for point in points:
+            point.listen(self._on_observation)
+
+    # -- state -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The device's current state object; never touches hardware."""
+        raise NotImplementedError
+
+    @property
+    def online(self) -> bool:
+        return all(p.online for p in self.points)
+
+    def offline_since(self) -> float | None:
+        times = [p.offline_since for p in self.points if not p.online and p.offline_since is not None]
+        return min(times) if times else None
+
+    @property
+    def last_update(self) -> float | None:
+        """Wall-clock time of the newest observation on any point."""
+        times = [p.last.at for p in self.points if p.last is not None]
+        return max(times) if times else None
+
+    def on_state_change(self, listener: StateListener) -> None:
+        self._listeners.append(listener)
+
+    def _on_observation(self, obs: Observation) -> None:
+        self._publish_if_changed()
+
+    def _publish_if_changed(self) -> None:
+        state = self.state()
+        comparable = {k: v for k, v in state.items() if k != "since"}
+        if comparable == self._last_state:
+            return
+        first = self._last_state is None
+        self._last_state = comparable
+        self.changed_at = time.time()
+        if first:
+            return
+        cause = "rpc" if self._busy_action is not None else "external"
+        state = self.state()  # "since" is now the change time
+        for listener in tuple(self._listeners):
+            try:
+                listener(self, state, cause)
+            except Exception:
+                log.exception("state listener failed for %s", self.name)
+
+    # -- actions -----------------------------------------------------------------------
+    def check_params(self, action: str, params: dict[str, Any]) -> float:
+        """Validate params for *action*; returns the effective timeout. Raises InvalidParams."""
+        spec = self.actions[action]
+        unknown = sorted(set(params) - set(spec.params) - {"timeout"})
+        if unknown:
+            raise InvalidParams(
+                f"unknown parameter(s) for {self.name}.{action}: {', '.join(unknown)}",
+                unknown=unknown, allowed=sorted({"timeout", *spec.params}),
+            )
+        for name, param in spec.params.items():
+            if param.required and name not in params:
+                raise InvalidParams(f"missing parameter {name!r}", param=name)
+        timeout = params.get("timeout", self.config.timeout)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or not 0 < timeout <= MAX_TIMEOUT_PARAM
+        ):
+            raise InvalidParams(
+                f"timeout must be a number of seconds > 0 (capped at {self.config.max_timeout:g})",
+                param="timeout",
+            )
+        self.check_action_params(action, params)
+        return min(float(timeout), self.config.max_timeout)
+
+    def check_action_params(self, action: str, params: dict[str, Any]) -> None:
+        """Kinds with parameters beyond ``timeout`` validate them here."""
+
+    def check_online(self) -> None:
+        if not self.online:
+            since = self.offline_since()
+            raise Unavailable(f"{self.name} is offline", device=self.name,
+                              since=None if since is None else iso(since))
+
+    async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
+
+        Raises Busy, Unavailable or NotConfirmed; the result is CONTRACT §3's.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.acquire()
+        except TimeoutError:
+            raise Busy(f"{self.name} is busy with earlier actions", device=self.name) from None
+        try:
+            self.check_online()  # it may have gone offline while we queued
+            self._busy_action = action
+            started = time.monotonic()
+            outcome = await self._perform(action, params, timeout, started)
+            elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
+            return {
+                "device": self.name,
+                "action": action,
+                "state": outcome.state,
+                "changed": outcome.changed,
+                "confirmed": True,
+                "elapsed_ms": elapsed_ms,
+                "evidence": outcome.evidence,
+            }
+        finally:
+            self._busy_action = None
+            self._queue.release()
+            self._publish_if_changed()
+
+    async def _perform(self, action: str, params: dict[str, Any], timeout: float,
+                       started: float) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def not_confirmed(self, expected: str, observed: str, started: float, recovery: str) -> NotConfirmed:
+        elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
+        return NotConfirmed(
+            f"{self.name} did not become {expected} within the deadline",
+            device=self.name, expected=expected, observed=observed, elapsed_ms=elapsed_ms, recovery=recovery,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "actions": {
+                name: {
+                    "description": a.description,
+                    "params": {
+                        p: {"type": s.type, "description": s.description, "required": s.required}
+                        for p, s in {"timeout": TIMEOUT_PARAM, **a.params}.items()
+                    },
+                }
+                for name, a in self.actions.items()
+            },
+            "timeout": self.config.timeout,
+            "max_timeout": self.config.max_timeout,
+        }
+
+    async def start(self) -> None:
+        """Read the truth from every point before the first call is served."""
+        for point in self.points:
+            await point.refresh()
+        self._last_state = None
+        self._publish_if_changed()
+
+    def close(self) -> None:
+        for point in self.points:
+            point.close()

@@ -1,0 +1,96 @@
+"""A door: a relay that drives the door (or its strike) and a contact that proves it moved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controller.clock import iso
+from controller.config import DeviceConfig, InputSpec, Loader, OutputSpec
+from controller.configbase import Table
+from controller.devices import Action, Device, Outcome, evidence_of
+from drivers.base import InputPoint, OutputPoint
+
+
+@dataclass(frozen=True)
+class DoorConfig(DeviceConfig):
+    relay: OutputSpec  # energised = door driven open; released = safe
+    contact: InputSpec  # the door's position switch
+    open_when_active: bool  # does an active contact mean open? (a reed switch: no)
+
+
+def read_config(name: str, t: Table, loader: Loader) -> DoorConfig | None:
+    common = loader.common(name, t, default_timeout=5.0)
+    relay = loader.output_point(t, "relay")
+    contact = loader.input_point(t, "contact")
+    open_when = t.string("open_when", default="inactive", choices=("active", "inactive"))
+    if relay is None or contact is None or None in common.values():
+        return None
+    return DoorConfig(**common, relay=relay, contact=contact, open_when_active=open_when == "active")
+
+
+class Door(Device):
+    """``open`` energises the relay until the contact reports open; ``close`` releases it
+    until the contact reports closed. A failure always leaves the relay released."""
+
+    kind = "door"
+    actions = {
+        "open": Action("energise the door actuator; confirmed by the contact reporting open"),
+        "close": Action("release the door actuator; confirmed by the contact reporting closed"),
+    }
+
+    def __init__(self, config: DoorConfig, relay: OutputPoint, contact: InputPoint) -> None:
+        self.relay = relay
+        self.contact = contact
+        self._open_value = config.open_when_active  # contact value that means open
+        self._moving_to: str | None = None  # target while commanded but not yet observed
+        super().__init__(config, [relay, contact])
+
+    def position(self) -> str:
+        """What the contact says: open, closed, or unknown before the first reading."""
+        value = self.contact.value
+        if value is None:
+            return "unknown"
+        return "open" if value == self._open_value else "closed"
+
+    def state(self) -> dict[str, Any]:
+        position = self.position()
+        shown = "moving" if self._moving_to is not None and self._moving_to != position else position
+        return {"state": shown, "actuator": bool(self.relay.value), "since": iso(self.changed_at)}
+
+    async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
+        target = "open" if action == "open" else "closed"
+        energise = action == "open"
+        if self.position() == target:
+            # Already there: only bring the actuator in line (a door pushed open by hand).
+            changed = bool(self.relay.value) != energise
+            if changed:
+                await self.relay.write(energise)
+            return Outcome(target, changed, evidence_of(self.contact.last, target))
+        want = self._open_value if target == "open" else not self._open_value
+        proof = self.contact.expect(lambda v: v == want)
+        self._moving_to = target
+        try:
+            await self.relay.write(energise)
+            self._publish_if_changed()
+            try:
+                obs = await proof.wait(timeout)
+            except TimeoutError:
+                recovery = "actuator released"
+                try:
+                    await self.relay.write(False)
+                except Exception:
+                    recovery = "actuator release FAILED; check the relay"
+                raise self.not_confirmed(target, self.position(), started,
+                                         f"{recovery}; door is {self.position()}") from None
+        finally:
+            proof.cancel()
+            self._moving_to = None
+        return Outcome(target, True, evidence_of(obs, target))
+
+
+
+def build(config: DoorConfig, wiring: Any) -> Door:
+    relay = wiring.output(f"{config.name}.relay", config.relay, safe=False)
+    contact = wiring.input(f"{config.name}.contact", config.contact)
+    return Door(config, relay, contact)

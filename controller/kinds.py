@@ -1,0 +1,53 @@
+"""The registry of device kinds: one line per kind.
+
+A kind module provides ``read_config(name, table, loader)`` returning its
+config dataclass, and ``build(config, wiring)`` returning its
+:class:`controller.devices.Device`, with points made by :class:`Wiring`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller import door, switch
+from controller.config import DeviceConfig, GpioInputSpec, GpioOutputSpec, Loader
+from controller.configbase import Table
+from controller.devices import Device
+from drivers.base import InputPoint, OutputPoint
+from drivers.gpio import GpioBus
+
+
+@dataclass(frozen=True)
+class Kind:
+    read_config: Callable[[str, Table, Loader], DeviceConfig | None]
+    build: Callable[[Any, "Wiring"], Device]
+
+
+REGISTRY: dict[str, Kind] = {
+    "door": Kind(door.read_config, door.build),
+    "switch": Kind(switch.read_config, switch.build),
+}
+
+
+class Wiring:
+    """Turns point specs from the config into driver points on the right bus."""
+
+    def __init__(self, gpio: GpioBus) -> None:
+        self.gpio = gpio
+
+    def output(self, name: str, spec: Any, *, safe: bool) -> OutputPoint:
+        if isinstance(spec, GpioOutputSpec):
+            return self.gpio.output(name, spec.pin, active_high=spec.active_high, safe=safe)
+        raise TypeError(f"no driver for output spec {type(spec).__name__}")
+
+    def input(self, name: str, spec: Any) -> InputPoint:
+        if isinstance(spec, GpioInputSpec):
+            return self.gpio.input(name, spec.pin, pull=spec.pull, active_high=spec.active_high,
+                                   debounce_s=spec.debounce_s)
+        raise TypeError(f"no driver for input spec {type(spec).__name__}")
+
+
+def build(config: DeviceConfig, wiring: Wiring) -> Device:
+    return REGISTRY[config.kind].build(config, wiring)

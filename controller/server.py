@@ -1,0 +1,185 @@
+"""One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it.
+
+The handshake is checked in ``process_request`` before any upgrade: the route,
+then the ``Origin`` (403), then an ``Authorization: Bearer`` header if sent
+(401). Each text frame is handled in a task owned by the server, not by the
+connection, so a client that goes away does not abort its action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from controller.auth import Session, bearer
+from controller.dispatch import Dispatcher, binary_frame_error
+
+log = logging.getLogger(__name__)
+
+AUTH_GRACE_S = 10.0  # a connection silent about auth for this long is closed
+MAX_INFLIGHT_PER_CONNECTION = 32  # frames being handled at once; more waits (TCP back-pressure)
+CLOSE_POLICY = 1008  # WebSocket close code: policy violation
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str, extra: list[tuple[str, str]] = ()) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store"), *extra])
+    return Response(status.value, status.phrase, headers, body)
+
+
+def json_response(status: HTTPStatus, obj: Any, extra: list[tuple[str, str]] = ()) -> Response:
+    return _response(status, json.dumps(obj).encode(), "application/json", extra)
+
+
+class Server:
+    """The daemon's listener."""
+
+    def __init__(self, dispatcher: Dispatcher, *, host: str, port: int, max_frame_bytes: int,
+                 allowed_origins: tuple[str, ...], tls: Any = None) -> None:
+        self.dispatcher = dispatcher
+        self.host = host
+        self.port = port  # replaced by the bound port once started (port 0 in tests)
+        self.max_frame_bytes = max_frame_bytes
+        self.allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        self.tls = tls  # an ssl.SSLContext for wss://, or None
+        self.tasks: set[asyncio.Task[None]] = set()  # frame handlers, owned here
+        self._ws: WsServer | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.tls else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/ws"
+
+    async def start(self) -> None:
+        self._ws = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            compression=None,  # no permessage-deflate: a compression bomb costs memory
+            max_size=self.max_frame_bytes,  # larger frames close with 1009
+            ssl=self.tls,
+            server_header=None,
+        )
+        sock = next(iter(self._ws.sockets))
+        self.port = sock.getsockname()[1]
+
+    # -- handshake --------------------------------------------------------------------------------
+    def _own_origins(self, request: Request) -> set[str]:
+        host = (request.headers.get("Host") or "").lower()
+        scheme = "https" if self.tls else "http"
+        return {f"{scheme}://{host}"} if host else set()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            return json_response(HTTPStatus.OK, self.health())
+        if path != "/ws":
+            return json_response(HTTPStatus.NOT_FOUND, {"error": "not found"})
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            normal = origin.lower().rstrip("/")
+            if normal not in self._own_origins(request) and normal not in self.allowed_origins:
+                log.warning("refused handshake from %s: origin not allowed", self._peer(connection))
+                return json_response(HTTPStatus.FORBIDDEN, {"error": "origin not allowed"})
+        session = Session(peer=self._peer(connection))
+        header = request.headers.get("Authorization")
+        if header is not None:
+            secret = bearer(header)
+            if secret is None or not self.dispatcher.auth.login(session, secret):
+                log.warning("refused handshake from %s: bad bearer token", session.peer)
+                return json_response(HTTPStatus.UNAUTHORIZED, {"error": "invalid token"},
+                                     [("WWW-Authenticate", 'Bearer realm="pictl"')])
+        connection.pictl_session = session  # type: ignore[attr-defined]
+        return None
+
+    @staticmethod
+    def _peer(connection: ServerConnection) -> str:
+        address = connection.remote_address
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"{address[0]}:{address[1]}"
+        return str(address)
+
+    def health(self) -> dict[str, Any]:
+        devices = self.dispatcher.devices.values()
+        return {
+            "status": "ok" if not self.dispatcher.draining else "stopping",
+            "devices": len(devices),
+            "online": sum(1 for d in devices if d.online),
+        }
+
+    # -- connection -------------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        session: Session = ws.pictl_session  # type: ignore[attr-defined]
+        slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
+        loop = asyncio.get_running_loop()
+        guard = None
+        if not session.authenticated:
+            guard = loop.call_later(AUTH_GRACE_S, self._close_if_anonymous, ws, session)
+        try:
+            async for frame in ws:
+                await slots.acquire()
+                task = loop.create_task(self._frame(ws, session, frame, slots))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except ConnectionClosed:
+            pass
+        finally:
+            if guard is not None:
+                guard.cancel()
+
+    def _close_if_anonymous(self, ws: ServerConnection, session: Session) -> None:
+        if not session.authenticated:
+            log.info("closing %s: no authentication within %.0f s", session.peer, AUTH_GRACE_S)
+            task = asyncio.get_running_loop().create_task(ws.close(CLOSE_POLICY, "authentication timeout"))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _frame(self, ws: ServerConnection, session: Session, frame: str | bytes,
+                     slots: asyncio.Semaphore) -> None:
+        try:
+            if isinstance(frame, bytes):
+                reply: str | None = binary_frame_error()
+            else:
+                reply = await self.dispatcher.handle_text(session, frame)
+            if reply is not None:
+                try:
+                    await ws.send(reply)
+                except ConnectionClosed:
+                    log.info("reply to %s dropped: client disconnected", session.peer)
+        except Exception:
+            log.exception("frame handling failed for %s", session.peer)
+        finally:
+            slots.release()
+
+    # -- shutdown ---------------------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open connections stay until :meth:`close`."""
+        if self._ws is not None:
+            self._ws.server.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight frames (their actions) to finish; False if some did not in time."""
+        pending = set(self.tasks)
+        if not pending:
+            return True
+        done, not_done = await asyncio.wait(pending, timeout=timeout)
+        return not not_done
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close(close_connections=True)
+            await self._ws.wait_closed()
+            self._ws = None
+        for task in list(self.tasks):
+            task.cancel()

@@ -1,0 +1,117 @@
+"""A switch: an output confirmed by a feedback input, or by reading the output back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controller.clock import iso
+from controller.config import DeviceConfig, InputSpec, Loader, OutputSpec
+from controller.configbase import Table
+from controller.devices import Action, Device, Outcome, evidence_of
+from drivers.base import InputPoint, Observation, OutputPoint
+
+
+@dataclass(frozen=True)
+class SwitchConfig(DeviceConfig):
+    output: OutputSpec  # what is switched
+    feedback: InputSpec | None  # proof that the load followed; None: read the output back
+    on_when_active: bool  # does an active feedback mean on?
+    safe_on: bool  # level written at start, on failure and at shutdown
+
+
+def read_config(name: str, t: Table, loader: Loader) -> SwitchConfig | None:
+    common = loader.common(name, t, default_timeout=1.0)
+    output = loader.output_point(t, "output")
+    feedback = loader.input_point(t, "feedback", required=False)
+    on_when = t.string("on_when", default="active", choices=("active", "inactive"))
+    safe = t.string("safe", default="off", choices=("off", "on"))
+    if feedback is None and t.has("on_when"):
+        t.problem("on_when", "only meaningful with a feedback input")
+    if output is None or None in common.values() or (t.has("feedback") and feedback is None):
+        return None
+    return SwitchConfig(**common, output=output, feedback=feedback,
+                        on_when_active=on_when == "active", safe_on=safe == "on")
+
+
+def _shown(on: bool | None) -> str:
+    return "unknown" if on is None else ("on" if on else "off")
+
+
+class Switch(Device):
+    """``on``/``off``/``toggle``, each confirmed before it returns; a failure returns
+    the output to its safe level."""
+
+    kind = "switch"
+    actions = {
+        "on": Action("switch on; confirmed by the feedback input or the output read-back"),
+        "off": Action("switch off; confirmed by the feedback input or the output read-back"),
+        "toggle": Action("switch to the opposite of the current state, confirmed likewise"),
+    }
+
+    def __init__(self, config: SwitchConfig, output: OutputPoint, feedback: InputPoint | None) -> None:
+        self.output = output
+        self.feedback = feedback
+        self._on_value = config.on_when_active  # feedback value that means on
+        self._safe = config.safe_on
+        super().__init__(config, [output] if feedback is None else [output, feedback])
+
+    def is_on(self) -> bool | None:
+        """The load's state as observed: feedback if wired, else the output read-back."""
+        if self.feedback is None:
+            return self.output.value
+        value = self.feedback.value
+        return None if value is None else value == self._on_value
+
+    def state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": _shown(self.is_on()), "since": iso(self.changed_at)}
+        if self.feedback is not None:
+            out["output"] = _shown(self.output.value)
+        return out
+
+    def _evidence(self, obs: Observation, on: bool) -> dict[str, Any]:
+        if self.feedback is None:
+            return evidence_of(obs, _shown(on), source="output-readback")
+        return evidence_of(obs, _shown(on))
+
+    async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
+        current = self.is_on()
+        target = (not current if current is not None else not self.output.value) if action == "toggle" \
+            else action == "on"
+        shown = _shown(target)
+        if current == target and self.output.value == target:
+            proof_point = self.feedback or self.output
+            return Outcome(shown, False, self._evidence(proof_point.last, target))
+        if self.feedback is None:
+            obs = await self.output.write(target)
+            if obs.value == target:
+                return Outcome(shown, True, self._evidence(obs, target))
+            raise self.not_confirmed(shown, _shown(obs.value), started, await self._recover())
+        want = self._on_value if target else not self._on_value
+        proof = self.feedback.expect(lambda v: v == want)
+        try:
+            await self.output.write(target)
+            try:
+                obs = await proof.wait(timeout)
+            except TimeoutError:
+                observed = _shown(self.is_on())
+                raise self.not_confirmed(shown, observed, started, await self._recover()) from None
+        finally:
+            proof.cancel()
+        return Outcome(shown, True, self._evidence(obs, target))
+
+    async def _recover(self) -> str:
+        """Return the output to its safe level; says what was done."""
+        try:
+            obs = await self.output.write(self._safe)
+        except Exception:
+            return "returning the output to its safe state FAILED; check the wiring"
+        if obs.value != self._safe:
+            return f"output did not read back {_shown(self._safe)} (safe state); check the wiring"
+        return f"output returned to {_shown(self._safe)} (safe state)"
+
+
+def build(config: SwitchConfig, wiring: Any) -> Switch:
+    output = wiring.output(f"{config.name}.output", config.output, safe=config.safe_on)
+    feedback = None if config.feedback is None else wiring.input(f"{config.name}.feedback", config.feedback)
+    return Switch(config, output, feedback)

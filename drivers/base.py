@@ -1,0 +1,165 @@
+"""Points: the narrow surface between drivers and the controller.
+
+A *point* is one named signal on a bus. An :class:`InputPoint` is observed (a
+door contact, a feedback line, a serial reading); an :class:`OutputPoint` is
+also written (a relay, a coil, a register) and can be read back.
+
+Every change a driver sees becomes an :class:`Observation` delivered on the
+asyncio loop thread, in order, to the point's listeners. A driver whose bus
+delivers callbacks on other threads hands them over with
+``loop.call_soon_threadsafe`` (see :meth:`Point.observe_threadsafe`).
+
+A new driver *must* implement, for an input, the code that calls
+:meth:`Point.observe` whenever the signal changes, and :meth:`Point._read`;
+for an output, also :meth:`OutputPoint._write`. It *may* override
+:meth:`Point.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Listener = Callable[["Observation"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One value seen on a point, with when it was seen."""
+
+    point: str  # the point's name, e.g. "door.contact"
+    value: Any  # bool for digital points, a number for registers and readings
+    at: float  # wall-clock time (time.time()) when the driver saw it
+    mono: float  # time.monotonic() at the same instant, for durations
+
+
+class Point:
+    """A named signal with a last observed value and listeners.
+
+    Listeners and expectations run on the event loop thread only.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # "<device>.<role>", used as evidence source
+        self.last: Observation | None = None  # most recent observation
+        self._listeners: list[Listener] = []  # called for every observation
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by bind()
+        self.online = True  # False while the bus cannot reach the signal
+        self.offline_since: float | None = None  # wall-clock time it went offline
+        self.offline_reason: str | None = None  # one line for humans: "no reply from unit 1"
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the point to the loop that will receive its observations."""
+        self._loop = loop
+
+    @property
+    def value(self) -> Any:
+        """The last observed value, or None before the first observation."""
+        return None if self.last is None else self.last.value
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call *listener* for every future observation; returns an undo."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def observe(self, value: Any, at: float | None = None, mono: float | None = None) -> Observation:
+        """Record an observation (loop thread only) and tell the listeners."""
+        obs = Observation(
+            self.name,
+            value,
+            time.time() if at is None else at,
+            time.monotonic() if mono is None else mono,
+        )
+        self.last = obs
+        for listener in tuple(self._listeners):
+            listener(obs)
+        return obs
+
+    def observe_threadsafe(self, value: Any) -> None:
+        """Record an observation from any thread, stamped at the call."""
+        at, mono = time.time(), time.monotonic()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self.observe, value, at, mono)
+
+    async def refresh(self) -> Observation:
+        """Read the signal from the hardware now and record it."""
+        return self.observe(await self._read())
+
+
+    def expect(self, predicate: Callable[[Any], bool]) -> Expectation:
+        """Start watching for a value that satisfies *predicate*.
+
+        The expectation is armed at once, so an observation arriving between
+        this call and the ``await`` is not missed.
+        """
+        return Expectation(self, predicate)
+
+    def close(self) -> None:
+        """Release the underlying hardware (idempotent)."""
+        self._listeners.clear()
+
+
+class Expectation:
+    """A pending wait for an observation that satisfies a predicate."""
+
+    def __init__(self, point: Point, predicate: Callable[[Any], bool]) -> None:
+        self.point = point  # what is watched
+        self._predicate = predicate  # what counts as proof
+        self._future: asyncio.Future[Observation] = asyncio.get_running_loop().create_future()
+        self._undo = point.listen(self._on_observation)
+
+    def _on_observation(self, obs: Observation) -> None:
+        if not self._future.done() and self._predicate(obs.value):
+            self._future.set_result(obs)
+
+    def satisfied_now(self) -> Observation | None:
+        """The point's current observation if it already satisfies the predicate."""
+        last = self.point.last
+        if last is not None and self._predicate(last.value):
+            return last
+        return None
+
+    async def wait(self, timeout: float) -> Observation:
+        """The proving observation; raises TimeoutError past *timeout* seconds."""
+        try:
+            now = self.satisfied_now()
+            if now is not None:
+                return now
+            async with asyncio.timeout(timeout):
+                return await self._future
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop watching (idempotent)."""
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+        if not self._future.done():
+            self._future.cancel()
+
+
+class InputPoint(Point):
+    """A point that is only observed."""
+
+
+class OutputPoint(Point):
+    """A point that is written, and whose written value can be read back."""
+
+    async def write(self, value: Any) -> Observation:
+        """Command *value*; returns the read-back observation after the write."""
+        await self._write(value)
+        return await self.read_back()
+
+    async def read_back(self) -> Observation:
+        """Read the output's actual level from the hardware and observe it."""
+        return await self.refresh()
+
+    async def _write(self, value: Any) -> None:  # pragma: no cover - abstract
+        """Command the value on the bus."""
+        raise NotImplementedError
