@@ -111,8 +111,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port_text.isdigit() or not host:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port must be 1-65535, got {port}")
+    if not 0 <= port < 65536:
+        raise ValueError(f"port must be 0-65535 (0: any free port), got {port}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         ipaddress.IPv6Address(host)
@@ -302,11 +302,14 @@ def _read_auth(t: Table | None) -> tuple[dict[str, Role], tuple[Token, ...]]:
         role = tt.string("role")
         secret = tt.string("secret")
         tt.finish()
+        ok = role is not None and secret is not None
         if role is not None and role not in roles:
             tt.problem("role", f"no role named {role!r} in [auth.roles]")
-        elif secret is not None and len(secret) < 8:
+            ok = False
+        if secret is not None and len(secret) < 8:
             tt.problem("secret", "must be at least 8 characters")
-        elif role is not None and secret is not None:
+            ok = False
+        if ok:
             tokens.append(Token(name=name, role=role, secret=secret))
     secrets = [tok.secret for tok in tokens]
     if len(set(secrets)) != len(secrets):

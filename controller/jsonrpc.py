@@ -87,16 +87,26 @@ def _item(obj: Any) -> Request | Invalid:
     return Request(method, params, raw_id)
 
 
+def _parse_error(reason: str) -> Message:
+    return Message((Invalid(ParseError(f"parse error: {reason}")),), batch=False)
+
+
 def decode(text: str | bytes, max_batch: int = 50) -> Message:
     """Decode one frame. Never raises: malformed input becomes Invalid items."""
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")  # strict: json.loads would accept encoded surrogates
         doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        # ValueError covers JSONDecodeError and over-long integers; RecursionError deep nesting.
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "document too deep or malformed"
-        if isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError):
-            reason = str(exc) if "valid JSON" in str(exc) or "out of range" in str(exc) else "number too large"
-        return Message((Invalid(ParseError(f"parse error: {reason}")),), batch=False)
+    except UnicodeDecodeError:
+        return _parse_error("invalid UTF-8")
+    except json.JSONDecodeError as exc:
+        return _parse_error(f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        return _parse_error("document nested too deeply")
+    except ValueError as exc:
+        # Our hooks (NaN, Infinity, 1e999) or an integer past Python's digit limit.
+        known = str(exc) if str(exc).endswith(("valid JSON", "out of range")) else "integer too large"
+        return _parse_error(known)
     if isinstance(doc, list):
         if not doc:  # §6: an empty array is a single Invalid Request
             return Message((Invalid(InvalidRequest("empty batch")),), batch=False)
@@ -123,7 +133,9 @@ def notification(method: str, params: dict[str, Any]) -> str:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    # ensure_ascii: a lone surrogate that arrived as a \uD800 escape (legal JSON, not
+    # legal UTF-8) is echoed as an escape again, so every reply can be sent.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def encode(responses: list[dict[str, Any]], batch: bool) -> str | None:

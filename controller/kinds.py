@@ -22,7 +22,7 @@ from drivers.gpio import GpioBus
 @dataclass(frozen=True)
 class Kind:
     read_config: Callable[[str, Table, Loader], DeviceConfig | None]
-    build: Callable[[Any, "Wiring"], Device]
+    build: Callable[[Any, Wiring], Device]
 
 
 REGISTRY: dict[str, Kind] = {

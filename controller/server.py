@@ -173,7 +173,7 @@ class Server:
         pending = set(self.tasks)
         if not pending:
             return True
-        done, not_done = await asyncio.wait(pending, timeout=timeout)
+        _done, not_done = await asyncio.wait(pending, timeout=timeout)
         return not not_done
 
     async def close(self) -> None:

@@ -1,0 +1,36 @@
+# Quick start:  make demo   (virtualenv + daemon on the simulated plant)
+#               make test   (virtualenv + the test suite)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint check-config clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	@echo
+	@echo "pictl demo: simulated door, light on ws://127.0.0.1:8765/ws (tokens demo-admin, demo-panel)"
+	@echo "  try, in another terminal:  $(BIN)/pictl call door.open --token demo-admin"
+	@echo "  stop with Ctrl-C"
+	@echo
+	$(BIN)/pictl serve --config config/demo.toml --simulate
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check controller drivers tests
+
+check-config: $(STAMP)
+	$(BIN)/pictl check-config config/demo.toml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,110 @@
+"""Fixtures: a daemon on the demo plant over a real WebSocket, and a small JSON-RPC client."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from controller import config
+from controller.daemon import Daemon
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "config" / "demo.toml"
+ADMIN = "demo-admin"
+PANEL = "demo-panel"
+
+
+@pytest.fixture
+def demo_config() -> config.Config:
+    return config.load(str(DEMO))
+
+
+@pytest.fixture
+async def daemon(demo_config: config.Config) -> AsyncIterator[Daemon]:
+    d = Daemon(demo_config, simulate=True, host="127.0.0.1", port=0)
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+class Client:
+    """A JSON-RPC client that matches replies to requests by id, so calls can overlap."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._ids = itertools.count(1)
+        self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self.other: asyncio.Queue[Any] = asyncio.Queue()  # frames that are not replies to call()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for frame in self.ws:
+            msg = json.loads(frame)
+            if isinstance(msg, dict) and msg.get("id") in self._pending:
+                self._pending.pop(msg["id"]).set_result(msg)
+            else:
+                await self.other.put(msg)
+
+    async def request(self, method: str, params: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+        """The whole reply object (result or error)."""
+        request_id = next(self._ids)
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        await self.ws.send(json.dumps(msg))
+        async with asyncio.timeout(timeout):
+            return await future
+
+    async def call(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
+        """The result; fails the test on an error reply."""
+        reply = await self.request(method, params, timeout)
+        assert "result" in reply, reply
+        return reply["result"]
+
+    async def error(self, method: str, params: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+        """The error object; fails the test on a result."""
+        reply = await self.request(method, params, timeout)
+        assert "error" in reply, reply
+        return reply["error"]
+
+    async def raw(self, text: str | bytes, timeout: float = 10.0) -> Any:
+        """Send a frame as is and return the next frame that is not a call() reply."""
+        await self.ws.send(text)
+        async with asyncio.timeout(timeout):
+            return await self.other.get()
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await self.ws.close()
+
+
+def open_client(url: str, token: str | None = ADMIN, **kwargs: Any) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return connect(url, additional_headers=headers, compression=None, **kwargs)
+
+
+@pytest.fixture
+async def admin(daemon: Daemon) -> AsyncIterator[Client]:
+    async with open_client(daemon.url) as ws:
+        client = Client(ws)
+        yield client
+        await client.close()
+
+
+@pytest.fixture
+async def panel(daemon: Daemon) -> AsyncIterator[Client]:
+    async with open_client(daemon.url, PANEL) as ws:
+        client = Client(ws)
+        yield client
+        await client.close()
