@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from controller import kinds
 from controller.auth import Authenticator
@@ -30,6 +31,8 @@ class Daemon:
         self.port = config.server.port if port is None else port
         self.plant: Plant | None = None
         self.gpio: GpioBus | None = None
+        # Every bus the devices use: each has name, kind, counters() -> dict[str, int], aclose().
+        self.buses: list[Any] = []
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
@@ -41,22 +44,8 @@ class Daemon:
 
     async def start(self) -> None:
         """Build the hardware side, read every point, then listen. Raises on any failure."""
-        loop = asyncio.get_running_loop()
         try:
-            if self.simulate:
-                self.plant = build_plant(self.config, loop)
-                factory = self.plant.gpio_factory
-            else:
-                factory = load_pin_factory(self.config.gpio_factory)
-            self.gpio = GpioBus(factory)
-            wiring = kinds.Wiring(self.gpio)
-            for name, device_config in self.config.devices.items():
-                device = kinds.build(device_config, wiring)
-                for point in device.points:
-                    point.bind(loop)
-                self.devices[name] = device
-            for device in self.devices.values():
-                await device.start()
+            await self._build_hardware()
             self.dispatcher = Dispatcher(
                 self.devices,
                 Authenticator(self.config.tokens, self.config.roles),
@@ -76,6 +65,25 @@ class Daemon:
             log.info("device %s (%s): %s", name, device.kind, device.state()["state"])
         log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
 
+    async def _build_hardware(self) -> None:
+        """Buses (real, or the plant's far side under --simulate), then devices, then read them all."""
+        loop = asyncio.get_running_loop()
+        if self.simulate:
+            self.plant = build_plant(self.config, loop)
+            factory = self.plant.gpio_factory
+        else:
+            factory = load_pin_factory(self.config.gpio_factory)
+        self.gpio = GpioBus(factory)
+        self.buses.append(self.gpio)
+        wiring = kinds.Wiring(self.gpio)
+        for name, device_config in self.config.devices.items():
+            device = kinds.build(device_config, wiring)
+            for point in device.points:
+                point.bind(loop)
+            self.devices[name] = device
+        for device in self.devices.values():
+            await device.start()
+
     def drain_deadline(self) -> float:
         """Longest any accepted action can still take: its queue wait plus its confirmation."""
         longest = max((d.config.max_timeout for d in self.devices.values()), default=0.0)
@@ -93,8 +101,12 @@ class Daemon:
                 device.close()
             except Exception:
                 log.exception("closing %s failed", device.name)
-        if self.gpio is not None:
-            self.gpio.close()  # safe levels for anything a device did not close
+        for bus in reversed(self.buses):
+            try:
+                await bus.aclose()  # GPIO: safe levels for anything a device did not close
+            except Exception:
+                log.exception("closing bus %s failed", bus.name)
+        self.buses.clear()
         if self.plant is not None:
             self.plant.stop()
         if self.server is not None:

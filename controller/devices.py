@@ -26,6 +26,8 @@ from drivers.base import Observation, Point
 log = logging.getLogger(__name__)
 
 StateListener = Callable[["Device", dict[str, Any], str], None]
+ReadingListener = Callable[["Device", dict[str, Any]], None]
+HealthListener = Callable[["Device"], None]
 MAX_TIMEOUT_PARAM = 3600.0  # anything longer is a client bug, not a wish
 
 
@@ -78,11 +80,15 @@ class Device:
         self.points = points  # everything this device reads or writes
         self._queue = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
         self._listeners: list[StateListener] = []
+        self._reading_listeners: list[ReadingListener] = []  # sensor readings, as they arrive
+        self._health_listeners: list[HealthListener] = []  # online/offline flips
+        self._was_online = True
         self._busy_action: str | None = None  # the action holding the queue, if any
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
         for point in points:
             point.listen(self._on_observation)
+            point.listen_health(self._on_point_health)
 
     # -- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -105,6 +111,35 @@ class Device:
 
     def on_state_change(self, listener: StateListener) -> None:
         self._listeners.append(listener)
+
+    def on_reading(self, listener: ReadingListener) -> None:
+        self._reading_listeners.append(listener)
+
+    def on_health_change(self, listener: HealthListener) -> None:
+        self._health_listeners.append(listener)
+
+    def publish_reading(self, data: dict[str, Any]) -> None:
+        """Kinds that produce readings (sensors) call this for every valid one."""
+        for listener in tuple(self._reading_listeners):
+            try:
+                listener(self, data)
+            except Exception:
+                log.exception("reading listener failed for %s", self.name)
+
+    def _on_point_health(self, point: Point) -> None:
+        online = self.online
+        if online == self._was_online:
+            return
+        self._was_online = online
+        if online:
+            log.info("%s is back online", self.name)
+        else:
+            log.warning("%s is offline: %s", self.name, point.offline_reason or "no reason given")
+        for listener in tuple(self._health_listeners):
+            try:
+                listener(self)
+            except Exception:
+                log.exception("health listener failed for %s", self.name)
 
     def _on_observation(self, obs: Observation) -> None:
         self._publish_if_changed()

@@ -50,6 +50,7 @@ class Point:
         self.online = True  # False while the bus cannot reach the signal
         self.offline_since: float | None = None  # wall-clock time it went offline
         self.offline_reason: str | None = None  # one line for humans: "no reply from unit 1"
+        self._health_listeners: list[Callable[[Point], None]] = []  # called when online flips
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the point to the loop that will receive its observations."""
@@ -64,6 +65,22 @@ class Point:
         """Call *listener* for every future observation; returns an undo."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def listen_health(self, listener: Callable[[Point], None]) -> None:
+        """Call *listener* (loop thread) whenever the point goes offline or comes back."""
+        self._health_listeners.append(listener)
+
+    def set_online(self, online: bool, reason: str | None = None, at: float | None = None) -> None:
+        """Drivers call this (loop thread) when the bus loses or regains the signal."""
+        if online == self.online:
+            if not online and reason:
+                self.offline_reason = reason
+            return
+        self.online = online
+        self.offline_since = None if online else (time.time() if at is None else at)
+        self.offline_reason = None if online else reason
+        for listener in tuple(self._health_listeners):
+            listener(self)
 
     def observe(self, value: Any, at: float | None = None, mono: float | None = None) -> Observation:
         """Record an observation (loop thread only) and tell the listeners."""
@@ -102,6 +119,7 @@ class Point:
     def close(self) -> None:
         """Release the underlying hardware (idempotent)."""
         self._listeners.clear()
+        self._health_listeners.clear()
 
 
 class Expectation:

@@ -142,6 +142,9 @@ class GpioInput(InputPoint):
 class GpioBus:
     """The board's GPIO lines, through one pin factory."""
 
+    name = "gpio"  # one per board
+    kind = "gpio"
+
     def __init__(self, factory: Any) -> None:
         self.factory = factory  # a gpiozero Factory (real, or MockFactory in the plant)
         self.points: list[GpioOutput | GpioInput] = []  # everything opened, for close()
@@ -159,6 +162,13 @@ class GpioBus:
         )
         self.points.append(point)
         return point
+
+    def counters(self) -> dict[str, int]:
+        """Event counts for metrics (GPIO has none worth counting)."""
+        return {}
+
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Outputs to their safe level, then release every line."""
