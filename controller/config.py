@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import keyword
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,25 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    buffer: int  # recent events kept for since_seq resumes
+    max_pending_bytes: int  # unsent bytes per subscriber before it is cut off (close 1013)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    tokens: tuple[str, ...]  # names of tokens allowed to scrape /metrics; empty: open
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    file: str | None  # JSON-lines file; None: audit to the log only
+    max_bytes: int  # rotate when the file reaches this size
+    backups: int  # rotated files kept
+    fsync: bool  # fsync each entry (survives power loss; costs an SD-card write per action)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration."""
 
@@ -103,6 +123,9 @@ class Config:
     roles: dict[str, Role]
     tokens: tuple[Token, ...]
     devices: dict[str, DeviceConfig]
+    events: EventsConfig = EventsConfig(buffer=1000, max_pending_bytes=256 * 1024)
+    metrics: MetricsConfig = MetricsConfig(tokens=())
+    audit: AuditConfig = AuditConfig(file=None, max_bytes=10 * 1024 * 1024, backups=5, fsync=False)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -231,6 +254,7 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
         gpio.finish()
 
     roles, tokens = _read_auth(root.table("auth"))
+    events, metrics, audit = _read_live(root, doc, tokens)
 
     devices: dict[str, DeviceConfig] = {}
     for name, t in root.tables("devices"):
@@ -257,8 +281,37 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
     if server is None:
         return None
     return Config(
-        path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices
+        path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
+        events=events, metrics=metrics, audit=audit,
     )
+
+
+def _read_live(root: Table, doc: Document, tokens: tuple[Token, ...]) -> tuple[EventsConfig, MetricsConfig,
+                                                                              AuditConfig]:
+    t = root.section("events")
+    events = EventsConfig(
+        buffer=t.integer("buffer", default=1000, low=0, high=1_000_000),
+        max_pending_bytes=1024 * t.integer("max_pending_kib", default=256, low=16, high=65536),
+    )
+    t.finish()
+    t = root.section("metrics")
+    scrapers = t.strings("tokens", default=())
+    for name in scrapers:
+        if name not in {tok.name for tok in tokens}:
+            t.problem("tokens", f"no token named {name!r} in [auth.tokens]")
+    t.finish()
+    t = root.section("audit")
+    file = t.string("file", default=None)
+    if file:
+        file = os.path.join(os.path.dirname(os.path.abspath(doc.file)), os.path.expanduser(file))
+    audit = AuditConfig(
+        file=file or None,
+        max_bytes=t.integer("max_bytes", default=10 * 1024 * 1024, low=4096, high=2**40),
+        backups=t.integer("backups", default=5, low=0, high=1000),
+        fsync=t.boolean("fsync", default=False),
+    )
+    t.finish()
+    return events, MetricsConfig(tokens=tuple(scrapers)), audit
 
 
 def _read_server(t: Table | None, doc: Document) -> ServerConfig | None:

@@ -217,6 +217,10 @@ class Table:
             return None
         return Table(self.doc, (*self.path, key), value)
 
+    def section(self, key: str) -> Table:
+        """An optional table: empty (all defaults) when absent."""
+        return self.table(key) or Table(self.doc, (*self.path, key), {})
+
     def tables(self, key: str) -> list[tuple[str, Table]]:
         """The sub-tables of table *key* (e.g. every ``[devices.NAME]``), in file order."""
         outer = self.table(key)

@@ -8,10 +8,13 @@ import signal
 from typing import Any
 
 from controller import kinds
+from controller.audit import AuditTrail
 from controller.auth import Authenticator
 from controller.config import Config
 from controller.devices import Device
 from controller.dispatch import Dispatcher
+from controller.events import EventBus
+from controller.metrics import Metrics, bus_counter_family, device_online_family
 from controller.server import Server
 from controller.simulation import build_plant
 from drivers.gpio import GpioBus, load_pin_factory
@@ -36,6 +39,9 @@ class Daemon:
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
+        self.events = EventBus()  # replaced with the configured ones by start()
+        self.metrics = Metrics()
+        self.audit = AuditTrail(None)
 
     @property
     def url(self) -> str:
@@ -45,17 +51,24 @@ class Daemon:
     async def start(self) -> None:
         """Build the hardware side, read every point, then listen. Raises on any failure."""
         try:
+            self._open_live_state()
             await self._build_hardware()
+            for device in self.devices.values():
+                device.listen(self._device_event)
             self.dispatcher = Dispatcher(
                 self.devices,
                 Authenticator(self.config.tokens, self.config.roles),
                 plant=self.plant,
                 max_batch=self.config.server.max_batch,
+                events=self.events,
+                metrics=self.metrics,
+                audit=self.audit,
             )
             self.server = Server(
                 self.dispatcher, host=self.host, port=self.port,
                 max_frame_bytes=self.config.server.max_frame_bytes,
                 allowed_origins=self.config.server.allowed_origins,
+                metrics_tokens=self.config.metrics.tokens,
             )
             await self.server.start()
         except BaseException:
@@ -64,6 +77,33 @@ class Daemon:
         for name, device in self.devices.items():
             log.info("device %s (%s): %s", name, device.kind, device.state()["state"])
         log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
+
+    def _open_live_state(self) -> None:
+        """The event bus, the metrics registry and the audit trail, before any device exists."""
+        self.metrics = Metrics()
+        self.events = EventBus(buffer_size=self.config.events.buffer,
+                               max_pending_bytes=self.config.events.max_pending_bytes,
+                               on_cutoff=self.metrics.event_cutoffs.inc)
+        audit = self.config.audit
+        self.audit = AuditTrail(audit.file, max_bytes=audit.max_bytes, backups=audit.backups, fsync=audit.fsync)
+        self.metrics.watch(lambda: [device_online_family(self.devices), bus_counter_family(self.buses)])
+
+    def _device_event(self, device: Device, what: str, data: dict[str, Any]) -> None:
+        """Every device event becomes a numbered event on the bus, and metrics."""
+        if what == "status":
+            self.events.publish("system.status", {"device": device.name, **data})
+        elif what == "discrepancy":
+            self.metrics.discrepancies.labels(device.name).inc()
+            self.events.publish(f"{device.name}.discrepancy", data)
+        else:
+            if what == "state" and data.get("cause") == "external":
+                self.metrics.external_changes.labels(device.name).inc()
+            elif what == "reading":
+                value = data.get("value")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.metrics.sensor_value.labels(device.name).set(value)
+            self.events.publish(f"{device.name}.{what}", data)
+        self.metrics.events_published.inc()
 
     async def _build_hardware(self) -> None:
         """Buses (real, or the plant's far side under --simulate), then devices, then read them all."""
@@ -111,6 +151,7 @@ class Daemon:
             self.plant.stop()
         if self.server is not None:
             await self.server.close()
+        self.audit.close()
         log.info("pictl stopped; outputs at their safe levels")
 
 

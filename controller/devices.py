@@ -25,9 +25,9 @@ from drivers.base import Observation, Point
 
 log = logging.getLogger(__name__)
 
-StateListener = Callable[["Device", dict[str, Any], str], None]
-ReadingListener = Callable[["Device", dict[str, Any]], None]
-HealthListener = Callable[["Device"], None]
+# listener(device, what, data): what is "state" (data: the state plus "cause"),
+# "reading" (a sensor reading), "status" (online flipped) or "discrepancy".
+DeviceListener = Callable[["Device", str, dict[str, Any]], None]
 MAX_TIMEOUT_PARAM = 3600.0  # anything longer is a client bug, not a wish
 
 
@@ -79,10 +79,8 @@ class Device:
         self.name = config.name
         self.points = points  # everything this device reads or writes
         self._queue = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
-        self._listeners: list[StateListener] = []
-        self._reading_listeners: list[ReadingListener] = []  # sensor readings, as they arrive
-        self._health_listeners: list[HealthListener] = []  # online/offline flips
-        self._was_online = True
+        self._listeners: list[DeviceListener] = []  # the event bus, metrics, tests
+        self._was_online = True  # last online value reported
         self._busy_action: str | None = None  # the action holding the queue, if any
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
@@ -109,22 +107,32 @@ class Device:
         times = [p.last.at for p in self.points if p.last is not None]
         return max(times) if times else None
 
-    def on_state_change(self, listener: StateListener) -> None:
+    def listen(self, listener: DeviceListener) -> None:
+        """Call *listener* (loop thread) for state changes, readings, status flips, discrepancies."""
         self._listeners.append(listener)
 
-    def on_reading(self, listener: ReadingListener) -> None:
-        self._reading_listeners.append(listener)
-
-    def on_health_change(self, listener: HealthListener) -> None:
-        self._health_listeners.append(listener)
+    def _emit(self, what: str, data: dict[str, Any]) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(self, what, data)
+            except Exception:
+                log.exception("%s listener failed for %s", what, self.name)
 
     def publish_reading(self, data: dict[str, Any]) -> None:
         """Kinds that produce readings (sensors) call this for every valid one."""
-        for listener in tuple(self._reading_listeners):
-            try:
-                listener(self, data)
-            except Exception:
-                log.exception("reading listener failed for %s", self.name)
+        self._emit("reading", data)
+
+    def discrepancy(self) -> dict[str, Any] | None:
+        """What contradicts the commanded output right now, if anything (kinds with feedback)."""
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """Online flag, and since when and why it is offline."""
+        if self.online:
+            return {"online": True}
+        since = self.offline_since()
+        reason = next((p.offline_reason for p in self.points if not p.online), None)
+        return {"online": False, "since": None if since is None else iso(since), "reason": reason}
 
     def _on_point_health(self, point: Point) -> None:
         online = self.online
@@ -135,11 +143,7 @@ class Device:
             log.info("%s is back online", self.name)
         else:
             log.warning("%s is offline: %s", self.name, point.offline_reason or "no reason given")
-        for listener in tuple(self._health_listeners):
-            try:
-                listener(self)
-            except Exception:
-                log.exception("health listener failed for %s", self.name)
+        self._emit("status", self.status())
 
     def _on_observation(self, obs: Observation) -> None:
         self._publish_if_changed()
@@ -155,12 +159,12 @@ class Device:
         if first:
             return
         cause = "rpc" if self._busy_action is not None else "external"
-        state = self.state()  # "since" is now the change time
-        for listener in tuple(self._listeners):
-            try:
-                listener(self, state, cause)
-            except Exception:
-                log.exception("state listener failed for %s", self.name)
+        self._emit("state", {**self.state(), "cause": cause})  # "since" is now the change time
+        if cause == "external":
+            found = self.discrepancy()
+            if found is not None:
+                log.warning("%s: discrepancy: %s", self.name, found)
+                self._emit("discrepancy", found)
 
     # -- actions -----------------------------------------------------------------------
     def check_params(self, action: str, params: dict[str, Any]) -> float:

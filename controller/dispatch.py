@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from controller import __version__, jsonrpc
+from controller.audit import AuditTrail
 from controller.auth import Authenticator, Session
 from controller.clock import iso
 from controller.devices import Device
@@ -25,6 +26,8 @@ from controller.errors import (
     Unauthorized,
     Unavailable,
 )
+from controller.events import EventBus
+from controller.metrics import Metrics
 from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)
@@ -49,11 +52,15 @@ class Dispatcher:
     """Routes requests to devices and the daemon's own methods."""
 
     def __init__(self, devices: dict[str, Device], auth: Authenticator, *, plant: Plant | None = None,
-                 max_batch: int = 50) -> None:
+                 max_batch: int = 50, events: EventBus | None = None, metrics: Metrics | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self.devices = devices
         self.auth = auth
         self.plant = plant  # the simulated plant, only under --simulate
         self.max_batch = max_batch
+        self.events = events or EventBus()  # numbered live state
+        self.metrics = metrics or Metrics()  # Prometheus
+        self.audit = audit or AuditTrail(None)  # one entry per action call
         self.started = time.monotonic()
         self.draining = False  # set at shutdown: new calls are refused
         self.methods: dict[str, Handler] = {}
@@ -67,6 +74,8 @@ class Dispatcher:
         self.methods["system.status"] = self._status
         self.methods["system.describe"] = self._describe
         self.methods["session.auth"] = self._session_auth
+        self.methods["events.subscribe"] = self._subscribe
+        self.methods["events.unsubscribe"] = self._unsubscribe
         if self.plant is not None:
             self.methods["sim.fault"] = self._sim_fault
             self.methods["sim.clear"] = self._sim_clear
@@ -81,17 +90,22 @@ class Dispatcher:
             self.methods[f"{device.name}.{action}"] = self._action_handler(device, action)
 
     def _action_handler(self, device: Device, action: str) -> Handler:
+        method = f"{device.name}.{action}"
+
         async def run(session: Session, params: dict[str, Any]) -> Any:
-            timeout = device.check_params(action, params)
-            device.check_online()
+            started = time.monotonic()
             try:
+                timeout = device.check_params(action, params)
+                device.check_online()
                 outcome = await device.run(action, params, timeout)
             except RpcError as err:
-                log.warning("%s.%s by %s from %s: %s %s", device.name, action, session.who, session.peer,
-                            err.name, err.data or "")
+                self.metrics.action_failures.labels(device.name, action, err.name).inc()
+                self.audit.record(session, method, params, err.name, (time.monotonic() - started) * 1000,
+                                  error=err.to_wire())
                 raise
-            log.info("%s.%s by %s from %s: %s in %.1f ms (changed=%s)", device.name, action, session.who,
-                     session.peer, outcome["state"], outcome["elapsed_ms"], outcome["changed"])
+            if outcome["changed"]:
+                self.metrics.action_confirm.labels(device.name, action).observe(outcome["elapsed_ms"] / 1000)
+            self.audit.record(session, method, params, "ok", (time.monotonic() - started) * 1000, result=outcome)
             return outcome
 
         return run
@@ -110,15 +124,25 @@ class Dispatcher:
 
     async def _answer(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         if isinstance(item, jsonrpc.Invalid):
+            self.metrics.rpc_requests.labels("unknown", item.error.name).inc()
             return jsonrpc.error(item.id, item.error)
+        label = item.method if item.method in self.methods else "unknown"  # never a client's string
+        started = time.perf_counter()
         try:
             value = await self.call(session, item.method, item.params)
         except RpcError as err:
-            return None if item.is_notification else jsonrpc.error(item.id, err)
+            reply = None if item.is_notification else jsonrpc.error(item.id, err)
+            outcome = err.name
         except Exception:
-            log.exception("internal error in %s", item.method if item.method in self.methods else "unknown method")
-            return None if item.is_notification else jsonrpc.error(item.id, InternalError())
-        return None if item.is_notification else jsonrpc.result(item.id, value)
+            log.exception("internal error in %s", label)
+            reply = None if item.is_notification else jsonrpc.error(item.id, InternalError())
+            outcome = InternalError.name
+        else:
+            reply = None if item.is_notification else jsonrpc.result(item.id, value)
+            outcome = "ok"
+        self.metrics.rpc_requests.labels(label, outcome).inc()
+        self.metrics.rpc_duration.labels(label).observe(time.perf_counter() - started)
+        return reply
 
     async def call(self, session: Session, method: str, params: Any) -> Any:
         if self.draining:
@@ -156,6 +180,7 @@ class Dispatcher:
         if not isinstance(token, str):
             raise InvalidParams('session.auth needs {"token": "..."}', param="token")
         if not self.auth.login(session, token):
+            self.metrics.auth_failures.inc()
             log.warning("session.auth failed from %s", session.peer)
             raise Unauthorized("invalid token", method="session.auth")
         log.info("session from %s authenticated as %s (role %s)", session.peer, session.who,
@@ -170,10 +195,7 @@ class Dispatcher:
             "state": device.state(),
             "last_update": None if last is None else iso(last),
         }
-        if not device.online:
-            since = device.offline_since()
-            out["since"] = None if since is None else iso(since)
-            out["reason"] = next((p.offline_reason for p in device.points if not p.online), None)
+        out.update(device.status())
         return out
 
     async def _status(self, session: Session, params: dict[str, Any]) -> Any:
@@ -182,7 +204,15 @@ class Dispatcher:
             "devices": {name: self.device_status(d) for name, d in self.devices.items()},
             "uptime_s": round(time.monotonic() - self.started, 3),
             "version": __version__,
+            "seq": self.events.seq,  # subscribe with since_seq=seq to continue from this snapshot
+            "epoch": self.events.epoch,
         }
+
+    async def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
+        return self.events.subscribe(session.extra["ws"], params)
+
+    async def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
+        return self.events.unsubscribe(session.extra["ws"], params)
 
     async def _describe(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.describe", params)
@@ -209,6 +239,7 @@ class Dispatcher:
             self.plant.inject(device, fault)
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="fault", faults=self.plant.faults(device)) from None
+        self.audit.record(session, "sim.fault", params, "ok", 0.0)
         return {"device": device, "faults": self.plant.active_faults(device)}
 
     async def _sim_clear(self, session: Session, params: dict[str, Any]) -> Any:
@@ -219,6 +250,7 @@ class Dispatcher:
             self.plant.clear(device)
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="device") from None
+        self.audit.record(session, "sim.clear", params, "ok", 0.0)
         return {"device": device, "faults": self.plant.active_faults(device)}
 
 

@@ -58,6 +58,15 @@ class Door(Device):
         shown = "moving" if self._moving_to is not None and self._moving_to != position else position
         return {"state": shown, "actuator": bool(self.relay.value), "since": iso(self.changed_at)}
 
+    def discrepancy(self) -> dict[str, Any] | None:
+        # Released means the door falls closed; energised means it is held open.
+        actuator = bool(self.relay.value)
+        position = self.position()
+        if position == "unknown" or (position == "open") == actuator:
+            return None
+        return {"output": "energised" if actuator else "released", "expected": "open" if actuator else "closed",
+                "observed": position}
+
     async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
         target = "open" if action == "open" else "closed"
         energise = action == "open"

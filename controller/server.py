@@ -44,13 +44,14 @@ class Server:
     """The daemon's listener."""
 
     def __init__(self, dispatcher: Dispatcher, *, host: str, port: int, max_frame_bytes: int,
-                 allowed_origins: tuple[str, ...], tls: Any = None) -> None:
+                 allowed_origins: tuple[str, ...], tls: Any = None, metrics_tokens: tuple[str, ...] = ()) -> None:
         self.dispatcher = dispatcher
         self.host = host
         self.port = port  # replaced by the bound port once started (port 0 in tests)
         self.max_frame_bytes = max_frame_bytes
         self.allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
         self.tls = tls  # an ssl.SSLContext for wss://, or None
+        self.metrics_tokens = frozenset(metrics_tokens)  # token names that may scrape; empty: open
         self.tasks: set[asyncio.Task[None]] = set()  # frame handlers, owned here
         self._ws: WsServer | None = None
 
@@ -84,6 +85,8 @@ class Server:
         path = request.path.partition("?")[0]
         if path == "/healthz":
             return json_response(HTTPStatus.OK, self.health())
+        if path == "/metrics":
+            return self._metrics(request)
         if path != "/ws":
             return json_response(HTTPStatus.NOT_FOUND, {"error": "not found"})
         origin = request.headers.get("Origin")
@@ -97,11 +100,23 @@ class Server:
         if header is not None:
             secret = bearer(header)
             if secret is None or not self.dispatcher.auth.login(session, secret):
+                self.dispatcher.metrics.auth_failures.inc()
                 log.warning("refused handshake from %s: bad bearer token", session.peer)
                 return json_response(HTTPStatus.UNAUTHORIZED, {"error": "invalid token"},
                                      [("WWW-Authenticate", 'Bearer realm="pictl"')])
         connection.pictl_session = session  # type: ignore[attr-defined]
         return None
+
+    def _metrics(self, request: Request) -> Response:
+        if self.metrics_tokens:
+            secret = bearer(request.headers.get("Authorization"))
+            token = None if secret is None else self.dispatcher.auth.check(secret)
+            if token is None or token.name not in self.metrics_tokens:
+                self.dispatcher.metrics.auth_failures.inc()
+                return json_response(HTTPStatus.UNAUTHORIZED, {"error": "a scrape token is required"},
+                                     [("WWW-Authenticate", 'Bearer realm="pictl-metrics"')])
+        body, content_type = self.dispatcher.metrics.render(request.headers.get("Accept"))
+        return _response(HTTPStatus.OK, body, content_type)
 
     @staticmethod
     def _peer(connection: ServerConnection) -> str:
@@ -121,6 +136,9 @@ class Server:
     # -- connection -------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         session: Session = ws.pictl_session  # type: ignore[attr-defined]
+        session.extra["ws"] = ws  # events.subscribe sends on it
+        gauge = self.dispatcher.metrics.ws_connections
+        gauge.inc()
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
         loop = asyncio.get_running_loop()
         guard = None
@@ -135,6 +153,8 @@ class Server:
         except ConnectionClosed:
             pass
         finally:
+            gauge.dec()
+            self.dispatcher.events.drop(ws)
             if guard is not None:
                 guard.cancel()
 

@@ -69,6 +69,14 @@ class Switch(Device):
             out["output"] = _shown(self.output.value)
         return out
 
+    def discrepancy(self) -> dict[str, Any] | None:
+        if self.feedback is None or self.output.value is None or self.is_on() is None:
+            return None
+        if self.is_on() == self.output.value:
+            return None
+        return {"output": _shown(self.output.value), "expected": _shown(self.output.value),
+                "observed": _shown(self.is_on())}
+
     def _evidence(self, obs: Observation, on: bool) -> dict[str, Any]:
         if self.feedback is None:
             return evidence_of(obs, _shown(on), source="output-readback")

@@ -87,7 +87,7 @@ async def test_state_changes_are_reported_with_their_cause(plant_devices) -> Non
     plant, devices = plant_devices
     door = devices["door"]
     seen: list[tuple[str, str]] = []
-    door.on_state_change(lambda d, state, cause: seen.append((state["state"], cause)))
+    door.listen(lambda d, what, data: seen.append((data["state"], data["cause"])) if what == "state" else None)
     await door.run("open", {}, 1.0)
     await door.run("close", {}, 1.0)
     pushed = door.contact.expect(lambda v: v is False)
