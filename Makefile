@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check controller drivers tests
+	$(BIN)/ruff check controller drivers tests bench
 
 check-config: $(STAMP)
 	$(BIN)/pictl check-config config/demo.toml

@@ -25,7 +25,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rpc_latency import PICTL, start  # noqa: E402
+from rpc_latency import PICTL, start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ async def one_change(trigger, links: list, frame: str) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     daemon, url = await start(PICTL, "serve", "--config", "config/demo.toml", "--simulate", "--listen", "127.0.0.1:0")
     base, base_url = await start(sys.executable, str(ROOT / "bench" / "broadcast_server.py"))
@@ -72,7 +72,7 @@ async def run(args: argparse.Namespace) -> None:
                 a.append(await one_change(admin, ours, toggle))
                 await asyncio.gather(*(ws.recv() for ws in ours))  # the feedback event follows
                 await admin.recv()
-                b.append(await one_change(poke, theirs + [poke], "go"))
+                b.append(await one_change(poke, [*theirs, poke], "go"))
             rows.append((n, a, b))
             await asyncio.gather(*(ws.close() for ws in ours + theirs))
         await admin.close()

@@ -87,8 +87,10 @@ async def main() -> None:
         for _ in range(args.rounds):  # alternate so drift in machine load hits both
             ours = await pings(url, args.calls, "demo-admin")
             base = await pings(echo_url, args.calls, None)
-            p50s.append(pct(ours, 0.5)); p99s.append(pct(ours, 0.99))
-            e50s.append(pct(base, 0.5)); e99s.append(pct(base, 0.99))
+            p50s.append(pct(ours, 0.5))
+            p99s.append(pct(ours, 0.99))
+            e50s.append(pct(base, 0.5))
+            e99s.append(pct(base, 0.99))
         overhead, server = await doors(url, args.doors)
     finally:
         for proc in (daemon, echo):
