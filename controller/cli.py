@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import re
+import ssl
 import sys
 from typing import Any
 
@@ -37,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--url", default=os.environ.get("PICTL_URL", DEFAULT_URL))
     call.add_argument("--token", default=os.environ.get("PICTL_TOKEN"))
     call.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the reply")
+
+    token = sub.add_parser("token", help="make token secrets and their hashes for the config")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="a new random secret, and the config lines for it")
+    create.add_argument("name", help="the token's name, as logs and the audit trail show it")
+    create.add_argument("--role", default="ROLE", help="the role it gets")
+    create.add_argument("--secret-file", help="write the secret to this file (mode 600) instead of printing it")
+    token_sub.add_parser("hash", help="hash a secret read from standard input")
     return parser
 
 
@@ -48,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "call":
         return call(args)
+    if args.command == "token":
+        return token(args)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
 
 
@@ -61,6 +73,33 @@ def check_config(path: str) -> int:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: ok")
+    return EXIT_OK
+
+
+def token(args: argparse.Namespace) -> int:
+    from controller.secrets import MIN_SECRET_LENGTH, generate_secret, hash_secret
+
+    if args.token_command == "hash":
+        secret = sys.stdin.readline().strip()
+        if len(secret) < MIN_SECRET_LENGTH:
+            print(f"pictl token hash: the secret must be at least {MIN_SECRET_LENGTH} characters", file=sys.stderr)
+            return EXIT_USAGE
+        print(hash_secret(secret))
+        return EXIT_OK
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+        print("pictl token create: NAME must be 1-64 of letters, digits, '.', '_', '-'", file=sys.stderr)
+        return EXIT_USAGE
+    secret = generate_secret()
+    print(f"[auth.tokens.{args.name}]")
+    print(f'role = "{args.role}"')
+    if args.secret_file:
+        fd = os.open(args.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        print(f'secret_file = "{os.path.abspath(args.secret_file)}"')
+    else:
+        print(f'hash = "{hash_secret(secret)}"')
+        print(f"# the secret (shown once, give it to the client): {secret}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -90,6 +129,9 @@ def serve(args: argparse.Namespace) -> int:
         asyncio.run(serve_until_signalled(daemon))
     except GpioUnavailable as exc:
         logging.getLogger("pictl").error("%s", exc)
+        return 1
+    except ssl.SSLError as exc:
+        logging.getLogger("pictl").error("TLS certificate or key unusable: %s", exc.reason or exc)
         return 1
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen on %s:%s: %s", daemon.host, daemon.port,

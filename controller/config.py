@@ -18,6 +18,7 @@ from typing import Any
 import tomli
 
 from controller.configbase import ConfigError, Document, Problem, Table
+from controller.secrets import MIN_SECRET_LENGTH, SecretHash, hash_secret, parse_hash
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 # Method namespaces owned by the daemon: a device may not be named after them.
@@ -70,19 +71,26 @@ class DeviceConfig:
 
 @dataclass(frozen=True)
 class Role:
-    """Which methods a token of this role may call (shell-style patterns)."""
+    """Which methods a token of this role may call, and how often.
+
+    ``allow`` and ``deny`` are shell-style method patterns; the most specific
+    pattern that matches decides (ties deny); nothing matching means deny.
+    """
 
     name: str
     allow: tuple[str, ...]
+    deny: tuple[str, ...] = ()
+    rate: float | None = None  # calls per second per connection; None: unlimited
+    burst: int | None = None  # bucket size for rate
 
 
 @dataclass(frozen=True)
 class Token:
-    """A named credential. ``secret`` is never logged or sent anywhere."""
+    """A named credential: only the hash of its secret is kept."""
 
     name: str
     role: str
-    secret: str = field(repr=False)
+    verifier: SecretHash = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,11 @@ class ServerConfig:
     allowed_origins: tuple[str, ...]  # browser origins allowed besides the daemon's own
     max_frame_bytes: int  # a bigger frame closes the connection with 1009
     max_batch: int  # JSON-RPC batch members accepted in one frame
+    tls: tuple[str, str] | None = None  # (certificate, key) files: serve wss://
+    auth_timeout: float = 10.0  # an unauthenticated connection is closed after this long
+    max_connections: int = 200  # WebSocket connections in total
+    max_connections_per_address: int = 20  # from one client address
+    request_key_window: float = 300.0  # seconds a request_key is remembered (at-most-once)
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,13 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class LockoutConfig:
+    slowdown_after: int = 3  # failed auths from one address before answers are delayed
+    lockout_after: int = 10  # failed auths from one address before it is locked out
+    lockout_s: float = 60.0  # how long a lockout lasts
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration."""
 
@@ -126,6 +146,7 @@ class Config:
     events: EventsConfig = EventsConfig(buffer=1000, max_pending_bytes=256 * 1024)
     metrics: MetricsConfig = MetricsConfig(tokens=())
     audit: AuditConfig = AuditConfig(file=None, max_bytes=10 * 1024 * 1024, backups=5, fsync=False)
+    lockout: LockoutConfig = LockoutConfig()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -246,14 +267,14 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
     root = Table(doc, (), data)
     loader = Loader(doc)
 
-    server = _read_server(root.table("server"), doc)
+    server = _read_server(root.section("server"), doc)
     gpio = root.table("gpio")
     factory = "auto"
     if gpio is not None:
         factory = gpio.string("factory", default="auto", choices=("auto", "lgpio", "rpigpio", "pigpio", "native"))
         gpio.finish()
 
-    roles, tokens = _read_auth(root.table("auth"))
+    roles, tokens, lockout = _read_auth(root.table("auth"))
     events, metrics, audit = _read_live(root, doc, tokens)
 
     devices: dict[str, DeviceConfig] = {}
@@ -282,7 +303,7 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
         return None
     return Config(
         path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
-        events=events, metrics=metrics, audit=audit,
+        events=events, metrics=metrics, audit=audit, lockout=lockout,
     )
 
 
@@ -314,58 +335,116 @@ def _read_live(root: Table, doc: Document, tokens: tuple[Token, ...]) -> tuple[E
     return events, MetricsConfig(tokens=tuple(scrapers)), audit
 
 
-def _read_server(t: Table | None, doc: Document) -> ServerConfig | None:
-    listen = DEFAULT_LISTEN
-    origins: tuple[str, ...] = ()
-    max_frame = 65536
-    max_batch = 50
-    if t is not None:
-        listen = t.string("listen", default=DEFAULT_LISTEN)
-        origins = t.strings("allowed_origins", default=())
-        max_frame = t.integer("max_frame_bytes", default=65536, low=1024, high=16 * 1024 * 1024)
-        max_batch = t.integer("max_batch", default=50, low=1, high=1000)
-        for origin in origins or ():
-            if not re.fullmatch(r"https?://[^/\s]+", origin):
-                t.problem("allowed_origins", f"{origin!r} is not an origin like https://panel.example:8443")
-        t.finish()
+def _read_server(t: Table, doc: Document) -> ServerConfig | None:
+    listen = t.string("listen", default=DEFAULT_LISTEN)
+    origins = t.strings("allowed_origins", default=())
+    for origin in origins or ():
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            t.problem("allowed_origins", f"{origin!r} is not an origin like https://panel.example:8443")
+    cert = t.string("tls_cert", default=None)
+    key = t.string("tls_key", default=None)
+    if (cert is None) != (key is None):
+        t.problem("tls_cert" if cert is None else "tls_key", "tls_cert and tls_key go together")
+    base = os.path.dirname(os.path.abspath(doc.file))
+    tls = None
+    if cert and key:
+        tls = (os.path.join(base, cert), os.path.join(base, key))
+        for field_name, path in zip(("tls_cert", "tls_key"), tls, strict=True):
+            if not os.path.isfile(path):
+                t.problem(field_name, f"no such file: {path}")
+    values = {
+        "max_frame_bytes": t.integer("max_frame_bytes", default=65536, low=1024, high=16 * 1024 * 1024),
+        "max_batch": t.integer("max_batch", default=50, low=1, high=1000),
+        "auth_timeout": t.number("auth_timeout", default=10.0, high=3600.0),
+        "max_connections": t.integer("max_connections", default=200, low=1, high=100000),
+        "max_connections_per_address": t.integer("max_connections_per_address", default=20, low=1, high=100000),
+        "request_key_window": t.number("request_key_window", default=300.0, high=86400.0),
+    }
+    t.finish()
     try:
         host, port = parse_listen(listen or DEFAULT_LISTEN)
     except ValueError as exc:
         doc.problem(("server", "listen"), str(exc))
         return None
-    return ServerConfig(
-        host=host, port=port, allowed_origins=tuple(origins or ()), max_frame_bytes=max_frame or 65536,
-        max_batch=max_batch or 50,
-    )
+    if None in values.values():
+        return None
+    return ServerConfig(host=host, port=port, allowed_origins=tuple(origins or ()), tls=tls, **values)
 
 
-def _read_auth(t: Table | None) -> tuple[dict[str, Role], tuple[Token, ...]]:
+def _read_auth(t: Table | None) -> tuple[dict[str, Role], tuple[Token, ...], LockoutConfig]:
     roles: dict[str, Role] = {}
     tokens: list[Token] = []
     if t is None:
-        return roles, ()
+        return roles, (), LockoutConfig()
+    lockout = LockoutConfig(
+        slowdown_after=t.integer("slowdown_after", default=3, low=1, high=1000),
+        lockout_after=t.integer("lockout_after", default=10, low=1, high=10000),
+        lockout_s=t.number("lockout_s", default=60.0, high=86400.0),
+    )
     for name, rt in t.tables("roles"):
-        allow = rt.strings("allow")
+        allow = rt.strings("allow", default=())
+        deny = rt.strings("deny", default=())
+        rate = rt.number("rate", default=None, high=100000.0)
+        burst = rt.integer("burst", default=None, low=1, high=1000000)
         rt.finish()
-        if allow is not None:
-            roles[name] = Role(name=name, allow=allow)
+        if burst is not None and rate is None:
+            rt.problem("burst", "needs a rate")
+        for pattern in (*(allow or ()), *(deny or ())):
+            if not 0 < len(pattern) <= 128:
+                rt.problem("allow", "patterns are 1-128 characters")
+        roles[name] = Role(name=name, allow=allow or (), deny=deny or (), rate=rate,
+                           burst=burst if burst is not None else (None if rate is None else max(1, int(rate))))
     for name, tt in t.tables("tokens"):
         if not _TOKEN_NAME.fullmatch(name):
             tt.problem(None, "token name must be 1-64 of letters, digits, '.', '_', '-'")
         role = tt.string("role")
-        secret = tt.string("secret")
+        verifier = _read_verifier(tt)
         tt.finish()
-        ok = role is not None and secret is not None
         if role is not None and role not in roles:
             tt.problem("role", f"no role named {role!r} in [auth.roles]")
-            ok = False
-        if secret is not None and len(secret) < 8:
-            tt.problem("secret", "must be at least 8 characters")
-            ok = False
-        if ok:
-            tokens.append(Token(name=name, role=role, secret=secret))
-    secrets = [tok.secret for tok in tokens]
-    if len(set(secrets)) != len(secrets):
-        t.problem("tokens", "two tokens share the same secret")
+        elif role is not None and verifier is not None:
+            tokens.append(Token(name=name, role=role, verifier=verifier))
     t.finish()
-    return roles, tuple(tokens)
+    return roles, tuple(tokens), lockout
+
+
+def _read_verifier(tt: Table) -> SecretHash | None:
+    """A token's secret: ``hash`` (from ``pictl token hash``) or ``secret_file``, never the secret."""
+    if tt.has("secret"):
+        tt.string("secret")
+        tt.problem("secret", "secrets do not belong in the config: use hash = \"...\" "
+                   "(`pictl token create NAME`) or secret_file = \"PATH\"")
+        return None
+    given = [k for k in ("hash", "secret_file") if tt.has(k)]
+    if len(given) != 1:
+        tt.problem(None, "a token needs exactly one of hash or secret_file")
+        for key in given:
+            tt.string(key)
+        return None
+    if given[0] == "hash":
+        text = tt.string("hash")
+        if text is None:
+            return None
+        try:
+            return parse_hash(text)
+        except ValueError as exc:
+            tt.problem("hash", str(exc))
+            return None
+    path = tt.string("secret_file")
+    if path is None:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(tt.doc.file)), os.path.expanduser(path))
+    try:
+        info = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        tt.problem("secret_file", f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    if info.st_mode & 0o077:
+        tt.problem("secret_file", f"{path} is readable by group or others: chmod 600 it")
+        return None
+    if len(secret) < MIN_SECRET_LENGTH:
+        tt.problem("secret_file", f"the secret in {path} is shorter than {MIN_SECRET_LENGTH} characters")
+        return None
+    return hash_secret(secret)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from typing import Any
 
 from controller import kinds
@@ -14,13 +15,23 @@ from controller.config import Config
 from controller.devices import Device
 from controller.dispatch import Dispatcher
 from controller.events import EventBus
-from controller.metrics import Metrics, bus_counter_family, device_online_family
+from controller.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
 from controller.server import Server
 from controller.simulation import build_plant
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
+
+
+def tls_context(files: tuple[str, str] | None) -> ssl.SSLContext | None:
+    """A server TLS context from (certificate, key) files, TLS 1.2 at least."""
+    if files is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(*files)
+    return context
 
 
 class Daemon:
@@ -57,18 +68,23 @@ class Daemon:
                 device.listen(self._device_event)
             self.dispatcher = Dispatcher(
                 self.devices,
-                Authenticator(self.config.tokens, self.config.roles),
+                Authenticator(self.config.tokens, self.config.roles, self.config.lockout),
                 plant=self.plant,
                 max_batch=self.config.server.max_batch,
                 events=self.events,
                 metrics=self.metrics,
                 audit=self.audit,
+                request_key_window=self.config.server.request_key_window,
             )
             self.server = Server(
                 self.dispatcher, host=self.host, port=self.port,
                 max_frame_bytes=self.config.server.max_frame_bytes,
                 allowed_origins=self.config.server.allowed_origins,
                 metrics_tokens=self.config.metrics.tokens,
+                tls=tls_context(self.config.server.tls),
+                auth_timeout=self.config.server.auth_timeout,
+                max_connections=self.config.server.max_connections,
+                max_connections_per_address=self.config.server.max_connections_per_address,
             )
             await self.server.start()
         except BaseException:
@@ -86,7 +102,8 @@ class Daemon:
                                on_cutoff=self.metrics.event_cutoffs.inc)
         audit = self.config.audit
         self.audit = AuditTrail(audit.file, max_bytes=audit.max_bytes, backups=audit.backups, fsync=audit.fsync)
-        self.metrics.watch(lambda: [device_online_family(self.devices), bus_counter_family(self.buses)])
+        self.metrics.watch(lambda: [device_online_family(self.devices), bus_counter_family(self.buses),
+                                    *([auth_lockouts_family(self.dispatcher.auth)] if self.dispatcher else [])])
 
     def _device_event(self, device: Device, what: str, data: dict[str, Any]) -> None:
         """Every device event becomes a numbered event on the bus, and metrics."""

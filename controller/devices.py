@@ -49,6 +49,8 @@ class Action:
 
 
 TIMEOUT_PARAM = Param("number", "seconds to wait for confirmation (capped by the device's max_timeout)")
+REQUEST_KEY_PARAM = Param("string", "makes the call at-most-once: a retry with the same key returns the first "
+                          "outcome instead of acting again")
 
 
 @dataclass
@@ -174,7 +176,7 @@ class Device:
         if unknown:
             raise InvalidParams(
                 f"unknown parameter(s) for {self.name}.{action}: {', '.join(unknown)}",
-                unknown=unknown, allowed=sorted({"timeout", *spec.params}),
+                unknown=unknown, allowed=sorted({"timeout", "request_key", *spec.params}),
             )
         for name, param in spec.params.items():
             if param.required and name not in params:
@@ -251,7 +253,8 @@ class Device:
                     "description": a.description,
                     "params": {
                         p: {"type": s.type, "description": s.description, "required": s.required}
-                        for p, s in {"timeout": TIMEOUT_PARAM, **a.params}.items()
+                        for p, s in {"timeout": TIMEOUT_PARAM, "request_key": REQUEST_KEY_PARAM,
+                                     **a.params}.items()
                     },
                 }
                 for name, a in self.actions.items()

@@ -22,12 +22,14 @@ from controller.errors import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
+    RateLimited,
     RpcError,
     Unauthorized,
     Unavailable,
 )
 from controller.events import EventBus
 from controller.metrics import Metrics
+from controller.oncekeys import OnceKeys, check_key
 from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class Dispatcher:
 
     def __init__(self, devices: dict[str, Device], auth: Authenticator, *, plant: Plant | None = None,
                  max_batch: int = 50, events: EventBus | None = None, metrics: Metrics | None = None,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, request_key_window: float = 300.0) -> None:
         self.devices = devices
         self.auth = auth
         self.plant = plant  # the simulated plant, only under --simulate
@@ -61,6 +63,7 @@ class Dispatcher:
         self.events = events or EventBus()  # numbered live state
         self.metrics = metrics or Metrics()  # Prometheus
         self.audit = audit or AuditTrail(None)  # one entry per action call
+        self.once = OnceKeys(request_key_window)  # at-most-once actions
         self.started = time.monotonic()
         self.draining = False  # set at shutdown: new calls are refused
         self.methods: dict[str, Handler] = {}
@@ -94,16 +97,27 @@ class Dispatcher:
 
         async def run(session: Session, params: dict[str, Any]) -> Any:
             started = time.monotonic()
+            replayed = False
             try:
-                timeout = device.check_params(action, params)
+                action_params = {k: v for k, v in params.items() if k != "request_key"}
+                timeout = device.check_params(action, action_params)
+                key = check_key(params["request_key"]) if "request_key" in params else None
                 device.check_online()
-                outcome = await device.run(action, params, timeout)
+                if key is None:
+                    outcome = await device.run(action, action_params, timeout)
+                else:
+                    assert session.token is not None
+                    outcome, replayed = await self.once.run(
+                        session.token.name, key, method, action_params,
+                        lambda: device.run(action, action_params, timeout))
             except RpcError as err:
                 self.metrics.action_failures.labels(device.name, action, err.name).inc()
                 self.audit.record(session, method, params, err.name, (time.monotonic() - started) * 1000,
                                   error=err.to_wire())
                 raise
-            if outcome["changed"]:
+            if replayed:
+                outcome = {**outcome, "replayed": True}
+            elif outcome["changed"]:
                 self.metrics.action_confirm.labels(device.name, action).observe(outcome["elapsed_ms"] / 1000)
             self.audit.record(session, method, params, "ok", (time.monotonic() - started) * 1000, result=outcome)
             return outcome
@@ -150,6 +164,10 @@ class Dispatcher:
         if not session.authenticated and method not in OPEN_METHODS:
             raise Unauthorized("authenticate first: session.auth or an Authorization: Bearer header",
                                method=_short(method))
+        if session.bucket is not None:
+            wait = session.bucket.take()
+            if wait:
+                raise RateLimited("too many calls: slow down", retry_after_s=round(wait, 3))
         entry = self.methods.get(method)
         if entry is None:
             raise MethodNotFound(f"no method {_short(method)!r}", method=_short(method))
@@ -179,7 +197,14 @@ class Dispatcher:
         token = params.get("token")
         if not isinstance(token, str):
             raise InvalidParams('session.auth needs {"token": "..."}', param="token")
-        if not self.auth.login(session, token):
+        if session.authenticated:
+            raise InvalidParams("this connection is already authenticated", param="token")
+        locked = self.auth.locked_for(session.address)
+        if locked:
+            self.metrics.auth_failures.inc()
+            raise Unauthorized("too many failed authentications from this address", method="session.auth",
+                               retry_after_s=round(locked, 1))
+        if not await self.auth.login(session, token):
             self.metrics.auth_failures.inc()
             log.warning("session.auth failed from %s", session.peer)
             raise Unauthorized("invalid token", method="session.auth")

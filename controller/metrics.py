@@ -79,6 +79,12 @@ def device_online_family(devices: dict[str, Any]) -> GaugeMetricFamily:
     return family
 
 
+def auth_lockouts_family(auth: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily("pictl_auth_lockouts", "Client addresses locked out after repeated failures")
+    family.add_metric([], float(auth.lockouts))
+    return family
+
+
 def bus_counter_family(buses: list[Any]) -> CounterMetricFamily:
     family = CounterMetricFamily("pictl_bus_events", "Bus events: reconnects, reopens, failed requests, "
                                  "malformed lines...", labels=["bus", "event"])

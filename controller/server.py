@@ -44,7 +44,9 @@ class Server:
     """The daemon's listener."""
 
     def __init__(self, dispatcher: Dispatcher, *, host: str, port: int, max_frame_bytes: int,
-                 allowed_origins: tuple[str, ...], tls: Any = None, metrics_tokens: tuple[str, ...] = ()) -> None:
+                 allowed_origins: tuple[str, ...], tls: Any = None, metrics_tokens: tuple[str, ...] = (),
+                 auth_timeout: float = AUTH_GRACE_S, max_connections: int = 200,
+                 max_connections_per_address: int = 20) -> None:
         self.dispatcher = dispatcher
         self.host = host
         self.port = port  # replaced by the bound port once started (port 0 in tests)
@@ -52,6 +54,10 @@ class Server:
         self.allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
         self.tls = tls  # an ssl.SSLContext for wss://, or None
         self.metrics_tokens = frozenset(metrics_tokens)  # token names that may scrape; empty: open
+        self.auth_timeout = auth_timeout  # unauthenticated connections are closed after this long
+        self.max_connections = max_connections
+        self.max_per_address = max_connections_per_address
+        self.per_address: dict[str, int] = {}  # open (or opening) WebSocket connections by address
         self.tasks: set[asyncio.Task[None]] = set()  # frame handlers, owned here
         self._ws: WsServer | None = None
 
@@ -81,12 +87,12 @@ class Server:
         scheme = "https" if self.tls else "http"
         return {f"{scheme}://{host}"} if host else set()
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == "/healthz":
             return json_response(HTTPStatus.OK, self.health())
         if path == "/metrics":
-            return self._metrics(request)
+            return await self._metrics(request)
         if path != "/ws":
             return json_response(HTTPStatus.NOT_FOUND, {"error": "not found"})
         origin = request.headers.get("Origin")
@@ -95,22 +101,54 @@ class Server:
             if normal not in self._own_origins(request) and normal not in self.allowed_origins:
                 log.warning("refused handshake from %s: origin not allowed", self._peer(connection))
                 return json_response(HTTPStatus.FORBIDDEN, {"error": "origin not allowed"})
-        session = Session(peer=self._peer(connection))
+        address = self._address(connection)
+        session = Session(peer=self._peer(connection), address=address)
+        auth = self.dispatcher.auth
+        locked = auth.locked_for(address)
+        if locked:
+            self.dispatcher.metrics.auth_failures.inc()
+            return json_response(HTTPStatus.TOO_MANY_REQUESTS, {"error": "too many failed authentications"},
+                                 [("Retry-After", str(int(locked) + 1))])
+        if sum(self.per_address.values()) >= self.max_connections:
+            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
+                                 [("Retry-After", "5")])
+        if self.per_address.get(address, 0) >= self.max_per_address:
+            return json_response(HTTPStatus.TOO_MANY_REQUESTS, {"error": "too many connections from this address"},
+                                 [("Retry-After", "5")])
         header = request.headers.get("Authorization")
         if header is not None:
             secret = bearer(header)
-            if secret is None or not self.dispatcher.auth.login(session, secret):
+            if secret is None or not await auth.login(session, secret):
                 self.dispatcher.metrics.auth_failures.inc()
                 log.warning("refused handshake from %s: bad bearer token", session.peer)
                 return json_response(HTTPStatus.UNAUTHORIZED, {"error": "invalid token"},
                                      [("WWW-Authenticate", 'Bearer realm="pictl"')])
+        self._count_connection(connection, address)
         connection.pictl_session = session  # type: ignore[attr-defined]
         return None
 
-    def _metrics(self, request: Request) -> Response:
+    def _count_connection(self, connection: ServerConnection, address: str) -> None:
+        """Count it from the handshake until it is gone, however it ends."""
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+
+        def release(_: object) -> None:
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
+
+        connection.connection_lost_waiter.add_done_callback(release)
+
+    @staticmethod
+    def _address(connection: ServerConnection) -> str:
+        address = connection.remote_address
+        return str(address[0]) if isinstance(address, tuple) and address else str(address)
+
+    async def _metrics(self, request: Request) -> Response:
         if self.metrics_tokens:
             secret = bearer(request.headers.get("Authorization"))
-            token = None if secret is None else self.dispatcher.auth.check(secret)
+            token = None if secret is None else await self.dispatcher.auth.check(secret)
             if token is None or token.name not in self.metrics_tokens:
                 self.dispatcher.metrics.auth_failures.inc()
                 return json_response(HTTPStatus.UNAUTHORIZED, {"error": "a scrape token is required"},
@@ -143,7 +181,7 @@ class Server:
         loop = asyncio.get_running_loop()
         guard = None
         if not session.authenticated:
-            guard = loop.call_later(AUTH_GRACE_S, self._close_if_anonymous, ws, session)
+            guard = loop.call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
         try:
             async for frame in ws:
                 await slots.acquire()
@@ -160,7 +198,7 @@ class Server:
 
     def _close_if_anonymous(self, ws: ServerConnection, session: Session) -> None:
         if not session.authenticated:
-            log.info("closing %s: no authentication within %.0f s", session.peer, AUTH_GRACE_S)
+            log.info("closing %s: no authentication within %.0f s", session.peer, self.auth_timeout)
             task = asyncio.get_running_loop().create_task(ws.close(CLOSE_POLICY, "authentication timeout"))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)

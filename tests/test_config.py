@@ -19,6 +19,8 @@ from controller.switch import SwitchConfig
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo.toml"
 
+HASH = "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$msaxpPQAuELBYv-2GfKY4qERAq8XG8XLw0v51lkSsa8"  # of "long-enough-secret"
+
 # A valid config whose line numbers the tests rely on.
 BASE = """\
 [server]
@@ -29,7 +31,7 @@ allow = ["*"]
 
 [auth.tokens.ops]
 role = "admin"
-secret = "long-enough-secret"
+hash = "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$msaxpPQAuELBYv-2GfKY4qERAq8XG8XLw0v51lkSsa8"
 
 [devices.door]
 kind = "door"
@@ -44,7 +46,7 @@ feedback = { gpio = 23, pull = "down" }
 timeout = 1.0
 """
 #  1 [server]                  8 role = "admin"            15 timeout = 2.0
-#  2 listen = ...              9 secret = ...              16
+#  2 listen = ...              9 hash = ...                16
 #  3                          10                           17 [devices.light]
 #  4 [auth.roles.admin]       11 [devices.door]            18 kind = "switch"
 #  5 allow = ["*"]            12 kind = "door"             19 output = { gpio = 22 }
@@ -102,7 +104,9 @@ def test_base_is_valid_and_typed():
     assert light.feedback is not None and light.feedback.pin == 23 and light.feedback.active_level is True
     assert (light.timeout, light.max_timeout) == (1.0, 30.0)
     assert cfg.roles == {"admin": config.Role("admin", ("*",))}
-    assert cfg.tokens == (config.Token("ops", "admin", "long-enough-secret"),)
+    [token] = cfg.tokens
+    assert (token.name, token.role) == ("ops", "admin")
+    assert token.verifier.matches("long-enough-secret") and not token.verifier.matches("long-enough-secreT")
 
 
 def test_demo_config_has_door_and_light_as_in_the_contract():
@@ -127,8 +131,13 @@ def test_demo_config_has_door_and_light_as_in_the_contract():
 
     assert {t.name: t.role for t in cfg.tokens} == {"demo-admin": "admin", "demo-panel": "panel"}
     assert cfg.roles["admin"].allow == ("*",)
+    # CONTRACT §5's list, plus system.describe: the wall panel builds itself from it.
     assert set(cfg.roles["panel"].allow) == {
-        "door.*", "light.*", "*.state", "system.status", "system.ping", "events.*"}
+        "door.*", "light.*", "*.state", "system.status", "system.ping", "events.*", "system.describe"}
+    assert (cfg.roles["panel"].rate, cfg.roles["panel"].burst) == (20.0, 40)
+    tokens = {t.name: t for t in cfg.tokens}
+    assert tokens["demo-admin"].verifier.matches("demo-admin")
+    assert tokens["demo-panel"].verifier.matches("demo-panel")
 
 
 def test_load_reads_a_file(tmp_path):
@@ -157,9 +166,39 @@ def test_max_timeout_equal_to_timeout_is_valid():
     assert (cfg.devices["door"].timeout, cfg.devices["door"].max_timeout) == (2.0, 2.0)
 
 
-def test_secret_of_exactly_8_characters_is_valid():
-    cfg = config.loads(edit('secret = "long-enough-secret"', 'secret = "12345678"'), "test.toml")
-    assert cfg.tokens[0].secret == "12345678"
+def _with_secret_file(tmp_path, content: str, mode: int) -> str:
+    path = tmp_path / "ops.secret"
+    path.write_text(content)
+    path.chmod(mode)
+    return edit(f'hash = "{HASH}"', 'secret_file = "ops.secret"')
+
+
+def test_secret_file_of_exactly_8_characters_is_valid(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text(_with_secret_file(tmp_path, "12345678\n", 0o600))
+    cfg = config.load(str(conf))
+    assert cfg.tokens[0].verifier.matches("12345678")
+
+
+@pytest.mark.parametrize(("content", "mode", "phrase"), [
+    ("1234567\n", 0o600, "shorter than 8 characters"),
+    ("long-enough-secret\n", 0o644, "readable by group or others"),
+])
+def test_bad_secret_files(tmp_path, content, mode, phrase):
+    conf = tmp_path / "c.toml"
+    conf.write_text(_with_secret_file(tmp_path, content, mode))
+    with pytest.raises(ConfigError) as info:
+        config.load(str(conf))
+    [problem] = info.value.problems
+    assert str(problem).startswith(f"{conf}:9: auth.tokens.ops.secret_file: ") and phrase in str(problem)
+
+
+def test_missing_secret_file(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text(edit(f'hash = "{HASH}"', 'secret_file = "nope"'))
+    with pytest.raises(ConfigError) as info:
+        config.load(str(conf))
+    assert "cannot read" in str(info.value.problems[0])
 
 
 # -- unknown keys ----------------------------------------------------------------------------------
@@ -219,8 +258,7 @@ def test_unknown_key_in_a_token():
          "expected an integer, got boolean"),
         ("relay = { gpio = 17 }", "relay = 17", 13, "devices.door.relay", "expected a table, got integer"),
         ('kind = "door"', "kind = 1", 12, "devices.door.kind", "expected a string, got integer"),
-        ('secret = "long-enough-secret"', "secret = 12345678", 9, "auth.tokens.ops.secret",
-         "expected a string, got integer"),
+        (f'hash = "{HASH}"', "hash = 12345678", 9, "auth.tokens.ops.hash", "expected a string, got integer"),
         ('pull = "up"', 'pull = "sideways"', 14, "devices.door.contact.pull", "must be one of"),
     ],
 )
@@ -231,8 +269,7 @@ def test_wrong_type(old, new, line, field, phrase):
 def test_wrong_type_for_role_allow():
     # The role is then unusable, so the token naming it is reported as well.
     found = problems(edit('allow = ["*"]', 'allow = "*"'))
-    assert found[0] == "test.toml:5: auth.roles.admin.allow: expected an array of strings"
-    assert found[1:] == ["test.toml:8: auth.tokens.ops.role: no role named 'admin' in [auth.roles]"]
+    assert found == ["test.toml:5: auth.roles.admin.allow: expected an array of strings"]
 
 
 def test_timeout_must_be_positive():
@@ -340,32 +377,27 @@ def test_token_with_unknown_role():
     assert_problem(edit('role = "admin"', 'role = "root"'), 8, "auth.tokens.ops.role", "no role named 'root'")
 
 
-@pytest.mark.parametrize("secret", ["", "x", "1234567"])
-def test_token_secret_too_short(secret):
-    assert_problem(edit('secret = "long-enough-secret"', f'secret = "{secret}"'), 9, "auth.tokens.ops.secret",
-                   "at least 8 characters")
+def test_plaintext_secret_is_refused():
+    assert_problem(edit(f'hash = "{HASH}"', 'secret = "long-enough-secret"'), 9, "auth.tokens.ops.secret",
+                   "secrets do not belong in the config")
 
 
-def test_token_missing_secret():
-    assert_problem(edit('secret = "long-enough-secret"', "# no secret"), 7, "auth.tokens.ops.secret",
-                   "missing required field")
+@pytest.mark.parametrize("bad", ["", "md5$1$2$3", "pbkdf2-sha256$10$c2FsdHNhbHQ$AAAA", "pbkdf2-sha256$x$y$z"])
+def test_malformed_hash(bad):
+    assert_problem(edit(f'hash = "{HASH}"', f'hash = "{bad}"'), 9, "auth.tokens.ops.hash", "hash")
 
 
-def test_token_with_unknown_role_and_short_secret_reports_both():
-    """loads() promises every problem at once: an unknown role does not make a 5-character
-    secret acceptable."""
-    found = problems(edit('role = "admin"\nsecret = "long-enough-secret"', 'role = "root"\nsecret = "short"'))
-    assert sorted(found) == sorted([
-        "test.toml:8: auth.tokens.ops.role: no role named 'root' in [auth.roles]",
-        "test.toml:9: auth.tokens.ops.secret: must be at least 8 characters",
-    ])
+def test_token_missing_hash():
+    assert_problem(edit(f'hash = "{HASH}"', "# no hash"), 7, "auth.tokens.ops",
+                   "exactly one of hash or secret_file")
 
 
-def test_two_tokens_sharing_a_secret():
-    text = BASE + '\n[auth.tokens.other]\nrole = "admin"\nsecret = "long-enough-secret"\n'
-    found = only_problem(text)
-    # No line: [auth.tokens] itself is never written as a header, only [auth.tokens.NAME].
-    assert re.fullmatch(r"test\.toml(:\d+)?: auth\.tokens: two tokens share the same secret", found), found
+def test_token_with_unknown_role_and_bad_hash_reports_both():
+    """loads() promises every problem at once: an unknown role does not hide a bad hash."""
+    found = problems(edit(f'role = "admin"\nhash = "{HASH}"', 'role = "root"\nhash = "nonsense"'))
+    assert len(found) == 2
+    assert "test.toml:8: auth.tokens.ops.role: no role named 'root' in [auth.roles]" in found
+    assert any(p.startswith("test.toml:9: auth.tokens.ops.hash: ") for p in found)
 
 
 # -- other problems --------------------------------------------------------------------------------
@@ -411,14 +443,15 @@ def test_file_not_found(tmp_path):
 
 
 def test_several_problems_are_reported_at_once():
-    text = edit('secret = "long-enough-secret"', 'secret = "short"')
+    text = edit(f'hash = "{HASH}"', 'secret = "short"')
     text = edit("relay = { gpio = 17 }", 'relay = { gpio = 17, colour = "red" }', text)
     text = edit("timeout = 2.0", 'timeout = "2"', text)
     text = edit("output = { gpio = 22 }", "output = { gpio = 40 }", text)
     text = text + "colour = 1\n"
     found = problems(text)
     assert sorted(found, key=lambda p: int(p.split(":")[1])) == [
-        "test.toml:9: auth.tokens.ops.secret: must be at least 8 characters",
+        'test.toml:9: auth.tokens.ops.secret: secrets do not belong in the config: use hash = "..." '
+        '(`pictl token create NAME`) or secret_file = "PATH"',
         "test.toml:13: devices.door.relay.colour: unknown field",
         "test.toml:15: devices.door.timeout: expected a number, got string",
         "test.toml:19: devices.light.output.gpio: must be between 0 and 27, got 40",
@@ -429,7 +462,7 @@ def test_several_problems_are_reported_at_once():
 def test_key_lines_maps_headers_keys_and_inline_keys():
     lines = key_lines(BASE)
     assert lines[("server",)] == 1
-    assert lines[("auth", "tokens", "ops", "secret")] == 9
+    assert lines[("auth", "tokens", "ops", "hash")] == 9
     assert lines[("devices", "door")] == 11
     assert lines[("devices", "door", "contact", "pull")] == 14
     assert lines[("devices", "light", "timeout")] == 21
