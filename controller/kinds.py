@@ -37,9 +37,10 @@ class Wiring:
     def __init__(self, gpio: GpioBus) -> None:
         self.gpio = gpio
 
-    def output(self, name: str, spec: Any, *, safe: bool) -> OutputPoint:
+    def output(self, name: str, spec: Any, *, safe: bool, keep: bool = False) -> OutputPoint:
+        """An output driven to *safe* as it is claimed, or left as found when *keep*."""
         if isinstance(spec, GpioOutputSpec):
-            return self.gpio.output(name, spec.pin, active_high=spec.active_high, safe=safe)
+            return self.gpio.output(name, spec.pin, active_high=spec.active_high, safe=safe, keep=keep)
         raise TypeError(f"no driver for output spec {type(spec).__name__}")
 
     def input(self, name: str, spec: Any) -> InputPoint:

@@ -18,6 +18,7 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
 from controller.auth import Session, bearer
@@ -28,6 +29,26 @@ log = logging.getLogger(__name__)
 AUTH_GRACE_S = 10.0  # a connection silent about auth for this long is closed
 MAX_INFLIGHT_PER_CONNECTION = 32  # frames being handled at once; more waits (TCP back-pressure)
 CLOSE_POLICY = 1008  # WebSocket close code: policy violation
+
+
+class _RedactSecrets(logging.Filter):
+    """websockets logs headers and frame contents at DEBUG: never let a token through
+    (an Authorization header, or a session.auth frame)."""
+
+    SENSITIVE = frozenset({"authorization", "cookie", "sec-websocket-protocol"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in self.SENSITIVE:
+            record.args = (args[0], "[redacted]")
+        elif isinstance(args, tuple) and len(args) == 1 and isinstance(args[0], Frame) \
+                and args[0].opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            record.args = (f"{args[0].opcode.name} [{len(args[0].data)} bytes, contents withheld]",)
+        return True
+
+
+ws_log = logging.getLogger("websockets.server.pictl")  # the library's own messages, through the filter
+ws_log.addFilter(_RedactSecrets())
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str, extra: list[tuple[str, str]] = ()) -> Response:
@@ -77,6 +98,7 @@ class Server:
             max_size=self.max_frame_bytes,  # larger frames close with 1009
             ssl=self.tls,
             server_header=None,
+            logger=ws_log,
         )
         sock = next(iter(self._ws.sockets))
         self.port = sock.getsockname()[1]

@@ -17,7 +17,8 @@ class SwitchConfig(DeviceConfig):
     output: OutputSpec  # what is switched
     feedback: InputSpec | None  # proof that the load followed; None: read the output back
     on_when_active: bool  # does an active feedback mean on?
-    safe_on: bool  # level written at start, on failure and at shutdown
+    safe_on: bool  # level written on failure and at shutdown, and at start unless keep_on_start
+    keep_on_start: bool = False  # claim the output at whatever level it is (a daemon restart keeps the light on)
 
 
 def read_config(name: str, t: Table, loader: Loader) -> SwitchConfig | None:
@@ -26,12 +27,13 @@ def read_config(name: str, t: Table, loader: Loader) -> SwitchConfig | None:
     feedback = loader.input_point(t, "feedback", required=False)
     on_when = t.string("on_when", default="active", choices=("active", "inactive"))
     safe = t.string("safe", default="off", choices=("off", "on"))
+    on_start = t.string("on_start", default="safe", choices=("safe", "keep"))
     if feedback is None and t.has("on_when"):
         t.problem("on_when", "only meaningful with a feedback input")
     if output is None or None in common.values() or (t.has("feedback") and feedback is None):
         return None
     return SwitchConfig(**common, output=output, feedback=feedback,
-                        on_when_active=on_when == "active", safe_on=safe == "on")
+                        on_when_active=on_when == "active", safe_on=safe == "on", keep_on_start=on_start == "keep")
 
 
 def _shown(on: bool | None) -> str:
@@ -120,6 +122,6 @@ class Switch(Device):
 
 
 def build(config: SwitchConfig, wiring: Any) -> Switch:
-    output = wiring.output(f"{config.name}.output", config.output, safe=config.safe_on)
+    output = wiring.output(f"{config.name}.output", config.output, safe=config.safe_on, keep=config.keep_on_start)
     feedback = None if config.feedback is None else wiring.input(f"{config.name}.feedback", config.feedback)
     return Switch(config, output, feedback)

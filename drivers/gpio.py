@@ -54,13 +54,15 @@ def load_pin_factory(name: str = "auto") -> Any:
 class GpioOutput(OutputPoint):
     """A digital output (a relay driver input), read back from the pin itself."""
 
-    def __init__(self, name: str, pin: int, *, active_high: bool, safe: bool, factory: Any) -> None:
+    def __init__(self, name: str, pin: int, *, active_high: bool, safe: bool, factory: Any,
+                 keep: bool = False) -> None:
         super().__init__(name)
         self.pin = pin  # BCM number
-        self.safe = safe  # logical level written first, on failure and at shutdown
-        # initial_value makes gpiozero drive the safe level as the line becomes an output.
+        self.safe = safe  # logical level written first (unless keep), on failure and at shutdown
+        # initial_value makes gpiozero drive the safe level as the line becomes an output;
+        # None leaves the line at the level it is found at.
         self._device = DigitalOutputDevice(
-            pin, active_high=active_high, initial_value=safe, pin_factory=factory
+            pin, active_high=active_high, initial_value=None if keep else safe, pin_factory=factory
         )
         self._closed = False
 
@@ -149,8 +151,8 @@ class GpioBus:
         self.factory = factory  # a gpiozero Factory (real, or MockFactory in the plant)
         self.points: list[GpioOutput | GpioInput] = []  # everything opened, for close()
 
-    def output(self, name: str, pin: int, *, active_high: bool, safe: bool) -> GpioOutput:
-        point = GpioOutput(name, pin, active_high=active_high, safe=safe, factory=self.factory)
+    def output(self, name: str, pin: int, *, active_high: bool, safe: bool, keep: bool = False) -> GpioOutput:
+        point = GpioOutput(name, pin, active_high=active_high, safe=safe, factory=self.factory, keep=keep)
         self.points.append(point)
         return point
 

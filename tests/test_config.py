@@ -267,7 +267,6 @@ def test_wrong_type(old, new, line, field, phrase):
 
 
 def test_wrong_type_for_role_allow():
-    # The role is then unusable, so the token naming it is reported as well.
     found = problems(edit('allow = ["*"]', 'allow = "*"'))
     assert found == ["test.toml:5: auth.roles.admin.allow: expected an array of strings"]
 
