@@ -120,3 +120,32 @@ async def test_serve_without_gpio_hardware_says_what_to_do() -> None:
     code, _, err = await run("serve", "--config", str(DEMO), "--listen", "127.0.0.1:0",
                              env={"PATH": "/usr/bin:/bin", "GPIOZERO_PIN_FACTORY": "nonesuch"})
     assert code == 1 and "--simulate" in err and "Traceback" not in err
+
+
+async def test_token_create_makes_config_lines_that_verify(tmp_path: Path) -> None:
+    code, out, err = await run("token", "create", "hall-panel", "--role", "panel")
+    assert code == 0
+    secret = err.strip().rsplit(" ", 1)[-1]
+    conf = tmp_path / "t.toml"
+    conf.write_text('[auth.roles.panel]\nallow = ["*"]\n' + out
+                    + '[devices.light]\nkind = "switch"\noutput = { gpio = 22 }\n')
+    from controller import config
+
+    [token] = config.load(str(conf)).tokens
+    assert token.name == "hall-panel" and token.verifier.matches(secret) and secret not in out
+
+
+async def test_token_hash_reads_the_secret_from_stdin() -> None:
+    proc = await asyncio.create_subprocess_exec(PICTL, "token", "hash", stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate(b"a secret I chose\n")
+    from controller.secrets import parse_hash
+
+    assert proc.returncode == 0 and parse_hash(out.decode().strip()).matches("a secret I chose")
+
+
+async def test_token_secret_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "backup.secret"
+    code, out, _ = await run("token", "create", "backup", "--role", "admin", "--secret-file", str(path))
+    assert code == 0 and f'secret_file = "{path}"' in out
+    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text().strip()) >= 32
