@@ -82,6 +82,7 @@ class Dispatcher:
         if self.plant is not None:
             self.methods["sim.fault"] = self._sim_fault
             self.methods["sim.clear"] = self._sim_clear
+            self.methods["sim.timeline"] = self._sim_timeline
 
     def _register_device(self, device: Device) -> None:
         async def state(session: Session, params: dict[str, Any]) -> Any:
@@ -266,6 +267,16 @@ class Dispatcher:
             raise InvalidParams(str(exc), param="fault", faults=self.plant.faults(device)) from None
         self.audit.record(session, "sim.fault", params, "ok", 0.0)
         return {"device": device, "faults": self.plant.active_faults(device)}
+
+    async def _sim_timeline(self, session: Session, params: dict[str, Any]) -> Any:
+        """When the simulated device physically moved (monotonic clock): for benchmarks and tests."""
+        assert self.plant is not None
+        _no_params("sim.timeline", params, ("device",))
+        device = self._sim_device(params)
+        try:
+            return {"device": device, "moved_at": self.plant.timeline(device)}
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="device") from None
 
     async def _sim_clear(self, session: Session, params: dict[str, Any]) -> Any:
         assert self.plant is not None

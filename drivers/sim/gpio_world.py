@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,7 +67,7 @@ class Linkage:
     level_when_on: bool
     delay_s: float
     stuck: bool = False  # a fault: the input no longer follows
-    moved_at: list[float] = field(default_factory=list)  # monotonic times the input moved
+    moved_at: deque[float] = field(default_factory=lambda: deque(maxlen=100))  # when the input last moved
     _pending: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:

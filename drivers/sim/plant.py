@@ -91,6 +91,13 @@ class Plant:
         sim.active.clear()
         log.info("simulated faults cleared on %s", device)
 
+    def timeline(self, device: str, last: int = 20) -> list[float]:
+        """Monotonic times (CLOCK_MONOTONIC, system-wide) at which the device's inputs last moved."""
+        sim = self.devices.get(device)
+        if sim is None:
+            raise UnknownFault(f"{device} is not simulated with physics")
+        return sorted(t for linkage in sim.linkages.values() for t in linkage.moved_at)[-last:]
+
     def move_by_hand(self, device: str, on: bool) -> None:
         """Someone moves the thing itself (pushes the door, flips the lamp's breaker)."""
         for linkage in self.devices[device].linkages.values():
