@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -49,10 +50,17 @@ class Server:
         self.host = host
         self.port = port  # replaced by the bound port once started (port 0 in tests)
         self.max_frame_bytes = max_frame_bytes
-        self.allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        self.allowed_origins: frozenset[str] = frozenset()
+        self.set_allowed_origins(allowed_origins)
         self.tls = tls  # an ssl.SSLContext for wss://, or None
         self.tasks: set[asyncio.Task[None]] = set()  # frame handlers, owned here
+        self.open_connections = 0  # WebSocket connections past the handshake
+        self.connection_listeners: list[Callable[[], None]] = []  # told when open_connections changes
         self._ws: WsServer | None = None
+
+    def set_allowed_origins(self, origins: tuple[str, ...]) -> None:
+        """Browser origins admitted besides our own; a reload may change them."""
+        self.allowed_origins = frozenset(o.lower().rstrip("/") for o in origins)
 
     @property
     def url(self) -> str:
@@ -124,6 +132,7 @@ class Server:
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
         loop = asyncio.get_running_loop()
         guard = None
+        self._count_connection(+1)
         if not session.authenticated:
             guard = loop.call_later(AUTH_GRACE_S, self._close_if_anonymous, ws, session)
         try:
@@ -137,6 +146,15 @@ class Server:
         finally:
             if guard is not None:
                 guard.cancel()
+            self._count_connection(-1)
+
+    def _count_connection(self, delta: int) -> None:
+        self.open_connections += delta
+        for listener in tuple(self.connection_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("connection listener failed")
 
     def _close_if_anonymous(self, ws: ServerConnection, session: Session) -> None:
         if not session.authenticated:
