@@ -274,10 +274,14 @@ async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None
         log.info("signal received: shutting down")
     finally:
         supervision.stopping()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        for sig in signals:  # a second signal must not kill us half-way to safe outputs
+            loop.add_signal_handler(sig, log.info, "already shutting down; signal %s ignored", sig.name)
         reloader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reloader
-        await daemon.stop()
-        await supervision.close()
+        try:
+            await daemon.stop()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await supervision.close()

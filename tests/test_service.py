@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN, DEMO, NotifySocket, open_client
+from tests.conftest import ADMIN, DEMO, Client, NotifySocket, open_client
 from tests.test_cli import PICTL, run
 
 WATCHDOG_USEC = 400_000  # pings expected every 0.2 s
@@ -56,8 +56,9 @@ class Service:
         assert code == 0, err
         return json.loads(out)
 
-    async def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    async def stop(self, sig: int | None = signal.SIGTERM) -> int:
+        if sig is not None:
+            self.proc.send_signal(sig)
         async with asyncio.timeout(15):
             code = await self.proc.wait()
             if self._reader is not None:
@@ -99,7 +100,7 @@ async def test_ready_only_once_serving_then_watchdog_status_and_stopping(service
     service.proc.send_signal(signal.SIGTERM)
     stopping = await service.notify.next("STOPPING")
     assert stopping["STOPPING"] == "1" and int(stopping["EXTEND_TIMEOUT_USEC"]) > 60_000_000
-    assert await service.stop() == 0
+    assert await service.stop(None) == 0
     assert any("outputs at their safe levels" in line for line in service.log)
     # READY was sent exactly once, and before any watchdog ping.
     kinds = [next(iter(m)) for m in service.notify.seen if "READY" in m or "WATCHDOG" in m]
@@ -136,3 +137,26 @@ async def test_sighup_reload_keeps_the_open_door_and_refuses_a_broken_file(servi
     assert (await service.call("system.describe"))["devices"]["light"]["timeout"] == 0.5
     assert await service.stop() == 0
     assert not any("Traceback" in line for line in service.log)
+
+
+async def test_stop_lets_the_action_finish_and_a_second_signal_does_not_cut_it_short(service: Service) -> None:
+    await service.notify.next("READY", timeout=20)
+    service.start_reading()
+    service.url = (await service.wait_log(r"serving (ws://\S+)")).group(1)
+    await service.call("sim.fault", {"device": "door", "fault": "jammed"})
+    async with open_client(service.url, ADMIN) as ws:
+        client = Client(ws)
+        opening = asyncio.create_task(client.request("door.open", {"timeout": 1.0}))
+        while (await client.call("door.state"))["state"] != "moving":
+            pass  # each round trip waits for the daemon; the open is in flight once it says moving
+        service.proc.send_signal(signal.SIGTERM)
+        await service.notify.next("STOPPING")
+        # Draining now (the jammed door holds it for up to 1 s): an impatient second signal.
+        service.proc.send_signal(signal.SIGINT)
+        reply = await opening
+        assert reply["error"]["code"] == -32002  # the action ran to its end: relay released
+        assert "actuator released" in reply["error"]["data"]["recovery"]
+        await client.close()
+    assert await service.stop(None) == 0
+    await service.wait_log("already shutting down; signal SIGINT ignored")
+    assert any("outputs at their safe levels" in line for line in service.log)
