@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from controller import config
+from controller import config, kinds, switch
 from controller.daemon import Daemon
 from controller.reload import plan_reload
 from tests.conftest import DEMO, Client, open_client
@@ -171,3 +171,20 @@ async def test_reload_lets_an_action_in_progress_on_a_changed_device_finish(
     assert await daemon.reload() is not None
     assert (await opening)["state"] == "open"  # confirmed before the door was closed for the rebuild
     assert daemon.devices["door"] is not door and daemon.devices["door"].config.timeout == 3.0
+
+
+async def test_a_device_that_cannot_be_built_keeps_its_previous_config(
+        daemon: Daemon, admin: Client, config_file: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def build_or_fail(device_config: switch.SwitchConfig, wiring: kinds.Wiring) -> switch.Switch:
+        if device_config.output.pin == 24:  # as a line held by another program would
+            raise OSError("GPIO24 is busy")
+        return switch.build(device_config, wiring)
+
+    monkeypatch.setitem(kinds.REGISTRY, "switch", kinds.Kind(switch.read_config, build_or_fail))
+    config_file.write_text(demo_with("output = { gpio = 22 }", "output = { gpio = 24 }"))
+    assert await daemon.reload() is not None
+    assert "light: cannot build it from the new config: GPIO24 is busy" in caplog.text
+    assert "light: keeping its previous config" in caplog.text
+    assert daemon.config.devices["light"].output.pin == 22
+    assert (await admin.call("light.on"))["state"] == "on" and level(daemon, 22) is True
