@@ -207,6 +207,7 @@ class Daemon:
                 device = await self._bring_up(old)
                 in_force[name] = old
             if device is None:
+                log.error("%s: left out until the next reload or restart", name)
                 self._withdraw(name)
                 in_force.pop(name)
                 continue
@@ -230,7 +231,7 @@ class Daemon:
             device = self._build_device(device_config)
             await device.start()
         except Exception as exc:
-            log.error("%s: cannot build it from the new config: %s", device_config.name, exc)
+            log.error("%s: cannot build it: %s", device_config.name, exc)
             if device is not None:
                 device.close()
             if self.plant is not None:

@@ -21,31 +21,13 @@
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
-DESTDIR="${DESTDIR:-}"
-PREFIX="${PICTL_PREFIX:-/opt/pictl}"
+SCRIPT=install
+# shellcheck source=scripts/common.sh
+. "$SRC/scripts/common.sh"
 PYTHON="${PYTHON:-python3}"
-USER_NAME=pictl
-UNIT_PATH=/etc/systemd/system/pictl.service
-CONFIG_DIR=/etc/pictl
 CONFIG="$CONFIG_DIR/config.toml"
 VENV="$PREFIX/venv"
 
-say() { printf 'pictl install: %s\n' "$*"; }
-# Commands that change the system outside DESTDIR: printed in the sandbox, run otherwise.
-system() {
-    if [ -n "$DESTDIR" ]; then
-        printf 'would run:'
-        printf ' %q' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
-
-if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
-    echo "pictl install: run as root (sudo $0), or set DESTDIR to try it in a sandbox" >&2
-    exit 1
-fi
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer")'
 
 # 1. user and groups. SupplementaryGroups= in the unit fails the start if a group is missing.

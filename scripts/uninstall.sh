@@ -8,26 +8,11 @@
 # DESTDIR=/some/dir works as for install.sh: files below it, system commands printed.
 set -euo pipefail
 
-DESTDIR="${DESTDIR:-}"
-PREFIX="${PICTL_PREFIX:-/opt/pictl}"
-UNIT_PATH=/etc/systemd/system/pictl.service
+SCRIPT=uninstall
+# shellcheck source=scripts/common.sh
+. "$(cd "$(dirname "$0")" && pwd)/common.sh"
 PURGE=no
 [ "${1:-}" = "--purge" ] && PURGE=yes
-
-system() {
-    if [ -n "$DESTDIR" ]; then
-        printf 'would run:'
-        printf ' %q' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
-
-if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
-    echo "pictl uninstall: run as root (sudo $0)" >&2
-    exit 1
-fi
 
 if [ -n "$DESTDIR" ] || systemctl cat pictl.service >/dev/null 2>&1; then
     system systemctl disable --now pictl.service
@@ -37,12 +22,12 @@ system systemctl daemon-reload
 system systemctl reset-failed pictl.service 2>/dev/null || true
 system rm -rf "$PREFIX"
 if [ "$PURGE" = yes ]; then
-    rm -rf "$DESTDIR/etc/pictl"
+    rm -rf "$DESTDIR$CONFIG_DIR"
     system rm -rf /var/lib/pictl
-    if [ -n "$DESTDIR" ] || id pictl >/dev/null 2>&1; then
-        system userdel pictl
+    if [ -n "$DESTDIR" ] || id "$USER_NAME" >/dev/null 2>&1; then
+        system userdel "$USER_NAME"
     fi
-    echo "pictl uninstall: removed the service, /opt/pictl, /etc/pictl, /var/lib/pictl and the user"
+    say "removed the service, $PREFIX, $CONFIG_DIR, /var/lib/pictl and the user"
 else
-    echo "pictl uninstall: removed the service and $PREFIX; kept /etc/pictl, /var/lib/pictl and the user (--purge removes them)"
+    say "removed the service and $PREFIX; kept $CONFIG_DIR, /var/lib/pictl and the user (--purge removes them)"
 fi

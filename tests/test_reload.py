@@ -184,7 +184,7 @@ async def test_a_device_that_cannot_be_built_keeps_its_previous_config(
     monkeypatch.setitem(kinds.REGISTRY, "switch", kinds.Kind(switch.read_config, build_or_fail))
     config_file.write_text(demo_with("output = { gpio = 22 }", "output = { gpio = 24 }"))
     assert await daemon.reload() is not None
-    assert "light: cannot build it from the new config: GPIO24 is busy" in caplog.text
+    assert "light: cannot build it: GPIO24 is busy" in caplog.text
     assert "light: keeping its previous config" in caplog.text
     assert daemon.config.devices["light"].output.pin == 22
     assert (await admin.call("light.on"))["state"] == "on" and level(daemon, 22) is True
