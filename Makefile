@@ -1,11 +1,13 @@
 # Quick start:  make demo   (virtualenv + daemon on the simulated plant)
 #               make test   (virtualenv + the test suite)
+# On the Pi:    sudo make install     (service in /opt/pictl, config in /etc/pictl; idempotent)
+#               sudo make uninstall   (keeps /etc/pictl and /var/lib/pictl; scripts/uninstall.sh --purge)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint check-config clean
+.PHONY: demo test lint check-config bench bench-quick clean install uninstall
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -26,11 +28,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick
+
 lint: $(STAMP)
 	$(BIN)/ruff check controller drivers tests bench
 
 check-config: $(STAMP)
 	$(BIN)/pictl check-config config/demo.toml
+	$(BIN)/pictl check-config config/example-pi.toml
+
+install:
+	scripts/install.sh
+
+uninstall:
+	scripts/uninstall.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -103,6 +103,12 @@ class Authenticator:
         self._failures: OrderedDict[str, _Failures] = OrderedDict()  # address -> recent failures
         self.lockouts = 0  # addresses locked out so far (metrics)
 
+    def update(self, tokens: tuple[Token, ...], roles: dict[str, Role]) -> None:
+        """New tokens and roles (a config reload) for new logins; failure counts are kept."""
+        self._tokens = tokens
+        self.roles = roles
+        self._verified.clear()
+
     async def check(self, secret: str) -> Token | None:
         """The token whose secret this is, or None. Hashing runs in a worker thread."""
         key = fingerprint(secret)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -111,6 +112,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
+    faulthandler.enable()
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:

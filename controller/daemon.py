@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import signal
 import ssl
 from typing import Any
 
+from controller import config as config_file
 from controller import kinds
 from controller.audit import AuditTrail
 from controller.auth import Authenticator
-from controller.config import Config
+from controller.config import Config, DeviceConfig
+from controller.configbase import ConfigError
 from controller.devices import Device
 from controller.dispatch import Dispatcher
 from controller.events import EventBus
 from controller.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
+from controller.reload import ReloadPlan, plan_reload
+from controller.sdnotify import Notifier, Supervision, watchdog_interval
 from controller.server import Server
-from controller.simulation import build_plant
+from controller.simulation import build_plant, simulate
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.sim.plant import Plant
 
@@ -45,8 +51,10 @@ class Daemon:
         self.port = config.server.port if port is None else port
         self.plant: Plant | None = None
         self.gpio: GpioBus | None = None
-        # Every bus the devices use: each has name, kind, counters() -> dict[str, int], aclose().
+        # Every bus the devices use: each has name, kind, counters() -> dict[str, int], aclose(),
+        # and may have wedged() -> str | None (the watchdog stops pinging while it says why).
         self.buses: list[Any] = []
+        self.wiring: kinds.Wiring | None = None  # turns point specs into points; kept for reloads
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
@@ -132,14 +140,20 @@ class Daemon:
             factory = load_pin_factory(self.config.gpio_factory)
         self.gpio = GpioBus(factory)
         self.buses.append(self.gpio)
-        wiring = kinds.Wiring(self.gpio)
+        self.wiring = kinds.Wiring(self.gpio)
         for name, device_config in self.config.devices.items():
-            device = kinds.build(device_config, wiring)
-            for point in device.points:
-                point.bind(loop)
-            self.devices[name] = device
+            self.devices[name] = self._build_device(device_config)
         for device in self.devices.values():
             await device.start()
+
+    def _build_device(self, device_config: DeviceConfig) -> Device:
+        """One device on the running buses, its points bound to the loop (not started yet)."""
+        assert self.wiring is not None
+        device = kinds.build(device_config, self.wiring)
+        loop = asyncio.get_running_loop()
+        for point in device.points:
+            point.bind(loop)
+        return device
 
     def drain_deadline(self) -> float:
         """Longest any accepted action can still take: its queue wait plus its confirmation."""
@@ -171,18 +185,163 @@ class Daemon:
         self.audit.close()
         log.info("pictl stopped; outputs at their safe levels")
 
+    # -- health, for the service manager ----------------------------------------------------
+    def health_problem(self) -> str | None:
+        """Why the daemon cannot do its job and needs a restart, or None.
 
-async def serve_until_signalled(daemon: Daemon) -> None:
-    """Run *daemon* until SIGTERM or SIGINT, then stop it cleanly."""
+        A device that is offline is not such a reason (a restart does not plug
+        a cable back in); a bus whose own machinery is stuck is.
+        """
+        for bus in self.buses:
+            wedged = getattr(bus, "wedged", None)
+            reason = wedged() if wedged is not None else None
+            if reason:
+                return f"bus {bus.name}: {reason}"
+        return None
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: devices online, connections."""
+        offline = [name for name, d in self.devices.items() if not d.online]
+        connections = self.server.open_connections if self.server is not None else 0
+        line = (f"{len(self.devices) - len(offline)}/{len(self.devices)} devices online, "
+                f"{connections} connection{'' if connections == 1 else 's'}")
+        return line + (f"; offline: {', '.join(offline)}" if offline else "")
+
+    # -- reload -----------------------------------------------------------------------------
+    async def reload(self) -> ReloadPlan | None:
+        """Re-read the config file and apply it. An invalid file changes nothing: each problem
+        is logged on its own line and None is returned."""
+        try:
+            new = config_file.load(self.config.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused, still running the previous config: %s", problem)
+            return None
+        return await self.apply(new)
+
+    async def apply(self, new: Config) -> ReloadPlan:
+        """Move the running daemon to *new*: unchanged devices are left alone (same objects,
+        state and outputs); changed and removed ones are closed (outputs safe) after their
+        action in progress; changed and added ones are built and read. Access rules apply to
+        new logins at once; settings that need a restart are named in the log."""
+        plan = plan_reload(self.config, new)
+        overridden = (self.host, self.port) != (self.config.server.host, self.config.server.port)
+        for item in plan.restart_needed:
+            if overridden and item == "server.listen changed":
+                log.info("server.listen changed in the config; --listen overrides it")
+            else:
+                log.warning("%s: restart pictl to apply it (systemctl restart pictl)", item)
+        in_force = plan.in_force
+        if plan.touches_devices:
+            in_force = dataclasses.replace(in_force, devices=await self._apply_devices(plan, new))
+        if self.dispatcher is not None:
+            if plan.access_changed:
+                self.dispatcher.auth.update(new.tokens, new.roles)
+            self.dispatcher.max_batch = new.server.max_batch
+        if self.server is not None:
+            self.server.set_allowed_origins(new.server.allowed_origins)
+        self.config = in_force
+        log.info("config reloaded from %s: %s", new.path, plan.summary())
+        return plan
+
+    async def _apply_devices(self, plan: ReloadPlan, new: Config) -> dict[str, DeviceConfig]:
+        """Close, rebuild, drop and add devices; returns the device configs now in force."""
+        in_force = dict(new.devices)
+        going = [self.devices[name] for name in (*plan.changed, *plan.removed)]
+        deadline = self.drain_deadline()
+        finished = await asyncio.gather(*(device.retire(deadline) for device in going))
+        for device, done in zip(going, finished, strict=True):
+            if not done:
+                log.warning("%s: its action did not finish before the reload closed it", device.name)
+            if self.plant is not None:
+                self.plant.unlink(device.name)
+        for name in plan.removed:
+            self._withdraw(name)
+        for name in (*plan.changed, *plan.added):
+            old = self.config.devices.get(name)
+            device = await self._bring_up(new.devices[name])
+            if device is None and old is not None:
+                log.error("%s: keeping its previous config", name)
+                device = await self._bring_up(old)
+                in_force[name] = old
+            if device is None:
+                log.error("%s: left out until the next reload or restart", name)
+                self._withdraw(name)
+                in_force.pop(name)
+                continue
+            if self.dispatcher is not None:
+                self.dispatcher.add_device(device)
+            else:
+                self.devices[name] = device
+        # Keep the config's order for status and describe (the dict is shared with the dispatcher).
+        order = [name for name in new.devices if name in self.devices]
+        ordered = {name: self.devices[name] for name in (*order, *(n for n in self.devices if n not in order))}
+        self.devices.clear()
+        self.devices.update(ordered)
+        return in_force
+
+    async def _bring_up(self, device_config: DeviceConfig) -> Device | None:
+        """Build and read one device; None (logged, nothing left claimed) when that fails."""
+        if self.plant is not None:
+            simulate(self.plant, device_config)
+        device = None
+        try:
+            device = self._build_device(device_config)
+            await device.start()
+            device.listen(self._device_event)
+        except Exception as exc:
+            log.error("%s: cannot build it: %s", device_config.name, exc)
+            if device is not None:
+                device.close()
+            if self.plant is not None:
+                self.plant.unlink(device_config.name)
+            return None
+        log.info("device %s (%s): %s", device.name, device.kind, device.state()["state"])
+        return device
+
+    def _withdraw(self, name: str) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.remove_device(name)
+        self.devices.pop(name, None)
+
+
+async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None) -> None:
+    """Run *daemon* until SIGTERM or SIGINT, then stop it cleanly; SIGHUP reloads the config.
+
+    Under systemd (``$NOTIFY_SOCKET``) it reports READY once serving, pings the
+    watchdog while healthy, keeps ``STATUS=`` current, and says RELOADING and STOPPING.
+    """
+    notifier = Notifier.from_environment() if notifier is None else notifier
+    supervision = Supervision(daemon, notifier, watchdog_interval())
     stop = asyncio.Event()
+    reload_wanted = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await daemon.start()
+    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)  # before start: HUP's default kills
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    try:
+        await daemon.start()  # a failed start has stopped the daemon itself
+    except BaseException:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await supervision.close()
+        raise
+    supervision.serving()
+    reloader = loop.create_task(supervision.reload_on(reload_wanted), name="reloader")
     try:
         await stop.wait()
         log.info("signal received: shutting down")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await daemon.stop()
+        supervision.stopping()
+        for sig in signals:  # a second signal must not kill us half-way to safe outputs
+            loop.add_signal_handler(sig, log.info, "already shutting down; signal %s ignored", sig.name)
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
+        try:
+            await daemon.stop()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await supervision.close()

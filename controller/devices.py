@@ -86,6 +86,7 @@ class Device:
         self._busy_action: str | None = None  # the action holding the queue, if any
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
+        self.retired = False  # closed by a config reload: calls still queued fail as unavailable
         for point in points:
             point.listen(self._on_observation)
             point.listen_health(self._on_point_health)
@@ -199,6 +200,8 @@ class Device:
         """Kinds with parameters beyond ``timeout`` validate them here."""
 
     def check_online(self) -> None:
+        if self.retired:
+            raise Unavailable(f"{self.name} was closed by a config reload", device=self.name, since=None)
         if not self.online:
             since = self.offline_since()
             raise Unavailable(f"{self.name} is offline", device=self.name,
@@ -273,3 +276,21 @@ class Device:
     def close(self) -> None:
         for point in self.points:
             point.close()
+
+    async def retire(self, timeout: float) -> bool:
+        """Let the action in progress finish (up to *timeout*), then close: outputs to safe.
+
+        Calls queued behind it fail as unavailable. Returns False when the
+        action did not finish in time (the device is closed all the same).
+        """
+        self.retired = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.acquire()
+        except TimeoutError:
+            finished = False
+        else:
+            finished = True
+            self._queue.release()
+        self.close()
+        return finished

@@ -84,6 +84,19 @@ class Dispatcher:
             self.methods["sim.clear"] = self._sim_clear
             self.methods["sim.timeline"] = self._sim_timeline
 
+    def add_device(self, device: Device) -> None:
+        """Offer *device*'s methods (a config reload built it), replacing any of the same name."""
+        self.remove_device(device.name)
+        self.devices[device.name] = device
+        self._register_device(device)
+
+    def remove_device(self, name: str) -> None:
+        """Withdraw a device and its methods; calls already running finish."""
+        self.devices.pop(name, None)
+        prefix = f"{name}."
+        for method in [m for m in self.methods if m.startswith(prefix)]:
+            del self.methods[method]
+
     def _register_device(self, device: Device) -> None:
         async def state(session: Session, params: dict[str, Any]) -> Any:
             _no_params(f"{device.name}.state", params)

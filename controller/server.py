@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -72,7 +73,8 @@ class Server:
         self.host = host
         self.port = port  # replaced by the bound port once started (port 0 in tests)
         self.max_frame_bytes = max_frame_bytes
-        self.allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        self.allowed_origins: frozenset[str] = frozenset()
+        self.set_allowed_origins(allowed_origins)
         self.tls = tls  # an ssl.SSLContext for wss://, or None
         self.metrics_tokens = frozenset(metrics_tokens)  # token names that may scrape; empty: open
         self.auth_timeout = auth_timeout  # unauthenticated connections are closed after this long
@@ -80,7 +82,13 @@ class Server:
         self.max_per_address = max_connections_per_address
         self.per_address: dict[str, int] = {}  # open (or opening) WebSocket connections by address
         self.tasks: set[asyncio.Task[None]] = set()  # frame handlers, owned here
+        self.open_connections = 0  # WebSocket connections past the handshake
+        self.connection_listeners: list[Callable[[], None]] = []  # told when open_connections changes
         self._ws: WsServer | None = None
+
+    def set_allowed_origins(self, origins: tuple[str, ...]) -> None:
+        """Browser origins admitted besides our own; a reload may change them."""
+        self.allowed_origins = frozenset(o.lower().rstrip("/") for o in origins)
 
     @property
     def url(self) -> str:
@@ -197,11 +205,10 @@ class Server:
     async def _handle(self, ws: ServerConnection) -> None:
         session: Session = ws.pictl_session  # type: ignore[attr-defined]
         session.extra["ws"] = ws  # events.subscribe sends on it
-        gauge = self.dispatcher.metrics.ws_connections
-        gauge.inc()
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
         loop = asyncio.get_running_loop()
         guard = None
+        self._connections_changed(+1)
         if not session.authenticated:
             guard = loop.call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
         try:
@@ -213,10 +220,19 @@ class Server:
         except ConnectionClosed:
             pass
         finally:
-            gauge.dec()
             self.dispatcher.events.drop(ws)
             if guard is not None:
                 guard.cancel()
+            self._connections_changed(-1)
+
+    def _connections_changed(self, delta: int) -> None:
+        self.open_connections += delta
+        self.dispatcher.metrics.ws_connections.set(self.open_connections)
+        for listener in tuple(self.connection_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("connection listener failed")
 
     def _close_if_anonymous(self, ws: ServerConnection, session: Session) -> None:
         if not session.authenticated:

@@ -66,6 +66,10 @@ class GpioOutput(OutputPoint):
         )
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def _write(self, value: Any) -> None:
         self.write_now(bool(value))
 
@@ -122,6 +126,10 @@ class GpioInput(InputPoint):
         self._device.when_deactivated = self._on_deactivated
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _on_activated(self) -> None:
         self.observe_threadsafe(True)
 
@@ -152,6 +160,7 @@ class GpioBus:
         self.points: list[GpioOutput | GpioInput] = []  # everything opened, for close()
 
     def output(self, name: str, pin: int, *, active_high: bool, safe: bool, keep: bool = False) -> GpioOutput:
+        self._forget_closed()
         point = GpioOutput(name, pin, active_high=active_high, safe=safe, factory=self.factory, keep=keep)
         self.points.append(point)
         return point
@@ -159,15 +168,29 @@ class GpioBus:
     def input(
         self, name: str, pin: int, *, pull: str, active_high: bool | None, debounce_s: float | None
     ) -> GpioInput:
+        self._forget_closed()
         point = GpioInput(
             name, pin, pull=pull, active_high=active_high, debounce_s=debounce_s, factory=self.factory
         )
         self.points.append(point)
         return point
 
+    def _forget_closed(self) -> None:
+        # Devices closed by a config reload closed their points; do not keep them for ever.
+        self.points = [p for p in self.points if not p.closed]
+
     def counters(self) -> dict[str, int]:
         """Event counts for metrics (GPIO has none worth counting)."""
         return {}
+
+    def wedged(self) -> str | None:
+        """Why the bus cannot work any more (its own thread stuck), or None.
+
+        The watchdog withholds its ping while a bus says so, and systemd
+        restarts the daemon. GPIO calls are quick ioctls on the loop thread:
+        nothing of its own can hang.
+        """
+        return None
 
     async def aclose(self) -> None:
         self.close()

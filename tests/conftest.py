@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +116,54 @@ async def panel(daemon: Daemon) -> AsyncIterator[Client]:
         client = Client(ws)
         yield client
         await client.close()
+
+
+class NotifySocket:
+    """The service manager's end of ``$NOTIFY_SOCKET``: a real AF_UNIX datagram socket."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address  # as it goes into NOTIFY_SOCKET: a path, or "@name" (abstract)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        self.seen: list[dict[str, str]] = []  # every message received, in order
+
+    @staticmethod
+    def parse(data: bytes) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in data.decode().splitlines())
+
+    async def next(self, key: str, timeout: float = 10.0) -> dict[str, str]:
+        """The next message that carries *key* (earlier ones are kept in ``seen``)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                message = self.parse(await loop.sock_recv(self.sock, 65536))
+                self.seen.append(message)
+                if key in message:
+                    return message
+
+    def drain(self) -> list[dict[str, str]]:
+        """Whatever has arrived and not been read yet, without waiting."""
+        out = []
+        while True:
+            try:
+                out.append(self.parse(self.sock.recv(65536)))
+            except BlockingIOError:
+                self.seen.extend(out)
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request: pytest.FixtureRequest) -> Iterator[NotifySocket]:
+    """Both forms systemd uses: a socket file, and an abstract name written with a leading @."""
+    with tempfile.TemporaryDirectory(prefix="pictl-") as short:  # socket paths are limited to 107 bytes
+        if request.param == "path":
+            address = os.path.join(short, "notify")
+        else:
+            address = f"@pictl-test-{os.getpid()}-{uuid.uuid4().hex}"
+        ns = NotifySocket(address)
+        yield ns
+        ns.close()

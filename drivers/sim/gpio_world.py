@@ -104,6 +104,12 @@ class Linkage:
             self._pending.cancel()
             self._pending = None
 
+    def detach(self) -> None:
+        """Stop following the output for good; the input keeps its level."""
+        self.jam()
+        if self.output.on_output == self._on_output:
+            self.output.on_output = None
+
     def free(self) -> None:
         """Clear the fault: the world catches up with the output after the delay."""
         self.stuck = False

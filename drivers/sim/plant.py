@@ -65,6 +65,12 @@ class Plant:
         self.devices.setdefault(device, SimDevice(device)).linkages[fault] = linkage
         return linkage
 
+    def unlink(self, device: str) -> None:
+        """Take a device's linkages out of the world (its config was reloaded away)."""
+        sim = self.devices.pop(device, None)
+        for linkage in sim.linkages.values() if sim else ():
+            linkage.detach()
+
     def faults(self, device: str) -> list[str]:
         """Faults the device supports (empty when it is not simulated)."""
         sim = self.devices.get(device)

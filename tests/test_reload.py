@@ -1,0 +1,200 @@
+"""Config reload: the pure plan, and a running daemon moved to a new config in process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from controller import config, kinds, switch
+from controller.daemon import Daemon
+from controller.reload import plan_reload
+from controller.secrets import hash_secret
+from tests.conftest import DEMO, Client, open_client
+
+DEMO_TEXT = DEMO.read_text()
+PANEL_HASH = re.search(r'\[auth\.tokens\.demo-panel\]\nrole = "panel"\nhash = "([^"]+)"', DEMO_TEXT).group(1)
+ROTATED = "rotated-panel-secret"
+
+
+def rotated_panel() -> str:
+    """The demo config with the panel token's secret replaced."""
+    return DEMO_TEXT.replace(PANEL_HASH, str(hash_secret(ROTATED, iterations=1000)))
+BELL = '\n[devices.bell]\nkind = "switch"\noutput = { gpio = 24 }\ntimeout = 0.5\n'
+
+
+def demo_with(old: str, new: str) -> str:
+    assert old in DEMO_TEXT
+    return DEMO_TEXT.replace(old, new)
+
+
+# -- the plan, without hardware -------------------------------------------------------------------
+def test_plan_sorts_devices_by_equality_of_their_configs() -> None:
+    old = config.loads(DEMO_TEXT, "old.toml")
+    new = config.loads(demo_with("timeout = 1.0", "timeout = 0.5") + BELL, "new.toml")
+    plan = plan_reload(old, new)
+    assert plan.kept == ("door",) and plan.changed == ("light",) and plan.added == ("bell",)
+    assert plan.removed == () and not plan.access_changed and plan.restart_needed == ()
+
+
+def test_plan_names_removed_devices_and_access_changes() -> None:
+    old = config.loads(DEMO_TEXT, "old.toml")
+    text = rotated_panel()[: DEMO_TEXT.index("# A light")]
+    plan = plan_reload(old, config.loads(text, "new.toml"))
+    assert plan.removed == ("light",) and plan.kept == ("door",) and plan.access_changed
+
+
+def test_restart_only_settings_are_named_and_kept_at_their_running_values() -> None:
+    old = config.loads(DEMO_TEXT, "old.toml")
+    text = demo_with('listen = "127.0.0.1:8765"',
+                     'listen = "0.0.0.0:9000"\nallowed_origins = ["https://panel.lan"]\nmax_frame_bytes = 4096')
+    new = config.loads(text + '\n[gpio]\nfactory = "lgpio"\n', "new.toml")
+    plan = plan_reload(old, new)
+    assert plan.restart_needed == ("gpio_factory changed", "server.listen changed", "server.max_frame_bytes changed")
+    assert plan.server_changed == ("server.allowed_origins",)
+    assert plan.in_force.gpio_factory == "auto"
+    assert (plan.in_force.server.host, plan.in_force.server.port) == ("127.0.0.1", 8765)
+    assert plan.in_force.server.max_frame_bytes == old.server.max_frame_bytes
+    assert plan.in_force.server.allowed_origins == ("https://panel.lan",)
+
+
+# -- a running daemon ----------------------------------------------------------------------------
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pictl.toml"
+    path.write_text(DEMO_TEXT)
+    return path
+
+
+@pytest.fixture
+def demo_config(config_file: Path) -> config.Config:
+    """The conftest ``daemon`` and ``admin`` fixtures, on a config file this test may rewrite."""
+    return config.load(str(config_file))
+
+
+def level(daemon: Daemon, pin: int) -> bool:
+    assert daemon.plant is not None
+    return bool(daemon.plant.gpio_factory.pin(pin).state)
+
+
+async def test_valid_reload_keeps_unchanged_devices_and_rebuilds_changed_ones(
+        daemon: Daemon, admin: Client, config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    await admin.call("door.open")
+    await admin.call("light.on")
+    door, light = daemon.devices["door"], daemon.devices["light"]
+    door_open = daemon.dispatcher.methods["door.open"]
+    config_file.write_text(demo_with("timeout = 1.0", "timeout = 0.5") + BELL)
+
+    plan = await daemon.reload()
+
+    assert plan is not None and plan.kept == ("door",)
+    # The door was not touched: same object, still open, relay still energised, same methods.
+    assert daemon.devices["door"] is door and daemon.dispatcher.methods["door.open"] is door_open
+    assert (await admin.call("door.state"))["state"] == "open" and level(daemon, 17) is True
+    # The light was closed (output to its safe level) and built again from the new config.
+    assert daemon.devices["light"] is not light and light.retired
+    assert (await admin.call("light.state"))["state"] == "off" and level(daemon, 22) is False
+    described = await admin.call("system.describe")
+    assert described["devices"]["light"]["timeout"] == 0.5
+    assert (await admin.call("light.on"))["evidence"]["source"] == "light.feedback"
+    # The added bell is offered at once; the config in force is the new one.
+    assert (await admin.call("bell.on"))["state"] == "on"
+    assert list(daemon.devices) == ["door", "light", "bell"]
+    assert daemon.config.devices["light"].timeout == 0.5
+    assert "rebuilt: light; added: bell" in caplog.text
+
+
+async def test_removed_device_is_closed_safe_and_its_methods_withdrawn(
+        daemon: Daemon, admin: Client, config_file: Path) -> None:
+    await admin.call("light.on")
+    config_file.write_text(DEMO_TEXT[: DEMO_TEXT.index("# A light")])
+    assert await daemon.reload() is not None
+    assert level(daemon, 22) is False and "light" not in daemon.devices
+    assert (await admin.error("light.on"))["code"] == -32601
+    assert set((await admin.call("system.status"))["devices"]) == {"door"}
+
+
+async def test_a_device_moved_to_other_pins_works_on_the_new_ones(
+        daemon: Daemon, admin: Client, config_file: Path) -> None:
+    await admin.call("door.open")
+    config_file.write_text(demo_with("relay = { gpio = 17 }", "relay = { gpio = 5 }"))
+    assert await daemon.reload() is not None
+    assert level(daemon, 17) is False  # the old relay line was released safe
+    assert (await admin.call("door.state"))["state"] == "closed"
+    assert (await admin.call("door.open"))["state"] == "open" and level(daemon, 5) is True
+
+
+async def test_invalid_reload_is_refused_and_the_old_config_stays_in_force(
+        daemon: Daemon, admin: Client, config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    await admin.call("door.open")
+    before = daemon.config
+    door = daemon.devices["door"]
+    config_file.write_text(demo_with("relay = { gpio = 17 }", "relay = { gpio = 99 }") + "\n[bogus]\n")
+
+    assert await daemon.reload() is None
+
+    refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+    assert len(refused) == 2  # one line per problem, each with FILE:LINE
+    relay_line = DEMO_TEXT[: DEMO_TEXT.index("relay = { gpio = 17 }")].count("\n") + 1
+    assert any(f"{config_file}:{relay_line}: devices.door.relay.gpio" in line for line in refused)
+    assert daemon.config is before and daemon.devices["door"] is door
+    assert (await admin.call("door.state"))["state"] == "open" and level(daemon, 17) is True
+
+
+async def test_new_tokens_and_roles_apply_to_new_logins(daemon: Daemon, config_file: Path) -> None:
+    config_file.write_text(rotated_panel())
+    assert await daemon.reload() is not None
+    with pytest.raises(InvalidStatus):
+        async with open_client(daemon.url, "demo-panel"):
+            pass
+    async with open_client(daemon.url, ROTATED) as ws:
+        panel = Client(ws)
+        assert (await panel.call("door.state"))["state"] == "closed"
+        await panel.close()
+
+
+async def test_a_listen_change_says_a_restart_is_needed(
+        config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config_file.write_text(demo_with('listen = "127.0.0.1:8765"', 'listen = "127.0.0.1:0"'))
+    d = Daemon(config.load(str(config_file)), simulate=True)  # listening where the config says
+    config_file.write_text(demo_with('listen = "127.0.0.1:8765"', 'listen = "127.0.0.1:8766"'))
+    await d.start()
+    try:
+        plan = await d.reload()
+    finally:
+        await d.stop()
+    assert plan is not None and plan.restart_needed == ("server.listen changed",)
+    assert "server.listen changed: restart pictl to apply it" in caplog.text
+
+
+async def test_reload_lets_an_action_in_progress_on_a_changed_device_finish(
+        daemon: Daemon, admin: Client, config_file: Path) -> None:
+    opening = asyncio.create_task(admin.call("door.open"))
+    door = daemon.devices["door"]
+    await door.relay.expect(lambda v: v is True).wait(2.0)  # the open is under way
+    config_file.write_text(demo_with("timeout = 2.0", "timeout = 3.0"))
+    assert await daemon.reload() is not None
+    assert (await opening)["state"] == "open"  # confirmed before the door was closed for the rebuild
+    assert daemon.devices["door"] is not door and daemon.devices["door"].config.timeout == 3.0
+
+
+async def test_a_device_that_cannot_be_built_keeps_its_previous_config(
+        daemon: Daemon, admin: Client, config_file: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def build_or_fail(device_config: switch.SwitchConfig, wiring: kinds.Wiring) -> switch.Switch:
+        if device_config.output.pin == 24:  # as a line held by another program would
+            raise OSError("GPIO24 is busy")
+        return switch.build(device_config, wiring)
+
+    monkeypatch.setitem(kinds.REGISTRY, "switch", kinds.Kind(switch.read_config, build_or_fail))
+    config_file.write_text(demo_with("output = { gpio = 22 }", "output = { gpio = 24 }"))
+    assert await daemon.reload() is not None
+    assert "light: cannot build it: GPIO24 is busy" in caplog.text
+    assert "light: keeping its previous config" in caplog.text
+    assert daemon.config.devices["light"].output.pin == 22
+    assert (await admin.call("light.on"))["state"] == "on" and level(daemon, 22) is True
