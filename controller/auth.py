@@ -102,12 +102,14 @@ class Authenticator:
         self._verified: OrderedDict[bytes, Token] = OrderedDict()  # fingerprint -> token
         self._failures: OrderedDict[str, _Failures] = OrderedDict()  # address -> recent failures
         self.lockouts = 0  # addresses locked out so far (metrics)
+        self._decisions: dict[tuple[str, str], bool] = {}  # (role, method) -> allowed; methods come from config
 
     def update(self, tokens: tuple[Token, ...], roles: dict[str, Role]) -> None:
         """New tokens and roles (a config reload) for new logins; failure counts are kept."""
         self._tokens = tokens
         self.roles = roles
         self._verified.clear()
+        self._decisions.clear()
 
     async def check(self, secret: str) -> Token | None:
         """The token whose secret this is, or None. Hashing runs in a worker thread."""
@@ -177,9 +179,13 @@ class Authenticator:
             session.bucket = RateBucket(session.role.rate, session.role.burst or 1)
         return True
 
-    @staticmethod
-    def may_call(role: Role, method: str) -> bool:
-        return role_allows(role, method)
+    def may_call(self, role: Role, method: str) -> bool:
+        """Cached: called for every request, with a method name from the method table."""
+        key = (role.name, method)
+        allowed = self._decisions.get(key)
+        if allowed is None:
+            allowed = self._decisions[key] = role_allows(role, method)
+        return allowed
 
 
 def bearer(header: str | None) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from controller import __version__, jsonrpc
@@ -34,7 +34,14 @@ from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Session, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[Session, dict[str, Any]], Any]  # returns the result, or an awaitable of it
+
+
+class NotNow:
+    """answer_now's word that the frame needs the asynchronous path."""
+
+
+NOT_NOW = NotNow()
 OPEN_METHODS = frozenset({"session.auth"})  # callable before authentication
 
 
@@ -67,6 +74,9 @@ class Dispatcher:
         self.started = time.monotonic()
         self.draining = False  # set at shutdown: new calls are refused
         self.methods: dict[str, Handler] = {}
+        self.instant: set[str] = set()  # methods whose handler returns at once (no await): answered inline
+        self._requests: dict[tuple[str, str], Any] = {}  # (method, outcome) -> its counter, looked up once
+        self._durations: dict[str, Any] = {}  # method -> its histogram
         self._register_builtin()
         for device in devices.values():
             self._register_device(device)
@@ -83,6 +93,7 @@ class Dispatcher:
             self.methods["sim.fault"] = self._sim_fault
             self.methods["sim.clear"] = self._sim_clear
             self.methods["sim.timeline"] = self._sim_timeline
+        self.instant.update(m for m in self.methods if m != "session.auth")
 
     def add_device(self, device: Device) -> None:
         """Offer *device*'s methods (a config reload built it), replacing any of the same name."""
@@ -96,13 +107,15 @@ class Dispatcher:
         prefix = f"{name}."
         for method in [m for m in self.methods if m.startswith(prefix)]:
             del self.methods[method]
+            self.instant.discard(method)
 
     def _register_device(self, device: Device) -> None:
-        async def state(session: Session, params: dict[str, Any]) -> Any:
+        def state(session: Session, params: dict[str, Any]) -> Any:
             _no_params(f"{device.name}.state", params)
             return device.state()
 
         self.methods[f"{device.name}.state"] = state
+        self.instant.add(f"{device.name}.state")
         for action in device.actions:
             self.methods[f"{device.name}.{action}"] = self._action_handler(device, action)
 
@@ -139,9 +152,23 @@ class Dispatcher:
         return run
 
     # -- the frame path ---------------------------------------------------------------------------
-    async def handle_text(self, session: Session, text: str) -> str | None:
-        """One text frame in, the reply frame out (None: nothing to send)."""
-        message = jsonrpc.decode(text, self.max_batch)
+    def answer_now(self, session: Session, message: jsonrpc.Message) -> bytes | NotNow | None:
+        """The reply to a frame that needs no waiting (invalid, or one instant method), or NOT_NOW.
+
+        Most frames (ping, state, status, subscribe) are answered here, inline, without a task
+        per frame; anything that may wait (actions, session.auth, batches) returns NOT_NOW.
+        """
+        if len(message.items) != 1:
+            return NOT_NOW
+        item = message.items[0]
+        if isinstance(item, jsonrpc.Request) and item.method not in self.instant:
+            return NOT_NOW
+        reply = self._answer_instant(session, item)
+        return jsonrpc.encode_frame([] if reply is None else [reply], message.batch)
+
+    async def handle_text(self, session: Session, text: str | jsonrpc.Message) -> str | None:
+        """One text frame (or its decoded message) in, the reply frame out (None: nothing to send)."""
+        message = text if isinstance(text, jsonrpc.Message) else jsonrpc.decode(text, self.max_batch)
         if len(message.items) == 1:
             reply = await self._answer(session, message.items[0])
             return jsonrpc.encode([] if reply is None else [reply], message.batch)
@@ -150,29 +177,57 @@ class Dispatcher:
         replies = await asyncio.gather(*(self._answer(session, item) for item in message.items))
         return jsonrpc.encode([r for r in replies if r is not None], message.batch)
 
-    async def _answer(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
+    def _answer_instant(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         if isinstance(item, jsonrpc.Invalid):
-            self.metrics.rpc_requests.labels("unknown", item.error.name).inc()
+            self._count("unknown", item.error.name)
             return jsonrpc.error(item.id, item.error)
-        label = item.method if item.method in self.methods else "unknown"  # never a client's string
         started = time.perf_counter()
         try:
-            value = await self.call(session, item.method, item.params)
-        except RpcError as err:
-            reply = None if item.is_notification else jsonrpc.error(item.id, err)
-            outcome = err.name
-        except Exception:
-            log.exception("internal error in %s", label)
-            reply = None if item.is_notification else jsonrpc.error(item.id, InternalError())
-            outcome = InternalError.name
-        else:
-            reply = None if item.is_notification else jsonrpc.result(item.id, value)
-            outcome = "ok"
-        self.metrics.rpc_requests.labels(label, outcome).inc()
-        self.metrics.rpc_duration.labels(label).observe(time.perf_counter() - started)
-        return reply
+            handler, params = self._resolve(session, item.method, item.params)
+            value = handler(session, params)
+        except Exception as exc:
+            return self._settle(item, started, error=exc)
+        return self._settle(item, started, value=value)
 
-    async def call(self, session: Session, method: str, params: Any) -> Any:
+    async def _answer(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
+        if isinstance(item, jsonrpc.Invalid) or item.method in self.instant:
+            return self._answer_instant(session, item)
+        started = time.perf_counter()
+        try:
+            handler, params = self._resolve(session, item.method, item.params)
+            value = await handler(session, params)
+        except Exception as exc:
+            return self._settle(item, started, error=exc)
+        return self._settle(item, started, value=value)
+
+    def _settle(self, item: jsonrpc.Request, started: float, value: Any = None,
+                error: Exception | None = None) -> dict[str, Any] | None:
+        """Count the call, and make its reply (None for a notification)."""
+        label = item.method if item.method in self.methods else "unknown"  # never a client's string
+        if error is None:
+            reply = jsonrpc.result(item.id, value)
+            outcome = "ok"
+        else:
+            if not isinstance(error, RpcError):
+                log.error("internal error in %s", label, exc_info=error)
+                error = InternalError()
+            reply = jsonrpc.error(item.id, error)
+            outcome = error.name
+        self._count(label, outcome)
+        timer = self._durations.get(label)
+        if timer is None:
+            timer = self._durations[label] = self.metrics.rpc_duration.labels(label)
+        timer.observe(time.perf_counter() - started)
+        return None if item.is_notification else reply
+
+    def _count(self, label: str, outcome: str) -> None:
+        counter = self._requests.get((label, outcome))
+        if counter is None:
+            counter = self._requests[(label, outcome)] = self.metrics.rpc_requests.labels(label, outcome)
+        counter.inc()
+
+    def _resolve(self, session: Session, method: str, params: Any) -> tuple[Handler, dict[str, Any]]:
+        """Every check before a method runs, in CONTRACT order; raises the first that fails."""
         if self.draining:
             raise Unavailable("the daemon is shutting down", reason="shutting down")
         if not session.authenticated and method not in OPEN_METHODS:
@@ -193,7 +248,13 @@ class Dispatcher:
             params = {}
         elif params is None:
             params = {}
-        return await entry(session, params)
+        return entry, params
+
+    async def call(self, session: Session, method: str, params: Any) -> Any:
+        """Run one method as a client would (tests and in-process callers)."""
+        handler, checked = self._resolve(session, method, params)
+        value = handler(session, checked)
+        return await value if method not in self.instant else value
 
     def _may_call(self, session: Session, method: str) -> bool:
         assert session.role is not None
@@ -202,7 +263,7 @@ class Dispatcher:
         return self.auth.may_call(session.role, method)
 
     # -- built-in methods -------------------------------------------------------------------------
-    async def _ping(self, session: Session, params: dict[str, Any]) -> Any:
+    def _ping(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.ping", params)
         return {"pong": True}
 
@@ -237,7 +298,7 @@ class Dispatcher:
         out.update(device.status())
         return out
 
-    async def _status(self, session: Session, params: dict[str, Any]) -> Any:
+    def _status(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.status", params)
         return {
             "devices": {name: self.device_status(d) for name, d in self.devices.items()},
@@ -247,13 +308,13 @@ class Dispatcher:
             "epoch": self.events.epoch,
         }
 
-    async def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
+    def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
         return self.events.subscribe(session.extra["ws"], params)
 
-    async def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
+    def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
         return self.events.unsubscribe(session.extra["ws"], params)
 
-    async def _describe(self, session: Session, params: dict[str, Any]) -> Any:
+    def _describe(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.describe", params)
         return {
             "devices": {name: d.describe() for name, d in self.devices.items()},
@@ -267,7 +328,7 @@ class Dispatcher:
             raise InvalidParams("device must name a configured device", param="device")
         return device
 
-    async def _sim_fault(self, session: Session, params: dict[str, Any]) -> Any:
+    def _sim_fault(self, session: Session, params: dict[str, Any]) -> Any:
         assert self.plant is not None
         _no_params("sim.fault", params, ("device", "fault"))
         device = self._sim_device(params)
@@ -281,7 +342,7 @@ class Dispatcher:
         self.audit.record(session, "sim.fault", params, "ok", 0.0)
         return {"device": device, "faults": self.plant.active_faults(device)}
 
-    async def _sim_timeline(self, session: Session, params: dict[str, Any]) -> Any:
+    def _sim_timeline(self, session: Session, params: dict[str, Any]) -> Any:
         """When the simulated device physically moved (monotonic clock): for benchmarks and tests."""
         assert self.plant is not None
         _no_params("sim.timeline", params, ("device",))
@@ -291,7 +352,7 @@ class Dispatcher:
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="device") from None
 
-    async def _sim_clear(self, session: Session, params: dict[str, Any]) -> Any:
+    def _sim_clear(self, session: Session, params: dict[str, Any]) -> Any:
         assert self.plant is not None
         _no_params("sim.clear", params, ("device",))
         device = self._sim_device(params)

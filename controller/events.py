@@ -75,9 +75,7 @@ class EventBus:
     def publish(self, topic: str, data: dict[str, Any]) -> int:
         """Give the event its seq, remember it, send it to every matching subscriber."""
         self.seq += 1
-        frame = jsonrpc.notification(
-            "event", {"topic": topic, "seq": self.seq, "time": iso(time.time()), "data": data}
-        ).encode()
+        frame = jsonrpc.notification("event", {"topic": topic, "seq": self.seq, "time": iso(time.time()), "data": data})
         self._recent.append(Event(self.seq, topic, frame))
         targets = self._routes.get(topic)
         if targets is None:

@@ -9,9 +9,10 @@ specification (https://www.jsonrpc.org/specification).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from controller.errors import InvalidRequest, ParseError, RpcError
 
@@ -48,22 +49,16 @@ class Message:
     batch: bool  # §6: the reply must be an array
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
 def _valid_id(value: Any) -> bool:
-    # §4: String, Number, or Null. A boolean is not a number here.
-    return value is None or isinstance(value, str) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-    )
+    # §4: String, Number, or Null. A boolean is not a number here. A float of integer
+    # magnitude beyond 64 bits is an integer orjson could not keep exact: it could not be
+    # echoed back as sent (§5), so it is refused rather than altered.
+    if isinstance(value, float):
+        return abs(value) < 2.0**63
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+_MEMBERS = frozenset({"jsonrpc", "method", "params", "id"})
 
 
 def _item(obj: Any) -> Request | Invalid:
@@ -81,9 +76,9 @@ def _item(obj: Any) -> Request | Invalid:
     params = obj.get("params")
     if "params" in obj and not isinstance(params, (dict, list)):
         return Invalid(InvalidRequest('"params" must be an object or an array'), echo)
-    extra = set(obj) - {"jsonrpc", "method", "params", "id"}
-    if extra:
-        return Invalid(InvalidRequest(f"unexpected member(s): {', '.join(sorted(extra))}"), echo)
+    if not obj.keys() <= _MEMBERS:
+        extra = sorted(set(obj) - _MEMBERS)
+        return Invalid(InvalidRequest(f"unexpected member(s): {', '.join(extra)}"), echo)
     return Request(method, params, raw_id)
 
 
@@ -91,22 +86,20 @@ def _parse_error(reason: str) -> Message:
     return Message((Invalid(ParseError(f"parse error: {reason}")),), batch=False)
 
 
+_FALLBACK = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def decode(text: str | bytes, max_batch: int = 50) -> Message:
-    """Decode one frame. Never raises: malformed input becomes Invalid items."""
+    """Decode one frame. Never raises: malformed input becomes Invalid items.
+
+    orjson is strict where the JSON-RPC link must be: UTF-8 only, no lone
+    surrogates, no NaN or Infinity, no number that overflows a double, nesting
+    at most 1024 deep. Integers beyond 64 bits are read as floats.
+    """
     try:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")  # strict: json.loads would accept encoded surrogates
-        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except UnicodeDecodeError:
-        return _parse_error("invalid UTF-8")
-    except json.JSONDecodeError as exc:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         return _parse_error(f"{exc.msg} at line {exc.lineno} column {exc.colno}")
-    except RecursionError:
-        return _parse_error("document nested too deeply")
-    except ValueError as exc:
-        # Our hooks (NaN, Infinity, 1e999) or an integer past Python's digit limit.
-        known = str(exc) if str(exc).endswith(("valid JSON", "out of range")) else "integer too large"
-        return _parse_error(known)
     if isinstance(doc, list):
         if not doc:  # §6: an empty array is a single Invalid Request
             return Message((Invalid(InvalidRequest("empty batch")),), batch=False)
@@ -127,19 +120,32 @@ def error(request_id: Any, err: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": err.to_wire()}
 
 
-def notification(method: str, params: dict[str, Any]) -> str:
-    """A server-to-client notification as text."""
-    return dumps({"jsonrpc": "2.0", "method": method, "params": params})
+def notification(method: str, params: dict[str, Any]) -> bytes:
+    """A server-to-client notification, UTF-8 encoded, ready for a text frame."""
+    return dumps_bytes({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except (orjson.JSONEncodeError, TypeError):
+        # A value orjson refuses (a lone surrogate from a sensor line, an integer past
+        # 64 bits): the standard library escapes it, so every reply can still be sent.
+        return _FALLBACK.encode(obj).encode()
 
 
 def dumps(obj: Any) -> str:
-    # ensure_ascii: a lone surrogate that arrived as a \uD800 escape (legal JSON, not
-    # legal UTF-8) is echoed as an escape again, so every reply can be sent.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return dumps_bytes(obj).decode()
 
 
 def encode(responses: list[dict[str, Any]], batch: bool) -> str | None:
     """The reply frame: one object, an array for a batch, or None when nothing is owed (§6)."""
+    frame = encode_frame(responses, batch)
+    return None if frame is None else frame.decode()
+
+
+def encode_frame(responses: list[dict[str, Any]], batch: bool) -> bytes | None:
+    """As :func:`encode`, UTF-8 encoded: what a text frame carries (no decode and re-encode)."""
     if not responses:
         return None
-    return dumps(responses if batch else responses[0])
+    return dumps_bytes(responses if batch else responses[0])

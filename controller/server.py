@@ -23,7 +23,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
 from controller.auth import Session, bearer
-from controller.dispatch import Dispatcher, binary_frame_error
+from controller.dispatch import NOT_NOW, Dispatcher, binary_frame_error
+from controller.jsonrpc import Message, decode
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,14 @@ class Server:
             guard = loop.call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
         try:
             async for frame in ws:
+                if isinstance(frame, str):
+                    message = decode(frame, self.dispatcher.max_batch)
+                    reply = self.dispatcher.answer_now(session, message)
+                    if reply is not NOT_NOW:  # answered inline: no task for the common case
+                        if reply is not None:
+                            await ws.send(reply, text=True)
+                        continue
+                    frame = message
                 await slots.acquire()
                 task = loop.create_task(self._frame(ws, session, frame, slots))
                 self.tasks.add(task)
@@ -241,7 +250,7 @@ class Server:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _frame(self, ws: ServerConnection, session: Session, frame: str | bytes,
+    async def _frame(self, ws: ServerConnection, session: Session, frame: Message | bytes,
                      slots: asyncio.Semaphore) -> None:
         try:
             if isinstance(frame, bytes):

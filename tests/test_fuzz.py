@@ -44,7 +44,7 @@ def requests(draw: Any) -> Any:
     """Requests near the valid ones, with any member mutated, dropped or added."""
     req: dict[str, Any] = {"jsonrpc": "2.0", "method": draw(st.sampled_from(METHODS) | st.text(max_size=20))}
     if draw(st.booleans()):
-        req["id"] = draw(st.integers() | st.text(max_size=8) | st.none() | st.floats(allow_nan=False,
+        req["id"] = draw(st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8) | st.none() | st.floats(allow_nan=False,
                                                                                         allow_infinity=False))
     if draw(st.booleans()):
         req["params"] = draw(st.dictionaries(st.sampled_from(["timeout", "request_key", "device", "fault",
@@ -136,7 +136,21 @@ def _notification(m: Any) -> bool:
 
 
 def _valid_id(value: Any) -> bool:
-    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    # The link refuses float ids of 64-bit-integer magnitude or more: they could not be echoed exactly.
+    if isinstance(value, float):
+        return abs(value) < 2.0**63
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def _within_limits(doc: Any, depth: int = 1) -> None:
+    """The link's documented limits on top of JSON: nesting at most 1024 deep, numbers that fit a double."""
+    if depth > 1024:
+        raise ValueError("too deep")
+    if isinstance(doc, int) and not isinstance(doc, bool) and abs(doc) >= 10**308:
+        raise ValueError("number out of range")
+    children = doc.values() if isinstance(doc, dict) else doc if isinstance(doc, list) else ()
+    for child in children:
+        _within_limits(child, depth + 1)
 
 
 def owed_replies(frame: str) -> tuple[int, Any]:
@@ -146,6 +160,7 @@ def owed_replies(frame: str) -> tuple[int, Any]:
     """
     try:
         doc = json.loads(frame)
+        _within_limits(doc)
     except (ValueError, RecursionError):
         return 1, None
     if isinstance(doc, list):
