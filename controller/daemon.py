@@ -13,8 +13,9 @@ from controller.config import Config
 from controller.devices import Device
 from controller.dispatch import Dispatcher
 from controller.server import Server
-from controller.simulation import build_plant
+from controller.simulation import start_plant
 from drivers.gpio import GpioBus, load_pin_factory
+from drivers.modbus import ModbusLink
 from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
@@ -62,25 +63,35 @@ class Daemon:
             await self.stop()
             raise
         for name, device in self.devices.items():
-            log.info("device %s (%s): %s", name, device.kind, device.state()["state"])
+            state = device.state()
+            log.info("device %s (%s): %s%s", name, device.kind, state.get("state", state),
+                     "" if device.online else " (offline)")
         log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
 
     async def _build_hardware(self) -> None:
         """Buses (real, or the plant's far side under --simulate), then devices, then read them all."""
         loop = asyncio.get_running_loop()
+        config = self.config
         if self.simulate:
-            self.plant = build_plant(self.config, loop)
+            # The plant's servers and terminals, and the config rewritten to reach them.
+            self.plant, config = await start_plant(self.config, loop)
             factory = self.plant.gpio_factory
         else:
             factory = load_pin_factory(self.config.gpio_factory)
         self.gpio = GpioBus(factory)
         self.buses.append(self.gpio)
-        wiring = kinds.Wiring(self.gpio)
-        for name, device_config in self.config.devices.items():
+        links = {name: ModbusLink(link) for name, link in config.modbus.items()}
+        self.buses.extend(links.values())
+        wiring = kinds.Wiring(self.gpio, links, self.buses)
+        for name, device_config in config.devices.items():
             device = kinds.build(device_config, wiring)
             for point in device.points:
                 point.bind(loop)
             self.devices[name] = device
+        for bus in self.buses:
+            start = getattr(bus, "start", None)
+            if start is not None:
+                await start()  # Modbus: connect, safe values, first poll; serial: reader thread
         for device in self.devices.values():
             await device.start()
 
@@ -108,7 +119,7 @@ class Daemon:
                 log.exception("closing bus %s failed", bus.name)
         self.buses.clear()
         if self.plant is not None:
-            self.plant.stop()
+            await self.plant.aclose()
         if self.server is not None:
             await self.server.close()
         log.info("pictl stopped; outputs at their safe levels")

@@ -90,8 +90,9 @@ class Dispatcher:
                 log.warning("%s.%s by %s from %s: %s %s", device.name, action, session.who, session.peer,
                             err.name, err.data or "")
                 raise
-            log.info("%s.%s by %s from %s: %s in %.1f ms (changed=%s)", device.name, action, session.who,
-                     session.peer, outcome["state"], outcome["elapsed_ms"], outcome["changed"])
+            if "elapsed_ms" in outcome:  # an actuation; a sensor read is not worth a log line
+                log.info("%s.%s by %s from %s: %s in %.1f ms (changed=%s)", device.name, action, session.who,
+                         session.peer, outcome["state"], outcome["elapsed_ms"], outcome["changed"])
             return outcome
 
         return run
