@@ -89,14 +89,15 @@ def encode(at: Any, value: Any) -> list[int] | bool:
         raise ValueError(f"{value!r} is not a finite number")
     raw = (value - at.offset) / at.scale
     if at.type == "float32":
-        packed = struct.pack(">f", raw)
-        if not math.isfinite(struct.unpack(">f", packed)[0]):
-            raise ValueError(f"{value} does not fit a float32 register pair")
+        try:
+            packed = struct.pack(">f", raw)
+        except OverflowError:
+            raise ValueError(f"{value:g} does not fit a float32 register pair") from None
     else:
         low, high = TYPE_RANGE[at.type]
         raw = round(raw)
         if not low <= raw <= high:
-            raise ValueError(f"{value} is {raw} in the register, outside {at.type} ({low}..{high})")
+            raise ValueError(f"{value:g} is {raw} in the register, outside {at.type} ({low}..{high})")
         fmt = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I"}[at.type]
         packed = struct.pack(fmt, raw)
     words = list(struct.unpack(f">{len(packed) // 2}H", packed))

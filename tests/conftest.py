@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from controller import config
 from controller.daemon import Daemon
+from controller.devices import Device
+from drivers.base import Point
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo.toml"
@@ -108,3 +110,24 @@ async def panel(daemon: Daemon) -> AsyncIterator[Client]:
         client = Client(ws)
         yield client
         await client.close()
+
+
+async def until(subscribe: Callable[[Callable[..., None]], Any], check: Callable[[], bool],
+                timeout: float = 5.0) -> None:
+    """Wait until *check()* holds, re-checked whenever the listener given to *subscribe* is called."""
+    if check():
+        return
+    done = asyncio.Event()
+    subscribe(lambda *_: check() and done.set())
+    async with asyncio.timeout(timeout):
+        await done.wait()
+
+
+async def until_health(point: Point, online: bool, timeout: float = 5.0) -> None:
+    """Wait for *point* to go online/offline (no sleeping: its health listener wakes us)."""
+    await until(point.listen_health, lambda: point.online == online, timeout)
+
+
+async def until_online(device: Device, online: bool, timeout: float = 5.0) -> None:
+    """Wait for a device's health to flip."""
+    await until(device.on_health_change, lambda: device.online == online, timeout)
