@@ -12,7 +12,7 @@ Nothing here blocks the loop.
   is counted and skipped.
 - No valid reading for ``stale_after`` seconds: the values go offline.
 - The port vanishes or a read raises (a USB adapter pulled): offline, close,
-  and reopen the *same path* with a backoff doubling from 0.1 s to 5 s, as a
+  and reopen the *same path* with a backoff doubling from 0.1 s to 1 s, as a
   ``/dev/serial/by-id`` symlink comes back when the adapter is plugged in.
 """
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 0.2  # seconds a read may block, so the thread notices a stop request
 CHUNK = 4096  # most bytes taken from the port per read
 BACKOFF_START = 0.1  # first reopen delay; doubles
-BACKOFF_MAX = 5.0  # reopen attempts at least this often
+BACKOFF_MAX = 1.0  # reopen attempts at least this often (opening a missing path costs nothing)
 JOIN_DEADLINE = 2.0  # seconds aclose() waits for the reader thread
 
 ReadingListener = Callable[[dict[str, float], float], None]
@@ -113,6 +113,7 @@ class SerialSensor:
         self._port_lock = threading.Lock()
         self._stale: asyncio.TimerHandle | None = None
         self._parser = LineParser(spec.max_line)
+        self._good_session = False  # the current port session produced a valid reading (reader thread)
         self._counts = {"readings": 0, "malformed_lines": 0, "reopens": 0, "open_failures": 0}
 
     @property
@@ -218,9 +219,9 @@ class SerialSensor:
                     log.info("%s: reopened", self.name)
                 opened_before = True
                 reported = None
+                self._good_session = False
                 try:
-                    if self._read_lines(port):
-                        backoff = BACKOFF_START
+                    self._read_lines(port)
                 except (serial.SerialException, OSError) as exc:
                     if not self._stop.is_set():
                         log.warning("%s: port lost: %s", self.name, exc)
@@ -231,6 +232,8 @@ class SerialSensor:
                         self._port = None
                     with contextlib.suppress(Exception):
                         port.close()
+                if self._good_session:  # it worked for a while: start the backoff afresh
+                    backoff = BACKOFF_START
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
         finally:
@@ -252,9 +255,8 @@ class SerialSensor:
             self._port = port
         return port
 
-    def _read_lines(self, port: serial.SerialBase) -> bool:
-        """Read until stopped or the port fails; True when a valid reading came."""
-        good = False
+    def _read_lines(self, port: serial.SerialBase) -> None:
+        """Read until stopped or the port fails; sets ``_good_session`` on a valid reading."""
         request, interval = self.spec.request, self.spec.request_interval
         next_request = time.monotonic()
         self._parser.buffer.clear()
@@ -268,11 +270,11 @@ class SerialSensor:
                 continue
             before = self._parser.overlong
             for line in self._parser.feed(chunk):
-                good = self._parse(line) or good
+                if self._parse(line):
+                    self._good_session = True
             if self._parser.overlong != before:
                 self._counts["malformed_lines"] += self._parser.overlong - before
                 log.debug("%s: discarded a line longer than %d bytes", self.name, self.spec.max_line)
-        return good
 
     def _parse(self, raw: bytes) -> bool:
         line = raw.rstrip(b"\r")
