@@ -297,7 +297,7 @@ class ModbusLink:
         if ok:
             if self._connected_once:
                 self._counts["reconnects"] += 1
-                log.info("modbus %s: reconnected to %s", self.name, self.where)
+                log.debug("modbus %s: reconnected to %s", self.name, self.where)  # "answers again" is the news
             self._connected_once = True
         return bool(ok)
 

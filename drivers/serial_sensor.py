@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import threading
@@ -206,7 +207,8 @@ class SerialSensor:
                     port = self._open()
                 except (serial.SerialException, OSError, ValueError) as exc:
                     self._counts["open_failures"] += 1
-                    reason = f"cannot open: {exc}"
+                    missing = getattr(exc, "errno", None) == errno.ENOENT
+                    reason = "port missing (unplugged?)" if missing else f"cannot open: {exc}"
                     if reported != "open":
                         log.warning("%s: %s", self.name, reason)
                         self._to_loop(self._set_offline, reason)

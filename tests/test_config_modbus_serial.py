@@ -140,3 +140,25 @@ def test_check_config_accepts_the_demo() -> None:
     assert fan.timeout == 1.0 and fan.output.at.table == "coil"
     assert (link.poll_interval, link.timeout, link.offline_after) == (0.5, 0.5, 2)
     assert cfg.devices["hall_temp"].serial.stale_after == 2.0
+
+
+def _hardware_snippets() -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "hardware.md").read_text()
+    return [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "[devices." in b]
+
+
+@pytest.mark.parametrize("snippet", _hardware_snippets())
+def test_every_device_snippet_in_hardware_md_passes_check_config(snippet: str, tmp_path, capsys) -> None:
+    from controller import cli
+
+    path = tmp_path / "snippet.toml"
+    path.write_text(snippet)
+    assert cli.main(["check-config", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_hardware_md_covers_rs485_and_usb_serial() -> None:
+    snippets = "\n".join(_hardware_snippets())
+    assert 'transport = "rtu"' in snippets and "/dev/serial/by-id/" in snippets and 'kind = "sensor"' in snippets
