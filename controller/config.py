@@ -365,17 +365,25 @@ class Loader:
                     units[key] = unit
             units_table.finish()
         request = t.string("request", default=None)
+        request_bytes = None
+        if request is not None:
+            try:  # escapes such as \r\n also work inside a TOML literal string
+                request_bytes = request.encode().decode("unicode_escape").encode("latin-1")
+            except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+                t.problem("request", f"bad escape sequence: {exc.reason}")
+                request = None
         interval = t.number("request_interval", default=1.0, high=3600.0)
         if t.has("request_interval") and request is None:
             t.problem("request_interval", "only meaningful with a request")
         stale = t.number("stale_after", default=5.0, high=86400.0)
         max_line = t.integer("max_line", default=256, low=16, high=65536)
-        if None in (port, baudrate, bytesize, parity, stopbits, pattern, interval, stale, max_line):
+        if None in (port, baudrate, bytesize, parity, stopbits, pattern, interval, stale, max_line) \
+                or (t.has("request") and request_bytes is None):
             return None
         return SerialSensorSpec(
             port=port, baudrate=baudrate, bytesize=bytesize, parity=PARITY[parity], stopbits=stopbits,
             pattern=pattern, units={name: units.get(name, "") for name in pattern.groupindex},
-            request=None if request is None else request.encode().decode("unicode_escape").encode("latin-1"),
+            request=request_bytes,
             request_interval=interval, stale_after=stale, max_line=max_line,
         )
 

@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.config import Config, ModbusPointSpec, SerialSensorSpec
+from controller.config import Config, ModbusAddress, ModbusPointSpec, SerialSensorSpec
 from controller.door import DoorConfig
 from controller.sensor import SensorConfig
+from controller.setpoint import SetpointConfig
 from controller.switch import SwitchConfig
-from drivers.sim.modbus_world import SilenceFault
+from drivers.modbus import decode, encode
+from drivers.sim.modbus_world import SilenceFault, SimModbusDevices
 from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ async def start_plant(config: Config, loop: asyncio.AbstractEventLoop) -> tuple[
                         sim.map(at.device_id, at.table, at.address, at.width)
                 if "offline" not in plant.faults(device.name):
                     plant.add_fault(device.name, "offline", SilenceFault(sim, spec.at.device_id))
+            _modbus_physics(plant, device)
             if isinstance(device, SensorConfig):
                 sensor = plant.serial_sensor(device.name, sensor_lines(device.serial), SENSOR_PERIOD_S)
                 devices[device.name] = dataclasses.replace(
@@ -85,6 +88,36 @@ async def start_plant(config: Config, loop: asyncio.AbstractEventLoop) -> tuple[
         await plant.aclose()
         raise
     return plant, dataclasses.replace(config, modbus=links, devices=devices)
+
+
+def _follow(sim: SimModbusDevices, source: ModbusAddress, target: ModbusAddress,
+            convert: Callable[[Any], Any]) -> None:
+    """Whatever is written at *source* shows up at *target* (converted) at once, unless it is stuck."""
+    def on_write(device_id: int, table: str, address: int, count: int) -> None:
+        if (device_id, table) != (source.device_id, source.table) \
+                or not address <= source.address < address + count:
+            return
+        words = [sim.value(source.device_id, source.table, source.address + i) for i in range(source.width)]
+        raw = encode(target, convert(decode(source, words)))
+        for i, word in enumerate([raw] if isinstance(raw, bool) else raw):
+            if (target.device_id, target.table, target.address + i) not in sim.stuck:
+                sim.set(target.device_id, target.table, target.address + i, int(word))
+
+    sim.on_write.append(on_write)
+
+
+def _modbus_physics(plant: Plant, device: Any) -> None:
+    """A switch's status input (verify or Modbus feedback) and a setpoint's verify follow their output."""
+    if isinstance(device, SwitchConfig) and isinstance(device.output, ModbusPointSpec):
+        out = device.output
+        sim = plant.modbus[out.link].devices
+        if out.verify is not None:
+            _follow(sim, out.at, out.verify, lambda on: out.verify_on if on else out.verify_off)
+        feedback = device.feedback
+        if isinstance(feedback, ModbusPointSpec) and feedback.link == out.link:
+            _follow(sim, out.at, feedback.at, lambda on: int(bool(on) == device.on_when_active))
+    elif isinstance(device, SetpointConfig) and device.output.verify is not None:
+        _follow(plant.modbus[device.output.link].devices, device.output.at, device.output.verify, lambda v: v)
 
 
 def sensor_lines(spec: SerialSensorSpec) -> Callable[[], bytes]:

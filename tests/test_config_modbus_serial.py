@@ -121,6 +121,18 @@ def test_problems_name_the_line_and_field(old: str, new: str, expected: str) -> 
     assert expected in problems(edit(old, new))
 
 
+@pytest.mark.parametrize(("request_text", "sent"), [('"M\\r\\n"', b"M\r\n"), ("'M\\r\\n'", b"M\r\n"),
+                                                   ('"\\u00b0"', "°".encode())])
+def test_request_escapes(request_text: str, sent: bytes) -> None:
+    text = edit("stale_after = 2.0", f"stale_after = 2.0\nrequest = {request_text}")
+    assert config.loads(text).devices["hall"].serial.request == sent
+
+
+def test_request_with_a_bad_escape_is_a_problem_not_a_crash() -> None:
+    text = edit("stale_after = 2.0", "stale_after = 2.0\nrequest = 'R\\x'")
+    assert any(p.startswith("site.toml:27: devices.hall.request: bad escape sequence") for p in problems(text))
+
+
 def test_verify_is_read_with_its_on_and_off_values() -> None:
     text = edit("coil = 0, device_id = 1 }", "coil = 0, device_id = 1, verify = { holding = 7, on = 2, off = 0 } }")
     fan = config.loads(text).devices["fan"]

@@ -4,6 +4,11 @@ WebSocket, with their simulated faults (`offline`, `unplugged`) and recovery."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import threading
+
+import pytest
 
 from controller.daemon import Daemon
 from controller.devices import Device
@@ -75,3 +80,21 @@ async def test_panel_may_not_read_the_sensor_or_switch_the_fan(daemon: Daemon, p
     # The demo panel role is door.*, light.*, *.state: the fan and hall_temp actions are admin's.
     assert (await panel.error("fan.on"))["code"] == -32001
     assert "state" in await panel.call("fan.state")
+
+
+async def test_stop_leaves_no_thread_socket_or_terminal_behind(demo_config) -> None:
+    fds_before = set(os.listdir("/proc/self/fd"))
+    daemon = Daemon(demo_config, simulate=True, host="127.0.0.1", port=0)
+    await daemon.start()
+    assert daemon.plant is not None
+    modbus_port = daemon.plant.modbus["plant"].port
+    link = daemon.plant.serial["hall_temp"].path
+    assert os.path.islink(link)
+    await daemon.stop()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("pictl")]
+    assert not os.path.exists(os.path.dirname(link))
+    with pytest.raises(OSError):  # the simulated Modbus server no longer listens
+        socket.create_connection(("127.0.0.1", modbus_port), timeout=1).close()
+    leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in set(os.listdir("/proc/self/fd")) - fds_before
+              if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked

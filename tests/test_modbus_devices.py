@@ -33,6 +33,12 @@ kind = "switch"
 output = { modbus = "plc", coil = 1, device_id = 1, verify = { discrete = 1 } }
 timeout = 1.0
 
+[devices.heater]
+kind = "switch"
+output = { modbus = "plc", coil = 2, device_id = 1 }
+feedback = { modbus = "plc", discrete = 2, device_id = 1 }
+timeout = 1.0
+
 [devices.speed]
 kind = "setpoint"
 output = { modbus = "plc", holding = 3, device_id = 2, type = "int16", scale = 0.1 }
@@ -94,13 +100,20 @@ async def test_exception_reply_is_not_confirmed_with_the_exception_as_evidence(p
 async def test_verify_address_confirms_the_switch(plant) -> None:
     daemon, sim = plant
     pump = daemon.devices["pump"]
-    with pytest.raises(NotConfirmed) as failed:  # nothing drives the status input yet
-        await pump.run("on", {}, 1.0)
-    assert failed.value.data["evidence"]["source"] == "modbus-verify"
-    sim.set(1, "discrete", 1, 1)  # the pump's running contact closes
-    result = await pump.run("on", {}, 1.0)
+    result = await pump.run("on", {}, 1.0)  # the simulated status input follows the coil
     assert result["evidence"]["source"] == "modbus-verify"
-    assert result["evidence"]["address"] == "discrete 1 (device 1)"
+    assert result["evidence"]["address"] == "discrete 1 (device 1)" and result["evidence"]["raw"] is True
+    assert sim.value(1, "coil", 1) == 1 and sim.value(1, "discrete", 1) == 1
+
+
+async def test_a_status_input_that_does_not_follow_is_not_confirmed(plant) -> None:
+    daemon, sim = plant
+    sim.stuck.add((1, "discrete", 1))  # the contactor's aux contact is broken
+    with pytest.raises(NotConfirmed) as failed:
+        await daemon.devices["pump"].run("on", {}, 1.0)
+    data = failed.value.data
+    assert data["observed"] == "off" and data["evidence"]["source"] == "modbus-verify"
+    assert sim.value(1, "coil", 1) == 0  # back to safe
 
 
 async def test_silent_device_is_offline_refuses_at_once_and_comes_back(plant) -> None:
@@ -114,6 +127,17 @@ async def test_silent_device_is_offline_refuses_at_once_and_comes_back(plant) ->
     sim.silent.discard(1)
     await until_health(fan.output, online=True)
     assert (await fan.run("on", {}, 1.0))["state"] == "on"
+
+
+async def test_switch_with_a_modbus_feedback_input_is_confirmed_when_a_poll_sees_it(plant) -> None:
+    daemon, sim = plant
+    heater = daemon.devices["heater"]
+    result = await heater.run("on", {}, 1.0)
+    assert result["evidence"]["source"] == "heater.feedback" and result["evidence"]["value"] == "on"
+    sim.stuck.add((1, "discrete", 2))
+    with pytest.raises(NotConfirmed) as failed:
+        await heater.run("off", {}, 0.3)
+    assert failed.value.data["observed"] == "on"
 
 
 async def test_setpoint_is_confirmed_within_tolerance(plant) -> None:

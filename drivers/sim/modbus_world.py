@@ -19,7 +19,7 @@ RTU framing so that an RTU client reaches it through pyserial's
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
@@ -60,6 +60,8 @@ class SimModbusDevices(ModbusServerContext):
         self.silent: set[int] = set()  # device ids that do not answer
         self.failing: set[int] = set()  # device ids that answer with exception 4
         self.stuck: set[tuple[int, str, int]] = set()  # (device id, table, address) that ignore writes
+        # Physics: called with (device id, table, first address, count) after every accepted write.
+        self.on_write: list[Callable[[int, str, int, int], None]] = []
 
     def map(self, device_id: int, table: str, address: int, count: int = 1, value: int = 0) -> None:
         """Make *count* addresses from *address* exist on a device, with an initial value."""
@@ -116,6 +118,8 @@ class SimModbusDevices(ModbusServerContext):
         for offset, value in enumerate(values):
             if (device_id, table, address + offset) not in self.stuck:
                 block[address + offset] = int(value)
+        for hook in tuple(self.on_write):
+            hook(device_id, table, address, len(values))
         return None
 
     def _check_alive(self, device_id: int) -> None:
