@@ -223,6 +223,14 @@ class Loader:
         t.problem(None, 'a point needs a driver key: gpio = PIN, or modbus = "LINK"')
         return None
 
+    def binary_output(self, parent: Table, key: str) -> OutputSpec | None:
+        """An on/off output: a GPIO line or a Modbus coil (not a register)."""
+        spec = self.output_point(parent, key)
+        if isinstance(spec, ModbusPointSpec) and spec.at.table != "coil":
+            parent.problem(key, f"switches on and off: on Modbus that is a coil, not a {spec.at.table} register")
+            return None
+        return spec
+
     def output_point(self, parent: Table, key: str, required: bool = True) -> OutputSpec | None:
         t = parent.table(key, required=required)
         if t is None:

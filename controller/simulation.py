@@ -43,7 +43,7 @@ def build_plant(config: Config, loop: asyncio.AbstractEventLoop) -> Plant:
     """
     plant = Plant(loop)
     for device in config.devices.values():
-        if isinstance(device, DoorConfig):
+        if isinstance(device, DoorConfig) and not _modbus_specs(device):
             open_level = device.contact.active_level if device.open_when_active else not device.contact.active_level
             plant.link(device.name, output_pin=device.relay.pin, energised=device.relay.active_high,
                        input_pin=device.contact.pin, level_when_on=open_level, delay_s=DOOR_TRAVEL_S,

@@ -9,7 +9,7 @@ from controller.clock import iso
 from controller.config import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.configbase import Table
 from controller.devices import Action, Device, Outcome, evidence_of
-from drivers.base import InputPoint, Observation, OutputPoint, PointError
+from drivers.base import InputPoint, Observation, OutputPoint, PointError, PointUnavailable
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class SwitchConfig(DeviceConfig):
 
 def read_config(name: str, t: Table, loader: Loader) -> SwitchConfig | None:
     common = loader.common(name, t, default_timeout=1.0)
-    output = loader.output_point(t, "output")
+    output = loader.binary_output(t, "output")
     feedback = loader.input_point(t, "feedback", required=False)
     on_when = t.string("on_when", default="active", choices=("active", "inactive"))
     safe = t.string("safe", default="off", choices=("off", "on"))
@@ -94,6 +94,8 @@ class Switch(Device):
         try:
             try:
                 await self.output.write(target)
+            except PointUnavailable:
+                raise self.unavailable() from None
             except PointError as exc:
                 raise self.not_confirmed(shown, exc.observed, started, await self._recover()) from None
             try:

@@ -22,7 +22,6 @@ observation, like a GPIO edge.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import struct
@@ -58,6 +57,10 @@ class ExceptionReply(PointError):
 
 class NoReply(PointError):
     """The request got no answer (timeout, connection lost or refused)."""
+
+
+class LinkDown(NoReply):
+    """The connection could not be made: nothing on the link can answer."""
 
 
 # -- values <-> words ---------------------------------------------------------------------------
@@ -218,6 +221,7 @@ class ModbusLink:
         self._down: dict[int, str] = {}  # device id -> why it is offline
         self._backoff = BACKOFF_START
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # the poll loop ends at its next turn
         self._closed = False
         self._counts = {"requests": 0, "failed_requests": 0, "exception_replies": 0, "timeouts": 0,
                         "reconnects": 0, "polls": 0}
@@ -262,10 +266,13 @@ class ModbusLink:
         """Stop polling, outputs to their safe values (best effort), close the connection."""
         if self._closed:
             return
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping = True
+        task = self._task
+        # On Python 3.11 asyncio.wait_for (inside pymodbus) can swallow a cancel that races with
+        # its reply: cancel again until the task is really done, never await it unbounded.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=self.config.timeout + 0.1)
         for point in self.points:
             if isinstance(point, ModbusOutput) and point.safe is not None and point.online:
                 try:
@@ -308,7 +315,7 @@ class ModbusLink:
 
     async def _run(self) -> None:
         interval = self.config.poll_interval
-        while True:
+        while not self._stopping:
             started = time.monotonic()
             await self.poll()
             if self.points and len(self._down) >= len({p.source.device_id for p in self.points}):
@@ -331,6 +338,8 @@ class ModbusLink:
                 for point in group.members:
                     self._point_exception(point, exc.observed)
                 continue
+            except LinkDown:
+                return  # every other group would wait for the same connect timeout
             except PointError:
                 failed.add(group.device_id)
                 continue
@@ -384,7 +393,7 @@ class ModbusLink:
                 self._disconnect()
                 if not await self._connect():
                     self._fail_all(f"cannot connect to {self.where}")
-                    raise NoReply(f"cannot connect to {self.where}", device_id=device_id)
+                    raise LinkDown(f"cannot connect to {self.where}", device_id=device_id)
             assert self._client is not None
             try:
                 reply = await call(self._client)

@@ -98,3 +98,18 @@ async def test_stop_leaves_no_thread_socket_or_terminal_behind(demo_config) -> N
     leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in set(os.listdir("/proc/self/fd")) - fds_before
               if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not leaked
+
+
+async def test_a_silent_modbus_unit_and_a_flooded_sensor_slow_nothing_else(daemon: Daemon, admin: Client) -> None:
+    assert daemon.plant is not None
+    await admin.call("sim.fault", {"device": "fan", "fault": "offline"})
+    flood = asyncio.create_task(daemon.plant.serial["hall_temp"].send(b"\x00" * 2_000_000))  # no newline at all
+    # Door (2 s) and light (1 s) are still confirmed within their own deadlines while the fan's
+    # requests time out and the sensor's reader thread discards megabytes.
+    door, light = await asyncio.gather(admin.call("door.open"), admin.call("light.on"))
+    assert door["state"] == "open" and light["state"] == "on"
+    assert await admin.call("system.ping") == {"pong": True}
+    await flood
+    await until_online(daemon.devices["fan"], False)
+    sensor = next(b for b in daemon.buses if b.kind == "serial")
+    assert sensor.counters()["malformed_lines"] >= 1 and sensor.buffer_high_water <= 256
