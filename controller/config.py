@@ -281,8 +281,8 @@ class Loader:
         given = [k for k in MODBUS_TABLES if t.has(k)]
         if len(given) != 1 or given[0] not in tables:
             t.problem(None, f"needs exactly one address key: {' / '.join(f'{k} = ADDRESS' for k in tables)}")
-            for k in given:
-                t.integer(k)  # mark taken: the problem above is the one to report
+            for k in (*given, "device_id", "type", "scale", "offset", "word_order"):
+                t.take(k)  # the problem above is the one to report
             return None
         table = given[0]
         address = t.integer(table, low=0, high=65535)

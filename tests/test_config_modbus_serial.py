@@ -133,6 +133,18 @@ def test_request_with_a_bad_escape_is_a_problem_not_a_crash() -> None:
     assert any(p.startswith("site.toml:27: devices.hall.request: bad escape sequence") for p in problems(text))
 
 
+def test_a_switch_on_a_holding_register_is_rejected() -> None:
+    text = edit("coil = 0, device_id = 1 }", "holding = 0, device_id = 1 }")
+    assert problems(text) == ["site.toml:13: devices.fan.output: switches on and off: on Modbus that is a coil, "
+                              "not a holding register"]
+
+
+def test_two_address_keys_are_one_problem() -> None:
+    text = edit("coil = 0, device_id = 1 }", 'coil = "x", holding = 0, device_id = 1 }')
+    assert problems(text) == ["site.toml:13: devices.fan.output: needs exactly one address key: coil = ADDRESS / "
+                              "holding = ADDRESS"]
+
+
 def test_verify_is_read_with_its_on_and_off_values() -> None:
     text = edit("coil = 0, device_id = 1 }", "coil = 0, device_id = 1, verify = { holding = 7, on = 2, off = 0 } }")
     fan = config.loads(text).devices["fan"]
