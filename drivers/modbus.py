@@ -270,9 +270,12 @@ class ModbusLink:
         task = self._task
         # On Python 3.11 asyncio.wait_for (inside pymodbus) can swallow a cancel that races with
         # its reply: cancel again until the task is really done, never await it unbounded.
-        while task is not None and not task.done():
+        deadline = time.monotonic() + 2 * self.config.timeout + 1.0
+        while task is not None and not task.done() and time.monotonic() < deadline:
             task.cancel()
-            await asyncio.wait({task}, timeout=self.config.timeout + 0.1)
+            await asyncio.wait({task}, timeout=0.05)
+        if task is not None and not task.done():
+            log.warning("modbus %s: poll task did not stop", self.name)
         for point in self.points:
             if isinstance(point, ModbusOutput) and point.safe is not None and point.online:
                 try:

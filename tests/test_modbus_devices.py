@@ -50,11 +50,19 @@ timeout = 1.0
 """
 
 
-@pytest.fixture
-async def plant() -> AsyncIterator[tuple[Daemon, SimModbusDevices]]:
-    daemon = Daemon(config.loads(CONFIG, "modbus.toml"), simulate=True, host="127.0.0.1", port=0)
+RTU = CONFIG.replace('transport = "tcp"\nhost = "192.0.2.10"',
+                     'transport = "rtu"\nport = "/dev/serial/by-id/usb-rs485"\nbaudrate = 19200')
+
+
+@pytest.fixture(params=["tcp", "rtu"])
+async def plant(request) -> AsyncIterator[tuple[Daemon, SimModbusDevices]]:
+    """The daemon on a simulated Modbus link: TCP, or RTU reached through socket:// (RTU framing)."""
+    text = CONFIG if request.param == "tcp" else RTU
+    assert text != CONFIG or request.param == "tcp"
+    daemon = Daemon(config.loads(text, "modbus.toml"), simulate=True, host="127.0.0.1", port=0)
     await daemon.start()
     assert daemon.plant is not None
+    assert daemon.plant.modbus["plc"].rtu is (request.param == "rtu")
     try:
         yield daemon, daemon.plant.modbus["plc"].devices
     finally:
