@@ -254,12 +254,13 @@ class ModbusLink:
             self._fail_all(f"cannot connect to {self.where}")
         else:
             for point in self.points:
-                if isinstance(point, ModbusOutput) and point.safe is not None:
+                if isinstance(point, ModbusOutput) and point.safe is not None \
+                        and point.spec.at.device_id not in self._down:  # a silent unit costs one timeout each
                     try:
                         await point.write(point.safe)
                     except PointError as exc:
                         log.warning("%s: could not write the safe value: %s", point.name, exc.observed)
-            await self.poll()
+            await self.poll(skip_down=True)
         self._task = asyncio.create_task(self._run(), name=f"modbus {self.name}")
 
     async def aclose(self) -> None:
@@ -328,10 +329,13 @@ class ModbusLink:
                 delay = interval - (time.monotonic() - started)
             await asyncio.sleep(max(0.0, delay))
 
-    async def poll(self) -> None:
-        """Read every group once; a device that fails is not asked again this round."""
+    async def poll(self, skip_down: bool = False) -> None:
+        """Read every group once; a device that fails is not asked again this round.
+
+        With *skip_down* (at start) devices already offline are not asked at all.
+        """
         self._counts["polls"] += 1
-        failed: set[int] = set()
+        failed: set[int] = set(self._down) if skip_down else set()
         for group in self.groups:
             if group.device_id in failed:
                 continue

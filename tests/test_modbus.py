@@ -207,3 +207,12 @@ async def test_outputs_are_written_safe_at_start_and_at_shutdown(rig: Rig) -> No
     await fan.write(True)
     await rig.link.aclose()
     assert rig.server.devices.value(1, "coil", 0) == 0
+
+
+async def test_a_unit_silent_at_start_costs_only_offline_after_timeouts(rig: Rig) -> None:
+    outputs = [rig.link.output(f"o{i}.output", spec(addr("coil", i)), safe=False) for i in range(3)]
+    rig.server.devices.silent.add(1)
+    await start(rig)
+    assert not any(o.online for o in outputs)
+    # Two safe writes time out and the unit is offline: the third write and the first poll are skipped.
+    assert rig.link.counters()["timeouts"] == 2
