@@ -82,7 +82,7 @@ class Device:
         self._listeners: list[StateListener] = []
         self._reading_listeners: list[ReadingListener] = []  # sensor readings, as they arrive
         self._health_listeners: list[HealthListener] = []  # online/offline flips
-        self._was_online = True
+        self._was_online = all(p.online for p in points)  # a sensor starts offline until its first reading
         self._busy_action: str | None = None  # the action holding the queue, if any
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed

@@ -181,8 +181,8 @@ class SerialSensor:
             return
         for key, value in values.items():
             self.values[key].observe(value, at, mono)
-        for key in values:
-            self.values[key].set_online(True)
+        for point in self.values.values():  # a valid line: the sensor is there (optional groups too)
+            point.set_online(True)
         self._arm_stale()
         for listener in tuple(self._listeners):
             try:

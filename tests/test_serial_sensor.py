@@ -17,7 +17,7 @@ import pytest
 from controller.config import SerialSensorSpec
 from drivers.serial_sensor import LineParser, SerialSensor
 from drivers.sim.serial_world import SimSerialSensor
-from tests.conftest import until_health
+from tests.conftest import until, until_health
 
 PATTERN = re.compile(r"^T=(?P<temp>-?\d+(?:\.\d+)?)(?: H=(?P<rh>\d+))?$")
 
@@ -158,3 +158,22 @@ async def test_shutdown_stops_the_reader_thread_even_when_the_port_is_missing(tm
     assert time.monotonic() - started < 1.0  # not a whole backoff or join deadline
     assert not any(t.name.startswith("pictl serial") for t in threading.enumerate())
     assert not sensor.values["temp"].online
+
+
+async def test_the_sensor_device_announces_coming_online_with_its_first_reading(rig: Rig) -> None:
+    from controller.sensor import Sensor, SensorConfig
+
+    rig.lines[:] = [b""]  # silent until the test speaks
+    device = Sensor(SensorConfig(name="hall", kind="sensor", timeout=1.0, max_timeout=30.0,
+                                 serial=rig.sensor.spec), rig.sensor)
+    flips: list[bool] = []
+    device.on_health_change(lambda d: flips.append(d.online))
+    readings: list[dict] = []
+    device.on_reading(lambda d, data: readings.append(data))
+    await rig.sensor.start()
+    assert not device.online
+    await rig.far.send(b"T=20.5\n")
+    await until(device.on_health_change, lambda: device.online)
+    assert flips == [True]
+    assert readings[0]["values"] == {"temp": 20.5, "rh": None} and readings[0]["units"]["temp"] == "°C"
+    assert await device.run("read", {}, 1.0) == readings[0]
