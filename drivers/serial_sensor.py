@@ -110,6 +110,7 @@ class SerialSensor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._exited: asyncio.Event | None = None
+        self.opened: asyncio.Event | None = None  # set while the port is open (pyserial flushes input on open)
         self._port: serial.SerialBase | None = None  # the open port, for cancel_read at shutdown
         self._port_lock = threading.Lock()
         self._stale: asyncio.TimerHandle | None = None
@@ -137,6 +138,7 @@ class SerialSensor:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._exited = asyncio.Event()
+        self.opened = asyncio.Event()
         self._arm_stale()
         self._thread = threading.Thread(target=self._run, name=f"pictl {self.name}", daemon=True)
         self._thread.start()
@@ -220,6 +222,7 @@ class SerialSensor:
                     self._counts["reopens"] += 1
                     log.info("%s: reopened", self.name)
                 opened_before = True
+                self._to_loop(self.opened.set)
                 reported = None
                 self._good_session = False
                 try:
@@ -230,6 +233,7 @@ class SerialSensor:
                         self._to_loop(self._set_offline, f"port lost: {exc}")
                         reported = "lost"
                 finally:
+                    self._to_loop(self.opened.clear)
                     with self._port_lock:
                         self._port = None
                     with contextlib.suppress(Exception):

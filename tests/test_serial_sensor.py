@@ -38,7 +38,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path) -> AsyncIterator[Rig]:
-    lines = [b"T=21.4\r\n"]
+    lines = [b""]  # silent until a test has the port open: pyserial drops what came before
     far = SimSerialSensor(asyncio.get_running_loop(), str(tmp_path / "usb-sensor"),
                           lambda: lines.pop(0) if len(lines) > 1 else lines[0], period=0.05)
     far.plug()
@@ -48,6 +48,14 @@ async def rig(tmp_path) -> AsyncIterator[Rig]:
     yield Rig(far, sensor, lines)
     await sensor.aclose()
     await far.aclose()
+
+
+async def open_port(sensor: SerialSensor) -> None:
+    """Start the driver and wait until its thread has the port open."""
+    await sensor.start()
+    assert sensor.opened is not None
+    async with asyncio.timeout(3):
+        await sensor.opened.wait()
 
 
 async def reading(sensor: SerialSensor, predicate=lambda values: True, timeout: float = 3.0) -> dict[str, float]:
@@ -67,8 +75,8 @@ def test_line_parser_never_holds_more_than_the_limit() -> None:
 
 
 async def test_readings_arrive_with_values_and_units(rig: Rig) -> None:
+    await open_port(rig.sensor)
     rig.lines[:] = [b"T=21.4 H=40\r\n"]
-    await rig.sensor.start()
     values = await reading(rig.sensor)
     assert values == {"temp": 21.4, "rh": 40.0}
     temp = rig.sensor.values["temp"]
@@ -77,15 +85,14 @@ async def test_readings_arrive_with_values_and_units(rig: Rig) -> None:
 
 
 async def test_malformed_lines_are_counted_and_skipped(rig: Rig) -> None:
+    await open_port(rig.sensor)
     rig.lines[:] = [b"garbage\r\n", b"T=abc\r\n", b"\xff\xfe\r\n", b"T=nan\r\n", b"T=22.5\r\n"]
-    await rig.sensor.start()
     assert await reading(rig.sensor) == {"temp": 22.5}
     assert rig.sensor.counters()["malformed_lines"] == 4
 
 
 async def test_a_megabyte_without_newline_is_one_malformed_line_and_memory_stays_bounded(rig: Rig) -> None:
-    rig.lines[:] = [b""]  # quiet: only what the test sends
-    await rig.sensor.start()
+    await open_port(rig.sensor)
     await rig.far.send(b"\x00garbage" * 131072 + b"\nT=23.0\n")  # 1 MiB, then a good line
     assert await reading(rig.sensor) == {"temp": 23.0}
     counts = rig.sensor.counters()
@@ -94,7 +101,8 @@ async def test_a_megabyte_without_newline_is_one_malformed_line_and_memory_stays
 
 
 async def test_no_valid_reading_for_stale_after_is_offline(rig: Rig) -> None:
-    await rig.sensor.start()
+    await open_port(rig.sensor)
+    rig.lines[:] = [b"T=21.4\r\n"]
     temp = rig.sensor.values["temp"]
     await until_health(temp, online=True)
     rig.lines[:] = [b"T=oops\r\n"]  # the sensor keeps talking nonsense
@@ -105,7 +113,8 @@ async def test_no_valid_reading_for_stale_after_is_offline(rig: Rig) -> None:
 
 
 async def test_unplug_is_offline_and_replug_at_the_same_path_brings_readings_back(rig: Rig) -> None:
-    await rig.sensor.start()
+    await open_port(rig.sensor)
+    rig.lines[:] = [b"T=21.4\r\n"]
     temp = rig.sensor.values["temp"]
     await until_health(temp, online=True)
     rig.far.unplug()
@@ -163,15 +172,14 @@ async def test_shutdown_stops_the_reader_thread_even_when_the_port_is_missing(tm
 async def test_the_sensor_device_announces_coming_online_with_its_first_reading(rig: Rig) -> None:
     from controller.sensor import Sensor, SensorConfig
 
-    rig.lines[:] = [b""]  # silent until the test speaks
     device = Sensor(SensorConfig(name="hall", kind="sensor", timeout=1.0, max_timeout=30.0,
                                  serial=rig.sensor.spec), rig.sensor)
     flips: list[bool] = []
     device.on_health_change(lambda d: flips.append(d.online))
     readings: list[dict] = []
     device.on_reading(lambda d, data: readings.append(data))
-    await rig.sensor.start()
     assert not device.online
+    await open_port(rig.sensor)
     await rig.far.send(b"T=20.5\n")
     await until(device.on_health_change, lambda: device.online)
     assert flips == [True]
