@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@echo
-	@echo "pictl demo: simulated door, light on ws://127.0.0.1:8765/ws (tokens demo-admin, demo-panel)"
+	@echo "pictl demo: simulated door, light, Modbus fan, serial hall_temp on ws://127.0.0.1:8765/ws (tokens demo-admin, demo-panel)"
 	@echo "  try, in another terminal:  $(BIN)/pictl call door.open --token demo-admin"
 	@echo "  stop with Ctrl-C"
 	@echo

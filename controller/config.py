@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import keyword
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -55,8 +56,81 @@ class GpioInputSpec:
         return bool(self.active_high)
 
 
-OutputSpec = GpioOutputSpec
-InputSpec = GpioInputSpec
+MODBUS_TABLES = ("coil", "discrete", "holding", "input")  # the four Modbus data tables
+MODBUS_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}  # registers per value
+PARITY = {"none": "N", "even": "E", "odd": "O"}
+
+
+@dataclass(frozen=True)
+class ModbusLinkConfig:
+    """One Modbus bus: a TCP connection or an RS-485 (RTU) serial port, shared by its devices."""
+
+    name: str  # the [modbus.NAME] key, referenced by points
+    transport: str  # "tcp" or "rtu"
+    host: str  # tcp: address of the device or gateway ("" for rtu)
+    port: int | str  # tcp: port number; rtu: serial port path or pyserial URL
+    baudrate: int  # rtu framing (ignored for tcp)
+    bytesize: int
+    parity: str  # "N", "E" or "O"
+    stopbits: int
+    timeout: float  # seconds to wait for each reply
+    poll_interval: float  # seconds between polls of every point on the link
+    offline_after: int  # consecutive failed requests before its points are offline
+    backoff_max: float  # cap on the reconnect delay, which doubles from 0.1 s
+
+
+@dataclass(frozen=True)
+class ModbusAddress:
+    """Where a value lives on a Modbus device, and how its words become a number."""
+
+    table: str  # one of MODBUS_TABLES
+    address: int  # protocol address (0-based), 0-65535
+    device_id: int  # unit / slave id
+    type: str  # "bool" for coils and discrete inputs, else one of MODBUS_TYPES
+    word_order: str  # "big" (high word first) or "little", for 32-bit types
+    scale: float  # engineering value = raw * scale + offset
+    offset: float
+
+    @property
+    def width(self) -> int:
+        """How many addresses the value occupies."""
+        return MODBUS_TYPES.get(self.type, 1)
+
+
+@dataclass(frozen=True)
+class ModbusPointSpec:
+    """A coil or register on a Modbus link; outputs may be verified elsewhere."""
+
+    link: str  # name of a [modbus.NAME] link
+    at: ModbusAddress
+    verify: ModbusAddress | None = None  # read this instead of ``at`` to confirm a write
+    verify_on: float | None = None  # verify value meaning "on" (switches)
+    verify_off: float | None = None  # verify value meaning "off"
+
+
+@dataclass(frozen=True)
+class SerialSensorSpec:
+    """A line-oriented sensor on a serial port, parsed by a regex with named groups."""
+
+    port: str  # /dev/serial/by-id/... (or any pyserial URL)
+    baudrate: int
+    bytesize: int
+    parity: str  # "N", "E" or "O"
+    stopbits: int
+    pattern: re.Pattern[str]  # named groups = the values
+    units: dict[str, str]  # group name -> unit ("" when none given)
+    request: bytes | None  # sent to ask for a reading, or None for sensors that talk by themselves
+    request_interval: float  # seconds between requests
+    stale_after: float  # no valid reading for this long = offline
+    max_line: int  # longer lines (or that much data without a newline) are malformed
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.pattern.groupindex)
+
+
+OutputSpec = GpioOutputSpec | ModbusPointSpec
+InputSpec = GpioInputSpec | ModbusPointSpec
 
 
 @dataclass(frozen=True)
@@ -147,6 +221,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig(tokens=())
     audit: AuditConfig = AuditConfig(file=None, max_bytes=10 * 1024 * 1024, backups=5, fsync=False)
     lockout: LockoutConfig = LockoutConfig()
+    modbus: dict[str, ModbusLinkConfig] = field(default_factory=dict)  # links by name
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -179,16 +254,35 @@ class PinRegistry:
 class Loader:
     """Reads one document; device kinds call back into it for their points."""
 
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, modbus: dict[str, ModbusLinkConfig] | None = None) -> None:
         self.doc = doc
         self.pins = PinRegistry()
+        self.modbus = modbus or {}  # links read before the devices
+
+    def _driver(self, t: Table) -> str | None:
+        if t.has("modbus"):
+            return "modbus"
+        if t.has("gpio"):
+            return "gpio"
+        t.problem(None, 'a point needs a driver key: gpio = PIN, or modbus = "LINK"')
+        return None
+
+    def binary_output(self, parent: Table, key: str) -> OutputSpec | None:
+        """An on/off output: a GPIO line or a Modbus coil (not a register)."""
+        spec = self.output_point(parent, key)
+        if isinstance(spec, ModbusPointSpec) and spec.at.table != "coil":
+            parent.problem(key, f"switches on and off: on Modbus that is a coil, not a {spec.at.table} register")
+            return None
+        return spec
 
     def output_point(self, parent: Table, key: str, required: bool = True) -> OutputSpec | None:
         t = parent.table(key, required=required)
         if t is None:
             return None
-        if not t.has("gpio"):
-            t.problem(None, "a point needs a driver key: gpio = PIN")
+        driver = self._driver(t)
+        if driver == "modbus":
+            return self._modbus_point(t, writable=True)
+        if driver is None:
             return None
         pin = t.integer("gpio", low=GPIO_PINS.start, high=GPIO_PINS.stop - 1)
         active = t.string("active", default="high", choices=("high", "low"))
@@ -202,8 +296,10 @@ class Loader:
         t = parent.table(key, required=required)
         if t is None:
             return None
-        if not t.has("gpio"):
-            t.problem(None, "a point needs a driver key: gpio = PIN")
+        driver = self._driver(t)
+        if driver == "modbus":
+            return self._modbus_point(t, writable=False)
+        if driver is None:
             return None
         pin = t.integer("gpio", low=GPIO_PINS.start, high=GPIO_PINS.stop - 1)
         pull = t.string("pull", default="up", choices=("up", "down", "none"))
@@ -222,6 +318,125 @@ class Loader:
             pull=pull or "up",
             active_high=None if active is None else active == "high",
             debounce_s=None if not debounce_ms else debounce_ms / 1000.0,
+        )
+
+    def _modbus_address(self, t: Table, tables: tuple[str, ...], device_id: int | None = None) -> ModbusAddress | None:
+        """``coil = N`` (or discrete/holding/input) plus type, scale, offset, word_order, device_id."""
+        given = [k for k in MODBUS_TABLES if t.has(k)]
+        if len(given) != 1 or given[0] not in tables:
+            t.problem(None, f"needs exactly one address key: {' / '.join(f'{k} = ADDRESS' for k in tables)}")
+            for k in (*given, "device_id", "type", "scale", "offset", "word_order"):
+                t.take(k)  # the problem above is the one to report
+            return None
+        table = given[0]
+        address = t.integer(table, low=0, high=65535)
+        dev = t.integer("device_id", default=device_id if device_id is not None else 1, low=0, high=255)
+        bits = table in ("coil", "discrete")
+        if bits:
+            for k in ("type", "scale", "offset", "word_order"):
+                if t.has(k):
+                    t.problem(k, f"only for registers (holding, input), not a {table}")
+                    t.take(k)
+            kind, scale, offset, order = "bool", 1.0, 0.0, "big"
+        else:
+            kind = t.string("type", default="uint16", choices=tuple(MODBUS_TYPES))
+            scale = t.number("scale", default=1.0, low=-math.inf)
+            offset = t.number("offset", default=0.0, low=-math.inf)
+            order = t.string("word_order", default="big", choices=("big", "little"))
+            if scale == 0:
+                t.problem("scale", "must not be 0")
+                scale = None
+            if kind in MODBUS_TYPES and address is not None and address + MODBUS_TYPES[kind] - 1 > 65535:
+                t.problem(table, f"a {kind} at {address} runs past the last address 65535")
+                address = None
+        if None in (address, dev, kind, scale, offset, order):
+            return None
+        return ModbusAddress(table=table, address=address, device_id=dev, type=kind, word_order=order,
+                             scale=scale, offset=offset)
+
+    def _modbus_point(self, t: Table, writable: bool) -> ModbusPointSpec | None:
+        link = t.string("modbus")
+        if link is not None and link not in self.modbus:
+            known = ", ".join(sorted(self.modbus)) or "none defined"
+            t.problem("modbus", f"no Modbus link named {link!r} (links: {known}; define [modbus.{link}])")
+            link = None
+        at = self._modbus_address(t, ("coil", "holding") if writable else MODBUS_TABLES)
+        verify = verify_on = verify_off = None
+        v = t.table("verify") if writable else None
+        if not writable and t.has("verify"):
+            t.problem("verify", "only outputs are verified")
+            t.take("verify")
+        if v is not None:
+            verify = self._modbus_address(v, MODBUS_TABLES, device_id=at.device_id if at else None)
+            if at is not None and at.table == "coil":
+                bits = verify is not None and verify.table in ("coil", "discrete")
+                verify_on = v.number("on", default=1.0, low=-math.inf)
+                verify_off = v.number("off", default=0.0, low=-math.inf)
+                if verify_on is not None and verify_on == verify_off:
+                    v.problem("on", "must differ from off")
+                if bits and {verify_on, verify_off} - {None} - {0.0, 1.0}:
+                    v.problem("on", "a bit reads 0 or 1: on and off must be 0 or 1")
+            elif v.has("on") or v.has("off"):
+                v.problem("on" if v.has("on") else "off", "on/off only apply to a switched coil")
+                v.take("on")
+                v.take("off")
+            v.finish()
+            if verify is None:
+                return None
+        t.finish()
+        if link is None or at is None:
+            return None
+        return ModbusPointSpec(link=link, at=at, verify=verify, verify_on=verify_on, verify_off=verify_off)
+
+    def serial_sensor(self, t: Table) -> SerialSensorSpec | None:
+        """The serial keys of a sensor device: port, framing, pattern, units, request, stale_after."""
+        port = t.string("port")
+        baudrate = t.integer("baudrate", default=9600, low=50, high=4_000_000)
+        bytesize = t.integer("bytesize", default=8, low=5, high=8)
+        parity = t.string("parity", default="none", choices=tuple(PARITY))
+        stopbits = t.integer("stopbits", default=1, low=1, high=2)
+        pattern_text = t.string("pattern")
+        pattern = None
+        if pattern_text is not None:
+            try:
+                pattern = re.compile(pattern_text)
+            except re.error as exc:
+                t.problem("pattern", f"invalid regular expression: {exc}")
+            else:
+                if not pattern.groupindex:
+                    t.problem("pattern", "needs at least one named group, e.g. T=(?P<temp>-?[0-9.]+)")
+                    pattern = None
+        units_table = t.table("units")
+        units: dict[str, str] = {}
+        if units_table is not None:
+            for key in list(units_table.data):
+                unit = units_table.string(key)
+                if pattern is not None and key not in pattern.groupindex:
+                    units_table.problem(key, f"no group named {key!r} in pattern")
+                elif unit is not None:
+                    units[key] = unit
+            units_table.finish()
+        request = t.string("request", default=None)
+        request_bytes = None
+        if request is not None:
+            try:  # escapes such as \r\n also work inside a TOML literal string
+                request_bytes = request.encode().decode("unicode_escape").encode("latin-1")
+            except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+                t.problem("request", f"bad escape sequence: {exc.reason}")
+                request = None
+        interval = t.number("request_interval", default=1.0, high=3600.0)
+        if t.has("request_interval") and request is None:
+            t.problem("request_interval", "only meaningful with a request")
+        stale = t.number("stale_after", default=5.0, high=86400.0)
+        max_line = t.integer("max_line", default=256, low=16, high=65536)
+        if None in (port, baudrate, bytesize, parity, stopbits, pattern, interval, stale, max_line) \
+                or (t.has("request") and request_bytes is None):
+            return None
+        return SerialSensorSpec(
+            port=port, baudrate=baudrate, bytesize=bytesize, parity=PARITY[parity], stopbits=stopbits,
+            pattern=pattern, units={name: units.get(name, "") for name in pattern.groupindex},
+            request=request_bytes,
+            request_interval=interval, stale_after=stale, max_line=max_line,
         )
 
     def common(self, name: str, t: Table, default_timeout: float) -> dict[str, Any]:
@@ -265,7 +480,8 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
     from controller import kinds  # the kind registry imports this module
 
     root = Table(doc, (), data)
-    loader = Loader(doc)
+    links = _read_modbus(root)
+    loader = Loader(doc, links)
 
     server = _read_server(root.section("server"), doc)
     gpio = root.table("gpio")
@@ -303,8 +519,47 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
         return None
     return Config(
         path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
-        events=events, metrics=metrics, audit=audit, lockout=lockout,
+        events=events, metrics=metrics, audit=audit, lockout=lockout, modbus=links,
     )
+
+
+def _read_modbus(root: Table) -> dict[str, ModbusLinkConfig]:
+    """Every ``[modbus.NAME]`` link."""
+    links: dict[str, ModbusLinkConfig] = {}
+    for name, t in root.tables("modbus"):
+        if not _NAME.fullmatch(name):
+            t.problem(None, "link name must be an identifier (letters, digits, _)")
+        transport = t.string("transport", choices=("tcp", "rtu"))
+        host, port = "", None
+        baudrate, bytesize, parity, stopbits = 9600, 8, "none", 1
+        if transport == "tcp":
+            host = t.string("host")
+            port = t.integer("port", default=502, low=1, high=65535)
+        elif transport == "rtu":
+            port = t.string("port")
+            baudrate = t.integer("baudrate", default=9600, low=50, high=4_000_000)
+            bytesize = t.integer("bytesize", default=8, low=5, high=8)
+            parity = t.string("parity", default="even", choices=tuple(PARITY))
+            stopbits = t.integer("stopbits", default=1, low=1, high=2)
+        wrong = ("baudrate", "bytesize", "parity", "stopbits") if transport == "tcp" else ("host",)
+        for key in wrong:
+            if t.has(key):
+                t.problem(key, f"not used with transport = {transport!r}")
+                t.take(key)
+        timeout = t.number("timeout", default=1.0, high=60.0)
+        poll = t.number("poll_interval", default=1.0, high=3600.0)
+        offline_after = t.integer("offline_after", default=3, low=1, high=100)
+        backoff_max = t.number("backoff_max", default=10.0, high=3600.0)
+        t.finish()
+        if None in (transport, host, port, baudrate, bytesize, parity, stopbits, timeout, poll, offline_after,
+                    backoff_max):
+            continue
+        links[name] = ModbusLinkConfig(
+            name=name, transport=transport, host=host, port=port, baudrate=baudrate, bytesize=bytesize,
+            parity=PARITY[parity], stopbits=stopbits, timeout=timeout, poll_interval=poll,
+            offline_after=offline_after, backoff_max=backoff_max,
+        )
+    return links
 
 
 def _read_live(root: Table, doc: Document, tokens: tuple[Token, ...]) -> tuple[EventsConfig, MetricsConfig,

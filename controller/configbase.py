@@ -150,6 +150,10 @@ class Table:
             return MISSING
         return self.data[key]
 
+    def take(self, key: str) -> None:
+        """Mark *key* as handled (its problem, if any, was reported another way)."""
+        self._taken.add(key)
+
     def string(self, key: str, default: Any = MISSING, choices: Iterable[str] | None = None) -> Any:
         value = self._raw(key, default is MISSING)
         if value is MISSING:

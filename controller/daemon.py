@@ -23,8 +23,9 @@ from controller.metrics import Metrics, auth_lockouts_family, bus_counter_family
 from controller.reload import ReloadPlan, plan_reload
 from controller.sdnotify import Notifier, Supervision, watchdog_interval
 from controller.server import Server
-from controller.simulation import build_plant, simulate
+from controller.simulation import simulate, start_plant
 from drivers.gpio import GpioBus, load_pin_factory
+from drivers.modbus import ModbusLink
 from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class Daemon:
             await self.stop()
             raise
         for name, device in self.devices.items():
-            log.info("device %s (%s): %s", name, device.kind, device.state()["state"])
+            state = device.state()
+            log.info("device %s (%s): %s%s", name, device.kind, state.get("state", state),
+                     "" if device.online else " (offline)")
         log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
 
     def _open_live_state(self) -> None:
@@ -133,18 +136,30 @@ class Daemon:
     async def _build_hardware(self) -> None:
         """Buses (real, or the plant's far side under --simulate), then devices, then read them all."""
         loop = asyncio.get_running_loop()
+        config = self.config
         if self.simulate:
-            self.plant = build_plant(self.config, loop)
+            # The plant's servers and terminals, and the config rewritten to reach them.
+            self.plant, config = await start_plant(self.config, loop)
             factory = self.plant.gpio_factory
         else:
             factory = load_pin_factory(self.config.gpio_factory)
         self.gpio = GpioBus(factory)
         self.buses.append(self.gpio)
-        self.wiring = kinds.Wiring(self.gpio)
-        for name, device_config in self.config.devices.items():
-            self.devices[name] = self._build_device(device_config)
+        links = {name: ModbusLink(link) for name, link in config.modbus.items()}
+        self.buses.extend(links.values())
+        self.wiring = kinds.Wiring(self.gpio, links, self.buses)
+        for device_config in config.devices.values():
+            self.devices[device_config.name] = self._build_device(device_config)
+        await self._start_buses(self.buses)
         for device in self.devices.values():
             await device.start()
+
+    @staticmethod
+    async def _start_buses(buses: list[Any]) -> None:
+        for bus in buses:
+            start = getattr(bus, "start", None)
+            if start is not None:
+                await start()  # Modbus: connect, safe values, first poll; serial: reader thread
 
     def _build_device(self, device_config: DeviceConfig) -> Device:
         """One device on the running buses, its points bound to the loop (not started yet)."""
@@ -179,7 +194,7 @@ class Daemon:
                 log.exception("closing bus %s failed", bus.name)
         self.buses.clear()
         if self.plant is not None:
-            self.plant.stop()
+            await self.plant.aclose()
         if self.server is not None:
             await self.server.close()
         self.audit.close()
@@ -285,8 +300,10 @@ class Daemon:
         if self.plant is not None:
             simulate(self.plant, device_config)
         device = None
+        buses_before = len(self.buses)
         try:
             device = self._build_device(device_config)
+            await self._start_buses(self.buses[buses_before:])  # a serial sensor brings its own port
             await device.start()
             device.listen(self._device_event)
         except Exception as exc:

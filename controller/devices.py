@@ -14,14 +14,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from controller.clock import iso
 from controller.config import DeviceConfig
 from controller.errors import Busy, InvalidParams, NotConfirmed, Unavailable
-from drivers.base import Observation, Point
+from drivers.base import Observation, OutputPoint, Point, PointError, PointUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ REQUEST_KEY_PARAM = Param("string", "makes the call at-most-once: a retry with t
 class Outcome:
     """What a kind's ``_perform`` returns on success."""
 
-    state: str  # the device state proved by the evidence
+    state: Any  # the device state proved by the evidence ("on", or a setpoint's value)
     changed: bool  # False when it was already there
     evidence: dict[str, Any]  # where the proof came from
 
@@ -82,7 +82,7 @@ class Device:
         self.points = points  # everything this device reads or writes
         self._queue = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
         self._listeners: list[DeviceListener] = []  # the event bus, metrics, tests
-        self._was_online = True  # last online value reported
+        self._was_online = all(p.online for p in points)  # a sensor starts offline until its first reading
         self._busy_action: str | None = None  # the action holding the queue, if any
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
@@ -203,9 +203,7 @@ class Device:
         if self.retired:
             raise Unavailable(f"{self.name} was closed by a config reload", device=self.name, since=None)
         if not self.online:
-            since = self.offline_since()
-            raise Unavailable(f"{self.name} is offline", device=self.name,
-                              since=None if since is None else iso(since))
+            raise self.unavailable()
 
     async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
@@ -241,12 +239,40 @@ class Device:
                        started: float) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def not_confirmed(self, expected: str, observed: str, started: float, recovery: str) -> NotConfirmed:
+    def not_confirmed(self, expected: Any, observed: Any, started: float, recovery: str,
+                      evidence: dict[str, Any] | None = None) -> NotConfirmed:
+        """-32002; *evidence* says what was actually read (a read-back, an exception reply)."""
         elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
+        extra = {} if evidence is None else {"evidence": evidence}
         return NotConfirmed(
             f"{self.name} did not become {expected} within the deadline",
             device=self.name, expected=expected, observed=observed, elapsed_ms=elapsed_ms, recovery=recovery,
+            **extra,
         )
+
+    async def write_read_back(self, output: OutputPoint, value: Any, expected: Any, timeout: float, started: float,
+                              recover: Callable[[], Awaitable[str]]) -> Observation:
+        """Write *value* and return its read-back within *timeout*.
+
+        A bus that is down is -32004; an exception reply, no reply or no
+        read-back in time is -32002 after *recover* (which returns what it did).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                return await output.write(value)
+        except PointUnavailable:
+            raise self.unavailable() from None
+        except PointError as exc:
+            raise self.not_confirmed(expected, exc.observed, started, await recover(),
+                                     {"source": output.readback_source, **exc.evidence}) from None
+        except TimeoutError:
+            raise self.not_confirmed(expected, "no read-back before the deadline", started, await recover()) from None
+
+    def unavailable(self) -> Unavailable:
+        """-32004 for a device whose bus went down under an action."""
+        since = self.offline_since()
+        return Unavailable(f"{self.name} is offline", device=self.name,
+                           since=None if since is None else iso(since))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -269,7 +295,10 @@ class Device:
     async def start(self) -> None:
         """Read the truth from every point before the first call is served."""
         for point in self.points:
-            await point.refresh()
+            try:
+                await point.refresh()
+            except PointError as exc:  # a bus that is down at start: the device starts offline
+                log.info("%s: %s starts unread: %s", self.name, point.name, exc.observed)
         self._last_state = None
         self._publish_if_changed()
 

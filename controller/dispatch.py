@@ -144,7 +144,7 @@ class Dispatcher:
                 raise
             if replayed:
                 outcome = {**outcome, "replayed": True}
-            elif outcome["changed"]:
+            elif outcome.get("changed"):  # an actuation (a sensor read has no confirmation time)
                 self.metrics.action_confirm.labels(device.name, action).observe(outcome["elapsed_ms"] / 1000)
             self.audit.record(session, method, params, "ok", (time.monotonic() - started) * 1000, result=outcome)
             return outcome

@@ -9,7 +9,7 @@ from controller.clock import iso
 from controller.config import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.configbase import Table
 from controller.devices import Action, Device, Outcome, evidence_of
-from drivers.base import InputPoint, OutputPoint
+from drivers.base import InputPoint, OutputPoint, PointError, PointUnavailable
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class DoorConfig(DeviceConfig):
 
 def read_config(name: str, t: Table, loader: Loader) -> DoorConfig | None:
     common = loader.common(name, t, default_timeout=5.0)
-    relay = loader.output_point(t, "relay")
+    relay = loader.binary_output(t, "relay")
     contact = loader.input_point(t, "contact")
     open_when = t.string("open_when", default="inactive", choices=("active", "inactive"))
     if relay is None or contact is None or None in common.values():
@@ -80,23 +80,30 @@ class Door(Device):
         proof = self.contact.expect(lambda v: v == want)
         self._moving_to = target
         try:
-            await self.relay.write(energise)
+            try:
+                await self.relay.write(energise)
+            except PointUnavailable:
+                raise self.unavailable() from None
+            except PointError as exc:  # a relay on a bus (a Modbus coil) that did not take the command
+                raise self.not_confirmed(target, exc.observed, started, await self._release()) from None
             self._publish_if_changed()
             try:
                 obs = await proof.wait(timeout)
             except TimeoutError:
-                recovery = "actuator released"
-                try:
-                    await self.relay.write(False)
-                except Exception:
-                    recovery = "actuator release FAILED; check the relay"
-                raise self.not_confirmed(target, self.position(), started,
-                                         f"{recovery}; door is {self.position()}") from None
+                raise self.not_confirmed(target, self.position(), started, await self._release()) from None
         finally:
             proof.cancel()
             self._moving_to = None
         return Outcome(target, True, evidence_of(obs, target))
 
+    async def _release(self) -> str:
+        """De-energise the actuator after a failure; says what was done."""
+        recovery = "actuator released"
+        try:
+            await self.relay.write(False)
+        except Exception:
+            recovery = "actuator release FAILED; check the relay"
+        return f"{recovery}; door is {self.position()}"
 
 
 def build(config: DoorConfig, wiring: Any) -> Door:

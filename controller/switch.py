@@ -9,7 +9,7 @@ from controller.clock import iso
 from controller.config import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.configbase import Table
 from controller.devices import Action, Device, Outcome, evidence_of
-from drivers.base import InputPoint, Observation, OutputPoint
+from drivers.base import InputPoint, Observation, OutputPoint, PointError, PointUnavailable
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class SwitchConfig(DeviceConfig):
 
 def read_config(name: str, t: Table, loader: Loader) -> SwitchConfig | None:
     common = loader.common(name, t, default_timeout=1.0)
-    output = loader.output_point(t, "output")
+    output = loader.binary_output(t, "output")
     feedback = loader.input_point(t, "feedback", required=False)
     on_when = t.string("on_when", default="active", choices=("active", "inactive"))
     safe = t.string("safe", default="off", choices=("off", "on"))
@@ -79,9 +79,10 @@ class Switch(Device):
         return {"output": _shown(self.output.value), "expected": _shown(self.output.value),
                 "observed": _shown(self.is_on())}
 
-    def _evidence(self, obs: Observation, on: bool) -> dict[str, Any]:
+    def _evidence(self, obs: Observation, on: bool | None) -> dict[str, Any]:
         if self.feedback is None:
-            return evidence_of(obs, _shown(on), source="output-readback")
+            return {**evidence_of(obs, _shown(on), source=self.output.readback_source),
+                    **self.output.readback_evidence()}
         return evidence_of(obs, _shown(on))
 
     async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
@@ -93,14 +94,20 @@ class Switch(Device):
             proof_point = self.feedback or self.output
             return Outcome(shown, False, self._evidence(proof_point.last, target))
         if self.feedback is None:
-            obs = await self.output.write(target)
+            obs = await self.write_read_back(self.output, target, shown, timeout, started, self._recover)
             if obs.value == target:
                 return Outcome(shown, True, self._evidence(obs, target))
-            raise self.not_confirmed(shown, _shown(obs.value), started, await self._recover())
+            raise self.not_confirmed(shown, _shown(obs.value), started, await self._recover(),
+                                     self._evidence(obs, obs.value))
         want = self._on_value if target else not self._on_value
         proof = self.feedback.expect(lambda v: v == want)
         try:
-            await self.output.write(target)
+            try:
+                await self.output.write(target)
+            except PointUnavailable:
+                raise self.unavailable() from None
+            except PointError as exc:
+                raise self.not_confirmed(shown, exc.observed, started, await self._recover()) from None
             try:
                 obs = await proof.wait(timeout)
             except TimeoutError:
@@ -114,6 +121,8 @@ class Switch(Device):
         """Return the output to its safe level; says what was done."""
         try:
             obs = await self.output.write(self._safe)
+        except PointError as exc:
+            return f"returning the output to its safe state FAILED ({exc.observed}); check the device"
         except Exception:
             return "returning the output to its safe state FAILED; check the wiring"
         if obs.value != self._safe:

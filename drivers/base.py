@@ -26,6 +26,24 @@ from typing import Any
 Listener = Callable[["Observation"], None]
 
 
+class PointError(Exception):
+    """A bus could not carry out a read or write on a point.
+
+    ``observed`` says in a few words what was seen instead ("no reply within
+    0.5 s", "exception reply 2 (illegal data address)"); ``evidence`` holds
+    machine-readable details (address, raw value) for the caller.
+    """
+
+    def __init__(self, observed: str, **evidence: Any) -> None:
+        super().__init__(observed)
+        self.observed = observed  # short, for humans and error.data.observed
+        self.evidence = evidence  # what the bus reported, for error.data.evidence
+
+
+class PointUnavailable(PointError):
+    """The bus is down (not connected, offline): nothing was sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One value seen on a point, with when it was seen."""
@@ -107,7 +125,6 @@ class Point:
         """Read the signal from the hardware now and record it."""
         return self.observe(await self._read())
 
-
     def expect(self, predicate: Callable[[Any], bool]) -> Expectation:
         """Start watching for a value that satisfies *predicate*.
 
@@ -167,7 +184,18 @@ class InputPoint(Point):
 
 
 class OutputPoint(Point):
-    """A point that is written, and whose written value can be read back."""
+    """A point that is written, and whose written value can be read back.
+
+    ``readback_source`` names the evidence a read-back gives ("output-readback"
+    for a pin read back from itself); drivers may add details about what was
+    read in :meth:`readback_evidence`.
+    """
+
+    readback_source = "output-readback"
+
+    def readback_evidence(self) -> dict[str, Any]:
+        """Details of the last read-back (address, raw value) to show as evidence."""
+        return {}
 
     async def write(self, value: Any) -> Observation:
         """Command *value*; returns the read-back observation after the write."""

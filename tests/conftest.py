@@ -9,7 +9,7 @@ import os
 import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from controller import config
 from controller.daemon import Daemon
+from controller.devices import Device
+from drivers.base import Point
 
 # CI runs the fuzz suite on a fixed set of examples (the same every run); developers get fresh ones.
 settings.register_profile("ci", derandomize=True, database=None)
@@ -28,6 +30,9 @@ if os.environ.get("CI"):
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo.toml"
+# The demo's GPIO half (door and light): for tests that count events, devices or status lines,
+# which the sensor's steady readings and the Modbus fan would make depend on timing.
+DEMO_GPIO_TEXT = DEMO.read_text().split("\n# A Modbus TCP link")[0] + "\n"
 ADMIN = "demo-admin"
 PANEL = "demo-panel"
 
@@ -173,3 +178,25 @@ def notify_socket(request: pytest.FixtureRequest) -> Iterator[NotifySocket]:
         ns = NotifySocket(address)
         yield ns
         ns.close()
+
+
+async def until(subscribe: Callable[[Callable[..., None]], Any], check: Callable[[], bool],
+                timeout: float = 5.0) -> None:
+    """Wait until *check()* holds, re-checked whenever the listener given to *subscribe* is called."""
+    if check():
+        return
+    done = asyncio.Event()
+    subscribe(lambda *_: check() and done.set())
+    async with asyncio.timeout(timeout):
+        await done.wait()
+
+
+async def until_health(point: Point, online: bool, timeout: float = 5.0) -> None:
+    """Wait for *point* to go online/offline (no sleeping: its health listener wakes us)."""
+    await until(point.listen_health, lambda: point.online == online, timeout)
+
+
+async def until_online(device: Device, online: bool, timeout: float = 5.0) -> None:
+    """Wait for a device's health to flip."""
+    await until(lambda cb: device.listen(lambda d, what, data: cb() if what == "status" else None),
+                lambda: device.online == online, timeout)

@@ -60,8 +60,11 @@ async def served() -> AsyncIterator[Served]:
     server.log.extend(lines)
     yield server
     if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+        try:  # SIGTERM, so the daemon removes what the simulated plant made (pty links, temp dir)
+            await server.stop()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_call_prints_the_result_and_exits_0(served: Served) -> None:

@@ -258,7 +258,7 @@ async def test_foreign_origin_is_refused_and_own_origin_accepted(daemon: Daemon)
 
 async def test_status_and_describe(admin: Client) -> None:
     status = await admin.call("system.status")
-    assert set(status["devices"]) == {"door", "light"}
+    assert set(status["devices"]) == {"door", "light", "fan", "hall_temp"}
     door = status["devices"]["door"]
     assert door["kind"] == "door" and door["online"] is True and door["state"]["state"] == "closed"
     assert door["last_update"].endswith("Z")

@@ -14,9 +14,9 @@ from controller import config, kinds, switch
 from controller.daemon import Daemon
 from controller.reload import plan_reload
 from controller.secrets import hash_secret
-from tests.conftest import DEMO, Client, open_client
+from tests.conftest import DEMO_GPIO_TEXT, Client, open_client
 
-DEMO_TEXT = DEMO.read_text()
+DEMO_TEXT = DEMO_GPIO_TEXT
 PANEL_HASH = re.search(r'\[auth\.tokens\.demo-panel\]\nrole = "panel"\nhash = "([^"]+)"', DEMO_TEXT).group(1)
 ROTATED = "rotated-panel-secret"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN, DEMO, Client, NotifySocket, open_client
+from tests.conftest import ADMIN, DEMO_GPIO_TEXT, Client, NotifySocket, open_client
 from tests.test_cli import PICTL, run
 
 WATCHDOG_USEC = 400_000  # pings expected every 0.2 s
@@ -69,7 +69,7 @@ class Service:
 @pytest.fixture
 async def service(notify_socket: NotifySocket, tmp_path: Path) -> AsyncIterator[Service]:
     config_file = tmp_path / "pictl.toml"
-    config_file.write_text(DEMO.read_text())
+    config_file.write_text(DEMO_GPIO_TEXT)
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     proc = await asyncio.create_subprocess_exec(
         PICTL, "serve", "--config", str(config_file), "--simulate", "--listen", "127.0.0.1:0",
@@ -116,7 +116,7 @@ async def test_sighup_reload_keeps_the_open_door_and_refuses_a_broken_file(servi
     await service.call("light.on")
 
     # A valid change: the light's timeout. The door is not touched; the light is rebuilt.
-    config_file.write_text(DEMO.read_text().replace("timeout = 1.0", "timeout = 0.5"))
+    config_file.write_text(DEMO_GPIO_TEXT.replace("timeout = 1.0", "timeout = 0.5"))
     service.proc.send_signal(signal.SIGHUP)
     assert (await service.notify.next("RELOADING"))["RELOADING"] == "1"
     ready = await service.notify.next("READY")

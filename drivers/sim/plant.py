@@ -1,17 +1,30 @@
 """The simulated plant: what is wired to the far side of every bus, with faults.
 
 The plant is built from linkages ("this output moves that input after a
-delay"); it knows pins and levels, not doors. Whoever builds it (the daemon
-under ``--simulate``, or a test) describes the wiring with :meth:`Plant.link`.
+delay"), simulated Modbus servers and simulated serial sensors; it knows pins,
+registers and lines, not doors. Whoever builds it (the daemon under
+``--simulate``, or a test) describes the wiring with :meth:`Plant.link`,
+:meth:`Plant.modbus_server` and :meth:`Plant.serial_sensor`, and names the
+faults each device can suffer. Every fault has ``inject()`` and ``clear()``.
+
+Servers and terminals are started and stopped on the event loop;
+:meth:`Plant.aclose` leaves no socket, terminal, task or temp file behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from drivers.sim.gpio_world import Linkage, make_factory
+from drivers.sim.modbus_world import SimModbusServer
+from drivers.sim.serial_world import SimSerialSensor, UnplugFault
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +33,34 @@ class UnknownFault(ValueError):
     """The device has no such fault in the simulation."""
 
 
+class Fault(Protocol):
+    """Something that can go wrong with a simulated device, and be put right."""
+
+    def inject(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+@dataclass
+class JamFault:
+    """The input of a linkage stops following its output."""
+
+    linkage: Linkage
+
+    def inject(self) -> None:
+        self.linkage.jam()
+
+    def clear(self) -> None:
+        self.linkage.free()
+
+
 @dataclass
 class SimDevice:
     """One simulated device: its linkages and the faults it can suffer."""
 
     name: str
     linkages: dict[str, Linkage] = field(default_factory=dict)  # fault name -> linkage it stops
+    faults: dict[str, Fault] = field(default_factory=dict)  # fault name -> what it does
     active: set[str] = field(default_factory=set)  # faults currently injected
 
 
@@ -36,6 +71,32 @@ class Plant:
         self.loop = loop
         self.gpio_factory = make_factory()  # hand this to the GPIO driver
         self.devices: dict[str, SimDevice] = {}
+        self.modbus: dict[str, SimModbusServer] = {}  # link name -> its simulated server
+        self.serial: dict[str, SimSerialSensor] = {}  # device name -> its simulated terminal
+        self._dir: str | None = None  # holds the serial symlinks
+
+    def add_fault(self, device: str, name: str, fault: Fault) -> None:
+        """Let *device* suffer *fault* under the name *name* (``sim.fault``)."""
+        self.devices.setdefault(device, SimDevice(device)).faults[name] = fault
+
+    async def modbus_server(self, link: str, *, rtu: bool = False) -> SimModbusServer:
+        """A started Modbus server on 127.0.0.1 standing for *link* (one per link)."""
+        server = self.modbus.get(link)
+        if server is None:
+            server = SimModbusServer(link, rtu=rtu)
+            await server.start()
+            self.modbus[link] = server
+        return server
+
+    def serial_sensor(self, device: str, line: Callable[[], bytes], period: float = 0.5) -> SimSerialSensor:
+        """A plugged-in terminal emitting *line()* every *period* s, with an ``unplugged`` fault."""
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="pictl-sim-")
+        sensor = SimSerialSensor(self.loop, os.path.join(self._dir, f"usb-pictl-sim-{device}"), line, period)
+        sensor.plug()
+        self.serial[device] = sensor
+        self.add_fault(device, "unplugged", UnplugFault(sensor))
+        return sensor
 
     def link(
         self,
@@ -63,6 +124,7 @@ class Plant:
         )
         linkage.place(initially_on)
         self.devices.setdefault(device, SimDevice(device)).linkages[fault] = linkage
+        self.add_fault(device, fault, JamFault(linkage))
         return linkage
 
     def unlink(self, device: str) -> None:
@@ -74,7 +136,7 @@ class Plant:
     def faults(self, device: str) -> list[str]:
         """Faults the device supports (empty when it is not simulated)."""
         sim = self.devices.get(device)
-        return sorted(sim.linkages) if sim else []
+        return sorted(sim.faults) if sim else []
 
     def active_faults(self, device: str) -> list[str]:
         sim = self.devices.get(device)
@@ -82,9 +144,9 @@ class Plant:
 
     def inject(self, device: str, fault: str) -> None:
         sim = self.devices.get(device)
-        if sim is None or fault not in sim.linkages:
+        if sim is None or fault not in sim.faults:
             raise UnknownFault(f"{device} supports faults: {', '.join(self.faults(device)) or 'none'}")
-        sim.linkages[fault].jam()
+        sim.faults[fault].inject()
         sim.active.add(fault)
         log.info("simulated fault %s injected on %s", fault, device)
 
@@ -92,8 +154,8 @@ class Plant:
         sim = self.devices.get(device)
         if sim is None:
             raise UnknownFault(f"{device} is not simulated with faults")
-        for fault in sim.active:
-            sim.linkages[fault].free()
+        for fault in sorted(sim.active):
+            sim.faults[fault].clear()
         sim.active.clear()
         log.info("simulated faults cleared on %s", device)
 
@@ -110,6 +172,20 @@ class Plant:
             linkage.place(on)
 
     def stop(self) -> None:
+        """Freeze the GPIO world (no timer fires after this)."""
         for sim in self.devices.values():
             for linkage in sim.linkages.values():
                 linkage.jam()
+
+    async def aclose(self) -> None:
+        """Stop everything: linkages, servers, terminals; remove the symlink directory."""
+        self.stop()
+        for sensor in self.serial.values():
+            await sensor.aclose()
+        for server in self.modbus.values():
+            await server.aclose()
+        self.serial.clear()
+        self.modbus.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

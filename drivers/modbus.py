@@ -1,0 +1,476 @@
+"""Modbus driver on pymodbus: coils and registers as points, one :class:`ModbusLink` per bus.
+
+A link is one TCP connection or one RS-485 serial port, shared by every
+device on it. pymodbus is used with ``retries=0`` and no reconnect of its own
+(``reconnect_delay=0``): the link owns the policy. Requests on a link are
+serialized with an :class:`asyncio.Lock` (RTU is half-duplex, and a late TCP
+reply must never be taken for the answer to the next request: after a timeout
+the connection is closed and opened afresh).
+
+Health is kept per device id: ``offline_after`` consecutive failed requests
+(timeouts, lost connection) put that device's points offline with a reason;
+the first successful request puts them back. While every device is offline
+the link retries with a delay that doubles from 0.1 s up to ``backoff_max``.
+An exception reply is an answer (the device is there): it fails the request,
+is counted, and marks only the points it concerns.
+
+Points are polled every ``poll_interval``; points of the same device and
+table at adjacent addresses are read in one request. A changed value is an
+observation, like a GPIO edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
+
+from drivers.base import InputPoint, OutputPoint, PointError, PointUnavailable
+
+log = logging.getLogger(__name__)
+# pymodbus logs every timeout at ERROR with a frame dump; the link reports each outage once itself.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the link's backoff_max
+MAX_READ = {"coil": 2000, "discrete": 2000, "holding": 125, "input": 125}  # protocol limits per request
+EXCEPTION_NAMES = {
+    1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "device failure",
+    5: "acknowledge", 6: "device busy", 8: "memory parity error", 10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+TYPE_RANGE = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
+              "uint32": (0, 2**32 - 1)}
+
+
+class ExceptionReply(PointError):
+    """The device answered with a Modbus exception code."""
+
+
+class NoReply(PointError):
+    """The request got no answer (timeout, connection lost or refused)."""
+
+
+class LinkDown(NoReply):
+    """The connection could not be made: nothing on the link can answer."""
+
+
+# -- values <-> words ---------------------------------------------------------------------------
+def describe(at: Any) -> str:
+    """``holding 3 (device 1)``: how an address appears in evidence and logs."""
+    return f"{at.table} {at.address} (device {at.device_id})"
+
+
+def decode(at: Any, raw: list[Any]) -> Any:
+    """The engineering value of *raw* (bits or 16-bit words) at address spec *at*."""
+    if at.type == "bool":
+        return bool(raw[0])
+    if at.width == 1:
+        number: float = struct.unpack(">h" if at.type == "int16" else ">H", struct.pack(">H", raw[0]))[0]
+    else:
+        hi, lo = (raw[0], raw[1]) if at.word_order == "big" else (raw[1], raw[0])
+        packed = struct.pack(">HH", hi, lo)
+        number = struct.unpack({"int32": ">i", "uint32": ">I", "float32": ">f"}[at.type], packed)[0]
+    if at.scale == 1.0 and at.offset == 0.0:
+        return number
+    return round(number * at.scale + at.offset, 9)
+
+
+def encode(at: Any, value: Any) -> list[int] | bool:
+    """Words (or a bit) that make *at* read *value*; ValueError when it does not fit."""
+    if at.type == "bool":
+        return bool(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    raw = (value - at.offset) / at.scale
+    if at.type == "float32":
+        try:
+            packed = struct.pack(">f", raw)
+        except OverflowError:
+            raise ValueError(f"{value:g} does not fit a float32 register pair") from None
+    else:
+        low, high = TYPE_RANGE[at.type]
+        raw = round(raw)
+        if not low <= raw <= high:
+            raise ValueError(f"{value:g} is {raw} in the register, outside {at.type} ({low}..{high})")
+        fmt = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I"}[at.type]
+        packed = struct.pack(fmt, raw)
+    words = list(struct.unpack(f">{len(packed) // 2}H", packed))
+    return words if at.word_order == "big" or len(words) == 1 else words[::-1]
+
+
+# -- points ------------------------------------------------------------------------------------
+class ModbusInput(InputPoint):
+    """A coil, discrete input or register, observed by polling."""
+
+    def __init__(self, name: str, link: ModbusLink, at: Any) -> None:
+        super().__init__(name)
+        self.link = link  # the bus it is read on
+        self.at = at  # where it is read (a config ModbusAddress)
+        self.exception: str | None = None  # the last poll got an exception reply about this point
+
+    @property
+    def source(self) -> Any:
+        """The address polled for this point's value."""
+        return self.at
+
+    def from_raw(self, value: Any) -> Any:
+        """The point's value for what was read at :attr:`source`."""
+        return value
+
+    async def _read(self) -> Any:
+        return self.from_raw(await self.link.read(self.source))
+
+
+class ModbusOutput(ModbusInput, OutputPoint):
+    """A coil or holding register that is written, and read back to confirm it.
+
+    With a ``verify`` address the value is read there instead (a status input,
+    the drive's actual speed); for a switched coil the verify reading is mapped
+    to on/off with the configured values, and anything else reads as None.
+    """
+
+    readback_source = "modbus-readback"
+
+    def __init__(self, name: str, link: ModbusLink, spec: Any, safe: Any) -> None:
+        super().__init__(name, link, spec.at)
+        self.spec = spec  # ModbusPointSpec: at, verify, verify_on, verify_off
+        self.safe = safe  # written at start, after a failure and at shutdown; None: never forced
+        self.last_raw: Any = None  # what the last read-back actually read
+        if spec.verify is not None:
+            self.readback_source = "modbus-verify"
+
+    @property
+    def source(self) -> Any:
+        return self.spec.verify or self.spec.at
+
+    def from_raw(self, value: Any) -> Any:
+        self.last_raw = value
+        if self.spec.verify is None or self.spec.at.table != "coil":
+            return value
+        if value == self.spec.verify_on:
+            return True
+        if value == self.spec.verify_off:
+            return False
+        return None  # neither on nor off: a mismatch whatever was commanded
+
+    def readback_evidence(self) -> dict[str, Any]:
+        return {"address": describe(self.source), "raw": self.last_raw}
+
+    async def _write(self, value: Any) -> None:
+        await self.link.write(self.spec.at, value)
+
+
+# -- polling plan ------------------------------------------------------------------------------
+@dataclass
+class ReadGroup:
+    """Adjacent addresses of one device and table, read in one request."""
+
+    device_id: int
+    table: str
+    start: int
+    count: int
+    members: list[ModbusInput] = field(default_factory=list)
+
+
+def plan_reads(points: list[ModbusInput]) -> list[ReadGroup]:
+    """Coalesce the points' addresses into as few reads as adjacency allows (no gaps)."""
+    by_key: dict[tuple[int, str], list[ModbusInput]] = {}
+    for point in points:
+        by_key.setdefault((point.source.device_id, point.source.table), []).append(point)
+    groups: list[ReadGroup] = []
+    for (device_id, table), members in sorted(by_key.items()):
+        members.sort(key=lambda p: p.source.address)
+        current: ReadGroup | None = None
+        for point in members:
+            at = point.source
+            end = at.address + at.width
+            if current is not None and at.address <= current.start + current.count \
+                    and end - current.start <= MAX_READ[table]:
+                current.count = max(current.count, end - current.start)
+                current.members.append(point)
+                continue
+            current = ReadGroup(device_id, table, at.address, at.width, [point])
+            groups.append(current)
+    return groups
+
+
+# -- the link ----------------------------------------------------------------------------------
+class ModbusLink:
+    """One Modbus bus (TCP or RTU): serialized requests, polling, reconnects, health."""
+
+    kind = "modbus"
+
+    def __init__(self, config: Any) -> None:
+        self.config = config  # ModbusLinkConfig
+        self.name = config.name  # the [modbus.NAME] key
+        self.points: list[ModbusInput] = []  # everything polled on this link
+        self.groups: list[ReadGroup] = []  # the polling plan, made at start()
+        self._lock = asyncio.Lock()  # one request at a time on the wire
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._connected_once = False  # the next successful connect is a reconnect
+        self._failures: dict[int, int] = {}  # device id -> consecutive failed requests
+        self._down: dict[int, str] = {}  # device id -> why it is offline
+        self._backoff = BACKOFF_START
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # the poll loop ends at its next turn
+        self._closed = False
+        self._counts = {"requests": 0, "failed_requests": 0, "exception_replies": 0, "timeouts": 0,
+                        "reconnects": 0, "polls": 0}
+
+    # -- points --------------------------------------------------------------------------------
+    def input(self, name: str, spec: Any) -> ModbusInput:
+        point = ModbusInput(name, self, spec.at)
+        self.points.append(point)
+        return point
+
+    def output(self, name: str, spec: Any, *, safe: Any) -> ModbusOutput:
+        point = ModbusOutput(name, self, spec, safe)
+        self.points.append(point)
+        return point
+
+    def counters(self) -> dict[str, int]:
+        """Request and health counts for metrics."""
+        return dict(self._counts)
+
+    @property
+    def where(self) -> str:
+        c = self.config
+        return f"{c.host}:{c.port}" if c.transport == "tcp" else str(c.port)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, drive outputs to their safe values, poll once, then keep polling."""
+        self.groups = plan_reads(self.points)
+        if not await self._connect():
+            self._fail_all(f"cannot connect to {self.where}")
+        else:
+            for point in self.points:
+                if isinstance(point, ModbusOutput) and point.safe is not None \
+                        and point.spec.at.device_id not in self._down:  # a silent unit costs one timeout each
+                    try:
+                        await point.write(point.safe)
+                    except PointError as exc:
+                        log.warning("%s: could not write the safe value: %s", point.name, exc.observed)
+            await self.poll(skip_down=True)
+        self._task = asyncio.create_task(self._run(), name=f"modbus {self.name}")
+
+    async def aclose(self) -> None:
+        """Stop polling, outputs to their safe values (best effort), close the connection."""
+        if self._closed:
+            return
+        self._stopping = True
+        task = self._task
+        # On Python 3.11 asyncio.wait_for (inside pymodbus) can swallow a cancel that races with
+        # its reply: cancel again until the task is really done, never await it unbounded.
+        deadline = time.monotonic() + 2 * self.config.timeout + 1.0
+        while task is not None and not task.done() and time.monotonic() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.05)
+        if task is not None and not task.done():
+            log.warning("modbus %s: poll task did not stop", self.name)
+        for point in self.points:
+            if isinstance(point, ModbusOutput) and point.safe is not None and point.online:
+                try:
+                    await self.write(point.spec.at, point.safe)
+                except PointError as exc:
+                    log.warning("%s: safe value not written at shutdown: %s", point.name, exc.observed)
+        self._closed = True
+        self._disconnect()
+        for point in self.points:
+            point.close()
+
+    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        c = self.config
+        common: dict[str, Any] = {"timeout": c.timeout, "retries": 0, "reconnect_delay": 0,
+                                  "name": f"pictl {c.name}"}
+        if c.transport == "tcp":
+            return AsyncModbusTcpClient(c.host, port=c.port, **common)
+        return AsyncModbusSerialClient(c.port, framer=FramerType.RTU, baudrate=c.baudrate,
+                                       bytesize=c.bytesize, parity=c.parity, stopbits=c.stopbits, **common)
+
+    async def _connect(self) -> bool:
+        if self._client is None:
+            self._client = self._make_client()
+        try:
+            ok = await self._client.connect()
+        except Exception as exc:  # a serial port that vanished raises from pyserial
+            log.debug("modbus %s: connect failed: %s", self.name, exc)
+            ok = False
+        if ok:
+            if self._connected_once:
+                self._counts["reconnects"] += 1
+                log.debug("modbus %s: reconnected to %s", self.name, self.where)  # "answers again" is the news
+            self._connected_once = True
+        return bool(ok)
+
+    def _disconnect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def _run(self) -> None:
+        interval = self.config.poll_interval
+        while not self._stopping:
+            started = time.monotonic()
+            await self.poll()
+            if self.points and len(self._down) >= len({p.source.device_id for p in self.points}):
+                delay = self._backoff  # nobody answers: back off
+                self._backoff = min(self._backoff * 2, self.config.backoff_max)
+            else:
+                delay = interval - (time.monotonic() - started)
+            await asyncio.sleep(max(0.0, delay))
+
+    async def poll(self, skip_down: bool = False) -> None:
+        """Read every group once; a device that fails is not asked again this round.
+
+        With *skip_down* (at start) devices already offline are not asked at all.
+        """
+        self._counts["polls"] += 1
+        failed: set[int] = set(self._down) if skip_down else set()
+        for group in self.groups:
+            if group.device_id in failed:
+                continue
+            try:
+                raw = await self._read_raw(group.device_id, group.table, group.start, group.count)
+            except ExceptionReply as exc:
+                for point in group.members:
+                    self._point_exception(point, exc.observed)
+                continue
+            except LinkDown:
+                return  # every other group would wait for the same connect timeout
+            except PointError:
+                failed.add(group.device_id)
+                continue
+            for point in group.members:
+                at = point.source
+                offset = at.address - group.start
+                value = point.from_raw(decode(at, raw[offset: offset + at.width]))
+                point.exception = None
+                if point.last is None or point.last.value != value or not point.online:
+                    point.observe(value)
+                self._point_health(point)
+
+    # -- requests ------------------------------------------------------------------------------
+    async def read(self, at: Any) -> Any:
+        """Read one value now (outside the polling plan)."""
+        raw = await self._read_raw(at.device_id, at.table, at.address, at.width)
+        return decode(at, raw)
+
+    async def write(self, at: Any, value: Any) -> None:
+        """Write *value* at *at*; raises ExceptionReply, NoReply or PointUnavailable."""
+        payload = encode(at, value)
+        if at.table == "coil":
+            await self._request(at.device_id, f"write {describe(at)}",
+                                lambda c: c.write_coil(at.address, bool(payload), device_id=at.device_id))
+        elif isinstance(payload, list) and len(payload) == 1:
+            await self._request(at.device_id, f"write {describe(at)}",
+                                lambda c: c.write_register(at.address, payload[0], device_id=at.device_id))
+        else:
+            await self._request(at.device_id, f"write {describe(at)}",
+                                lambda c: c.write_registers(at.address, payload, device_id=at.device_id))
+
+    async def _read_raw(self, device_id: int, table: str, start: int, count: int) -> list[Any]:
+        calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "coil": lambda c: c.read_coils(start, count=count, device_id=device_id),
+            "discrete": lambda c: c.read_discrete_inputs(start, count=count, device_id=device_id),
+            "holding": lambda c: c.read_holding_registers(start, count=count, device_id=device_id),
+            "input": lambda c: c.read_input_registers(start, count=count, device_id=device_id),
+        }
+        reply = await self._request(device_id, f"read {table} {start}+{count} (device {device_id})", calls[table])
+        values = reply.bits if table in ("coil", "discrete") else reply.registers
+        if len(values) < count:
+            raise ExceptionReply(f"short reply: {len(values)} of {count} values", device_id=device_id)
+        return list(values[:count])
+
+    async def _request(self, device_id: int, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        if self._closed:
+            raise PointUnavailable("link closed")
+        async with self._lock:
+            self._counts["requests"] += 1
+            if self._client is None or not self._client.connected:
+                self._disconnect()
+                if not await self._connect():
+                    self._fail_all(f"cannot connect to {self.where}")
+                    raise LinkDown(f"cannot connect to {self.where}", device_id=device_id)
+            assert self._client is not None
+            try:
+                reply = await call(self._client)
+            except asyncio.CancelledError:
+                self._disconnect()  # a reply may still come: never read it as the next one's
+                raise
+            except ModbusException as exc:
+                self._disconnect()
+                timeout = "No response" in str(exc)
+                if timeout:
+                    self._counts["timeouts"] += 1
+                if timeout:
+                    reason = f"no reply within {self.config.timeout:g} s"
+                elif isinstance(exc, ConnectionException):
+                    reason = f"connection to {self.where} lost"
+                else:
+                    reason = f"link error: {exc}"
+                self._fail(device_id, reason)
+                raise NoReply(reason, device_id=device_id) from None
+            if reply.isError():
+                self._counts["exception_replies"] += 1
+                self._counts["failed_requests"] += 1
+                self._succeed(device_id)  # it answered: it is there
+                code = getattr(reply, "exception_code", 0)
+                observed = f"exception reply {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+                log.warning("modbus %s: %s: %s", self.name, what, observed)
+                raise ExceptionReply(observed, exception_code=code, request=what)
+            self._succeed(device_id)
+            return reply
+
+    # -- health --------------------------------------------------------------------------------
+    def _fail(self, device_id: int, reason: str) -> None:
+        self._counts["failed_requests"] += 1
+        count = self._failures.get(device_id, 0) + 1
+        self._failures[device_id] = count
+        if count >= self.config.offline_after:
+            self._mark_down(device_id, reason)
+
+    def _fail_all(self, reason: str) -> None:
+        """The connection itself failed: it counts against every device on the link."""
+        self._counts["failed_requests"] += 1
+        for device_id in {p.source.device_id for p in self.points} | {p.at.device_id for p in self.points}:
+            count = self._failures.get(device_id, 0) + 1
+            self._failures[device_id] = count
+            if count >= self.config.offline_after or not self._connected_once:
+                self._mark_down(device_id, reason)
+
+    def _mark_down(self, device_id: int, reason: str) -> None:
+        first = device_id not in self._down
+        self._down[device_id] = reason
+        if first:
+            log.warning("modbus %s: device %d offline: %s", self.name, device_id, reason)
+        for point in self.points:
+            if device_id in (point.source.device_id, point.at.device_id):
+                point.set_online(False, f"modbus {self.name}: {reason}")
+
+    def _succeed(self, device_id: int) -> None:
+        self._failures[device_id] = 0
+        self._backoff = BACKOFF_START
+        if self._down.pop(device_id, None) is not None:
+            log.info("modbus %s: device %d answers again", self.name, device_id)
+            for point in self.points:
+                self._point_health(point)
+
+    def _point_exception(self, point: ModbusInput, observed: str) -> None:
+        if point.exception != observed:
+            point.exception = observed
+        point.set_online(False, f"modbus {self.name}: {describe(point.source)}: {observed}")
+
+    def _point_health(self, point: ModbusInput) -> None:
+        down = self._down.get(point.source.device_id) or self._down.get(point.at.device_id)
+        if down is None and point.exception is None and point.last is not None:
+            point.set_online(True)

@@ -1,0 +1,305 @@
+"""Serial line sensors on pyserial: a reader thread per port, readings pushed into the loop.
+
+The thread owns the port: it opens it, optionally sends a request command,
+reads lines into a bounded buffer, parses them with the configured regex and
+hands each valid reading to the event loop with ``call_soon_threadsafe``.
+Nothing here blocks the loop.
+
+- A line longer than ``max_line`` bytes (or that much data without a
+  newline) is counted as malformed and discarded up to the next newline: the
+  buffer never holds more than ``max_line`` bytes.
+- A line that does not match, is not UTF-8, or whose groups are not numbers
+  is counted and skipped.
+- No valid reading for ``stale_after`` seconds: the values go offline.
+- The port vanishes or a read raises (a USB adapter pulled): offline, close,
+  and reopen the *same path* with a backoff doubling from 0.1 s to 1 s, as a
+  ``/dev/serial/by-id`` symlink comes back when the adapter is plugged in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import serial
+
+from drivers.base import InputPoint, Observation, PointUnavailable
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 0.2  # seconds a read may block, so the thread notices a stop request
+CHUNK = 4096  # most bytes taken from the port per read
+BACKOFF_START = 0.1  # first reopen delay; doubles
+BACKOFF_MAX = 1.0  # reopen attempts at least this often (opening a missing path costs nothing)
+JOIN_DEADLINE = 2.0  # seconds aclose() waits for the reader thread
+
+ReadingListener = Callable[[dict[str, float], float], None]
+
+
+class SerialValue(InputPoint):
+    """One named value (a regex group) of a serial sensor."""
+
+    def __init__(self, name: str, key: str, unit: str) -> None:
+        super().__init__(name)
+        self.key = key  # the regex group
+        self.unit = unit  # "°C", or "" when none was configured
+
+    async def refresh(self) -> Observation:
+        """There is nothing to ask a talking sensor: the last reading, if it is current."""
+        if self.last is None or not self.online:
+            raise PointUnavailable(self.offline_reason or "no reading yet")
+        return self.last
+
+    async def _read(self) -> Any:  # pragma: no cover - refresh() is overridden
+        raise PointUnavailable("a serial sensor cannot be read on demand")
+
+
+class LineParser:
+    """Bytes in, complete lines out, with a hard cap on what is held (thread-confined)."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line  # longest accepted line, bytes, without the newline
+        self.buffer = bytearray()  # the current partial line
+        self.discarding = False  # inside an overlong line: drop up to the next newline
+        self.overlong = 0  # lines dropped for length
+        self.high_water = 0  # most bytes ever buffered (never above max_line)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The complete lines in *chunk* (without their newline)."""
+        lines: list[bytes] = []
+        while chunk:
+            newline = chunk.find(b"\n")
+            piece = chunk if newline < 0 else chunk[:newline]
+            chunk = b"" if newline < 0 else chunk[newline + 1:]
+            if not self.discarding:
+                if len(self.buffer) + len(piece) > self.max_line:
+                    self.overlong += 1
+                    self.buffer.clear()
+                    self.discarding = True
+                else:
+                    self.buffer += piece
+                    self.high_water = max(self.high_water, len(self.buffer))
+            if newline >= 0:
+                if not self.discarding:
+                    lines.append(bytes(self.buffer))
+                self.buffer.clear()
+                self.discarding = False
+        return lines
+
+
+class SerialSensor:
+    """A sensor on one serial port; its named values are points (``<device>.<group>``)."""
+
+    kind = "serial"
+
+    def __init__(self, device: str, spec: Any) -> None:
+        self.spec = spec  # SerialSensorSpec: port, framing, pattern, units, request, stale_after
+        self.name = f"serial {spec.port}"  # for logs and metrics
+        self.values = {key: SerialValue(f"{device}.{key}", key, spec.units.get(key, "")) for key in spec.names}
+        for point in self.values.values():
+            point.online, point.offline_since, point.offline_reason = False, time.time(), "no reading yet"
+        self._listeners: list[ReadingListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._exited: asyncio.Event | None = None
+        self.opened: asyncio.Event | None = None  # set while the port is open (pyserial flushes input on open)
+        self._port: serial.SerialBase | None = None  # the open port, for cancel_read at shutdown
+        self._port_lock = threading.Lock()
+        self._stale: asyncio.TimerHandle | None = None
+        self._parser = LineParser(spec.max_line)
+        self._good_session = False  # the current port session produced a valid reading (reader thread)
+        self._counts = {"readings": 0, "malformed_lines": 0, "reopens": 0, "open_failures": 0}
+
+    @property
+    def points(self) -> list[SerialValue]:
+        return list(self.values.values())
+
+    @property
+    def buffer_high_water(self) -> int:
+        """Most bytes the line buffer ever held: proof that garbage does not grow memory."""
+        return self._parser.high_water
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def listen_readings(self, listener: ReadingListener) -> None:
+        """Call *listener(values, at)* on the loop for every valid line."""
+        self._listeners.append(listener)
+
+    # -- lifecycle (loop thread) ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
+        self.opened = asyncio.Event()
+        self._arm_stale()
+        self._thread = threading.Thread(target=self._run, name=f"pictl {self.name}", daemon=True)
+        self._thread.start()
+
+    async def aclose(self) -> None:
+        """Stop the reader thread (unblocking its read) and wait for it, with a deadline."""
+        self._stop.set()
+        with self._port_lock:
+            if self._port is not None:
+                with contextlib.suppress(Exception):  # not every pyserial URL handler can cancel
+                    self._port.cancel_read()
+        if self._stale is not None:
+            self._stale.cancel()
+        if self._thread is not None and self._exited is not None:
+            try:
+                async with asyncio.timeout(JOIN_DEADLINE):
+                    await self._exited.wait()
+            except TimeoutError:
+                log.warning("%s: reader thread did not stop within %.0f s", self.name, JOIN_DEADLINE)
+            self._thread.join(0.1)
+        for point in self.values.values():
+            point.close()
+
+    # -- loop side ------------------------------------------------------------------------------
+    def _arm_stale(self) -> None:
+        if self._stale is not None:
+            self._stale.cancel()
+        assert self._loop is not None
+        self._stale = self._loop.call_later(self.spec.stale_after, self._on_stale)
+
+    def _on_stale(self) -> None:
+        self._stale = None
+        if any(p.online for p in self.values.values()):
+            self._set_offline(f"no valid reading for {self.spec.stale_after:g} s")
+
+    def _set_offline(self, reason: str) -> None:
+        for point in self.values.values():
+            point.set_online(False, f"{self.name}: {reason}")
+
+    def _deliver(self, values: dict[str, float], at: float, mono: float) -> None:
+        if self._stop.is_set():
+            return
+        for key, value in values.items():
+            self.values[key].observe(value, at, mono)
+        for point in self.values.values():  # a valid line: the sensor is there (optional groups too)
+            point.set_online(True)
+        self._arm_stale()
+        for listener in tuple(self._listeners):
+            try:
+                listener(values, at)
+            except Exception:
+                log.exception("reading listener failed on %s", self.name)
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed between the check and the call
+                loop.call_soon_threadsafe(callback, *args)
+
+    # -- reader thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = BACKOFF_START
+        opened_before = False
+        reported = None  # the last reason sent to the loop, so an outage is logged once
+        try:
+            while not self._stop.is_set():
+                try:
+                    port = self._open()
+                except (serial.SerialException, OSError, ValueError) as exc:
+                    self._counts["open_failures"] += 1
+                    missing = getattr(exc, "errno", None) == errno.ENOENT
+                    reason = "port missing (unplugged?)" if missing else f"cannot open: {exc}"
+                    if reported != "open":
+                        log.warning("%s: %s", self.name, reason)
+                        self._to_loop(self._set_offline, reason)
+                        reported = "open"
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                if opened_before:
+                    self._counts["reopens"] += 1
+                    log.info("%s: reopened", self.name)
+                opened_before = True
+                self._to_loop(self.opened.set)
+                reported = None
+                self._good_session = False
+                try:
+                    self._read_lines(port)
+                except (serial.SerialException, OSError) as exc:
+                    if not self._stop.is_set():
+                        log.warning("%s: port lost: %s", self.name, exc)
+                        self._to_loop(self._set_offline, f"port lost: {exc}")
+                        reported = "lost"
+                finally:
+                    self._to_loop(self.opened.clear)
+                    with self._port_lock:
+                        self._port = None
+                    with contextlib.suppress(Exception):
+                        port.close()
+                if self._good_session:  # it worked for a while: start the backoff afresh
+                    backoff = BACKOFF_START
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            if self._exited is not None:
+                self._to_loop(self._exited.set)
+
+    def _open(self) -> serial.SerialBase:
+        s = self.spec
+        port = serial.serial_for_url(s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
+                                     stopbits=s.stopbits, timeout=READ_TIMEOUT, do_not_open=True)
+        if hasattr(port, "exclusive"):
+            with contextlib.suppress(ValueError):
+                port.exclusive = True  # a second reader on one port would steal lines
+        port.open()
+        with self._port_lock:
+            if self._stop.is_set():
+                port.close()
+                raise serial.SerialException("stopping")
+            self._port = port
+        return port
+
+    def _read_lines(self, port: serial.SerialBase) -> None:
+        """Read until stopped or the port fails; sets ``_good_session`` on a valid reading."""
+        request, interval = self.spec.request, self.spec.request_interval
+        next_request = time.monotonic()
+        self._parser.buffer.clear()
+        self._parser.discarding = False
+        while not self._stop.is_set():
+            if request is not None and time.monotonic() >= next_request:
+                port.write(request)
+                next_request = time.monotonic() + interval
+            chunk = port.read(max(1, min(port.in_waiting, CHUNK)))
+            if not chunk:
+                continue
+            before = self._parser.overlong
+            for line in self._parser.feed(chunk):
+                if self._parse(line):
+                    self._good_session = True
+            if self._parser.overlong != before:
+                self._counts["malformed_lines"] += self._parser.overlong - before
+                log.debug("%s: discarded a line longer than %d bytes", self.name, self.spec.max_line)
+
+    def _parse(self, raw: bytes) -> bool:
+        line = raw.rstrip(b"\r")
+        if not line.strip():
+            return False  # blank lines (a CR LF pair split oddly, keep-alives) are not readings
+        values: dict[str, float] = {}
+        try:
+            text = line.decode("utf-8")
+            match = self.spec.pattern.search(text)
+            if match is not None:
+                values = {k: float(v) for k, v in match.groupdict().items() if v is not None}
+            if not all(math.isfinite(v) for v in values.values()):
+                values = {}
+        except (UnicodeDecodeError, ValueError):
+            values = {}
+        if not values:
+            self._counts["malformed_lines"] += 1
+            log.debug("%s: skipped a malformed line: %r", self.name, line[:80])
+            return False
+        self._counts["readings"] += 1
+        self._to_loop(self._deliver, values, time.time(), time.monotonic())
+        return True

@@ -1,0 +1,187 @@
+"""The serial sensor driver against a pseudo-terminal behind a symlink (drivers/sim/serial_world.py):
+readings, malformed and endless lines, staleness, unplug and replug, requests, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import pytest
+
+from controller.config import SerialSensorSpec
+from drivers.serial_sensor import LineParser, SerialSensor
+from drivers.sim.serial_world import SimSerialSensor
+from tests.conftest import until_health, until_online
+
+PATTERN = re.compile(r"^T=(?P<temp>-?\d+(?:\.\d+)?)(?: H=(?P<rh>\d+))?$")
+
+
+def make_spec(port: str, **kw) -> SerialSensorSpec:
+    base = SerialSensorSpec(port=port, baudrate=9600, bytesize=8, parity="N", stopbits=1, pattern=PATTERN,
+                            units={"temp": "°C", "rh": "%"}, request=None, request_interval=1.0,
+                            stale_after=0.5, max_line=64)
+    return replace(base, **kw)
+
+
+@dataclass
+class Rig:
+    far: SimSerialSensor  # the sensor end
+    sensor: SerialSensor  # the driver
+    lines: list[bytes]  # what the far side sends next, one per period (then repeats the last)
+
+
+@pytest.fixture
+async def rig(tmp_path) -> AsyncIterator[Rig]:
+    lines = [b""]  # silent until a test has the port open: pyserial drops what came before
+    far = SimSerialSensor(asyncio.get_running_loop(), str(tmp_path / "usb-sensor"),
+                          lambda: lines.pop(0) if len(lines) > 1 else lines[0], period=0.05)
+    far.plug()
+    sensor = SerialSensor("hall", make_spec(far.path))
+    for point in sensor.points:
+        point.bind(asyncio.get_running_loop())
+    yield Rig(far, sensor, lines)
+    await sensor.aclose()
+    await far.aclose()
+
+
+async def open_port(sensor: SerialSensor) -> None:
+    """Start the driver and wait until its thread has the port open."""
+    await sensor.start()
+    assert sensor.opened is not None
+    async with asyncio.timeout(3):
+        await sensor.opened.wait()
+
+
+async def reading(sensor: SerialSensor, predicate=lambda values: True, timeout: float = 3.0) -> dict[str, float]:
+    got: asyncio.Future[dict[str, float]] = asyncio.get_running_loop().create_future()
+    sensor.listen_readings(lambda values, at: got.done() or not predicate(values) or got.set_result(values))
+    async with asyncio.timeout(timeout):
+        return await got
+
+
+def test_line_parser_never_holds_more_than_the_limit() -> None:
+    parser = LineParser(max_line=8)
+    assert parser.feed(b"T=1\nT=") == [b"T=1"]
+    assert parser.feed(b"2\n") == [b"T=2"]
+    assert parser.feed(b"x" * 100) == [] and parser.overlong == 1 and len(parser.buffer) == 0
+    assert parser.feed(b"yyy\nT=3\n") == [b"T=3"]  # the rest of the long line is dropped, not parsed
+    assert parser.high_water <= 8
+
+
+async def test_readings_arrive_with_values_and_units(rig: Rig) -> None:
+    await open_port(rig.sensor)
+    rig.lines[:] = [b"T=21.4 H=40\r\n"]
+    values = await reading(rig.sensor)
+    assert values == {"temp": 21.4, "rh": 40.0}
+    temp = rig.sensor.values["temp"]
+    assert temp.online and temp.value == 21.4 and temp.unit == "°C"
+    assert rig.sensor.counters()["readings"] >= 1
+
+
+async def test_malformed_lines_are_counted_and_skipped(rig: Rig) -> None:
+    await open_port(rig.sensor)
+    rig.lines[:] = [b"garbage\r\n", b"T=abc\r\n", b"\xff\xfe\r\n", b"T=nan\r\n", b"T=22.5\r\n"]
+    assert await reading(rig.sensor) == {"temp": 22.5}
+    assert rig.sensor.counters()["malformed_lines"] == 4
+
+
+async def test_a_megabyte_without_newline_is_one_malformed_line_and_memory_stays_bounded(rig: Rig) -> None:
+    await open_port(rig.sensor)
+    await rig.far.send(b"\x00garbage" * 131072 + b"\nT=23.0\n")  # 1 MiB, then a good line
+    assert await reading(rig.sensor) == {"temp": 23.0}
+    counts = rig.sensor.counters()
+    assert counts["malformed_lines"] == 1 and counts["readings"] == 1
+    assert rig.sensor.buffer_high_water <= 64
+
+
+async def test_no_valid_reading_for_stale_after_is_offline(rig: Rig) -> None:
+    await open_port(rig.sensor)
+    rig.lines[:] = [b"T=21.4\r\n"]
+    temp = rig.sensor.values["temp"]
+    await until_health(temp, online=True)
+    rig.lines[:] = [b"T=oops\r\n"]  # the sensor keeps talking nonsense
+    await until_health(temp, online=False)
+    assert "no valid reading for 0.5 s" in (temp.offline_reason or "")
+    rig.lines[:] = [b"T=20.0\r\n"]
+    await until_health(temp, online=True)
+
+
+async def test_unplug_is_offline_and_replug_at_the_same_path_brings_readings_back(rig: Rig) -> None:
+    await open_port(rig.sensor)
+    rig.lines[:] = [b"T=21.4\r\n"]
+    temp = rig.sensor.values["temp"]
+    await until_health(temp, online=True)
+    rig.far.unplug()
+    await until_health(temp, online=False)
+    assert "port lost" in (temp.offline_reason or "") or "port missing" in (temp.offline_reason or "")
+    assert not os.path.exists(rig.far.path)
+    rig.lines[:] = [b"T=19.5\r\n"]
+    rig.far.plug()  # a new terminal behind the same symlink
+    assert await reading(rig.sensor, lambda v: v["temp"] == 19.5) == {"temp": 19.5}
+    assert temp.online and rig.sensor.counters()["reopens"] >= 1
+
+
+async def test_a_request_command_is_sent_at_the_interval(tmp_path) -> None:
+    far = SimSerialSensor(asyncio.get_running_loop(), str(tmp_path / "usb-asked"), lambda: b"", period=60)
+    far.plug()
+    sensor = SerialSensor("asked", make_spec(far.path, request=b"R\r\n", request_interval=0.1))
+    received = bytearray()
+    asked = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    master = far._master
+    assert master is not None
+
+    def on_request() -> None:  # the far side answers each request with a reading
+        with contextlib.suppress(OSError):
+            received.extend(os.read(master, 100))
+        if received.count(b"R\r\n") >= 2:
+            asked.set()
+        far.write(b"T=18.0\n")
+
+    loop.add_reader(master, on_request)
+    try:
+        await sensor.start()
+        async with asyncio.timeout(3):
+            await asked.wait()
+        assert await reading(sensor) == {"temp": 18.0}
+    finally:
+        loop.remove_reader(master)
+        await sensor.aclose()
+        await far.aclose()
+
+
+async def test_shutdown_stops_the_reader_thread_even_when_the_port_is_missing(tmp_path) -> None:
+    sensor = SerialSensor("ghost", make_spec(str(tmp_path / "no-such-port")))
+    for point in sensor.points:
+        point.bind(asyncio.get_running_loop())
+    await sensor.start()
+    assert any(t.name.startswith("pictl serial") for t in threading.enumerate())
+    started = time.monotonic()
+    await sensor.aclose()
+    assert time.monotonic() - started < 1.0  # not a whole backoff or join deadline
+    assert not any(t.name.startswith("pictl serial") for t in threading.enumerate())
+    assert not sensor.values["temp"].online
+
+
+async def test_the_sensor_device_announces_coming_online_with_its_first_reading(rig: Rig) -> None:
+    from controller.sensor import Sensor, SensorConfig
+
+    device = Sensor(SensorConfig(name="hall", kind="sensor", timeout=1.0, max_timeout=30.0,
+                                 serial=rig.sensor.spec), rig.sensor)
+    flips: list[bool] = []
+    device.listen(lambda d, what, data: flips.append(d.online) if what == "status" else None)
+    readings: list[dict] = []
+    device.listen(lambda d, what, data: readings.append(data) if what == "reading" else None)
+    assert not device.online
+    await open_port(rig.sensor)
+    await rig.far.send(b"T=20.5\n")
+    await until_online(device, True)
+    assert flips == [True]
+    assert readings[0]["values"] == {"temp": 20.5, "rh": None} and readings[0]["units"]["temp"] == "°C"
+    assert await device.run("read", {}, 1.0) == readings[0]
