@@ -253,7 +253,9 @@ async def _watch(url: str, token: str | None, patterns: list[str], pretty: bool,
     seen = 0
     try:
         await client.connect()
-        async for event in client.events(*patterns):
+        stream = await client.events(*patterns).start()
+        print(f"pictl watch: watching {' '.join(patterns)} on {url}", file=sys.stderr, flush=True)
+        async for event in stream:
             line = pretty_event(event) if pretty else json.dumps(event.to_dict(), separators=(",", ":"))
             print(line, flush=True)
             seen += 1

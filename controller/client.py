@@ -41,7 +41,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
@@ -469,28 +469,64 @@ class Client:
         return await self.call("system.describe")
 
     # -- events -----------------------------------------------------------------------------------
-    async def events(self, *patterns: str) -> AsyncIterator[Event]:
-        """Events whose topic matches any of *patterns* (shell-style; default ``*``), for as long
-        as you iterate. Survives reconnects (see the module docstring for ``resync``)."""
-        patterns = patterns or ("*",)
+    def events(self, *patterns: str) -> EventStream:
+        """Events whose topic matches any of *patterns* (shell-style; default ``*``).
+
+        ``async for event in client.events("door.*")`` subscribes on the first iteration;
+        ``await stream.start()`` subscribes now (events from then on are kept for the stream).
+        Use ``async with client.events(...) as stream`` to stop listening before the client closes.
+        Streams survive reconnects (see the module docstring for ``resync``).
+        """
+        return EventStream(self, tuple(patterns) or ("*",))
+
+    async def _add_stream(self, stream: _Stream) -> None:
         if self._runner is None:
             await self.connect()
-        stream = _Stream(tuple(patterns))
         self._streams.append(stream)
-        try:
-            new = sorted(set(patterns) - self._patterns)
-            self._patterns.update(patterns)
-            if new:
-                await self._wait_up()
-                assert self._ws is not None
-                await self._subscribe(self._ws, new, resume=False)
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._streams.remove(stream)
+        new = sorted(set(stream.patterns) - self._patterns)
+        self._patterns.update(stream.patterns)
+        if new:
+            await self._wait_up()
+            assert self._ws is not None
+            await self._subscribe(self._ws, new, resume=False)
+
+
+class EventStream:
+    """An async iterator of :class:`Event` for some topic patterns (see :meth:`Client.events`)."""
+
+    def __init__(self, client: Client, patterns: tuple[str, ...]) -> None:
+        self.client = client
+        self.patterns = patterns
+        self._stream = _Stream(patterns)
+        self._started = False
+
+    async def start(self) -> EventStream:
+        """Subscribe now; returns the stream."""
+        if not self._started:
+            self._started = True
+            await self.client._add_stream(self._stream)
+        return self
+
+    def close(self) -> None:
+        """Stop collecting events for this stream (the daemon-side subscription stays with the client)."""
+        if self._stream in self.client._streams:
+            self.client._streams.remove(self._stream)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self.start()
+        item = await self._stream.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def __aenter__(self) -> EventStream:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- synchronous wrapper ----------------------------------------------------------------------------
