@@ -35,7 +35,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
 
 lint: $(STAMP)
-	$(BIN)/ruff check controller drivers tests bench
+	$(BIN)/ruff check controller drivers tests bench examples
 
 check-config: $(STAMP)
 	$(BIN)/pictl check-config config/demo.toml
