@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
+from controller.clock import iso
+from controller.config import DeviceConfig
 from controller.daemon import Daemon
+from controller.devices import Action, Device, Outcome, Param
 from controller.static import PANEL_DIR, StaticFiles
 from tests.conftest import ADMIN, PANEL, ROOT, Client, open_client
 
@@ -335,4 +338,67 @@ async def test_first_tile_time_and_portrait_layout(daemon: Daemon, browser: Brow
     boxes = [await panel.page.locator(panel.tile(d)).bounding_box() for d in ("door", "light")]
     assert boxes[0] and boxes[1] and boxes[1]["y"] > boxes[0]["y"] + boxes[0]["height"] - 1
     assert await panel.page.evaluate("document.documentElement.scrollWidth <= 480")
+    assert panel.errors == []
+
+
+class Thermometer(Device):
+    """Stands in for the sensor kind arriving with the serial work: readings with a unit."""
+
+    kind = "sensor"
+    actions = {"read": Action("the last reading")}
+
+    def __init__(self) -> None:
+        self.reading: dict[str, Any] = {"value": 20.0, "unit": "°C", "at": None}
+        super().__init__(DeviceConfig("hall_temp", "sensor", 1.0, 30.0), [])
+
+    def state(self) -> dict[str, Any]:
+        return self.reading
+
+
+class Gizmo(Device):
+    """A kind the panel has never heard of, with an action that needs a number."""
+
+    kind = "gizmo"
+    actions = {"set": Action("set the level", {"level": Param("number", "0-10", required=True)})}
+
+    def __init__(self) -> None:
+        self.level = 3
+        super().__init__(DeviceConfig("gizmo", "gizmo", 1.0, 30.0), [])
+
+    def state(self) -> dict[str, Any]:
+        return {"mode": "eco", "level": self.level}
+
+    async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
+        self.level = params["level"]
+        return Outcome("set", True, {"source": "test", "value": self.level, "at": "2026-11-26T00:00:00Z"})
+
+
+@needs_browser
+async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daemon, browser: Browser) -> None:
+    assert daemon.dispatcher is not None
+    thermometer, gizmo = Thermometer(), Gizmo()
+    for device in (thermometer, gizmo):
+        await device.start()
+        device.listen(daemon._device_event)
+        daemon.dispatcher.add_device(device)
+    panel = await open_panel(browser, panel_url(daemon), token=ADMIN)
+    await panel.live()
+    page = panel.page
+    value = page.locator(f'{panel.tile("hall_temp")} .value')
+    assert await value.inner_text() == "20 °C"
+    assert await page.locator(f'{panel.tile("hall_temp")} button').count() == 0  # readings come by themselves
+    thermometer.reading = {"value": 21.46, "unit": "°C", "at": iso(time.time())}
+    thermometer.publish_reading(thermometer.reading)
+    await page.locator(f'{panel.tile("hall_temp")} .value', has_text="21.5 °C").wait_for(timeout=3000)
+    assert "s ago" in await page.locator(f'{panel.tile("hall_temp")} .meta').inner_text()
+    # The unknown kind: its state as JSON, and its action with an input for the required number.
+    shown = json.loads(await page.locator(f'{panel.tile("gizmo")} pre.json').inner_text())
+    assert shown == {"mode": "eco", "level": 3}
+    await panel.press("gizmo", "set")
+    assert await panel.message("gizmo", "error") == "Enter level first."
+    await page.fill(f'{panel.tile("gizmo")} input.param', "7")
+    await panel.press("gizmo", "set")
+    assert "confirmed" in await panel.message("gizmo", "ok")
+    assert gizmo.level == 7
+    await page.locator(f'{panel.tile("gizmo")} pre.json', has_text='"level": 7').wait_for(timeout=3000)
     assert panel.errors == []
