@@ -102,6 +102,12 @@ def open_client(url: str, token: str | None = ADMIN, **kwargs: Any) -> Any:
     return connect(url, additional_headers=headers, compression=None, **kwargs)
 
 
+async def close_all(daemon: Daemon, code: int = 1012, reason: str = "service restart") -> None:
+    """Close every open WebSocket of *daemon*, as a restarting proxy would: clients must reconnect."""
+    assert daemon.server is not None and daemon.server._ws is not None
+    await asyncio.gather(*(ws.close(code, reason) for ws in list(daemon.server._ws.connections)))
+
+
 @pytest.fixture
 async def admin(daemon: Daemon) -> AsyncIterator[Client]:
     async with open_client(daemon.url) as ws:

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN, DEMO, PANEL
+from controller.cli import parse_params
+from controller.client import Client
+from controller.daemon import Daemon
+from tests.conftest import ADMIN, DEMO, PANEL, close_all
 
 PICTL = str(Path(sys.executable).parent / "pictl")
 
@@ -152,9 +155,6 @@ async def test_token_secret_file_is_private(tmp_path: Path) -> None:
 
 
 # -- call with key=value, watch, status (issue 7) -------------------------------------------------------
-from controller.cli import parse_params  # noqa: E402
-from controller.daemon import Daemon  # noqa: E402
-from tests.test_client import close_all  # noqa: E402
 
 
 def test_params_as_key_value_pairs_parse_values_as_json_when_they_can() -> None:
@@ -190,8 +190,6 @@ async def test_watch_prints_one_json_event_per_line_and_resumes_after_a_drop(dae
     try:
         async with asyncio.timeout(10):
             assert "watching *.state" in (await proc.stderr.readline()).decode()
-        from controller.client import Client
-
         async with Client(daemon.url, ADMIN) as c:
             await c.call("light.on")
             lines = []
@@ -223,8 +221,6 @@ async def test_watch_pretty_is_readable(daemon: Daemon) -> None:
     assert proc.stdout is not None and proc.stderr is not None
     async with asyncio.timeout(10):
         await proc.stderr.readline()
-        from controller.client import Client
-
         async with Client(daemon.url, ADMIN) as c:
             await c.call("door.open")
         out = (await proc.stdout.read()).decode().splitlines()

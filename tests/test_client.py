@@ -12,13 +12,7 @@ from controller import client as pictl
 from controller.client import Client, Event, SyncClient
 from controller.config import Config
 from controller.daemon import Daemon
-from tests.conftest import ADMIN, PANEL
-
-
-async def close_all(daemon: Daemon, code: int = 1012, reason: str = "service restart") -> None:
-    """Close every open WebSocket, as a restarting proxy would."""
-    assert daemon.server is not None and daemon.server._ws is not None
-    await asyncio.gather(*(ws.close(code, reason) for ws in list(daemon.server._ws.connections)))
+from tests.conftest import ADMIN, PANEL, close_all
 
 
 @pytest.fixture
@@ -89,7 +83,9 @@ async def test_events_arrive_in_order_for_the_patterns_asked(client: Client, dae
     assert opened.seq == moving.seq + 1 and opened.data["cause"] == "rpc" and not opened.is_resync
 
 
-async def test_a_dropped_link_reconnects_and_replays_what_was_missed(client: Client, daemon: Daemon) -> None:
+async def test_a_dropped_link_reconnects_and_replays_what_was_missed(daemon: Daemon) -> None:
+    # A backoff long enough (0.15-0.3 s) that the door starts moving while the client is away.
+    client = await Client(daemon.url, ADMIN, backoff=(0.3, 0.5)).connect()
     stream = await client.events("*.state").start()
     await client.call("light.on")
     first = await next_events(stream, 2)
@@ -104,6 +100,7 @@ async def test_a_dropped_link_reconnects_and_replays_what_was_missed(client: Cli
     # ...and live events go on flowing.
     await client.call("light.off")
     assert [e.data["state"] for e in await next_events(stream, 2)][-1] == "off"
+    await client.close()
 
 
 async def test_a_restarted_daemon_gives_a_resync_marker_with_the_status(demo_config: Config) -> None:

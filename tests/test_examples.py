@@ -14,8 +14,7 @@ import pytest
 
 from controller.client import Client
 from controller.daemon import Daemon
-from tests.conftest import ADMIN, PANEL, ROOT
-from tests.test_client import close_all
+from tests.conftest import ADMIN, PANEL, ROOT, close_all
 
 EXAMPLES = ROOT / "examples"
 

@@ -17,7 +17,7 @@ from controller.config import DeviceConfig
 from controller.daemon import Daemon
 from controller.devices import Action, Device, Outcome, Param
 from controller.static import PANEL_DIR, StaticFiles
-from tests.conftest import ADMIN, PANEL, ROOT, Client, open_client
+from tests.conftest import ADMIN, PANEL, ROOT, Client, close_all, open_client
 
 CHROMIUM = os.environ.get("PICTL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -234,12 +234,6 @@ async def test_an_offline_device_is_greyed_with_since_when(daemon: Daemon, brows
     feedback.set_online(True)
     await panel.page.wait_for_selector(f'{panel.tile("light")}[data-online="true"]', timeout=3000)
     assert await tile.locator('button[data-action="on"]').is_enabled()
-
-
-async def close_all(daemon: Daemon, code: int = 1012, reason: str = "service restart") -> None:
-    """Close every open WebSocket the way a restarting proxy or daemon would."""
-    assert daemon.server is not None and daemon.server._ws is not None
-    await asyncio.gather(*(ws.close(code, reason) for ws in list(daemon.server._ws.connections)))
 
 
 @needs_browser

@@ -5,7 +5,10 @@
   const TOKEN_KEY = "pictl.token";
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
-  const ACTION_GIVE_UP_MS = 90000; // an action with no answer by then (link down all along) is abandoned
+  // A press with no answer by then is abandoned (the tile says to check the device). Until then it is
+  // resent after a reconnect with its request_key, which joins the first call if that reached the
+  // daemon; later than this, a press that never arrived could move a door long after the finger left.
+  const ACTION_GIVE_UP_MS = 45000;
   const CALL_TIMEOUT_MS = 15000; // non-action calls (auth, describe, subscribe, status)
 
   const $ = (id) => document.getElementById(id);
@@ -373,13 +376,11 @@
     render(d);
     const entry = { device: d.name, action, params, started: Date.now() };
     st.inflight.set(key, entry);
+    setTimeout(() => finish(key, entry, null, { code: 0, message: "" }), ACTION_GIVE_UP_MS);
     send(key, entry);
   }
 
   function send(key, entry) {
-    if (Date.now() - entry.started > ACTION_GIVE_UP_MS) {
-      return finish(key, entry, null, { code: 0, message: "no answer: check the device before trying again" });
-    }
     if (!st.live) {
       const d = st.devices.get(entry.device);
       if (d) {
@@ -435,6 +436,8 @@
         return `Too many presses — wait ${data.retry_after_s ? Math.ceil(data.retry_after_s) + " s" : "a moment"}`;
       case -32001:
         return "This panel is not allowed to do that";
+      case 0:
+        return `No answer within ${ACTION_GIVE_UP_MS / 1000} s — check the ${d.name} before pressing again`;
       default:
         return `Failed: ${err.message || "unknown error"}`;
     }
