@@ -378,6 +378,11 @@ async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daem
     panel = await open_panel(browser, panel_url(daemon), token=ADMIN)
     await panel.live()
     page = panel.page
+    # Four devices, one of them offline, fit a 7" landscape screen without scrolling.
+    daemon.devices["light"].points[1].set_online(False, "feedback wire cut")
+    await page.wait_for_selector(f'{panel.tile("light")}[data-online="false"]', timeout=3000)
+    assert await page.evaluate("[document.documentElement.scrollHeight, document.documentElement.scrollWidth]") \
+        == [480, 800]
     value = page.locator(f'{panel.tile("hall_temp")} .value')
     assert await value.inner_text() == "20 °C"
     assert await page.locator(f'{panel.tile("hall_temp")} button').count() == 0  # readings come by themselves

@@ -35,7 +35,7 @@
   const title = (s) => String(s).replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
   const clock = (iso) => {
     const d = iso ? new Date(iso) : null;
-    return d && !isNaN(d) ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }) : "?";
+    return d && !isNaN(d) ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" }) : "?";
   };
   const age = (iso) => {
     const t = iso ? Date.parse(iso) : NaN;
@@ -321,7 +321,7 @@
       return { text: Object.entries(s.values).map(([k, v]) => `${k} ${fmt(v)}${units[k] ? " " + units[k] : ""}`)
         .join(" · "), word: "value" };
     }
-    return { json: JSON.stringify(s, null, 1), word: "unknown" };
+    return { json: JSON.stringify(s, null, 1).replace(/\n\s*/g, " "), word: "unknown" };
   }
 
   const fmt = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(1)) : v === null ? "—" : String(v));
@@ -342,7 +342,8 @@
     e.offline.hidden = !!d.online;
     e.offline.textContent = d.online ? "" :
       `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}${d.reason ? ` — ${d.reason}` : ""}`;
-    e.meta.textContent = d.lastUpdate ? `updated ${clock(d.lastUpdate)} · ${age(d.lastUpdate)}` : "";
+    e.meta.textContent = d.lastUpdate && d.online ? `updated ${clock(d.lastUpdate)} · ${age(d.lastUpdate)}` : "";
+    e.meta.hidden = !d.online; // the offline note says since when instead
     const current = d.state && d.state.state;
     for (const button of e.actions.querySelectorAll("button")) {
       const action = button.dataset.action;
