@@ -21,6 +21,7 @@ demo: $(STAMP)
 	@echo
 	@echo "pictl demo: simulated door, light on ws://127.0.0.1:8765/ws (tokens demo-admin, demo-panel)"
 	@echo "  try, in another terminal:  $(BIN)/pictl call door.open --token demo-admin"
+	@echo "  wall panel: http://127.0.0.1:8765/ (token demo-panel)"
 	@echo "  stop with Ctrl-C"
 	@echo
 	$(BIN)/pictl serve --config config/demo.toml --simulate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from controller.clock import iso
-from controller.config import DeviceConfig
+from controller.config import DeviceConfig, Role
 from controller.daemon import Daemon
 from controller.devices import Action, Device, Outcome, Param
 from controller.static import PANEL_DIR, StaticFiles
@@ -401,3 +402,16 @@ async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daem
     assert gizmo.level == 7
     await page.locator(f'{panel.tile("gizmo")} pre.json', has_text='"level": 7').wait_for(timeout=3000)
     assert panel.errors == []
+
+
+@needs_browser
+async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any, browser: Browser) -> None:
+    roles = {**demo_config.roles, "panel": Role("panel", allow=("door.*", "session.*"))}  # no describe
+    daemon = Daemon(dataclasses.replace(demo_config, roles=roles), simulate=True, host="127.0.0.1", port=0)
+    await daemon.start()
+    try:
+        panel = await open_panel(browser, panel_url(daemon))
+        await panel.page.locator("#login-error", has_text="may not call system.describe").wait_for(timeout=5000)
+        assert await panel.page.evaluate("localStorage.getItem('pictl.token')") is None
+    finally:
+        await daemon.stop()

@@ -181,6 +181,11 @@
         (reply.replayed || 0);
       st.epoch = reply.epoch || st.epoch;
     } catch (err) {
+      if (err.code === -32001) { // the token works but its role lacks what a panel needs
+        localStorage.removeItem(TOKEN_KEY);
+        st.stopped = true;
+        showLogin(`This token's role may not call ${(err.data && err.data.method) || "what the panel needs"}.`);
+      }
       if (st.ws === ws) ws.close();
       return;
     }
