@@ -249,7 +249,10 @@ def _short_value(value: Any) -> str:
 async def _watch(url: str, token: str | None, patterns: list[str], pretty: bool, count: int | None) -> int:
     from controller.client import Client, ClientError, RpcError
 
-    client = Client(url, token, reconnect=True)
+    def link(up: bool, why: str) -> None:
+        print(f"pictl watch: {why}" + ("" if up else "; reconnecting"), file=sys.stderr, flush=True)
+
+    client = Client(url, token, reconnect=True, on_link=link)
     seen = 0
     try:
         await client.connect()

@@ -41,7 +41,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
@@ -204,13 +204,14 @@ class Client:
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, reconnect: bool = True,
                  backoff: tuple[float, float] = (0.2, 5.0), open_timeout: float = 5.0,
-                 origin: str | None = None) -> None:
+                 origin: str | None = None, on_link: Callable[[bool, str], None] | None = None) -> None:
         self.url = url
         self.token = token
         self.reconnect = reconnect
         self.backoff = backoff
         self.open_timeout = open_timeout
         self.origin = origin
+        self.on_link = on_link  # told (up, why) when the link drops and when it is back
         self.seq: int | None = None  # last seq seen (events or a subscribe/status reply)
         self.epoch: str | None = None  # the daemon run that seq belongs to
         self.connects = 0  # successful connections so far (1 + reconnects)
@@ -306,9 +307,13 @@ class Client:
                 self._up.set()
                 if not self._first.done():
                     self._first.set_result(None)
+                else:
+                    self._tell(True, "reconnected")
             await reader
             self._up.clear()
             self._ws = None
+            self._tell(False, f"link lost ({ws.close_code or 'no close frame'}"
+                              f"{': ' + ws.close_reason if ws.close_reason else ''})")
             if not self.reconnect:
                 self._end(ConnectionLost("the link to pictl closed"))
                 return
@@ -320,6 +325,13 @@ class Client:
                             f"link lost during {pending.method}: outcome unknown (no request_key)"))
             log.info("pictl link lost; reconnecting")
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _tell(self, up: bool, why: str) -> None:
+        if self.on_link is not None:
+            try:
+                self.on_link(up, why)
+            except Exception:
+                log.exception("on_link callback failed")
 
     def _end(self, exc: BaseException) -> None:
         self._fatal = exc

@@ -200,6 +200,10 @@ async def test_watch_prints_one_json_event_per_line_and_resumes_after_a_drop(dae
         async with Client(daemon.url, ADMIN) as c:
             await c.call("door.open")
         async with asyncio.timeout(10):
+            assert (await proc.stderr.readline()).decode().strip() == \
+                "pictl watch: link lost (1012: service restart); reconnecting"
+            assert (await proc.stderr.readline()).decode().strip() == "pictl watch: reconnected"
+        async with asyncio.timeout(10):
             for _ in range(2):
                 lines.append(json.loads(await proc.stdout.readline()))
             assert await proc.wait() == 0
