@@ -52,7 +52,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
-NOT_ACTIONS = ("system.", "events.", "session.", "sim.")
+NOT_ACTIONS = ("system.", "events.", "session.", "sim.", "rpc.")  # config.RESERVED_NAMES: never a device
 T = TypeVar("T")
 
 

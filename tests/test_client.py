@@ -154,6 +154,9 @@ async def test_without_a_request_key_a_lost_answer_is_connection_lost(client: Cl
 
 
 def test_only_device_actions_get_a_request_key_by_default() -> None:
+    from controller.config import RESERVED_NAMES
+
+    assert {f"{name}." for name in RESERVED_NAMES} == set(pictl.NOT_ACTIONS)  # no device can be called that
     assert pictl.is_action("door.open") and pictl.is_action("hall_temp.read")
     for method in ("door.state", "system.status", "events.subscribe", "session.auth", "sim.fault", "ping"):
         assert not pictl.is_action(method), method
