@@ -415,3 +415,20 @@ async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any,
         assert await panel.page.evaluate("localStorage.getItem('pictl.token')") is None
     finally:
         await daemon.stop()
+
+
+@needs_browser
+async def test_only_the_buttons_the_role_may_press_are_shown(demo_config: Any, browser: Browser) -> None:
+    guest = Role("panel", allow=demo_config.roles["panel"].allow, deny=("door.close", "light.toggle"))
+    daemon = Daemon(dataclasses.replace(demo_config, roles={**demo_config.roles, "panel": guest}), simulate=True,
+                    host="127.0.0.1", port=0)
+    await daemon.start()
+    try:
+        panel = await open_panel(browser, panel_url(daemon))
+        await panel.live()
+        shown = await panel.page.eval_on_selector_all(".tile button[data-action]",
+                                                      "bs => bs.map(b => b.closest('.tile').dataset.device + '.' + "
+                                                      "b.dataset.action)")
+        assert shown == ["door.open", "light.on", "light.off"]
+    finally:
+        await daemon.stop()

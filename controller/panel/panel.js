@@ -22,7 +22,7 @@
     pending: new Map(), // request id -> {resolve, reject, timer}
     inflight: new Map(), // request_key -> {device, action, params, started}: resent after a reconnect
     devices: new Map(), // name -> {name, kind, actions, state, online, since, reason, lastUpdate, el}
-    seq: null, epoch: null, resyncs: 0, connects: 0, firstTile: false,
+    seq: null, epoch: null, resyncs: 0, connects: 0, firstTile: false, signature: null,
   };
 
   // -- small helpers ------------------------------------------------------------------------------
@@ -171,7 +171,7 @@
     }
     try {
       const described = await rpc("system.describe");
-      build(described.devices || {});
+      build(described.devices || {}, described.methods);
       const params = { topics: ["*"] };
       const resuming = st.seq !== null && st.epoch !== null;
       if (resuming) Object.assign(params, { since_seq: st.seq, epoch: st.epoch });
@@ -251,18 +251,22 @@
   }
 
   // -- tiles --------------------------------------------------------------------------------------
-  function build(devices) {
+  function build(devices, methods) {
+    // Only buttons this token's role may press (system.describe lists the session's methods).
+    const allowed = Array.isArray(methods) ? new Set(methods) : null;
+    const signature = JSON.stringify([devices, methods || null]);
+    if (signature === st.signature) return;
+    st.signature = signature;
     const names = Object.keys(devices);
-    const same = names.length === st.devices.size && names.every((n) => st.devices.has(n) &&
-      JSON.stringify(st.devices.get(n).describe) === JSON.stringify(devices[n]));
-    if (same) return;
     const old = st.devices;
     st.devices = new Map();
     ui.tiles.replaceChildren();
     for (const name of names) {
       const prev = old.get(name);
       const d = {
-        name, kind: devices[name].kind, describe: devices[name], actions: devices[name].actions || {},
+        name, kind: devices[name].kind, describe: devices[name],
+        actions: Object.fromEntries(Object.entries(devices[name].actions || {})
+          .filter(([action]) => !allowed || allowed.has(`${name}.${action}`))),
         state: prev ? prev.state : null, online: prev ? prev.online : true, since: null, reason: null,
         lastUpdate: prev ? prev.lastUpdate : null, note: null, busy: null,
       };
@@ -479,6 +483,7 @@
     st.live = false;
     st.inflight.clear();
     st.devices = new Map();
+    st.signature = null;
     ui.tiles.replaceChildren();
     showLogin("Logged out.");
   });
