@@ -21,6 +21,7 @@ demo: $(STAMP)
 	@echo
 	@echo "pictl demo: simulated door, light, Modbus fan, serial hall_temp on ws://127.0.0.1:8765/ws (tokens demo-admin, demo-panel)"
 	@echo "  try, in another terminal:  $(BIN)/pictl call door.open --token demo-admin"
+	@echo "  wall panel: http://127.0.0.1:8765/ (token demo-panel)"
 	@echo "  stop with Ctrl-C"
 	@echo
 	$(BIN)/pictl serve --config config/demo.toml --simulate
@@ -35,7 +36,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
 
 lint: $(STAMP)
-	$(BIN)/ruff check controller drivers tests bench
+	$(BIN)/ruff check controller drivers tests bench examples
 
 check-config: $(STAMP)
 	$(BIN)/pictl check-config config/demo.toml

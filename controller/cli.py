@@ -34,12 +34,26 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
 
-    call = sub.add_parser("call", help="call one JSON-RPC method and print the result")
+    link = argparse.ArgumentParser(add_help=False)
+    link.add_argument("--url", default=os.environ.get("PICTL_URL", DEFAULT_URL),
+                      help=f"the daemon's WebSocket URL (env PICTL_URL; default {DEFAULT_URL})")
+    link.add_argument("--token", default=os.environ.get("PICTL_TOKEN"), help="the token's secret (env PICTL_TOKEN)")
+
+    call = sub.add_parser("call", parents=[link], help="call one JSON-RPC method and print the result",
+                          description="PARAMS is one JSON object, or key=value pairs (a value is parsed as "
+                                      "JSON when it parses, else taken as a string): pictl call door.open timeout=3")
     call.add_argument("method")
-    call.add_argument("params", nargs="?", help="params as a JSON object")
-    call.add_argument("--url", default=os.environ.get("PICTL_URL", DEFAULT_URL))
-    call.add_argument("--token", default=os.environ.get("PICTL_TOKEN"))
-    call.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the reply")
+    call.add_argument("params", nargs="*", help="a JSON object, or key=value pairs")
+    call.add_argument("--wait", type=float, default=None,
+                      help="seconds to wait for the reply (default: 2 x timeout + 5 for actions, else 30)")
+
+    watch = sub.add_parser("watch", parents=[link], help="print events as they happen, one JSON object per line")
+    watch.add_argument("patterns", nargs="*", metavar="PATTERN", help='topic patterns, e.g. "door.*" (default: *)')
+    watch.add_argument("--pretty", action="store_true", help="readable lines instead of JSON")
+    watch.add_argument("--count", type=int, default=None, help="stop after this many events")
+
+    status = sub.add_parser("status", parents=[link], help="a table of every device")
+    status.add_argument("--json", action="store_true", help="the system.status result as JSON instead")
 
     token = sub.add_parser("token", help="make token secrets and their hashes for the config")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -59,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "call":
         return call(args)
+    if args.command == "watch":
+        return watch(args)
+    if args.command == "status":
+        return status(args)
     if args.command == "token":
         return token(args)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
@@ -143,49 +161,189 @@ def serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def call(args: argparse.Namespace) -> int:
-    params: Any = None
-    if args.params is not None:
+def parse_params(words: list[str]) -> dict[str, Any] | None:
+    """``call``'s PARAMS: one JSON object, or key=value pairs (values parsed as JSON when they parse).
+
+    Raises ValueError with a message for the user.
+    """
+    if not words:
+        return None
+    if len(words) == 1 and words[0].lstrip().startswith(("{", "[")):
         try:
-            params = json.loads(args.params)
+            params = json.loads(words[0])
         except ValueError as exc:
-            print(f"pictl call: PARAMS_JSON is not JSON: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            raise ValueError(f"PARAMS is not valid JSON: {exc}") from None
         if not isinstance(params, dict):
-            print("pictl call: PARAMS_JSON must be a JSON object", file=sys.stderr)
-            return EXIT_USAGE
+            raise ValueError("PARAMS must be a JSON object or key=value pairs")
+        return params
+    params = {}
+    for word in words:
+        key, sep, text = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{word!r}: PARAMS must be a JSON object or key=value pairs")
+        try:
+            params[key] = json.loads(text)
+        except ValueError:
+            params[key] = text
+    return params
+
+
+def _rpc_error(err: Any) -> int:
+    """An RPC error (or a refused handshake) as JSON on stderr: exit 1."""
+    print(json.dumps(err.to_dict()), file=sys.stderr)
+    return EXIT_RPC_ERROR
+
+
+def call(args: argparse.Namespace) -> int:
+    try:
+        params = parse_params(args.params)
+    except ValueError as exc:
+        print(f"pictl call: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return asyncio.run(_call(args.url, args.token, args.method, params, args.wait))
 
 
-async def _call(url: str, token: str | None, method: str, params: Any, wait: float) -> int:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidStatus, WebSocketException
+async def _call(url: str, token: str | None, method: str, params: dict[str, Any] | None, wait: float | None) -> int:
+    from controller.client import Client, ClientError, ReplyTimeout, RpcError
 
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    request: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
-    if params is not None:
-        request["params"] = params
+    client = Client(url, token, reconnect=True)
     try:
-        async with asyncio.timeout(wait):
-            async with connect(url, additional_headers=headers, compression=None, open_timeout=5) as ws:
-                await ws.send(json.dumps(request))
-                reply = json.loads(await ws.recv())
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        code = -32001 if status in (401, 403) else -32603
-        print(json.dumps({"code": code, "message": f"handshake refused: HTTP {status}",
-                          "data": {"http_status": status}}), file=sys.stderr)
-        return EXIT_RPC_ERROR
-    except TimeoutError:
-        print(f"pictl call: no reply from {url} within {wait:g} s", file=sys.stderr)
+        await client.connect()
+        result = await client.call(method, params, wait=wait)
+    except RpcError as err:
+        return _rpc_error(err)
+    except ReplyTimeout as exc:
+        print(f"pictl call: {exc} (from {url})", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except (OSError, WebSocketException) as exc:
-        print(f"pictl call: cannot connect to {url}: {exc}", file=sys.stderr)
+    except ClientError as exc:
+        print(f"pictl call: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    if "error" in reply:
-        print(json.dumps(reply["error"]), file=sys.stderr)
-        return EXIT_RPC_ERROR
-    print(json.dumps(reply.get("result"), indent=2))
+    finally:
+        await client.close()
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def watch(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_watch(args.url, args.token, args.patterns or ["*"], args.pretty, args.count))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def pretty_event(event: Any) -> str:
+    """One readable line: time, topic, seq, the data as key=value."""
+    when = (event.time or "")[11:23] or "--:--:--.---"
+    if event.is_resync:
+        devices = event.data.get("devices", {})
+        summary = ", ".join(f"{name}={_state_text(d)}" for name, d in devices.items())
+        return f"{when:12}  --- resync: events were missed; now {summary}"
+    data = " ".join(f"{k}={_short_value(v)}" for k, v in event.data.items())
+    return f"{when:12}  {event.topic:<22} #{event.seq:<6} {data}"
+
+
+def _short_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+async def _watch(url: str, token: str | None, patterns: list[str], pretty: bool, count: int | None) -> int:
+    from controller.client import Client, ClientError, RpcError
+
+    def link(up: bool, why: str) -> None:
+        print(f"pictl watch: {why}" + ("" if up else "; reconnecting"), file=sys.stderr, flush=True)
+
+    client = Client(url, token, reconnect=True, on_link=link)
+    seen = 0
+    try:
+        await client.connect()
+        stream = await client.events(*patterns).start()
+        print(f"pictl watch: watching {' '.join(patterns)} on {url}", file=sys.stderr, flush=True)
+        async for event in stream:
+            line = pretty_event(event) if pretty else json.dumps(event.to_dict(), separators=(",", ":"),
+                                                               ensure_ascii=False)
+            print(line, flush=True)
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except RpcError as err:
+        return _rpc_error(err)
+    except ClientError as exc:
+        print(f"pictl watch: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
+def _state_text(device: dict[str, Any]) -> str:
+    """A device's state in a few words: the state name, a value with its unit, or compact JSON."""
+    state = device.get("state")
+    if isinstance(state, dict):
+        if isinstance(state.get("state"), str):
+            return state["state"]
+        if "value" in state:
+            return f"{_short_value(state['value'])}{' ' + state['unit'] if state.get('unit') else ''}"
+        shown = {k: v for k, v in state.items() if k not in ("since", "at")}
+        return json.dumps(shown, separators=(",", ":"))
+    return json.dumps(state)
+
+
+def _age(iso_time: str | None, now: float) -> str:
+    from datetime import datetime
+
+    if not iso_time:
+        return "never"
+    try:
+        then = datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return iso_time
+    seconds = max(0.0, now - then)
+    if seconds < 60:
+        ago = f"{seconds:.1f} s ago"
+    elif seconds < 3600:
+        ago = f"{seconds / 60:.0f} min ago"
+    else:
+        ago = f"{seconds / 3600:.1f} h ago"
+    return f"{iso_time[11:19]} ({ago})"
+
+
+def status_table(status: dict[str, Any], now: float) -> str:
+    rows = [("DEVICE", "KIND", "ONLINE", "STATE", "LAST UPDATE")]
+    for name, device in status.get("devices", {}).items():
+        if device.get("online"):
+            online = "yes"
+        else:
+            since = device.get("since") or ""
+            online = "no" + (f" since {since[11:19]}" if since else "") + (
+                f" ({device['reason']})" if device.get("reason") else "")
+        rows.append((name, str(device.get("kind", "?")), online, _state_text(device),
+                     _age(device.get("last_update"), now)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
+                     for row in rows)
+
+
+def status(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(args.url, args.token, args.json))
+
+
+async def _status(url: str, token: str | None, as_json: bool) -> int:
+    import time
+
+    from controller.client import Client, ClientError, RpcError
+
+    client = Client(url, token, reconnect=False)
+    try:
+        await client.connect()
+        result = await client.status()
+    except RpcError as err:
+        return _rpc_error(err)
+    except ClientError as exc:
+        print(f"pictl status: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await client.close()
+    print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else status_table(result, time.time()))
     return EXIT_OK
 
 

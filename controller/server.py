@@ -1,4 +1,5 @@
-"""One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it.
+"""One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it
+(/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.static`).
 
 The handshake is checked in ``process_request`` before any upgrade: the route,
 then the ``Origin`` (403), then an ``Authorization: Bearer`` header if sent
@@ -25,6 +26,7 @@ from websockets.http11 import Request, Response
 from controller.auth import Session, bearer
 from controller.dispatch import NOT_NOW, Dispatcher, binary_frame_error
 from controller.jsonrpc import Message, decode
+from controller.static import StaticFiles
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,9 @@ class Server:
     def __init__(self, dispatcher: Dispatcher, *, host: str, port: int, max_frame_bytes: int,
                  allowed_origins: tuple[str, ...], tls: Any = None, metrics_tokens: tuple[str, ...] = (),
                  auth_timeout: float = AUTH_GRACE_S, max_connections: int = 200,
-                 max_connections_per_address: int = 20) -> None:
+                 max_connections_per_address: int = 20, panel: StaticFiles | None = None) -> None:
         self.dispatcher = dispatcher
+        self.panel = panel if panel is not None else StaticFiles()  # the wall panel's files, at GET /
         self.host = host
         self.port = port  # replaced by the bound port once started (port 0 in tests)
         self.max_frame_bytes = max_frame_bytes
@@ -125,7 +128,8 @@ class Server:
         if path == "/metrics":
             return await self._metrics(request)
         if path != "/ws":
-            return json_response(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            page = self.panel.response(request)
+            return page if page is not None else json_response(HTTPStatus.NOT_FOUND, {"error": "not found"})
         origin = request.headers.get("Origin")
         if origin is not None:
             normal = origin.lower().rstrip("/")

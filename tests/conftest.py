@@ -42,6 +42,23 @@ def demo_config() -> config.Config:
     return config.load(str(DEMO))
 
 
+def gpio_demo() -> config.Config:
+    """The demo's GPIO half as a config (see DEMO_GPIO_TEXT)."""
+    return config.loads(DEMO_GPIO_TEXT, str(DEMO))
+
+
+def on_gpio_demo() -> Any:
+    """``demo_config = on_gpio_demo()`` in a test module runs its daemons on the demo's GPIO half:
+    for tests that count events, tiles or status lines, which the sensor's steady readings and
+    two more devices would change (tests/test_e2e_fan_sensor.py covers those devices)."""
+
+    @pytest.fixture(name="demo_config")
+    def gpio_demo_config() -> config.Config:
+        return gpio_demo()
+
+    return gpio_demo_config
+
+
 @pytest.fixture
 async def daemon(demo_config: config.Config) -> AsyncIterator[Daemon]:
     d = Daemon(demo_config, simulate=True, host="127.0.0.1", port=0)
@@ -111,6 +128,12 @@ class Client:
 def open_client(url: str, token: str | None = ADMIN, **kwargs: Any) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return connect(url, additional_headers=headers, compression=None, **kwargs)
+
+
+async def close_all(daemon: Daemon, code: int = 1012, reason: str = "service restart") -> None:
+    """Close every open WebSocket of *daemon*, as a restarting proxy would: clients must reconnect."""
+    assert daemon.server is not None and daemon.server._ws is not None
+    await asyncio.gather(*(ws.close(code, reason) for ws in list(daemon.server._ws.connections)))
 
 
 @pytest.fixture

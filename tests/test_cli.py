@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN, DEMO, PANEL
+from controller.cli import parse_params
+from controller.client import Client
+from controller.daemon import Daemon
+from tests.conftest import ADMIN, DEMO, PANEL, close_all, on_gpio_demo
+
+demo_config = on_gpio_demo()
+
 
 PICTL = str(Path(sys.executable).parent / "pictl")
 
@@ -152,3 +158,106 @@ async def test_token_secret_file_is_private(tmp_path: Path) -> None:
     code, out, _ = await run("token", "create", "backup", "--role", "admin", "--secret-file", str(path))
     assert code == 0 and f'secret_file = "{path}"' in out
     assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text().strip()) >= 32
+
+
+# -- call with key=value, watch, status (issue 7) -------------------------------------------------------
+
+
+def test_params_as_key_value_pairs_parse_values_as_json_when_they_can() -> None:
+    assert parse_params(["timeout=1.5", "device=door", "flag=true", 'obj={"a": 1}', "text=hello world",
+                         "empty=", "n=null"]) == {
+        "timeout": 1.5, "device": "door", "flag": True, "obj": {"a": 1}, "text": "hello world", "empty": "",
+        "n": None}
+    assert parse_params(['{"timeout": 2}']) == {"timeout": 2}
+    assert parse_params([]) is None
+    for bad in (["timeout"], ["=3"], ["[1]"], ["{not json"]):
+        with pytest.raises(ValueError):
+            parse_params(bad)
+
+
+async def test_call_with_key_value_params_and_an_rpc_error_on_stderr(daemon: Daemon) -> None:
+    link = ("--url", daemon.url, "--token", ADMIN)
+    code, out, err = await run("call", "sim.fault", "device=door", "fault=jammed", *link)
+    assert code == 0, err
+    assert json.loads(out)["faults"] == ["jammed"]
+    code, out, err = await run("call", "door.open", "timeout=0.3", *link)
+    assert code == 1 and out == ""
+    error = json.loads(err)
+    assert error["code"] == -32002 and error["data"]["expected"] == "open" and error["data"]["observed"] == "closed"
+    code, _, err = await run("call", "door.open", "timeout", *link)
+    assert code == 2 and "key=value" in err
+
+
+async def test_watch_prints_one_json_event_per_line_and_resumes_after_a_drop(daemon: Daemon) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        PICTL, "watch", "*.state", "--count", "4", "--url", daemon.url, "--token", PANEL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(10):
+            assert "watching *.state" in (await proc.stderr.readline()).decode()
+        async with Client(daemon.url, ADMIN) as c:
+            await c.call("light.on")
+            lines = []
+            async with asyncio.timeout(10):
+                for _ in range(2):
+                    lines.append(json.loads(await proc.stdout.readline()))
+            await close_all(daemon)  # watch's link drops; the door opens while it is away
+        async with Client(daemon.url, ADMIN) as c:
+            await c.call("door.open")
+        async with asyncio.timeout(10):
+            assert (await proc.stderr.readline()).decode().strip() == \
+                "pictl watch: link lost (1012: service restart); reconnecting"
+            assert (await proc.stderr.readline()).decode().strip() == "pictl watch: reconnected"
+        async with asyncio.timeout(10):
+            for _ in range(2):
+                lines.append(json.loads(await proc.stdout.readline()))
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    # The light's output changes first (state still off), then its feedback follows.
+    assert [(e["topic"], e["data"]["state"]) for e in lines] == [
+        ("light.state", "off"), ("light.state", "on"), ("door.state", "moving"), ("door.state", "open")]
+    assert [e["seq"] for e in lines[2:]] == [lines[1]["seq"] + 1, lines[1]["seq"] + 2]
+    assert set(lines[0]) == {"topic", "seq", "time", "data"}
+
+
+async def test_watch_pretty_is_readable(daemon: Daemon) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        PICTL, "watch", "door.*", "--pretty", "--count", "2", "--url", daemon.url, "--token", ADMIN,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    async with asyncio.timeout(10):
+        await proc.stderr.readline()
+        async with Client(daemon.url, ADMIN) as c:
+            await c.call("door.open")
+        out = (await proc.stdout.read()).decode().splitlines()
+        assert await proc.wait() == 0
+    assert len(out) == 2 and "door.state" in out[1] and "state=open" in out[1] and "cause=rpc" in out[1]
+    assert re.match(r"\d\d:\d\d:\d\d\.\d{3} ", out[0])
+
+
+async def test_status_is_a_table_with_offline_devices_explained(daemon: Daemon) -> None:
+    daemon.devices["light"].points[1].set_online(False, "feedback wire cut")
+    env = {"PICTL_URL": daemon.url, "PICTL_TOKEN": PANEL, "PATH": "/usr/bin:/bin"}
+    code, out, err = await run("status", env=env)
+    assert code == 0, err
+    header, door, light = out.splitlines()
+    assert header.split() == ["DEVICE", "KIND", "ONLINE", "STATE", "LAST", "UPDATE"]
+    assert door.split()[:4] == ["door", "door", "yes", "closed"] and "ago)" in door
+    assert light.startswith("light") and "no since" in light and "(feedback wire cut)" in light
+    code, out, _ = await run("status", "--json", env=env)
+    assert code == 0 and json.loads(out)["devices"]["light"]["online"] is False
+
+
+@pytest.mark.parametrize("command", [["status"], ["watch"], ["call", "system.ping"]])
+async def test_refused_token_and_unreachable_daemon_for_every_client_command(daemon: Daemon,
+                                                                             command: list[str]) -> None:
+    code, out, err = await run(*command, "--url", daemon.url, "--token", "wrong-token")
+    assert code == 1 and out == ""
+    error = json.loads(err)
+    assert error["code"] == -32001 and error["data"]["http_status"] == 401
+    code, _, err = await run(*command, "--url", "ws://127.0.0.1:9/ws", "--token", ADMIN)
+    assert code == 3 and "cannot connect" in err

@@ -14,17 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-from controller import config
 from controller.config import AuditConfig, Config, EventsConfig, MetricsConfig
 from controller.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, Client, open_client
+from tests.conftest import ADMIN, PANEL, Client, on_gpio_demo, open_client
 
-
-@pytest.fixture
-def demo_config() -> Config:
-    """The demo's GPIO half: the sensor's steady readings would make seq counts depend on timing.
-    (tests/test_e2e_fan_sensor.py covers the sensor's and the fan's events.)"""
-    return config.loads(DEMO_GPIO_TEXT, str(DEMO))
+demo_config = on_gpio_demo()
 
 
 async def next_event(client: Client, timeout: float = 5.0) -> dict[str, Any]:

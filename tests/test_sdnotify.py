@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller import config
 from controller.daemon import Daemon
 from controller.sdnotify import Notifier, Supervision, Watchdog, watchdog_interval
-from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, NotifySocket, open_client
+from tests.conftest import ADMIN, NotifySocket, on_gpio_demo, open_client
 
 
 def test_notifier_without_notify_socket_is_a_silent_no_op() -> None:
@@ -99,10 +98,7 @@ class WedgedBus:
         pass
 
 
-@pytest.fixture
-def demo_config() -> config.Config:
-    """The demo's GPIO half: the status lines below count its two devices, always online."""
-    return config.loads(DEMO_GPIO_TEXT, str(DEMO))
+demo_config = on_gpio_demo()
 
 
 @pytest.fixture

@@ -1,0 +1,437 @@
+"""The wall panel: its files over HTTP, and the page itself in a real headless Chromium (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.clock import iso
+from controller.config import DeviceConfig, Role
+from controller.daemon import Daemon
+from controller.devices import Action, Device, Outcome, Param
+from controller.static import PANEL_DIR, StaticFiles
+from tests.conftest import ADMIN, PANEL, ROOT, Client, close_all, on_gpio_demo, open_client
+
+demo_config = on_gpio_demo()
+
+
+CHROMIUM = os.environ.get("PICTL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = ROOT / "docs" / "panel.png"
+PAGE_WEIGHT_BUDGET = 40_000  # bytes of all panel files together
+FIRST_TILE_BUDGET_MS = 2000.0
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright
+except ImportError:  # pragma: no cover - the test extra installs it
+    async_playwright = None  # type: ignore[assignment]
+
+BROWSER_MISSING = None
+if async_playwright is None:
+    BROWSER_MISSING = "playwright is not installed (pip install -e '.[test]')"
+elif not os.access(CHROMIUM, os.X_OK):
+    BROWSER_MISSING = f"{CHROMIUM} is missing (apt install chromium)"
+if BROWSER_MISSING and os.environ.get("CI"):
+    pytest.fail(f"browser tests cannot run: {BROWSER_MISSING}; .ci/run installs both", pytrace=False)
+needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
+
+
+# -- the files, over plain HTTP -----------------------------------------------------------------------
+async def http_get(daemon: Daemon, path: str,
+                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    assert daemon.server is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.server.port)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), fields, body
+
+
+async def test_the_panel_is_served_at_root_with_types_caching_and_a_strict_policy(daemon: Daemon) -> None:
+    status, headers, body = await http_get(daemon, "/")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert body == (PANEL_DIR / "index.html").read_bytes()
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-cache" and headers["etag"].startswith('"')
+    again, cached, empty = await http_get(daemon, "/", {"If-None-Match": headers["etag"]})
+    assert again == 304 and empty == b"" and cached["etag"] == headers["etag"]
+    for name, content_type in (("panel.js", "text/javascript"), ("panel.css", "text/css")):
+        status, headers, body = await http_get(daemon, f"/{name}?v=1")
+        assert status == 200 and headers["content-type"].startswith(content_type)
+        assert body == (PANEL_DIR / name).read_bytes()
+
+
+@pytest.mark.parametrize("path", [
+    "/../pyproject.toml", "/%2e%2e/pyproject.toml", "/..%2fserver.py", "/%2E%2E%2Fserver.py", "//etc/passwd",
+    "/%2fetc%2fpasswd", "/panel/../server.py", "/static.py", "/server.py", "/panel.js/..", "/index.html%00.js",
+    "/.\\..\\server.py", "/nowhere.html", "/PANEL.JS",
+])
+async def test_nothing_outside_the_panel_folder_is_reachable(daemon: Daemon, path: str) -> None:
+    status, _, body = await http_get(daemon, path)
+    assert status == 404, (path, body[:80])
+    assert b"import" not in body and b"root:" not in body
+
+
+def test_symlinks_and_unknown_types_in_the_folder_are_not_served(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.js"
+    secret.write_text("the config")
+    panel = tmp_path / "panel"
+    panel.mkdir()
+    (panel / "index.html").write_text("<p>hi</p>")
+    (panel / "notes.txt").write_text("no type")
+    (panel / "leak.js").symlink_to(secret)
+    (panel / "sub").mkdir()
+    (panel / "sub" / "x.js").write_text("nested")
+    files = StaticFiles(panel)
+    assert set(files.files) == {"index.html"}
+    assert files.lookup("/leak.js") is None and files.lookup("/sub/x.js") is None
+    assert files.lookup("/") is not None and files.lookup("/index.html") is not None
+
+
+def test_the_panel_fetches_nothing_from_elsewhere() -> None:
+    for path in PANEL_DIR.iterdir():
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path.name
+    html = (PANEL_DIR / "index.html").read_text()
+    assert "<script>" not in html and "style=" not in html and "onclick" not in html  # nothing inline: CSP allows none
+
+
+def test_page_weight_is_within_budget() -> None:
+    weight = StaticFiles().total_bytes
+    assert 0 < weight <= PAGE_WEIGHT_BUDGET, weight
+
+
+# -- in a real browser --------------------------------------------------------------------------------
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert async_playwright is not None
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+class Panel:
+    """One page on the daemon, recording console errors (CSP violations show up there)."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def tile(self, device: str) -> str:
+        return f'.tile[data-device="{device}"]'
+
+    async def state(self, device: str, state: str, timeout: float = 5000) -> None:
+        await self.page.wait_for_selector(f'{self.tile(device)}[data-state="{state}"]', timeout=timeout)
+
+    async def message(self, device: str, kind: str, timeout: float = 5000) -> str:
+        locator = self.page.locator(f'{self.tile(device)} .msg[data-kind="{kind}"]')
+        await locator.wait_for(timeout=timeout)
+        return await locator.inner_text()
+
+    async def press(self, device: str, action: str) -> None:
+        await self.page.click(f'{self.tile(device)} button[data-action="{action}"]')
+
+    async def live(self, timeout: float = 5000) -> None:
+        await self.page.wait_for_selector('#link[data-state="up"]', timeout=timeout)
+
+    async def dataset(self, name: str) -> str | None:
+        return await self.page.evaluate(f"document.documentElement.dataset.{name} ?? null")
+
+
+async def open_panel(browser: Browser, url: str, token: str | None = PANEL,
+                     viewport: dict[str, int] | None = None) -> Panel:
+    context = await browser.new_context(viewport=viewport or {"width": 800, "height": 480})
+    if token is not None:
+        await context.add_init_script(f"localStorage.setItem('pictl.token', {json.dumps(token)})")
+    page = await context.new_page()
+    panel = Panel(page)
+    await page.goto(url)
+    return panel
+
+
+def panel_url(daemon: Daemon) -> str:
+    assert daemon.server is not None
+    return f"http://127.0.0.1:{daemon.server.port}/"
+
+
+@needs_browser
+async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, browser: Browser) -> None:
+    panel = await open_panel(browser, panel_url(daemon), token=None)
+    page = panel.page
+    await page.wait_for_selector("#login:not([hidden])")
+    await page.fill("#token", "not-the-token")
+    await page.click("#login-form button[type=submit]")
+    await page.locator("#login-error", has_text="refused").wait_for(timeout=5000)
+    await page.fill("#token", PANEL)
+    await page.click("#login-form button[type=submit]")
+    await panel.live()
+    await panel.state("door", "closed")
+    assert await page.locator(f'{panel.tile("light")} button[data-action="toggle"]').count() == 1
+    await panel.press("door", "open")
+    # Progress while the door travels (~0.3 s), then the confirmed state.
+    await page.wait_for_selector(f'{panel.tile("door")} button.working[data-action="open"]', timeout=2000)
+    assert await page.locator(f'{panel.tile("door")} .value').inner_text() != "Open"
+    await panel.state("door", "open")
+    assert "Opened — confirmed" in await panel.message("door", "ok")
+    assert daemon.devices["door"].state()["state"] == "open"
+    # The token was kept: a reload goes straight to the tiles, which show the daemon's truth.
+    await page.reload()
+    await panel.live()
+    await panel.state("door", "open")
+    assert await page.locator("#login").is_hidden()
+    # Log out forgets it.
+    await page.click("#logout")
+    await page.wait_for_selector("#login:not([hidden])")
+    assert await page.evaluate("localStorage.getItem('pictl.token')") is None
+    assert panel.errors == []
+
+
+@needs_browser
+async def test_a_jammed_door_shows_expected_and_observed_in_words(daemon: Daemon, browser: Browser,
+                                                                  admin: Client) -> None:
+    panel = await open_panel(browser, panel_url(daemon))
+    await panel.live()
+    await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
+    await panel.press("door", "open")
+    text = await panel.message("door", "error", timeout=6000)  # the demo door's deadline is 2 s
+    assert "door did not open — contact still closed" in text
+    assert "Actuator released" in text
+    await panel.state("door", "closed")
+    await admin.call("sim.fault", {"device": "light", "fault": "no_feedback"})
+    await panel.press("light", "on")
+    assert "light did not turn on — feedback still off" in await panel.message("light", "error", timeout=4000)
+    assert panel.errors == []
+
+
+@needs_browser
+async def test_an_offline_device_is_greyed_with_since_when(daemon: Daemon, browser: Browser) -> None:
+    panel = await open_panel(browser, panel_url(daemon))
+    await panel.live()
+    feedback = daemon.devices["light"].points[1]
+    feedback.set_online(False, "feedback wire cut")
+    tile = panel.page.locator(panel.tile("light"))
+    await panel.page.wait_for_selector(f'{panel.tile("light")}[data-online="false"]', timeout=3000)
+    note = await tile.locator(".offline-note").inner_text()
+    assert note.startswith("Offline since ") and "feedback wire cut" in note
+    assert await tile.locator('button[data-action="on"]').is_disabled()
+    assert await panel.page.locator(f'{panel.tile("door")} button[data-action="open"]').is_enabled()
+    feedback.set_online(True)
+    await panel.page.wait_for_selector(f'{panel.tile("light")}[data-online="true"]', timeout=3000)
+    assert await tile.locator('button[data-action="on"]').is_enabled()
+
+
+@needs_browser
+async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browser: Browser) -> None:
+    first = Daemon(demo_config, simulate=True, host="127.0.0.1", port=0)
+    await first.start()
+    assert first.server is not None
+    port = first.server.port
+    second: Daemon | None = None
+    try:
+        panel = await open_panel(browser, panel_url(first))
+        page = panel.page
+        await panel.live()
+        await panel.state("light", "off")
+        assert await panel.dataset("resyncs") == "1"  # the initial snapshot
+        # The link drops (1012); while the panel is away, the light goes on.
+        await close_all(first)
+        async with open_client(first.url, ADMIN) as ws:
+            admin = Client(ws)
+            await admin.call("light.on")
+            await admin.close()
+        await page.wait_for_selector('#link[data-state="down"]', timeout=3000)
+        await panel.live(timeout=8000)
+        await panel.state("light", "on")  # replayed from since_seq: no resync needed
+        assert await panel.dataset("connects") == "2" and await panel.dataset("resyncs") == "1"
+        assert int(await panel.dataset("replayed") or 0) >= 2
+        # Now the daemon itself restarts (a new epoch): the panel resyncs from system.status.
+        async with open_client(first.url, ADMIN) as ws:
+            admin = Client(ws)
+            await admin.call("door.open")
+            await admin.close()
+        await panel.state("door", "open")
+        await first.stop()
+        await page.wait_for_selector('#link[data-state="down"]', timeout=3000)
+        second = Daemon(demo_config, simulate=True, host="127.0.0.1", port=port)
+        await second.start()
+        await panel.live(timeout=15000)
+        await panel.state("door", "closed")  # the new run's truth, not the old run's last event
+        await panel.state("light", "off")
+        assert await panel.dataset("resyncs") == "2"
+        # And the page still works on the new run.
+        await panel.press("light", "on")
+        await panel.state("light", "on")
+        assert [e for e in panel.errors if "WebSocket" not in e] == []
+    finally:
+        await first.stop()
+        if second is not None:
+            await second.stop()
+
+
+@needs_browser
+async def test_an_action_in_flight_across_a_reconnect_actuates_once(daemon: Daemon, browser: Browser) -> None:
+    panel = await open_panel(browser, panel_url(daemon))
+    await panel.live()
+    moves: list[str] = []
+    daemon.devices["door"].listen(lambda d, what, data: moves.append(data["state"]) if what == "state" else None)
+    energised = daemon.devices["door"].relay.expect(lambda v: v is True)
+    await panel.press("door", "open")
+    await energised.wait(2.0)
+    await close_all(daemon)  # the answer to the press is lost with the link
+    await panel.state("door", "open", timeout=8000)
+    text = await panel.message("door", "ok", timeout=8000)
+    assert "confirmed" in text and "(after reconnect)" in text
+    assert moves.count("moving") == 1  # the resent press joined the first: the door moved once
+
+
+@needs_browser
+async def test_first_tile_time_and_portrait_layout(daemon: Daemon, browser: Browser) -> None:
+    started = time.perf_counter()
+    panel = await open_panel(browser, panel_url(daemon))
+    await panel.page.wait_for_selector(".tile", state="visible")
+    wall_ms = (time.perf_counter() - started) * 1000
+    mark = await panel.page.evaluate("performance.getEntriesByName('pictl-first-tile')[0].startTime")
+    print(f"\npanel: {StaticFiles().total_bytes} bytes; first tile {mark:.0f} ms after navigation start "
+          f"({wall_ms:.0f} ms wall-clock from goto)")
+    assert mark < FIRST_TILE_BUDGET_MS
+    await panel.live()
+    # Landscape 800x480: both tiles side by side, nothing scrolls sideways, buttons are finger-sized.
+    boxes = [await panel.page.locator(panel.tile(d)).bounding_box() for d in ("door", "light")]
+    assert boxes[0] and boxes[1] and boxes[0]["y"] == boxes[1]["y"]
+    button = await panel.page.locator(f'{panel.tile("door")} button[data-action="open"]').bounding_box()
+    assert button and button["height"] >= 48 and button["width"] >= 80
+    assert await panel.page.evaluate("document.documentElement.scrollWidth <= 800")
+    if os.environ.get("PICTL_PANEL_SCREENSHOT"):
+        async with open_client(daemon.url, ADMIN) as ws:
+            admin = Client(ws)
+            await admin.call("light.on")
+            await admin.close()
+        await panel.state("light", "on")
+        await panel.press("door", "open")
+        await panel.message("door", "ok")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        await panel.page.screenshot(path=str(SCREENSHOT))
+    # Portrait 480x800: one column.
+    await panel.page.set_viewport_size({"width": 480, "height": 800})
+    boxes = [await panel.page.locator(panel.tile(d)).bounding_box() for d in ("door", "light")]
+    assert boxes[0] and boxes[1] and boxes[1]["y"] > boxes[0]["y"] + boxes[0]["height"] - 1
+    assert await panel.page.evaluate("document.documentElement.scrollWidth <= 480")
+    assert panel.errors == []
+
+
+class Thermometer(Device):
+    """Stands in for the sensor kind arriving with the serial work: readings with a unit."""
+
+    kind = "sensor"
+    actions = {"read": Action("the last reading")}
+
+    def __init__(self) -> None:
+        self.reading: dict[str, Any] = {"value": 20.0, "unit": "°C", "at": None}
+        super().__init__(DeviceConfig("hall_temp", "sensor", 1.0, 30.0), [])
+
+    def state(self) -> dict[str, Any]:
+        return self.reading
+
+
+class Gizmo(Device):
+    """A kind the panel has never heard of, with an action that needs a number."""
+
+    kind = "gizmo"
+    actions = {"set": Action("set the level", {"level": Param("number", "0-10", required=True)})}
+
+    def __init__(self) -> None:
+        self.level = 3
+        super().__init__(DeviceConfig("gizmo", "gizmo", 1.0, 30.0), [])
+
+    def state(self) -> dict[str, Any]:
+        return {"mode": "eco", "level": self.level}
+
+    async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
+        self.level = params["level"]
+        return Outcome("set", True, {"source": "test", "value": self.level, "at": "2026-11-26T00:00:00Z"})
+
+
+@needs_browser
+async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daemon, browser: Browser) -> None:
+    assert daemon.dispatcher is not None
+    thermometer, gizmo = Thermometer(), Gizmo()
+    for device in (thermometer, gizmo):
+        await device.start()
+        device.listen(daemon._device_event)
+        daemon.dispatcher.add_device(device)
+    panel = await open_panel(browser, panel_url(daemon), token=ADMIN)
+    await panel.live()
+    page = panel.page
+    # Four devices, one of them offline, fit a 7" landscape screen without scrolling.
+    daemon.devices["light"].points[1].set_online(False, "feedback wire cut")
+    await page.wait_for_selector(f'{panel.tile("light")}[data-online="false"]', timeout=3000)
+    assert await page.evaluate("[document.documentElement.scrollHeight, document.documentElement.scrollWidth]") \
+        == [480, 800]
+    value = page.locator(f'{panel.tile("hall_temp")} .value')
+    assert await value.inner_text() == "20 °C"
+    assert await page.locator(f'{panel.tile("hall_temp")} button').count() == 0  # readings come by themselves
+    thermometer.reading = {"value": 21.46, "unit": "°C", "at": iso(time.time())}
+    thermometer.publish_reading(thermometer.reading)
+    await page.locator(f'{panel.tile("hall_temp")} .value', has_text="21.5 °C").wait_for(timeout=3000)
+    assert "s ago" in await page.locator(f'{panel.tile("hall_temp")} .meta').inner_text()
+    # The unknown kind: its state as JSON, and its action with an input for the required number.
+    shown = json.loads(await page.locator(f'{panel.tile("gizmo")} pre.json').inner_text())
+    assert shown == {"mode": "eco", "level": 3}
+    await panel.press("gizmo", "set")
+    assert await panel.message("gizmo", "error") == "Enter level first."
+    await page.fill(f'{panel.tile("gizmo")} input.param', "7")
+    await panel.press("gizmo", "set")
+    assert "confirmed" in await panel.message("gizmo", "ok")
+    assert gizmo.level == 7
+    await page.locator(f'{panel.tile("gizmo")} pre.json', has_text='"level": 7').wait_for(timeout=3000)
+    assert panel.errors == []
+
+
+@needs_browser
+async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any, browser: Browser) -> None:
+    roles = {**demo_config.roles, "panel": Role("panel", allow=("door.*", "session.*"))}  # no describe
+    daemon = Daemon(dataclasses.replace(demo_config, roles=roles), simulate=True, host="127.0.0.1", port=0)
+    await daemon.start()
+    try:
+        panel = await open_panel(browser, panel_url(daemon))
+        await panel.page.locator("#login-error", has_text="may not call system.describe").wait_for(timeout=5000)
+        assert await panel.page.evaluate("localStorage.getItem('pictl.token')") is None
+    finally:
+        await daemon.stop()
+
+
+@needs_browser
+async def test_only_the_buttons_the_role_may_press_are_shown(demo_config: Any, browser: Browser) -> None:
+    guest = Role("panel", allow=demo_config.roles["panel"].allow, deny=("door.close", "light.toggle"))
+    daemon = Daemon(dataclasses.replace(demo_config, roles={**demo_config.roles, "panel": guest}), simulate=True,
+                    host="127.0.0.1", port=0)
+    await daemon.start()
+    try:
+        panel = await open_panel(browser, panel_url(daemon))
+        await panel.live()
+        shown = await panel.page.eval_on_selector_all(".tile button[data-action]",
+                                                      "bs => bs.map(b => b.closest('.tile').dataset.device + '.' + "
+                                                      "b.dataset.action)")
+        assert shown == ["door.open", "light.on", "light.off"]
+    finally:
+        await daemon.stop()
