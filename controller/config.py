@@ -8,6 +8,7 @@ point specs (which bus, which line) are read here, keyed by their driver:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import keyword
 import math
@@ -702,4 +703,6 @@ def _read_verifier(tt: Table) -> SecretHash | None:
     if len(secret) < MIN_SECRET_LENGTH:
         tt.problem("secret_file", f"the secret in {path} is shorter than {MIN_SECRET_LENGTH} characters")
         return None
-    return hash_secret(secret)
+    # A salt derived from the path keeps the in-memory hash equal across reloads of an unchanged
+    # file, so a reload does not mistake it for a new token (and close its sessions).
+    return hash_secret(secret, salt=hashlib.sha256(path.encode()).digest()[:16])

@@ -252,12 +252,28 @@ class Daemon:
         if self.dispatcher is not None:
             if plan.access_changed:
                 self.dispatcher.auth.update(new.tokens, new.roles)
+                await self._close_revoked_sessions(new)
             self.dispatcher.max_batch = new.server.max_batch
         if self.server is not None:
             self.server.set_allowed_origins(new.server.allowed_origins)
         self.config = in_force
         log.info("config reloaded from %s: %s", new.path, plan.summary())
         return plan
+
+    async def _close_revoked_sessions(self, new: Config) -> None:
+        """Connections authenticated with a token the new config removed, changed or re-roled must
+        authenticate again: a revoked panel token stops working now, not at the next restart."""
+        if self.server is None:
+            return
+        tokens = {t.name: t for t in new.tokens}
+
+        def revoked(session: Any) -> bool:
+            token = session.token
+            return token is not None and (tokens.get(token.name) != token or new.roles.get(token.role) != session.role)
+
+        closed = await self.server.close_sessions(revoked, 1008, "token revoked or changed: authenticate again")
+        if closed:
+            log.info("closed %d connection(s) whose token was revoked or changed", closed)
 
     async def _apply_devices(self, plan: ReloadPlan, new: Config) -> dict[str, DeviceConfig]:
         """Close, rebuild, drop and add devices; returns the device configs now in force."""

@@ -90,6 +90,15 @@ class Server:
         self.connection_listeners: list[Callable[[], None]] = []  # told when open_connections changes
         self._ws: WsServer | None = None
 
+    async def close_sessions(self, stale: Callable[[Session], bool], code: int, reason: str) -> int:
+        """Close every open connection whose session *stale* picks (a revoked token); returns how many."""
+        if self._ws is None:
+            return 0
+        doomed = [ws for ws in self._ws.connections
+                  if getattr(ws, "pictl_session", None) is not None and stale(ws.pictl_session)]
+        await asyncio.gather(*(ws.close(code, reason) for ws in doomed))
+        return len(doomed)
+
     def set_allowed_origins(self, origins: tuple[str, ...]) -> None:
         """Browser origins admitted besides our own; a reload may change them."""
         self.allowed_origins = frozenset(o.lower().rstrip("/") for o in origins)

@@ -193,6 +193,16 @@ def test_bad_secret_files(tmp_path, content, mode, phrase):
     assert str(problem).startswith(f"{conf}:9: auth.tokens.ops.secret_file: ") and phrase in str(problem)
 
 
+def test_a_secret_file_token_is_equal_across_loads(tmp_path):
+    """A reload compares tokens to find revoked ones: an unchanged secret file must not look new."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(_with_secret_file(tmp_path, "long-enough-secret\n", 0o600))
+    before = config.load(str(conf)).tokens
+    assert config.load(str(conf)).tokens == before
+    (tmp_path / "ops.secret").write_text("another-long-secret\n")  # the secret rotated
+    assert config.load(str(conf)).tokens != before
+
+
 def test_missing_secret_file(tmp_path):
     conf = tmp_path / "c.toml"
     conf.write_text(edit(f'hash = "{HASH}"', 'secret_file = "nope"'))

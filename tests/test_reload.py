@@ -158,6 +158,22 @@ async def test_new_tokens_and_roles_apply_to_new_logins(daemon: Daemon, config_f
         await panel.close()
 
 
+async def test_a_revoked_token_loses_its_open_connections_and_others_keep_theirs(
+        daemon: Daemon, admin: Client, config_file: Path) -> None:
+    async with open_client(daemon.url, "demo-panel") as ws:
+        panel = Client(ws)
+        assert (await panel.call("door.state"))["state"] == "closed"
+        config_file.write_text(rotated_panel())  # the panel's secret is replaced
+        assert await daemon.reload() is not None
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+        assert ws.close_code == 1008 and "revoked" in (ws.close_reason or "")
+        await panel.close()
+    assert await admin.call("system.ping") == {"pong": True}  # an unchanged token keeps its link
+    assert await daemon.reload() is not None  # the same file again: the admin link is left alone
+    assert await admin.call("system.ping") == {"pong": True}
+
+
 async def test_a_listen_change_says_a_restart_is_needed(
         config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
     config_file.write_text(demo_with('listen = "127.0.0.1:8765"', 'listen = "127.0.0.1:0"'))
