@@ -26,6 +26,7 @@ from controller.server import Server
 from controller.simulation import simulate, start_plant
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.modbus import ModbusLink
+from drivers.serial_sensor import SerialSensor
 from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,13 @@ class Daemon:
         log.info("config reloaded from %s: %s", new.path, plan.summary())
         return plan
 
+    async def _close_own_buses(self, device: Device) -> None:
+        """A bus that only this device used (a serial sensor's port) goes with it: thread, port and all."""
+        for bus in [b for b in self.buses if isinstance(b, SerialSensor)]:
+            if bus.points and all(point in device.points for point in bus.points):
+                self.buses.remove(bus)
+                await bus.aclose()
+
     async def _close_revoked_sessions(self, new: Config) -> None:
         """Connections authenticated with a token the new config removed, changed or re-roled must
         authenticate again: a revoked panel token stops working now, not at the next restart."""
@@ -284,6 +292,7 @@ class Daemon:
         for device, done in zip(going, finished, strict=True):
             if not done:
                 log.warning("%s: its action did not finish before the reload closed it", device.name)
+            await self._close_own_buses(device)
             if self.plant is not None:
                 self.plant.unlink(device.name)
         for name in plan.removed:

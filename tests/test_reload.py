@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from controller import config, kinds, switch
 from controller.daemon import Daemon
 from controller.reload import plan_reload
 from controller.secrets import hash_secret
-from tests.conftest import DEMO_GPIO_TEXT, Client, open_client
+from tests.conftest import DEMO_GPIO_TEXT, ROOT, Client, open_client
 
 DEMO_TEXT = DEMO_GPIO_TEXT
 PANEL_HASH = re.search(r'\[auth\.tokens\.demo-panel\]\nrole = "panel"\nhash = "([^"]+)"', DEMO_TEXT).group(1)
@@ -214,3 +215,28 @@ async def test_a_device_that_cannot_be_built_keeps_its_previous_config(
     assert "light: keeping its previous config" in caplog.text
     assert daemon.config.devices["light"].output.pin == 22
     assert (await admin.call("light.on"))["state"] == "on" and level(daemon, 22) is True
+
+
+async def test_a_removed_sensor_takes_its_serial_port_and_thread_with_it(tmp_path: Path) -> None:
+    from drivers.serial_sensor import SerialSensor
+
+    path = tmp_path / "demo.toml"
+    full = (ROOT / "config" / "demo.toml").read_text()
+    path.write_text(full)
+    daemon = Daemon(config.load(str(path)), simulate=True, host="127.0.0.1", port=0)
+    await daemon.start()
+    try:
+        [port] = [b for b in daemon.buses if isinstance(b, SerialSensor)]
+
+        def reader_alive() -> bool:
+            return any(t.name == f"pictl {port.name}" and t.is_alive() for t in threading.enumerate())
+
+        assert reader_alive()
+        path.write_text(full[: full.index("[devices.hall_temp]")])
+        plan = await daemon.reload()
+        assert plan is not None and plan.removed == ("hall_temp",)
+        assert not any(isinstance(b, SerialSensor) for b in daemon.buses)
+        assert not reader_alive()
+        assert "hall_temp.read" not in daemon.dispatcher.methods
+    finally:
+        await daemon.stop()
