@@ -125,6 +125,21 @@ class Client:
         await self.ws.close()
 
 
+async def http_get(daemon: Daemon, path: str,
+                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP GET to the daemon's listener: status, lower-cased headers, body."""
+    assert daemon.server is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.server.port)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), fields, body
+
+
 def open_client(url: str, token: str | None = ADMIN, **kwargs: Any) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return connect(url, additional_headers=headers, compression=None, **kwargs)

@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from controller.daemon import Daemon
-from tests.conftest import ADMIN, PANEL, Client, open_client
+from tests.conftest import ADMIN, PANEL, Client, http_get, open_client
 
 
 def pin_level(daemon: Daemon, pin: int) -> bool:
@@ -269,19 +269,9 @@ async def test_status_and_describe(admin: Client) -> None:
 
 
 async def test_healthz_and_unknown_routes(daemon: Daemon) -> None:
-    port = daemon.server.port if daemon.server else 0
-
-    async def get(path: str) -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        data = await reader.read()
-        writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body
-
-    status, body = await get("/healthz")
+    status, _, body = await http_get(daemon, "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
-    status, _ = await get("/nowhere")
+    status, _, _ = await http_get(daemon, "/nowhere")
     assert status == 404
 
 

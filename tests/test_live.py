@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from controller.config import AuditConfig, Config, EventsConfig, MetricsConfig
 from controller.daemon import Daemon
-from tests.conftest import ADMIN, PANEL, Client, on_gpio_demo, open_client
+from tests.conftest import ADMIN, PANEL, Client, http_get, on_gpio_demo, open_client
 
 demo_config = on_gpio_demo()
 
@@ -197,19 +197,13 @@ async def test_system_status_reports_seq_for_resync(admin: Client) -> None:
 
 # -- metrics ------------------------------------------------------------------------------------
 
-async def http_get(daemon: Daemon, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    assert daemon.server is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.server.port)
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n".encode())
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
+async def http_text(daemon: Daemon, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    status, _, body = await http_get(daemon, path, headers)
+    return status, body.decode()
 
 
 async def scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, text = await http_get(daemon, "/metrics")
+    status, text = await http_text(daemon, "/metrics")
     assert status == 200
     out = {}
     for family in text_string_to_metric_families(text):
@@ -244,7 +238,7 @@ async def test_metric_labels_never_carry_client_strings(daemon: Daemon, admin: C
     hostile = 'door.open"} 1\nevil_metric{a="'
     await admin.error(hostile)
     await admin.raw('{"jsonrpc": "2.0", "method": 7, "id": "x"}')
-    status, text = await http_get(daemon, "/metrics")
+    status, text = await http_text(daemon, "/metrics")
     assert status == 200 and "evil" not in text
     labels = {v for fam in text_string_to_metric_families(text) for s in fam.samples
               for k, v in s.labels.items() if k == "method"}
@@ -254,7 +248,7 @@ async def test_metric_labels_never_carry_client_strings(daemon: Daemon, admin: C
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (CI installs it)")
 async def test_promtool_accepts_the_exposition(daemon: Daemon, admin: Client) -> None:
     await admin.call("door.open")
-    _, text = await http_get(daemon, "/metrics")
+    _, text = await http_text(daemon, "/metrics")
     checked = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
 
@@ -262,9 +256,9 @@ async def test_promtool_accepts_the_exposition(daemon: Daemon, admin: Client) ->
 async def test_metrics_can_require_a_scrape_token(demo_config: Config) -> None:
     daemon = await started(dataclasses.replace(demo_config, metrics=MetricsConfig(tokens=("demo-admin",))))
     try:
-        assert (await http_get(daemon, "/metrics"))[0] == 401
-        assert (await http_get(daemon, "/metrics", {"Authorization": f"Bearer {PANEL}"}))[0] == 401
-        status, text = await http_get(daemon, "/metrics", {"Authorization": f"Bearer {ADMIN}"})
+        assert (await http_text(daemon, "/metrics"))[0] == 401
+        assert (await http_text(daemon, "/metrics", {"Authorization": f"Bearer {PANEL}"}))[0] == 401
+        status, text = await http_text(daemon, "/metrics", {"Authorization": f"Bearer {ADMIN}"})
         assert status == 200 and "pictl_auth_failures_total 2.0" in text
     finally:
         await daemon.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -18,7 +17,7 @@ from controller.config import DeviceConfig, Role
 from controller.daemon import Daemon
 from controller.devices import Action, Device, Outcome, Param
 from controller.static import PANEL_DIR, StaticFiles
-from tests.conftest import ADMIN, PANEL, ROOT, Client, close_all, on_gpio_demo, open_client
+from tests.conftest import ADMIN, PANEL, ROOT, Client, close_all, http_get, on_gpio_demo, open_client
 
 demo_config = on_gpio_demo()
 
@@ -46,20 +45,6 @@ needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_M
 
 
 # -- the files, over plain HTTP -----------------------------------------------------------------------
-async def http_get(daemon: Daemon, path: str,
-                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    assert daemon.server is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.server.port)
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n".encode())
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), fields, body
-
-
 async def test_the_panel_is_served_at_root_with_types_caching_and_a_strict_policy(daemon: Daemon) -> None:
     status, headers, body = await http_get(daemon, "/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
