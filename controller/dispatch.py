@@ -250,12 +250,6 @@ class Dispatcher:
             params = {}
         return entry, params
 
-    async def call(self, session: Session, method: str, params: Any) -> Any:
-        """Run one method as a client would (tests and in-process callers)."""
-        handler, checked = self._resolve(session, method, params)
-        value = handler(session, checked)
-        return await value if method not in self.instant else value
-
     def _may_call(self, session: Session, method: str) -> bool:
         assert session.role is not None
         if method.startswith("sim.") and session.role.name != "admin":

@@ -68,10 +68,6 @@ class EventBus:
         self.max_pending_bytes = max_pending_bytes
         self._on_cutoff = on_cutoff  # counts slow-subscriber cut-offs
 
-    @property
-    def subscribers(self) -> int:
-        return sum(1 for s in self._subs.values() if s.patterns)
-
     def publish(self, topic: str, data: dict[str, Any]) -> int:
         """Give the event its seq, remember it, send it to every matching subscriber."""
         self.seq += 1

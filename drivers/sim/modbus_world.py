@@ -126,9 +126,6 @@ class SimModbusDevices(ModbusServerContext):
         if device_id in self.silent:
             raise NoSuchIdException(f"device {device_id} is silent")
 
-    def device_ids(self) -> list[int]:
-        return sorted({device_id for device_id, _table in self.data})
-
 
 class SimModbusServer:
     """A pymodbus server for one simulated link, on 127.0.0.1 and a free port."""
