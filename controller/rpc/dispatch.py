@@ -242,7 +242,8 @@ class Dispatcher:
         if entry is None:
             raise MethodNotFound(f"no method {_short(method)!r}", method=_short(method))
         if method not in OPEN_METHODS and not self._may_call(session, method):
-            raise Unauthorized(f"role {session.role.name!r} may not call {method}", method=method)
+            role = session.role.name if session.role is not None else None
+            raise Unauthorized(f"role {role!r} may not call {method}", method=method)
         if isinstance(params, list):
             if params:
                 raise InvalidParams("params must be an object (named parameters)")
@@ -304,10 +305,10 @@ class Dispatcher:
         }
 
     def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.subscribe(session.extra["ws"], params)
+        return self.events.subscribe(session.extra["ws"], params)  # type: ignore[arg-type]  # set by the server
 
     def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.unsubscribe(session.extra["ws"], params)
+        return self.events.unsubscribe(session.extra["ws"], params)  # type: ignore[arg-type]
 
     def _describe(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.describe", params)

@@ -23,7 +23,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from controller.settings.load import Config, ServerConfig
+from controller.settings.load import Config
+from controller.settings.sections import ServerConfig
 
 # Config fields the reload applies itself; every other field is a restart-only bus setting.
 APPLIED_FIELDS = frozenset({"path", "devices", "roles", "tokens", "server"})
