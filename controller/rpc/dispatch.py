@@ -339,10 +339,17 @@ class Dispatcher:
         return {"device": device, "faults": self.plant.active_faults(device)}
 
     def _sim_timeline(self, session: Session, params: dict[str, Any]) -> Any:
-        """When the simulated device physically moved (monotonic clock): for benchmarks and tests."""
+        """When the simulated device physically moved (monotonic clock): for benchmarks and tests.
+        With ``since`` (monotonic seconds), also the plant's record of every output and position
+        change after it (bench/soak.py checks results and the audit trail against it)."""
         assert self.plant is not None
-        _no_params("sim.timeline", params, ("device",))
+        _no_params("sim.timeline", params, ("device", "since"))
         device = self._sim_device(params)
+        since = params.get("since")
+        if since is not None:
+            if isinstance(since, bool) or not isinstance(since, (int, float)):
+                raise InvalidParams("since must be a number (monotonic seconds)", param="since")
+            return {"device": device, **self.plant.history(device, float(since))}
         try:
             return {"device": device, "moved_at": self.plant.timeline(device)}
         except UnknownFault as exc:

@@ -15,7 +15,7 @@ from drivers.base import Coupling, PointSpec
 from drivers.gpio import GpioInputSpec, GpioOutputSpec
 from drivers.modbus_spec import ModbusLinkConfig, ModbusPointSpec
 from drivers.serial_sensor import SerialSensorSpec
-from drivers.sim.modbus_world import SilenceFault, follow
+from drivers.sim.modbus_world import SilenceFault, follow, record_writes
 from drivers.sim.plant import Plant
 from drivers.sim.serial_world import SENSOR_PERIOD_S, sensor_lines
 
@@ -74,6 +74,7 @@ class ModbusFarSide:
                 sim.map(at.device_id, at.table, at.address, at.width)
         if "offline" not in plant.faults(device):
             plant.add_fault(device, "offline", SilenceFault(sim, spec.at.device_id))
+        plant.on_unlink(device, record_writes(sim, spec.at, plant.recorder(device)))
         verify = spec.verify
         if verify is not None:  # a status input or actual value that follows the written one
             if spec.at.table == "coil":

@@ -68,6 +68,9 @@ class Linkage:
     delay_s: float
     stuck: bool = False  # a fault: the input no longer follows
     moved_at: deque[float] = field(default_factory=lambda: deque(maxlen=100))  # when the input last moved
+    # Told ("output", actuated) when the output is driven and ("position", on) when the thing moves:
+    # the plant's own record of what happened (Plant.history).
+    record: Callable[[str, bool], None] | None = None
     _pending: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
@@ -81,8 +84,12 @@ class Linkage:
         """Put the physical thing in a position now (initial state, or a hand)."""
         self.target.hold(self.level_when_on if on else not self.level_when_on)
         self.moved_at.append(time.monotonic())
+        if self.record is not None:
+            self.record("position", on)
 
     def _on_output(self, level: bool) -> None:
+        if self.record is not None:
+            self.record("output", level == self.energised)
         self._schedule(level == self.energised)
 
     def _schedule(self, on: bool) -> None:

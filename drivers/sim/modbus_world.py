@@ -194,3 +194,18 @@ def follow(sim: SimModbusDevices, source: ModbusAddress, target: ModbusAddress,
 
     sim.on_write.append(on_write)
     return lambda: sim.on_write.remove(on_write) if on_write in sim.on_write else None
+
+
+def record_writes(sim: SimModbusDevices, at: ModbusAddress, record: Callable[[str, object], None]) -> Callable[[], None]:
+    """Tell *record* what an accepted write left at *at* (a coil or register has no travel: the
+    value is both the output and the position). Returns the undo."""
+    def on_write(device_id: int, table: str, address: int, count: int) -> None:
+        if (device_id, table) != (at.device_id, at.table) or not address <= at.address < address + count:
+            return
+        words = [sim.value(at.device_id, at.table, at.address + i) for i in range(at.width)]
+        value = decode(at, words)
+        record("output", value)
+        record("position", value)
+
+    sim.on_write.append(on_write)
+    return lambda: sim.on_write.remove(on_write) if on_write in sim.on_write else None

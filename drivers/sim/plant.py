@@ -18,6 +18,8 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -65,6 +67,23 @@ class SimDevice:
     active: set[str] = field(default_factory=set)  # faults currently injected
 
 
+HISTORY_LENGTH = 4096  # records kept per device and kind (outputs, positions)
+
+
+@dataclass
+class History:
+    """What one device's far side did, in the plant's own clock (CLOCK_MONOTONIC, system-wide):
+    every change of an output (energised / written) and of the physical position."""
+
+    outputs: deque[tuple[float, object]] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
+    positions: deque[tuple[float, object]] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
+
+    def add(self, kind: str, value: object) -> None:
+        records = self.outputs if kind == "output" else self.positions
+        if not records or records[-1][1] != value:  # changes only: a repeated level moved nothing
+            records.append((time.monotonic(), value))
+
+
 class Plant:
     """The far side of the buses for a whole configuration."""
 
@@ -75,6 +94,7 @@ class Plant:
         self.modbus: dict[str, SimModbusServer] = {}  # link name -> its simulated server
         self.serial: dict[str, SimSerialSensor] = {}  # device name -> its simulated terminal
         self._dir: str | None = None  # holds the serial symlinks
+        self.histories: dict[str, History] = {}  # device name -> its record; survives a reload's relink
 
     def add_fault(self, device: str, name: str, fault: Fault) -> None:
         """Let *device* suffer *fault* under the name *name* (``sim.fault``)."""
@@ -123,6 +143,7 @@ class Plant:
             level_when_on=level_when_on,
             delay_s=delay_s,
         )
+        linkage.record = self.recorder(device)
         linkage.place(initially_on)
         self.devices.setdefault(device, SimDevice(device)).linkages[fault] = linkage
         self.add_fault(device, fault, JamFault(linkage))
@@ -175,6 +196,17 @@ class Plant:
         if sim is None:
             raise UnknownFault(f"{device} is not simulated with physics")
         return sorted(t for linkage in sim.linkages.values() for t in linkage.moved_at)[-last:]
+
+    def recorder(self, device: str) -> Callable[[str, object], None]:
+        """What a far side calls with ("output" or "position", value) when *device* changes."""
+        history = self.histories.setdefault(device, History())
+        return history.add
+
+    def history(self, device: str, since: float = 0.0) -> dict[str, list[tuple[float, object]]]:
+        """The device's output and position changes after *since* (monotonic), oldest first."""
+        history = self.histories.get(device) or History()
+        return {"outputs": [r for r in history.outputs if r[0] > since],
+                "positions": [r for r in history.positions if r[0] > since]}
 
     def move_by_hand(self, device: str, on: bool) -> None:
         """Someone moves the thing itself (pushes the door, flips the lamp's breaker)."""
