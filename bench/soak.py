@@ -394,7 +394,7 @@ class Client:
     async def drain(self, link: Link) -> None:
         """The run is over: every request still out gets its reply or its deadline, then close."""
         waiting = [future for _, future in list(link.pending.values())]
-        done, not_done = await asyncio.wait(waiting, timeout=20) if waiting else (set(), set())
+        _done, not_done = await asyncio.wait(waiting, timeout=20) if waiting else (set(), set())
         for call, future in list(link.pending.values()):
             if future in not_done:
                 self.soak.violations.add("lost", dataclasses.asdict(call))
@@ -408,10 +408,8 @@ class Client:
             params: dict[str, Any] = {"request_key": f"soak-{uuid.uuid4().hex}"}
             if device == "door" and self.rng.random() < 0.1:
                 params["timeout"] = 0.15  # shorter than the door's travel: must fail safe
-            try:
+            with contextlib.suppress(Gone):
                 await link.call(f"{device}.{action}", params)
-            except Gone:
-                pass
         elif roll < 0.60:
             device = self.rng.choice(["door", "light", "fan", "hall_temp"])
             await link.call(f"{device}.state")

@@ -196,7 +196,8 @@ def follow(sim: SimModbusDevices, source: ModbusAddress, target: ModbusAddress,
     return lambda: sim.on_write.remove(on_write) if on_write in sim.on_write else None
 
 
-def record_writes(sim: SimModbusDevices, at: ModbusAddress, record: Callable[[str, object], None]) -> Callable[[], None]:
+def record_writes(sim: SimModbusDevices, at: ModbusAddress,
+                  record: Callable[[str, object], None]) -> Callable[[], None]:
     """Tell *record* what an accepted write left at *at* (a coil or register has no travel: the
     value is both the output and the position). Returns the undo."""
     def on_write(device_id: int, table: str, address: int, count: int) -> None:
