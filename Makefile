@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint check-config bench bench-quick clean install uninstall
+.PHONY: demo test lint check-config bench bench-quick soak scale clean install uninstall
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -32,8 +32,20 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# CI: every benchmark small (seconds each), and a 60 s chaos soak that fails on a broken invariant.
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
+	$(BIN)/python bench/scale.py --quick
+	$(BIN)/python bench/soak.py --duration 60
+
+# The 10-minute chaos soak (docs/benchmarks.md); exits 1 on a broken invariant.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
+
+# The scale curves, with their charts redrawn into docs/ (matplotlib: the bench extra).
+scale: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/scale.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check controller drivers tests bench examples scripts

@@ -50,9 +50,8 @@ import json
 import os
 import platform
 import random
-import re
+import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -62,12 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from common import ROOT, Daemon, p50_p99, slope
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-ROOT = Path(__file__).resolve().parent.parent
-PICTL = str(Path(sys.executable).parent / "pictl")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 TOKENS = {"admin": "demo-admin", "panel": "demo-panel"}
 SAFE = {"door": False, "light": False, "fan": False}  # output levels a failure must leave
 SHOWN = {"open": True, "closed": False, "on": True, "off": False}  # result state -> plant position
@@ -146,76 +143,31 @@ def load_bridge(spec: str) -> BridgeHook:
 
 # -- the daemon --------------------------------------------------------------------------------------
 
-class Daemon:
-    """``pictl serve --simulate`` as a child process, its log read as it goes."""
+class SoakDaemon(Daemon):
+    """The daemon, with its reloads timed and its tracebacks and ERROR lines kept."""
 
     def __init__(self, config: Path) -> None:
-        self.config = config
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
+        super().__init__(config, self._line)
         self.reloads: list[tuple[float, float]] = []  # (SIGHUP sent, "config reloaded" seen), monotonic
         self.tracebacks: list[str] = []
         self.errors: list[str] = []  # ERROR lines (a refused reload would be one)
         self._reloaded = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
 
-    async def start(self) -> float:
-        t0 = time.perf_counter()
-        self.proc = await asyncio.create_subprocess_exec(
-            PICTL, "serve", "--config", str(self.config), "--simulate", "--listen", "127.0.0.1:0",
-            stderr=asyncio.subprocess.PIPE, cwd=ROOT)
-        assert self.proc.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(self.proc.stderr.readline(), 30)).decode()
-            if not line:
-                raise RuntimeError("pictl exited before serving")
-            match = re.search(r"serving (wss?://\S+)", line)
-            if match:
-                self.url = match.group(1)
-                break
-        self._reader = asyncio.get_running_loop().create_task(self._read_log())
-        return time.perf_counter() - t0
-
-    async def _read_log(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while line := (await self.proc.stderr.readline()).decode(errors="replace"):
-            if "config reloaded from" in line:
-                self._reloaded.set()
-            elif "Traceback" in line:
-                self.tracebacks.append(line.strip())
-            elif " ERROR " in line or line.startswith("ERROR"):
-                self.errors.append(line.strip())
+    def _line(self, line: str) -> None:
+        if "config reloaded from" in line:
+            self._reloaded.set()
+        elif "Traceback" in line:
+            self.tracebacks.append(line.strip())
+        elif " ERROR " in line or line.startswith("ERROR"):
+            self.errors.append(line.strip())
 
     async def reload(self) -> None:
         """SIGHUP, and wait for the daemon to say it applied the file."""
-        assert self.proc is not None
         self._reloaded.clear()
         sent = time.monotonic()
-        self.proc.send_signal(signal.SIGHUP)
+        self.signal(signal.SIGHUP)
         await asyncio.wait_for(self._reloaded.wait(), 30)
         self.reloads.append((sent, time.monotonic()))
-
-    def rss_kib(self) -> int:
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE // 1024
-
-    def fds(self) -> int:
-        assert self.proc is not None
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def cpu_s(self) -> float:
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), 30)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, 10)
 
 
 def write_config(path: Path, audit: Path, variant: int, extra: str = "") -> None:
@@ -436,15 +388,15 @@ class Client:
 # -- the soak ----------------------------------------------------------------------------------------
 
 class Soak:
-    def __init__(self, args: argparse.Namespace, bridge: BridgeHook | None) -> None:
+    def __init__(self, args: argparse.Namespace, bridge: BridgeHook | None, workdir: Path | None = None) -> None:
         self.args = args
         self.bridge = bridge
-        self.workdir = Path(tempfile.mkdtemp(prefix="pictl-soak-"))
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="pictl-soak-"))
         self.config = self.workdir / "pictl.toml"
         self.audit = self.workdir / "audit.jsonl"
         self.extra = bridge.config_text(self.workdir) if bridge else ""
         write_config(self.config, self.audit, 0, self.extra)
-        self.daemon = Daemon(self.config)
+        self.daemon = SoakDaemon(self.config)
         self.violations = Violations()
         self.counts: dict[str, int] = {k: 0 for k in (
             "connections", "connect retries", "reconnects", "disconnects mid-action", "events received",
@@ -696,9 +648,18 @@ class Soak:
                     self.violations.add("unauthorised move", {"device": device, "plant monotonic": t,
                                                               "value": value, "soak s": round(t - self.started, 3)})
 
+    @property
+    def warmup_s(self) -> float:
+        """--warmup, or by default the at-most-once window (300 s: the daemon remembers each keyed
+        action that long, so its memory fills until then) on runs of 10 minutes or more, and the
+        first fifth of shorter runs (whose growth figure is then only indicative)."""
+        if self.args.warmup is not None:
+            return float(self.args.warmup)
+        return 300.0 if self.args.duration >= 600 else self.args.duration / 5
+
     def rss_growth_mb_h(self) -> float | None:
-        """Least-squares slope of RSS after the warm-up (the first fifth of the run, at most 2 min)."""
-        warm = self.started + min(120.0, self.args.duration / 5)
+        """Least-squares slope of RSS after the warm-up."""
+        warm = self.started + self.warmup_s
         points = [(t, rss) for t, rss, _ in self.samples if t >= warm]
         if len(points) < 3:
             return None
@@ -730,11 +691,14 @@ class Soak:
             | {k: n for k, n in self.violations.counts.items() if k not in INVARIANTS},
             "RSS MiB start/max/end": [round(rss[0] / 1024, 1), round(max(rss) / 1024, 1), round(rss[-1] / 1024, 1)]
             if rss else None,
+            "warm-up s": self.warmup_s,
             "RSS growth after warm-up, MB/hour": None if growth is None else round(growth, 2),
+            "RSS MiB each minute": [round(rss / 1024, 2) for t, rss, _ in self.samples
+                                    if int((t - self.started) / 2) % 30 == 0],
             "open fds before/after the load": [fds_before, fds_after],
             "open fds max under load": max((s[2] for s in self.samples), default=None),
-            "action overhead ms p50/p99": _p(self.overheads),
-            "system.ping ms p50/p99 under load": _p(self.pings),
+            "action overhead ms p50/p99": p50_p99(self.overheads),
+            "system.ping ms p50/p99 under load": p50_p99(self.pings),
             **({"bridge": bridge_counts} if bridge_counts else {}),
         }
         print(json.dumps(out, indent=2))
@@ -744,7 +708,9 @@ class Soak:
             print("BROKEN INVARIANTS; first offending record of each:", file=sys.stderr)
             for what, record in self.violations.first.items():
                 print(f"  {what}: {json.dumps(record, default=str)[:2000]}", file=sys.stderr)
+            print(f"config and audit trail kept in {self.workdir}", file=sys.stderr)
             return 1
+        shutil.rmtree(self.workdir, ignore_errors=True)
         return 0
 
 
@@ -757,27 +723,13 @@ def _wall(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def _p(values: list[float]) -> list[float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return [round(statistics.median(ordered), 2), round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2)]
-
-
-def slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of y over x."""
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--max-rss-growth", type=float, default=1.0, help="MB per hour, checked on runs >= 300 s")
+    ap.add_argument("--warmup", type=float, help="seconds before RSS growth is fitted (default: 300 on runs of "
+                    "10 minutes or more, else a fifth of the run)")
     ap.add_argument("--bridge", help="module:factory of a BridgeHook (MQTT, WAMP) to soak with the daemon")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the chaos schedule as it ran")
     args = ap.parse_args()

@@ -1,0 +1,110 @@
+"""What bench/soak.py and bench/scale.py share: the daemon as a child process, its /proc
+figures, percentiles and a least-squares slope."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import resource
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PICTL = str(Path(sys.executable).parent / "pictl")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Daemon:
+    """``pictl serve --simulate`` on *config* as a child process; its log is read as it goes and
+    each line offered to *on_line*."""
+
+    def __init__(self, config: Path, on_line: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.on_line = on_line
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+        self.ready_s = 0.0  # spawn to the "serving" line
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> float:
+        t0 = time.perf_counter()
+        self.proc = await asyncio.create_subprocess_exec(
+            PICTL, "serve", "--config", str(self.config), "--simulate", "--listen", "127.0.0.1:0",
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+        assert self.proc.stderr is not None
+        while True:
+            line = (await asyncio.wait_for(self.proc.stderr.readline(), 60)).decode()
+            if not line:
+                raise RuntimeError("pictl exited before serving")
+            match = re.search(r"serving (wss?://\S+)", line)
+            if match:
+                self.url = match.group(1)
+                break
+        self.ready_s = time.perf_counter() - t0
+        self._reader = asyncio.get_running_loop().create_task(self._read_log())
+        return self.ready_s
+
+    async def _read_log(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while line := (await self.proc.stderr.readline()).decode(errors="replace"):
+            if self.on_line is not None:
+                self.on_line(line)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE // 1024
+
+    def fds(self) -> int:
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def cpu_s(self) -> float:
+        """utime + stime so far."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), 30)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, 10)
+
+
+def raise_fd_limit() -> None:
+    """As many open files as the hard limit allows (thousands of connections, both ends here)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 1 << 20)), hard))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def p50_p99(values: list[float]) -> list[float] | None:
+    if not values:
+        return None
+    return [round(statistics.median(values), 3), round(pct(values, 0.99), 3)]
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0

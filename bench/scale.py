@@ -1,0 +1,472 @@
+"""Scale curves: what each added connection, device and subscriber costs, fitted and drawn.
+
+    .venv/bin/python bench/scale.py            # full sizes (several minutes), charts into docs/
+    .venv/bin/python bench/scale.py --quick    # small sizes, no charts: checks it runs (CI)
+
+Three curves, each against ``pictl serve --simulate`` as a child process:
+
+- connections: 100 / 1,000 / 5,000 idle authenticated WebSocket connections: RSS, RSS per
+  connection, idle CPU, and system.ping p50/p99 on one more connection with them all open;
+- devices: a generated config of 4 / 50 / 200 devices (GPIO switches with feedback, the rest
+  Modbus coil switches, 25 per unit): start to ready, RSS, idle CPU, system.status round trip,
+  and one Modbus poll cycle (all units of the link) timed in process;
+- events: 100 and 1,000 subscribers (in a separate process, so the daemon and its readers do not
+  share one interpreter) to ``*``, while GPIO switches are toggled at rising rates; per rate the
+  events delivered per subscriber per second, the daemon's CPU, and system.ping p99 on a probe
+  connection, until the pings slow (p99 over 5x its idle value, and at least 20 ms) or the
+  subscribers get less than 80% of what was published.
+
+For each curve a least-squares slope (the cost per added unit) is printed, and with --charts
+(the default on full runs) drawn into docs/scale-*.png with matplotlib (the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, Daemon, p50_p99, pct, raise_fd_limit, slope
+from websockets.asyncio.client import ClientConnection, connect
+
+ADMIN = {"Authorization": "Bearer demo-admin"}
+PING = '{"jsonrpc":"2.0","id":1,"method":"system.ping"}'
+STATUS = '{"jsonrpc":"2.0","id":1,"method":"system.status"}'
+COILS_PER_UNIT = 25
+GPIO_PAIRS = [(4 + 2 * i, 5 + 2 * i) for i in range(8)]  # relay, feedback: BCM 4-19
+GPIO_OUTPUTS = list(range(4, 28))  # output-only switches for the events curve
+
+
+def demo_head() -> str:
+    """config/demo.toml's server and auth sections, with room for thousands of connections."""
+    text = (ROOT / "config" / "demo.toml").read_text()
+    head = text.split("\n# A door driven by a relay")[0]
+    return head.replace("[server]\n", "[server]\nmax_connections = 10000\nmax_connections_per_address = 10000\n", 1)
+
+
+def generated_config(devices: int) -> str:
+    """*devices* switches: a quarter (at most 8) GPIO with feedback, the rest Modbus coils."""
+    gpio = min(max(1, devices // 4), len(GPIO_PAIRS))
+    modbus = devices - gpio
+    parts = [demo_head()]
+    for i in range(gpio):
+        relay, feedback = GPIO_PAIRS[i]
+        parts.append(f'[devices.g{i}]\nkind = "switch"\noutput = {{ gpio = {relay} }}\n'
+                     f'feedback = {{ gpio = {feedback}, pull = "down" }}\n')
+    if modbus:
+        parts.append('[modbus.plant]\ntransport = "tcp"\nhost = "127.0.0.1"\nport = 5020\ntimeout = 0.5\n'
+                     'poll_interval = 0.5\noffline_after = 2\nbackoff_max = 2.0\n')
+    for i in range(modbus):
+        unit, coil = divmod(i, COILS_PER_UNIT)
+        parts.append(f'[devices.m{i}]\nkind = "switch"\n'
+                     f'output = {{ modbus = "plant", coil = {coil}, device_id = {unit + 1} }}\n')
+    return "\n".join(parts)
+
+
+def outputs_config(count: int) -> str:
+    """*count* GPIO switches without feedback (confirmed by read-back at once): an event source
+    the daemon can drive as fast as it is asked."""
+    parts = [demo_head()]
+    for i in range(count):
+        parts.append(f'[devices.o{i}]\nkind = "switch"\noutput = {{ gpio = {GPIO_OUTPUTS[i]} }}\n')
+    return "\n".join(parts)
+
+
+def write(text: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix="pictl-scale-", suffix=".toml")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return Path(name)
+
+
+async def started(text: str) -> tuple[Daemon, Path]:
+    path = write(text)
+    daemon = Daemon(path)
+    await daemon.start()
+    return daemon, path
+
+
+async def stopped(daemon: Daemon, path: Path) -> None:
+    await daemon.stop()
+    path.unlink()
+
+
+async def open_links(url: str, n: int) -> list[ClientConnection]:
+    links: list[ClientConnection] = []
+    while len(links) < n:  # in waves: the listen backlog is finite
+        wave = min(100, n - len(links))
+        links.extend(await asyncio.gather(*(connect(url, additional_headers=ADMIN, compression=None,
+                                                    open_timeout=60, ping_interval=None)
+                                            for _ in range(wave))))
+    return links
+
+
+async def round_trips(url: str, frame: str, calls: int) -> list[float]:
+    """Sequential calls on one connection: each round trip in ms."""
+    out = []
+    async with connect(url, additional_headers=ADMIN, compression=None, max_size=None) as ws:
+        for _ in range(calls):
+            t = time.perf_counter()
+            await ws.send(frame)
+            await ws.recv()
+            out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def idle_cpu(daemon: Daemon, seconds: float) -> float:
+    """% of one core over *seconds* with nothing asked of it."""
+    c0, t0 = daemon.cpu_s(), time.monotonic()
+    await asyncio.sleep(seconds)  # measuring idleness: there is nothing to await but time
+    return (daemon.cpu_s() - c0) / (time.monotonic() - t0) * 100
+
+
+# -- connections ----------------------------------------------------------------------------------
+
+async def connections(sizes: list[int], quick: bool) -> dict[str, Any]:
+    daemon, path = await started(outputs_config(2))
+    rows = []
+    links: list[ClientConnection] = []
+    try:
+        await round_trips(daemon.url, PING, 200)  # warm up
+        base = daemon.rss_kib()
+        for n in sizes:
+            links.extend(await open_links(daemon.url, n - len(links)))
+            pings = await round_trips(daemon.url, PING, 300 if quick else 2000)
+            rss = daemon.rss_kib()
+            cpu = await idle_cpu(daemon, 2 if quick else 20)
+            rows.append({"connections": n, "rss_mib": round(rss / 1024, 1),
+                         "kib_per_connection": round((rss - base) / n, 2), "idle_cpu_pct": round(cpu, 2),
+                         "ping_ms_p50_p99": p50_p99(pings)})
+            print(f"  connections {rows[-1]}", file=sys.stderr, flush=True)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in links))
+        await stopped(daemon, path)
+    return {
+        "idle_rss_mib": round(base / 1024, 1),
+        "rows": rows,
+        "slope_kib_per_connection": round(slope([(r["connections"], r["rss_mib"] * 1024) for r in rows]), 2),
+        "slope_ping_p99_us_per_1000": round(slope([(r["connections"] / 1000, r["ping_ms_p50_p99"][1] * 1000)
+                                                   for r in rows]), 1),
+        "slope_idle_cpu_pct_per_1000": round(slope([(r["connections"] / 1000, r["idle_cpu_pct"]) for r in rows]), 3),
+    }
+
+
+# -- devices --------------------------------------------------------------------------------------
+
+async def devices(sizes: list[int], quick: bool) -> dict[str, Any]:
+    rows = []
+    for n in sizes:
+        text = generated_config(n)
+        readies = []
+        for _ in range(1 if quick else 3):
+            daemon, path = await started(text)
+            readies.append(daemon.ready_s * 1000)
+            await stopped(daemon, path)
+        daemon, path = await started(text)
+        try:
+            status = await round_trips(daemon.url, STATUS, 50 if quick else 300)
+            cpu = await idle_cpu(daemon, 2 if quick else 20)
+            rss = daemon.rss_kib()
+        finally:
+            await stopped(daemon, path)
+        poll_ms = await poll_cycle(text, 5 if quick else 30)
+        units = -(-(n - min(max(1, n // 4), len(GPIO_PAIRS))) // COILS_PER_UNIT)
+        rows.append({"devices": n, "modbus_units": units, "ready_ms": round(statistics.median(readies), 1),
+                     "rss_mib": round(rss / 1024, 1), "idle_cpu_pct": round(cpu, 2),
+                     "status_ms_p50_p99": p50_p99(status), "poll_cycle_ms": poll_ms})
+        print(f"  devices {rows[-1]}", file=sys.stderr, flush=True)
+    return {
+        "rows": rows,
+        "slope_ready_ms_per_device": round(slope([(r["devices"], r["ready_ms"]) for r in rows]), 3),
+        "slope_idle_cpu_pct_per_device": round(slope([(r["devices"], r["idle_cpu_pct"]) for r in rows]), 4),
+        "slope_status_us_per_device": round(slope([(r["devices"], r["status_ms_p50_p99"][0] * 1000) for r in rows]), 2),
+        "slope_rss_kib_per_device": round(slope([(r["devices"], r["rss_mib"] * 1024) for r in rows]), 1),
+        "slope_poll_ms_per_unit": round(slope([(r["modbus_units"], r["poll_cycle_ms"]) for r in rows
+                                               if r["poll_cycle_ms"] is not None]), 3),
+    }
+
+
+async def poll_cycle(text: str, cycles: int) -> float | None:
+    """Median time of one poll of every point on the Modbus link, in process on the simulated plant
+    (the daemon's own polling loop runs beside it, as it would)."""
+    from controller.service import configfile
+    from controller.service.daemon import Daemon as InProcess
+    from drivers.modbus import ModbusLink
+
+    path = write(text)
+    daemon = InProcess(configfile.load(str(path)), simulate=True, host="127.0.0.1", port=0)
+    await daemon.start()
+    try:
+        links = [b for b in daemon.buses if isinstance(b, ModbusLink)]
+        if not links:
+            return None
+        times = []
+        for _ in range(cycles):
+            t = time.perf_counter()
+            await links[0].poll()
+            times.append((time.perf_counter() - t) * 1000)
+        return round(statistics.median(times), 2)
+    finally:
+        await daemon.stop()
+        path.unlink()
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+SUBSCRIBER = r"""
+import asyncio, json, sys, time
+from websockets.asyncio.client import connect
+
+async def main(url, n):
+    links = []
+    while len(links) < n:
+        wave = min(100, n - len(links))
+        links += await asyncio.gather(*(connect(url, additional_headers={"Authorization": "Bearer demo-admin"},
+                                                compression=None, open_timeout=60, ping_interval=None)
+                                        for _ in range(wave)))
+    sub = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "events.subscribe", "params": {"topics": ["*"]}})
+    await asyncio.gather(*(ws.send(sub) for ws in links))
+    await asyncio.gather(*(ws.recv() for ws in links))
+    counts = [0] * n
+    closed = 0
+    async def read(i, ws):
+        nonlocal closed
+        try:
+            async for _ in ws:
+                counts[i] += 1
+        except Exception:
+            pass
+        closed += 1
+    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(links)]
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        print(json.dumps({"events": sum(counts), "closed": closed}), flush=True)
+    for ws in links:
+        await ws.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+class Subscribers:
+    """N subscribers to '*' in a child process; ``count()`` asks it how many events arrived."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.n = n
+        self.proc = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, url, str(n)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"subscribers did not start: {line!r}")
+
+    def count(self) -> dict[str, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("?\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+async def events(subscriber_counts: list[int], rates: list[int], seconds: float, switches: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in subscriber_counts:
+        daemon, path = await started(outputs_config(switches))
+        subs = None
+        rows = []
+        try:
+            idle = await round_trips(daemon.url, PING, 300)
+            idle_p99 = pct(idle, 0.99)
+            subs = await asyncio.to_thread(Subscribers, daemon.url, n)
+            async with connect(daemon.url, additional_headers=ADMIN, compression=None) as driver:
+                for rate in rates:
+                    row = await event_round(daemon, driver, subs, rate, seconds, switches)
+                    rows.append(row)
+                    print(f"  events to {n}: {row}", file=sys.stderr, flush=True)
+                    slow = row["ping_ms_p50_p99"][1] > max(5 * idle_p99, 20.0)
+                    short = row["delivered_per_sub_per_s"] < 0.8 * row["published_per_s"]
+                    if slow or short or row["subscribers_cut_off"]:
+                        row["limit"] = "pings slowed" if slow else "subscribers fell behind" if short else "cut off"
+                        break
+        finally:
+            if subs is not None:
+                await asyncio.to_thread(subs.close)
+            await stopped(daemon, path)
+        sustained = [r for r in rows if "limit" not in r]
+        out[str(n)] = {
+            "idle_ping_ms_p99": round(idle_p99, 3),
+            "rows": rows,
+            "max_sustained_events_per_s": sustained[-1]["published_per_s"] if sustained else None,
+            # daemon CPU per frame it sends (an event times its subscribers)
+            "slope_cpu_us_per_frame": round(slope([(r["published_per_s"] * n, r["daemon_cpu_pct"] * 1e4)
+                                                   for r in rows]), 3) if len(rows) > 1 else None,
+        }
+    return out
+
+
+async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscribers, rate: int, seconds: float,
+                      switches: int) -> dict[str, Any]:
+    """Toggle the switches round-robin at *rate* toggles per second (each toggle is one state
+    event) for *seconds*, pinging on a probe connection meanwhile."""
+    before = await asyncio.to_thread(subs.count)
+    seq0 = await seq(daemon.url)
+    c0 = daemon.cpu_s()
+    t0 = time.monotonic()
+    stop = t0 + seconds
+    pings: list[float] = []
+
+    async def probe() -> None:
+        async with connect(daemon.url, additional_headers=ADMIN, compression=None) as ws:
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                await ws.send(PING)
+                await ws.recv()
+                pings.append((time.perf_counter() - t) * 1000)
+                await asyncio.sleep(0.01)  # a probe every 10 ms, not a load of its own
+
+    async def drive() -> None:
+        sent = 0
+        replies = 0
+
+        async def drain() -> None:
+            nonlocal replies
+            while replies < sent:
+                await driver.recv()
+                replies += 1
+
+        reader = asyncio.create_task(asyncio.sleep(0))
+        while (now := time.monotonic()) < stop:
+            due = int((now - t0) * rate)
+            for _ in range(due - sent):
+                await driver.send(json.dumps({"jsonrpc": "2.0", "id": sent, "method": f"o{sent % switches}.toggle"}))
+                sent += 1
+            if reader.done():
+                reader = asyncio.create_task(drain())
+            await asyncio.sleep(0.002)  # pacing the toggles: this is the load generator's clock
+        await reader
+        await drain()
+
+    await asyncio.gather(probe(), drive())
+    elapsed = time.monotonic() - t0
+    cpu = (daemon.cpu_s() - c0) / elapsed * 100
+    published = (await seq(daemon.url) - seq0) / elapsed
+    after = await asyncio.to_thread(subs.count)
+    return {"target_per_s": rate, "published_per_s": round(published, 1),
+            "delivered_per_sub_per_s": round((after["events"] - before["events"]) / subs.n / elapsed, 1),
+            "daemon_cpu_pct": round(cpu, 1), "ping_ms_p50_p99": p50_p99(pings),
+            "subscribers_cut_off": after["closed"]}
+
+
+async def seq(url: str) -> int:
+    async with connect(url, additional_headers=ADMIN, compression=None, max_size=None) as ws:
+        await ws.send(STATUS)
+        return int(json.loads(await ws.recv())["result"]["seq"])
+
+
+# -- charts ---------------------------------------------------------------------------------------
+
+def charts(result: dict[str, Any], into: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    conn = result["connections"]["rows"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    xs = [r["connections"] for r in conn]
+    a.plot(xs, [r["rss_mib"] for r in conn], "o-")
+    a.axhline(120, color="grey", ls="--", lw=1, label="goal: 5,000 under 120 MB")
+    a.set(xlabel="idle connections", ylabel="RSS, MiB", title="Memory with idle connections")
+    a.legend(fontsize=8)
+    b.plot(xs, [r["ping_ms_p50_p99"][1] for r in conn], "o-", label="p99")
+    b.plot(xs, [r["ping_ms_p50_p99"][0] for r in conn], "o-", label="p50")
+    b.set(xlabel="idle connections", ylabel="system.ping, ms", title="Ping with them open")
+    b.legend(fontsize=8)
+    made.append(save(fig, into / "scale-connections.png"))
+
+    dev = result["devices"]["rows"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    xs = [r["devices"] for r in dev]
+    axes[0].plot(xs, [r["ready_ms"] for r in dev], "o-")
+    axes[0].axhline(1000, color="grey", ls="--", lw=1, label="goal: 200 under 1 s")
+    axes[0].set(xlabel="devices", ylabel="ms", title="Start to ready")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(xs, [r["idle_cpu_pct"] for r in dev], "o-")
+    axes[1].axhline(2, color="grey", ls="--", lw=1, label="goal: under 2%")
+    axes[1].set(xlabel="devices", ylabel="% of a core", title="Idle CPU (plant included)")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(xs, [r["status_ms_p50_p99"][0] for r in dev], "o-", label="system.status p50")
+    axes[2].plot(xs, [r["poll_cycle_ms"] or 0 for r in dev], "s-", label="Modbus poll cycle")
+    axes[2].set(xlabel="devices", ylabel="ms", title="Status and poll time")
+    axes[2].legend(fontsize=8)
+    made.append(save(fig, into / "scale-devices.png"))
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for n, curve in result["events"].items():
+        rows = curve["rows"]
+        a.plot([r["published_per_s"] for r in rows], [r["ping_ms_p50_p99"][1] for r in rows], "o-",
+               label=f"{n} subscribers")
+        b.plot([r["published_per_s"] for r in rows], [r["daemon_cpu_pct"] for r in rows], "o-",
+               label=f"{n} subscribers")
+    a.set(xlabel="events published per second", ylabel="system.ping p99, ms", title="Replies under event load",
+          xscale="log", yscale="log")
+    b.set(xlabel="events published per second", ylabel="% of a core", title="Daemon CPU", xscale="log")
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    made.append(save(fig, into / "scale-events.png"))
+    return made
+
+
+def save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, no charts: checks that it runs")
+    ap.add_argument("--only", choices=["connections", "devices", "events"], action="append")
+    ap.add_argument("--charts", type=Path, default=None, help="directory for the PNGs (full runs: docs/)")
+    args = ap.parse_args()
+    q = args.quick
+    raise_fd_limit()
+    only = set(args.only or ["connections", "devices", "events"])
+    result: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {platform.machine()}, Python "
+                              f"{platform.python_version()}, load {os.getloadavg()}"}
+    if "connections" in only:
+        result["connections"] = await connections([20, 100] if q else [100, 1000, 5000], q)
+    if "devices" in only:
+        result["devices"] = await devices([4, 20] if q else [4, 50, 200], q)
+    if "events" in only:
+        result["events"] = await events([10, 50] if q else [100, 1000],
+                                        [50, 200] if q else [25, 50, 100, 200, 400, 800, 1600, 3200],
+                                        0.5 if q else 4.0, 12)
+    result["load after"] = os.getloadavg()
+    print(json.dumps(result, indent=1))
+    into = args.charts if args.charts is not None else (None if q else ROOT / "docs")
+    if into is not None and only == {"connections", "devices", "events"}:
+        for path in charts(result, into):
+            print(f"chart: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
