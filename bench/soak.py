@@ -436,6 +436,8 @@ class Soak:
             for w in watchers:
                 w.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
+            await admin.close()
+            admin = await self.admin()  # a fresh link: the idle one may have been closed under load
             await self.settle(admin)
             await self.fetch_history(admin)
             fds_after = await self.fds_settled(fds_before)

@@ -247,6 +247,11 @@ class Server:
             self.dispatcher.events.drop(ws)
             if guard is not None:
                 guard.cancel()
+            # ws -> its session -> ws is a reference cycle: without this, every closed connection
+            # (buffers, headers, transport) waits for the cyclic collector's rare full pass
+            # (the chaos soak saw RSS climb with reconnecting clients). Frames still in flight
+            # keep the session, and through it ws, for as long as they run.
+            vars(ws).pop("pictl_session", None)
             self._connections_changed(-1)
 
     def _connections_changed(self, delta: int) -> None:
