@@ -8,7 +8,6 @@ point specs (which bus, which line) are read here, keyed by their driver:
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import keyword
 import math
@@ -20,7 +19,7 @@ from typing import Any
 import tomli
 
 from controller.configbase import ConfigError, Document, Problem, Table
-from controller.secrets import MIN_SECRET_LENGTH, SecretHash, hash_secret, parse_hash
+from controller.secrets import MIN_SECRET_LENGTH, Verifier, digest_secret, parse_hash
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 # Method namespaces owned by the daemon: a device may not be named after them.
@@ -161,11 +160,11 @@ class Role:
 
 @dataclass(frozen=True)
 class Token:
-    """A named credential: only the hash of its secret is kept."""
+    """A named credential: only the digest (or legacy hash) of its secret is kept."""
 
     name: str
     role: str
-    verifier: SecretHash = field(repr=False)
+    verifier: Verifier = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -180,6 +179,9 @@ class ServerConfig:
     max_connections: int = 200  # WebSocket connections in total
     max_connections_per_address: int = 20  # from one client address
     request_key_window: float = 300.0  # seconds a request_key is remembered (at-most-once)
+    # The front door (issues 12, 17): see controller/doors/peer.py and http_guard.py.
+    trusted_proxies: tuple[str, ...] = ()  # proxy addresses/networks whose X-Forwarded-For is believed
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides IP literals, localhost, the hostname
 
 
 @dataclass(frozen=True)
@@ -615,6 +617,7 @@ def _read_server(t: Table, doc: Document) -> ServerConfig | None:
         "max_connections": t.integer("max_connections", default=200, low=1, high=100000),
         "max_connections_per_address": t.integer("max_connections_per_address", default=20, low=1, high=100000),
         "request_key_window": t.number("request_key_window", default=300.0, high=86400.0),
+        **_read_front(t),
     }
     t.finish()
     try:
@@ -625,6 +628,27 @@ def _read_server(t: Table, doc: Document) -> ServerConfig | None:
     if None in values.values():
         return None
     return ServerConfig(host=host, port=port, allowed_origins=tuple(origins or ()), tls=tls, **values)
+
+
+def _read_front(t: Table) -> dict[str, tuple[str, ...] | None]:
+    """``trusted_proxies`` and ``allowed_hosts`` of ``[server]``: who may forward, which names we answer to."""
+    from controller.doors.http_guard import host_name_problem
+    from controller.doors.peer import parse_networks
+
+    proxies = t.strings("trusted_proxies", default=())
+    try:
+        proxies = tuple(str(n) for n in parse_networks(proxies or ()))
+    except ValueError as exc:
+        t.problem("trusted_proxies", str(exc))
+        proxies = None
+    hosts = t.strings("allowed_hosts", default=())
+    for name in hosts or ():
+        problem = host_name_problem(name)
+        if problem:
+            t.problem("allowed_hosts", problem)
+            hosts = None
+    return {"trusted_proxies": proxies,
+            "allowed_hosts": None if hosts is None else tuple(h.lower().rstrip(".") for h in hosts)}
 
 
 def _read_auth(t: Table | None) -> tuple[dict[str, Role], tuple[Token, ...], LockoutConfig]:
@@ -664,7 +688,7 @@ def _read_auth(t: Table | None) -> tuple[dict[str, Role], tuple[Token, ...], Loc
     return roles, tuple(tokens), lockout
 
 
-def _read_verifier(tt: Table) -> SecretHash | None:
+def _read_verifier(tt: Table) -> Verifier | None:
     """A token's secret: ``hash`` (from ``pictl token hash``) or ``secret_file``, never the secret."""
     if tt.has("secret"):
         tt.string("secret")
@@ -703,6 +727,4 @@ def _read_verifier(tt: Table) -> SecretHash | None:
     if len(secret) < MIN_SECRET_LENGTH:
         tt.problem("secret_file", f"the secret in {path} is shorter than {MIN_SECRET_LENGTH} characters")
         return None
-    # A salt derived from the path keeps the in-memory hash equal across reloads of an unchanged
-    # file, so a reload does not mistake it for a new token (and close its sessions).
-    return hash_secret(secret, salt=hashlib.sha256(path.encode()).digest()[:16])
+    return digest_secret(secret)  # equal across reloads of an unchanged file: its sessions stay

@@ -22,6 +22,7 @@ from controller.events import EventBus
 from controller.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
 from controller.reload import ReloadPlan, plan_reload
 from controller.sdnotify import Notifier, Supervision, watchdog_interval
+from controller.secrets import slow_tokens_warning
 from controller.server import Server
 from controller.simulation import simulate, start_plant
 from drivers.gpio import GpioBus, load_pin_factory
@@ -95,7 +96,10 @@ class Daemon:
                 auth_timeout=self.config.server.auth_timeout,
                 max_connections=self.config.server.max_connections,
                 max_connections_per_address=self.config.server.max_connections_per_address,
+                trusted_proxies=self.config.server.trusted_proxies,
+                allowed_hosts=self.config.server.allowed_hosts,
             )
+            self._warn_slow_tokens()
             await self.server.start()
         except BaseException:
             await self.stop()
@@ -198,7 +202,9 @@ class Daemon:
             await self.plant.aclose()
         if self.server is not None:
             await self.server.close()
-        self.audit.close()
+        if self.dispatcher is not None:
+            self.dispatcher.auth.close()
+        await self.audit.aclose()  # writes what is queued: off the loop
         log.info("pictl stopped; outputs at their safe levels")
 
     # -- health, for the service manager ----------------------------------------------------
@@ -227,8 +233,8 @@ class Daemon:
     async def reload(self) -> ReloadPlan | None:
         """Re-read the config file and apply it. An invalid file changes nothing: each problem
         is logged on its own line and None is returned."""
-        try:
-            new = config_file.load(self.config.path)
+        try:  # off the loop: it reads secret files and parses a whole document
+            new = await asyncio.to_thread(config_file.load, self.config.path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, still running the previous config: %s", problem)
@@ -253,13 +259,21 @@ class Daemon:
         if self.dispatcher is not None:
             if plan.access_changed:
                 self.dispatcher.auth.update(new.tokens, new.roles)
+                self._warn_slow_tokens()
                 await self._close_revoked_sessions(new)
             self.dispatcher.max_batch = new.server.max_batch
         if self.server is not None:
             self.server.set_allowed_origins(new.server.allowed_origins)
+            self.server.set_front(new.server.trusted_proxies, new.server.allowed_hosts)
         self.config = in_force
         log.info("config reloaded from %s: %s", new.path, plan.summary())
         return plan
+
+    def _warn_slow_tokens(self) -> None:
+        if self.dispatcher is not None:
+            warning = slow_tokens_warning(self.dispatcher.auth.slow_tokens)
+            if warning:
+                log.warning("%s", warning)
 
     async def _close_own_buses(self, device: Device) -> None:
         """A bus that only this device used (a serial sensor's port) goes with it: thread, port and all."""

@@ -43,6 +43,11 @@ class NotNow:
 
 NOT_NOW = NotNow()
 OPEN_METHODS = frozenset({"session.auth"})  # callable before authentication
+AUTH_PENDING = "auth_pending"  # session.extra key: a session.auth is being answered on this connection
+
+
+def _is_auth(item: jsonrpc.Request | jsonrpc.Invalid) -> bool:
+    return isinstance(item, jsonrpc.Request) and item.method == "session.auth"
 
 
 def _short(text: str, limit: int = 128) -> str:
@@ -139,14 +144,15 @@ class Dispatcher:
                         lambda: device.run(action, action_params, timeout))
             except RpcError as err:
                 self.metrics.action_failures.labels(device.name, action, err.name).inc()
-                self.audit.record(session, method, params, err.name, (time.monotonic() - started) * 1000,
-                                  error=err.to_wire())
+                await self.audit.write(session, method, params, err.name, (time.monotonic() - started) * 1000,
+                                       error=err.to_wire())
                 raise
             if replayed:
                 outcome = {**outcome, "replayed": True}
             elif outcome.get("changed"):  # an actuation (a sensor read has no confirmation time)
                 self.metrics.action_confirm.labels(device.name, action).observe(outcome["elapsed_ms"] / 1000)
-            self.audit.record(session, method, params, "ok", (time.monotonic() - started) * 1000, result=outcome)
+            await self.audit.write(session, method, params, "ok", (time.monotonic() - started) * 1000,
+                                   result=outcome)
             return outcome
 
         return run
@@ -174,8 +180,15 @@ class Dispatcher:
             return jsonrpc.encode([] if reply is None else [reply], message.batch)
         # Batch members run concurrently; the per-device queue keeps same-device
         # members in arrival order because their tasks start in that order.
-        replies = await asyncio.gather(*(self._answer(session, item) for item in message.items))
+        # session.auth is refused in a batch: one frame must not carry many guesses.
+        replies = await asyncio.gather(*(self._answer(session, item) if not _is_auth(item)
+                                         else self._refuse_batched_auth(item) for item in message.items))
         return jsonrpc.encode([r for r in replies if r is not None], message.batch)
+
+    async def _refuse_batched_auth(self, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
+        assert isinstance(item, jsonrpc.Request)
+        error = InvalidRequest("session.auth cannot be part of a batch: send it on its own")
+        return self._settle(item, time.perf_counter(), error=error)
 
     def _answer_instant(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         if isinstance(item, jsonrpc.Invalid):
@@ -268,12 +281,18 @@ class Dispatcher:
             raise InvalidParams('session.auth needs {"token": "..."}', param="token")
         if session.authenticated:
             raise InvalidParams("this connection is already authenticated", param="token")
-        locked = self.auth.locked_for(session.address)
-        if locked:
+        if session.extra.get(AUTH_PENDING):
+            raise InvalidRequest("a session.auth is already being answered on this connection: wait for it")
+        session.extra[AUTH_PENDING] = True
+        try:
+            verdict = await self.auth.login(session, token)
+        finally:
+            session.extra.pop(AUTH_PENDING, None)
+        if verdict.locked_s:
             self.metrics.auth_failures.inc()
             raise Unauthorized("too many failed authentications from this address", method="session.auth",
-                               retry_after_s=round(locked, 1))
-        if not await self.auth.login(session, token):
+                               retry_after_s=round(verdict.locked_s, 1))
+        if not verdict.ok:
             self.metrics.auth_failures.inc()
             log.warning("session.auth failed from %s", session.peer)
             raise Unauthorized("invalid token", method="session.auth")

@@ -19,6 +19,10 @@ from prometheus_client.registry import Collector
 prometheus_client.disable_created_metrics()  # no *_created series: noise for an embedded daemon
 
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Why a handshake or request was refused: fixed vocabularies, all exported from the start.
+WS_REFUSALS = ("origin", "unauthorized", "locked_out", "too_many_connections", "too_many_from_address",
+               "bad_request", "misdirected")
+HTTP_REFUSALS = ("unauthorized", "locked_out", "bad_request", "misdirected")
 CONFIRM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
@@ -47,8 +51,16 @@ class Metrics:
                                      ["device"], registry=r)
         self.external_changes = Counter("pictl_external_changes", "State changes no call commanded",
                                         ["device"], registry=r)
-        self.auth_failures = Counter("pictl_auth_failures", "Refused tokens (handshake or session.auth)",
+        self.auth_failures = Counter("pictl_auth_failures", "Refused tokens (handshake, session.auth, /metrics)",
                                      registry=r)
+        self.ws_refused = Counter("pictl_ws_refused", "WebSocket handshakes refused, by reason", ["reason"],
+                                  registry=r)
+        self.http_refused = Counter("pictl_http_refused", "Plain HTTP requests refused, by reason", ["reason"],
+                                    registry=r)
+        for reason in WS_REFUSALS:
+            self.ws_refused.labels(reason)
+        for reason in HTTP_REFUSALS:
+            self.http_refused.labels(reason)
         ProcessCollector(registry=r)
 
     def watch(self, collect: Callable[[], list[Any]]) -> None:

@@ -28,7 +28,7 @@ from controller.config import Config, ServerConfig
 # Config fields the reload applies itself; every other field is a restart-only bus setting.
 APPLIED_FIELDS = frozenset({"path", "devices", "roles", "tokens", "server"})
 # [server] settings that apply to the running listener and to calls from now on.
-LIVE_SERVER_FIELDS = frozenset({"allowed_origins", "max_batch"})
+LIVE_SERVER_FIELDS = frozenset({"allowed_origins", "max_batch", "trusted_proxies", "allowed_hosts"})
 # How server fields are named in the config file, for log lines.
 SERVER_KEYS = {"host": "server.listen", "port": "server.listen", "max_frame_bytes": "server.max_frame_bytes",
                "allowed_origins": "server.allowed_origins", "max_batch": "server.max_batch"}
