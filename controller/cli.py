@@ -85,25 +85,30 @@ def main(argv: list[str] | None = None) -> int:
 def check_config(path: str) -> int:
     from controller import config
 
+    from controller.secrets import SecretHash, slow_tokens_warning
+
     try:
-        config.load(path)
+        loaded = config.load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
+    warning = slow_tokens_warning([t.name for t in loaded.tokens if isinstance(t.verifier, SecretHash)])
+    if warning:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"{path}: ok")
     return EXIT_OK
 
 
 def token(args: argparse.Namespace) -> int:
-    from controller.secrets import MIN_SECRET_LENGTH, generate_secret, hash_secret
+    from controller.secrets import MIN_SECRET_LENGTH, digest_secret, generate_secret
 
     if args.token_command == "hash":
         secret = sys.stdin.readline().strip()
         if len(secret) < MIN_SECRET_LENGTH:
             print(f"pictl token hash: the secret must be at least {MIN_SECRET_LENGTH} characters", file=sys.stderr)
             return EXIT_USAGE
-        print(hash_secret(secret))
+        print(digest_secret(secret))
         return EXIT_OK
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
         print("pictl token create: NAME must be 1-64 of letters, digits, '.', '_', '-'", file=sys.stderr)
@@ -117,7 +122,7 @@ def token(args: argparse.Namespace) -> int:
             f.write(secret + "\n")
         print(f'secret_file = "{os.path.abspath(args.secret_file)}"')
     else:
-        print(f'hash = "{hash_secret(secret)}"')
+        print(f'hash = "{digest_secret(secret)}"')
         print(f"# the secret (shown once, give it to the client): {secret}", file=sys.stderr)
     return EXIT_OK
 

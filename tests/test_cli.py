@@ -151,6 +151,19 @@ async def test_token_hash_reads_the_secret_from_stdin() -> None:
     from controller.secrets import parse_hash
 
     assert proc.returncode == 0 and parse_hash(out.decode().strip()).matches("a secret I chose")
+    assert out.decode().startswith("sha256$")  # the fast digest, not the old PBKDF2 format
+
+
+async def test_check_config_warns_about_tokens_in_the_slow_format(tmp_path: Path) -> None:
+    from controller.secrets import hash_secret
+
+    conf = tmp_path / "old.toml"
+    text = DEMO.read_text()
+    old = str(hash_secret("demo-panel", iterations=1000))
+    conf.write_text(re.sub(r'(\[auth\.tokens\.demo-panel\]\nrole = "panel"\nhash = )"[^"]+"', f'\\1"{old}"', text))
+    code, out, err = await run("check-config", str(conf))
+    assert code == 0 and out.strip().endswith(": ok")
+    assert "demo-panel" in err and "pictl token hash" in err and "demo-admin" not in err
 
 
 async def test_token_secret_file_is_private(tmp_path: Path) -> None:

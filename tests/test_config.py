@@ -19,7 +19,7 @@ from controller.switch import SwitchConfig
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo.toml"
 
-HASH = "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$msaxpPQAuELBYv-2GfKY4qERAq8XG8XLw0v51lkSsa8"  # of "long-enough-secret"
+HASH = "sha256$lNVoyRMJ57rRxtFtLR_R-59GqU16oZfiH77jQIFMqwI"  # of "long-enough-secret"
 
 # A valid config whose line numbers the tests rely on.
 BASE = """\
@@ -31,7 +31,7 @@ allow = ["*"]
 
 [auth.tokens.ops]
 role = "admin"
-hash = "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$msaxpPQAuELBYv-2GfKY4qERAq8XG8XLw0v51lkSsa8"
+hash = "sha256$lNVoyRMJ57rRxtFtLR_R-59GqU16oZfiH77jQIFMqwI"
 
 [devices.door]
 kind = "door"
@@ -391,7 +391,8 @@ def test_plaintext_secret_is_refused():
                    "secrets do not belong in the config")
 
 
-@pytest.mark.parametrize("bad", ["", "md5$1$2$3", "pbkdf2-sha256$10$c2FsdHNhbHQ$AAAA", "pbkdf2-sha256$x$y$z"])
+@pytest.mark.parametrize("bad", ["", "md5$1$2$3", "pbkdf2-sha256$10$c2FsdHNhbHQ$AAAA", "pbkdf2-sha256$x$y$z",
+                                 "sha256$", "sha256$AAAA", "sha256$" + "A" * 44 + "$x"])
 def test_malformed_hash(bad):
     assert_problem(edit(f'hash = "{HASH}"', f'hash = "{bad}"'), 9, "auth.tokens.ops.hash", "hash")
 

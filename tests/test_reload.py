@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from controller import config, kinds, switch
 from controller.daemon import Daemon
 from controller.reload import plan_reload
-from controller.secrets import hash_secret
+from controller.secrets import digest_secret
 from tests.conftest import DEMO_GPIO_TEXT, ROOT, Client, open_client
 
 DEMO_TEXT = DEMO_GPIO_TEXT
@@ -24,7 +24,7 @@ ROTATED = "rotated-panel-secret"
 
 def rotated_panel() -> str:
     """The demo config with the panel token's secret replaced."""
-    return DEMO_TEXT.replace(PANEL_HASH, str(hash_secret(ROTATED, iterations=1000)))
+    return DEMO_TEXT.replace(PANEL_HASH, str(digest_secret(ROTATED)))
 BELL = '\n[devices.bell]\nkind = "switch"\noutput = { gpio = 24 }\ntimeout = 0.5\n'
 
 

@@ -17,7 +17,7 @@ from controller import config
 from controller.auth import role_allows
 from controller.config import Role
 from controller.daemon import Daemon
-from controller.secrets import hash_secret
+from controller.secrets import digest_secret
 from tests.conftest import Client, open_client
 
 SECRETS = {"root": "root-secret-1", "panel": "panel-secret-1", "viewer": "viewer-secret", "limited": "limited-sec"}
@@ -26,7 +26,7 @@ SECRETS = {"root": "root-secret-1", "panel": "panel-secret-1", "viewer": "viewer
 def security_config(extra_server: str = "", tmp: Path | None = None) -> str:
     tokens = "\n".join(
         f'[auth.tokens.{name}]\nrole = "{"admin" if name == "root" else name}"\n'
-        f'hash = "{hash_secret(secret, iterations=1000)}"\n'
+        f'hash = "{digest_secret(secret)}"\n'
         for name, secret in SECRETS.items()
     )
     return f"""
