@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_config(path: str) -> int:
     from controller import config
-
     from controller.secrets import SecretHash, slow_tokens_warning
 
     try:

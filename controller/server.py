@@ -225,7 +225,8 @@ class Server:
     async def _metrics(self, front: Front, connection: ServerConnection) -> Response:
         if self.metrics_tokens:
             challenge = [("WWW-Authenticate", 'Bearer realm="pictl-metrics"')]
-            if front.secret is None:
+            if front.secret is None:  # refused, but no guess: not counted toward a lockout
+                self.dispatcher.metrics.auth_failures.inc()
                 return self._refuse(front, connection, "/metrics", "unauthorized", "no scrape token",
                                     HTTPStatus.UNAUTHORIZED, "a scrape token is required", challenge)
             verdict = await self.dispatcher.auth.attempt(front.client.address, front.secret)
