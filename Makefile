@@ -31,9 +31,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/failed_logins.py
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
+	$(BIN)/python bench/failed_logins.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check controller drivers tests bench examples
