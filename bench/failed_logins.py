@@ -131,7 +131,10 @@ def unpack(rev: str, into: Path) -> Path | None:
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return None
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(into, filter="data")
+        else:  # our own repository's history: trusted
+            tar.extractall(into)  # noqa: S202
     return into
 
 
