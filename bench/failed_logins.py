@@ -34,7 +34,7 @@ from websockets.exceptions import InvalidStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from controller.secrets import digest_secret, hash_secret  # noqa: E402
+from controller.security.secrets import digest_secret, hash_secret  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PER_ADDRESS = 50  # failed logins per source address (lockout_after is far above it)
@@ -74,7 +74,10 @@ def cpu_s(pid: int) -> float:
 
 
 async def serve(tree: Path, config: Path) -> tuple[asyncio.subprocess.Process, str]:
-    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from controller.cli import main; sys.exit(main())"
+    code = (f"import sys; sys.path.insert(0, {str(tree)!r})\n"
+            "try:\n    from controller.service.cli import main\n"
+            "except ImportError:  # a tree from before the layout of issue 11\n    from controller.cli import main\n"
+            "sys.exit(main())")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, "serve", "--config", str(config),
                                                 "--simulate", cwd=tree, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None

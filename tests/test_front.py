@@ -14,15 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from controller import config
-from controller.auth import Authenticator
-from controller.config import LockoutConfig, Role, Token
-from controller.daemon import Daemon
 from controller.doors.http_guard import Front, Guard, Refusal, split_host
 from controller.doors.peer import ForwardingError, TrustedProxies, parse_address
 from controller.doors.refusals import RefusalLog
-from controller.metrics import Metrics
-from controller.secrets import digest_secret, hash_secret
+from controller.rpc.metrics import Metrics
+from controller.security.auth import Authenticator
+from controller.security.policy import LockoutConfig, Role, Token
+from controller.security.secrets import digest_secret, hash_secret
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
 from tests.conftest import Client, open_client, raw_http
 from tests.test_security import SECRETS, security_config
 
@@ -234,7 +234,7 @@ async def test_behind_a_trusted_proxy_each_client_has_its_own_lockout_and_cap(fr
 
 
 async def test_the_audit_trail_names_the_client_and_the_proxy(front: Daemon, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="controller.audit")
+    caplog.set_level(logging.INFO, logger="controller.security.audit")
     async with open_client(front.url, SECRETS["root"], additional_headers={"X-Forwarded-For": "192.168.1.60"}) as ws:
         await Client(ws).call("light.on")
     entry = json.loads(next(r.getMessage() for r in caplog.records if r.getMessage().startswith("audit "))[6:])
@@ -327,7 +327,7 @@ async def test_metrics_bearer_failures_count_and_lock_out(tmp_path: Path) -> Non
 # -- refusals are logged without flooding --------------------------------------------------------
 
 async def test_refusals_log_one_line_per_reason_per_window_with_the_count(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="controller.server")
+    caplog.set_level(logging.WARNING, logger="controller.doors.refusals")
     metrics = Metrics()
     refusals = RefusalLog(metrics.ws_refused, "handshake", window_s=0.2)
     for i in range(50):

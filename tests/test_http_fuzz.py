@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
-from controller import config
+from controller.service import configfile as config
 from tests.test_front import FRONT, KEY
 from tests.test_fuzz import Served, serve_in_thread
 from tests.test_security import SECRETS, security_config

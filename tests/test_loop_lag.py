@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import config
-from controller.config import AuditConfig
-from controller.daemon import Daemon
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
+from controller.settings.sections import AuditConfig
 from tests.conftest import Client, open_client
 from tests.test_security import SECRETS, security_config
 

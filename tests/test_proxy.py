@@ -21,8 +21,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from controller.config import Config, LockoutConfig
-from controller.daemon import Daemon
+from controller.security.policy import LockoutConfig
+from controller.service.daemon import Daemon
+from controller.settings.load import Config
 from tests.conftest import ADMIN, PANEL, ROOT, Client
 from tests.test_front import sample
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-log = logging.getLogger("controller.server")
+log = logging.getLogger(__name__)
 WINDOW_S = 10.0
 
 

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from controller import __version__
-from controller.configbase import ConfigError
+from controller.settings.reader import ConfigError
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 EXIT_OK, EXIT_RPC_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_config(path: str) -> int:
-    from controller import config
-    from controller.secrets import SecretHash, slow_tokens_warning
+    from controller.security.secrets import SecretHash, slow_tokens_warning
+    from controller.service import configfile
 
     try:
-        loaded = config.load(path)
+        loaded = configfile.load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -100,7 +100,7 @@ def check_config(path: str) -> int:
 
 
 def token(args: argparse.Namespace) -> int:
-    from controller.secrets import MIN_SECRET_LENGTH, digest_secret, generate_secret
+    from controller.security.secrets import MIN_SECRET_LENGTH, digest_secret, generate_secret
 
     if args.token_command == "hash":
         secret = sys.stdin.readline().strip()
@@ -127,8 +127,10 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from controller import config
-    from controller.daemon import Daemon, serve_until_signalled
+    from controller.service import configfile
+    from controller.service.daemon import Daemon
+    from controller.service.supervision import serve_until_signalled
+    from controller.settings.sections import parse_listen
     from drivers.gpio import GpioUnavailable
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -137,7 +139,7 @@ def serve(args: argparse.Namespace) -> int:
     # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
     faulthandler.enable()
     try:
-        cfg = config.load(args.config)
+        cfg = configfile.load(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -145,7 +147,7 @@ def serve(args: argparse.Namespace) -> int:
     host = port = None
     if args.listen:
         try:
-            host, port = config.parse_listen(args.listen)
+            host, port = parse_listen(args.listen)
         except ValueError as exc:
             print(f"pictl: --listen: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -1,5 +1,5 @@
 """One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it
-(/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.static`).
+(/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.doors.static`).
 
 Every request is first judged by :mod:`controller.doors.http_guard` (duplicated
 headers 400, unknown ``Host`` 421, malformed ``Authorization`` 401; the client
@@ -28,12 +28,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
-from controller.auth import Session
-from controller.dispatch import NOT_NOW, Dispatcher, binary_frame_error
 from controller.doors.http_guard import Front, Guard, Refusal
 from controller.doors.refusals import RefusalLog
-from controller.jsonrpc import Message, decode
-from controller.static import StaticFiles
+from controller.doors.static import StaticFiles
+from controller.rpc.dispatch import NOT_NOW, Dispatcher, binary_frame_error
+from controller.security.auth import Session
+from controller.wire.jsonrpc import Message, decode
 
 log = logging.getLogger(__name__)
 
