@@ -74,10 +74,9 @@ def cpu_s(pid: int) -> float:
 
 
 async def serve(tree: Path, config: Path) -> tuple[asyncio.subprocess.Process, str]:
-    code = (f"import sys; sys.path.insert(0, {str(tree)!r})\n"
-            "try:\n    from controller.service.cli import main\n"
-            "except ImportError:  # a tree from before the layout of issue 11\n    from controller.cli import main\n"
-            "sys.exit(main())")
+    # The tree's own CLI: controller/service/cli.py since the layout of issue 11, controller/cli.py before.
+    cli = "controller.service.cli" if (tree / "controller" / "service" / "cli.py").exists() else "controller.cli"
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from {cli} import main; sys.exit(main())"
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, "serve", "--config", str(config),
                                                 "--simulate", cwd=tree, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
