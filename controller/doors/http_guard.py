@@ -154,9 +154,10 @@ class Guard:
         parts = split_host(host_values[0])
         if parts is None:
             return Refusal(HTTPStatus.BAD_REQUEST, "bad_request", "Host is not host[:port]")
-        if not self.host_allowed(parts[0]):
+        if not self.host_allowed(parts[0]):  # a valid host name by now: safe to echo and log
             return Refusal(HTTPStatus.MISDIRECTED_REQUEST, "misdirected",
-                           "this server does not answer to that host name (see [server] allowed_hosts)")
+                           f"this server does not answer to the name {parts[0][:100]!r} "
+                           f"(the operator can add it to [server] allowed_hosts)")
         origins = headers.get_all("Origin")
         origin = origins[0].strip().lower().rstrip("/") if origins else None
         secret = None
