@@ -21,6 +21,7 @@ import tomli
 
 from controller.configbase import ConfigError, Document, Problem, Table
 from controller.secrets import MIN_SECRET_LENGTH, SecretHash, hash_secret, parse_hash
+from controller.settings.mqtt import MqttConfig, read_mqtt
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 # Method namespaces owned by the daemon: a device may not be named after them.
@@ -223,6 +224,7 @@ class Config:
     audit: AuditConfig = AuditConfig(file=None, max_bytes=10 * 1024 * 1024, backups=5, fsync=False)
     lockout: LockoutConfig = LockoutConfig()
     modbus: dict[str, ModbusLinkConfig] = field(default_factory=dict)  # links by name
+    mqtt: MqttConfig | None = None  # the MQTT bridge; None: not configured
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -493,6 +495,7 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
 
     roles, tokens, lockout = _read_auth(root.table("auth"))
     events, metrics, audit = _read_live(root, doc, tokens)
+    mqtt = read_mqtt(root.table("mqtt"), frozenset(roles), os.path.dirname(os.path.abspath(doc.file)))
 
     devices: dict[str, DeviceConfig] = {}
     for name, t in root.tables("devices"):
@@ -520,7 +523,7 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
         return None
     return Config(
         path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
-        events=events, metrics=metrics, audit=audit, lockout=lockout, modbus=links,
+        events=events, metrics=metrics, audit=audit, lockout=lockout, modbus=links, mqtt=mqtt,
     )
 
 
