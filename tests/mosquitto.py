@@ -12,9 +12,9 @@ import shutil
 import socket
 from pathlib import Path
 
-MOSQUITTO = shutil.which("mosquitto", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin")))
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd",
-                                path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/bin", "/usr/sbin")))
+SEARCH = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"))  # root's tools, for others too
+MOSQUITTO = shutil.which("mosquitto", path=SEARCH)
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd", path=SEARCH)
 
 
 def free_port() -> int:

@@ -85,7 +85,7 @@ def entity_of(device: Device) -> Entity:
 
 def _short(payload: bytes, limit: int = 40) -> str:
     """A client's payload in a log line: bounded, never raw bytes."""
-    text = payload[:limit].decode("utf-8", "replace")
+    text = payload[:limit].decode("utf-8", "backslashreplace")
     return repr(text + ("..." if len(payload) > limit else ""))
 
 
