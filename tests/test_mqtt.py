@@ -316,6 +316,32 @@ async def test_the_role_applies_to_mqtt_commands(broker: Mosquitto, watcher: Wat
         await d.stop()
 
 
+async def test_mqtt_commands_are_rate_limited_and_audited_like_websocket_calls(
+        broker: Mosquitto, watcher: Watcher, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "controller.audit")
+    text = config_text(broker.url).replace('\n         "events.*"]', '\n         "events.*"]\nrate = 0.1\nburst = 1')
+    d = Daemon(config.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0)
+    await d.start()
+    try:
+        await watcher.on(f"{NODE}/availability", b"online", since=watcher.mark())
+        start = watcher.mark()
+        await send(watcher.client, f"{NODE}/light/set", "ON")
+        await send(watcher.client, f"{NODE}/light/set", "OFF")  # over the role's allowance
+        first = (await watcher.on(f"{NODE}/light/event", since=start)).json()
+        second = (await watcher.wait(lambda m: m.topic == f"{NODE}/light/event" and m.json() != first,
+                                     since=start)).json()
+        # The refusal comes at once; the confirmation after the lamp's feedback.
+        assert sorted([first, second], key=lambda e: e["action"]) == [
+            {"event_type": "rate_limited", "action": "off", "code": -32005},
+            {"event_type": "confirmed", "action": "on"}]
+        audited = [json.loads(r.getMessage().removeprefix("audit ")) for r in caplog.records
+                   if r.name == "controller.audit"]
+        assert [(a["method"], a["token"], a["role"], a["outcome"]) for a in audited] == [
+            ("light.on", "mqtt:pi01", "automation", "ok")]
+    finally:
+        await d.stop()
+
+
 # -- request/response -------------------------------------------------------------------------------
 class Requester:
     """An MQTT 5 client doing request/response on pictl/pi01/rpc."""
