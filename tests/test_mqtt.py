@@ -23,8 +23,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller import config
-from controller.daemon import Daemon
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
 from tests.conftest import ADMIN, DEMO, http_get, open_client
 from tests.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Mosquitto
 
@@ -196,8 +196,9 @@ async def test_no_mqtt_section_no_bridge_and_no_gauge() -> None:
 
 def test_aiomqtt_is_imported_only_when_mqtt_is_configured() -> None:
     # Reading an [mqtt] section (check-config) and running the daemon code without one import no MQTT client.
-    script = (f"import sys; from controller import config, daemon; config.loads({config_text('mqtt://x')!r}, "
-              f"{str(DEMO)!r}); config.load({str(DEMO)!r}); assert 'aiomqtt' not in sys.modules, 'imported'")
+    script = (f"import sys; from controller.service import configfile as config, daemon; "
+              f"config.loads({config_text('mqtt://x')!r}, {str(DEMO)!r}); config.load({str(DEMO)!r}); "
+              "assert 'aiomqtt' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
 
@@ -318,7 +319,7 @@ async def test_the_role_applies_to_mqtt_commands(broker: Mosquitto, watcher: Wat
 
 async def test_mqtt_commands_are_rate_limited_and_audited_like_websocket_calls(
         broker: Mosquitto, watcher: Watcher, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "controller.audit")
+    caplog.set_level(logging.INFO, "controller.security.audit")
     text = config_text(broker.url).replace('\n         "events.*"]', '\n         "events.*"]\nrate = 0.1\nburst = 1')
     d = Daemon(config.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0)
     await d.start()
@@ -335,7 +336,7 @@ async def test_mqtt_commands_are_rate_limited_and_audited_like_websocket_calls(
             {"event_type": "rate_limited", "action": "off", "code": -32005},
             {"event_type": "confirmed", "action": "on"}]
         audited = [json.loads(r.getMessage().removeprefix("audit ")) for r in caplog.records
-                   if r.name == "controller.audit"]
+                   if r.name == "controller.security.audit"]
         assert [(a["method"], a["token"], a["role"], a["outcome"]) for a in audited] == [
             ("light.on", "mqtt:pi01", "automation", "ok")]
     finally:

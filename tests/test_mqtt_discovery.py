@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from controller import config
-from controller.configbase import ConfigError
 from controller.doors.mqtt_discovery import (
     EVENT_TYPES,
     UNKNOWN,
@@ -18,6 +16,8 @@ from controller.doors.mqtt_discovery import (
     outcome,
     state_payload,
 )
+from controller.service import configfile as config
+from controller.settings.reader import ConfigError
 from tests.conftest import DEMO
 
 TOPICS = Topics("pictl", "pi01")

@@ -41,11 +41,10 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the [mqtt] section needs the MQTT extra: pip install 'pictl[mqtt]'") from exc
 from prometheus_client import Gauge
 
-from controller import __version__, jsonrpc
-from controller.auth import RateBucket, Session
-from controller.config import Token
-from controller.devices import Device
-from controller.dispatch import NOT_NOW, Dispatcher
+from controller import __version__
+from controller.devices.base import Device
+from controller.devices.sensor import Sensor
+from controller.devices.setpoint import Setpoint
 from controller.doors.mqtt_discovery import (
     OFFLINE,
     ONLINE,
@@ -57,11 +56,14 @@ from controller.doors.mqtt_discovery import (
     outcome,
     state_payload,
 )
-from controller.errors import InvalidRequest
-from controller.secrets import SecretHash
-from controller.sensor import Sensor
-from controller.setpoint import Setpoint
+from controller.rpc.dispatch import NOT_NOW, Dispatcher
+from controller.security.auth import RateBucket, Session
+from controller.security.policy import Token
+from controller.security.secrets import SecretHash
 from controller.settings.mqtt import MqttConfig, read_password
+from controller.wire import jsonrpc
+from controller.wire.errors import InvalidRequest
+from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +184,7 @@ class MqttBridge:
 
     async def _run(self) -> None:
         """Connect, serve, and on any loss reconnect after a delay doubling up to backoff_max."""
-        delay = BACKOFF_START
+        backoff = Backoff(BACKOFF_START, max(BACKOFF_START, self.config.backoff_max), jitter=0.25)
         where = f"{'mqtts' if self.config.tls else 'mqtt'}://{self.config.host}:{self.config.port}"
         while True:
             client = self._client_for_attempt()
@@ -192,19 +194,19 @@ class MqttBridge:
                     self.connected.set(1)
                     self.connects += 1
                     log.info("MQTT: connected to %s as node %s", where, self.config.node)
-                    delay = BACKOFF_START
+                    backoff.reset()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 if self._client is not None:
                     log.warning("MQTT: lost the broker at %s (%s); reconnecting", where, exc)
                 else:
-                    log.warning("MQTT: cannot reach the broker at %s (%s); retrying in %.1f s", where, exc, delay)
+                    log.warning("MQTT: cannot reach the broker at %s (%s); retrying in %.1f s", where, exc,
+                                backoff.upcoming)
             finally:
                 self._client = None
                 self.ready.clear()
                 self.connected.set(0)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.backoff_max)
+            await asyncio.sleep(backoff.next())
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         # retainAsPublished: a command published with the retain flag keeps it even live, so it is

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from controller.errors import RpcError
+from controller.wire.protocol import ERROR_NAMES
 
 UNKNOWN = "None"  # Home Assistant's payload for "state unknown"
 ONLINE, OFFLINE = "online", "offline"
@@ -28,7 +28,6 @@ EVENT_TYPES = ("confirmed", "not_confirmed", "busy", "unavailable", "unauthorize
                "invalid_params", "internal_error")
 DOOR_COMMANDS = {"OPEN": "open", "CLOSE": "close"}
 SWITCH_COMMANDS = {"ON": "on", "OFF": "off", "TOGGLE": "toggle"}
-ERROR_NAMES = {cls.code: cls.name for cls in RpcError.__subclasses__()}  # -32002 -> "not_confirmed"
 MAX_COMMAND_BYTES = 64  # a command is a word or a number; anything longer is malformed
 # Sensor units Home Assistant knows a device_class for (used only when the unit says it plainly).
 UNIT_CLASSES = {

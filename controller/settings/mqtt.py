@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from controller.configbase import Table
+from controller.settings.reader import Table
 
 NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # Home Assistant ids allow [a-zA-Z0-9_-] only
 TOPIC_LEVELS = re.compile(r"[^#+\x00/]+(?:/[^#+\x00/]+)*")  # no wildcards, no empty level, no leading/trailing /
