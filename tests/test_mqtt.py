@@ -517,3 +517,16 @@ async def test_tls_and_a_password_from_a_file(tmp_path: Path, caplog: pytest.Log
     finally:
         await tls.stop()
     assert secret not in caplog.text
+
+
+async def test_an_unreadable_password_file_stops_serve_with_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "mqtt.pass").write_bytes(b"\xff\xfe not text")
+    path = tmp_path / "pictl.toml"
+    login = f'username = "pi01"\npassword_file = "{tmp_path / "mqtt.pass"}"\n'
+    path.write_text(config_text("mqtt://127.0.0.1:9", login))
+    proc = await asyncio.create_subprocess_exec(PICTL, "serve", "--config", str(path), "--simulate", "--listen",
+                                                "127.0.0.1:0", stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "mqtt.password_file" in err.decode() and "cannot read it" in err.decode()
+    assert "Traceback" not in err.decode()

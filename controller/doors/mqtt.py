@@ -32,13 +32,15 @@ from typing import Any
 
 import orjson
 
+from controller.settings.mqtt import MqttUnusable
+
 try:
     import aiomqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
     from paho.mqtt.subscribeoptions import SubscribeOptions
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError("the [mqtt] section needs the MQTT extra: pip install 'pictl[mqtt]'") from exc
+    raise MqttUnusable("the [mqtt] section needs the MQTT extra: pip install 'pictl[mqtt]'") from exc
 from prometheus_client import Gauge
 
 from controller import __version__
@@ -202,6 +204,8 @@ class MqttBridge:
                 else:
                     log.warning("MQTT: cannot reach the broker at %s (%s); retrying in %.1f s", where, exc,
                                 backoff.upcoming)
+            except Exception:  # a bug must not end the bridge for good: log it and connect again
+                log.exception("MQTT: the link to %s failed; reconnecting", where)
             finally:
                 self._client = None
                 self.ready.clear()

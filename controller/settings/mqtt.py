@@ -114,9 +114,17 @@ def _file(t: Table, key: str, base: str) -> str | None:
     return path
 
 
+class MqttUnusable(RuntimeError):
+    """The bridge cannot start: the MQTT extra is not installed, or the password file is unreadable."""
+
+
 def read_password(config: MqttConfig) -> str | None:
-    """The broker password from ``password_file`` (its first line), or None. OSError when unreadable."""
+    """The broker password from ``password_file`` (its first line), or None."""
     if config.password_file is None:
         return None
-    with open(config.password_file, encoding="utf-8") as f:
-        return f.readline().rstrip("\r\n")
+    try:
+        with open(config.password_file, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise MqttUnusable(f"mqtt.password_file {config.password_file}: cannot read it: {reason}") from None
