@@ -417,6 +417,22 @@ async def test_rpc_runs_confirmed_actions_with_the_configured_role(daemon: Daemo
     assert values[("pictl_rpc_requests_total", (("method", "sim.fault"), ("outcome", "unauthorized")))] == 1.0
 
 
+async def test_rpc_replies_never_land_on_pictl_or_discovery_topics(daemon: Daemon, requester: Requester,
+                                                                   watcher: Watcher,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "controller.doors.mqtt")
+    start = watcher.mark()
+    for target in (f"{NODE}/door/set", "homeassistant/cover/pi01/door/config", "test/+/x"):
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = target
+        props.CorrelationData = b"evil"
+        await requester.client.publish(f"{NODE}/rpc", '{"jsonrpc":"2.0","id":1,"method":"door.state"}', qos=1,
+                                       properties=props)
+    await requester.ask('{"jsonrpc":"2.0","id":2,"method":"system.ping"}')  # a probe: handled after those
+    assert caplog.text.count("refused an rpc request") == 3
+    assert not [m for m in watcher.seen[start:] if b'"result"' in m.payload]  # no reply went anywhere
+
+
 # -- the link ---------------------------------------------------------------------------------------
 async def test_reconnects_after_the_broker_restarts_and_republishes_everything(daemon: Daemon, broker: Mosquitto,
                                                                               tmp_path: Path) -> None:

@@ -356,8 +356,9 @@ class MqttBridge:
         properties = message.properties
         respond = getattr(properties, "ResponseTopic", None) or None
         correlation = getattr(properties, "CorrelationData", None)
-        if respond is not None and (respond.startswith(f"{self.topics.base}/") or "+" in respond or "#" in respond):
-            log.warning("MQTT: refused an rpc request whose response topic is not a plain reply topic")
+        if respond is not None and not self._may_answer_on(respond):
+            log.warning("MQTT: refused an rpc request whose response topic is one of pictl's or Home Assistant's, "
+                        "or a wildcard")
             return
         if len(payload) > self.max_payload:
             too_big = InvalidRequest(f"request too large: {len(payload)} > {self.max_payload} bytes")
@@ -365,11 +366,18 @@ class MqttBridge:
             return
         decoded = jsonrpc.decode(payload, self.dispatcher.max_batch)
         now = self.dispatcher.answer_now(self.session, decoded)
+        if isinstance(now, bytes):
+            self._reply(respond, correlation, message.qos, now)
         if now is not NOT_NOW:
-            if now is not None:
-                self._reply(respond, correlation, message.qos, now)
             return
         self._spawn(self._answer(decoded, respond, correlation, message.qos))
+
+    def _may_answer_on(self, topic: str) -> bool:
+        """A reply never lands on our own topics (a command, a state) or on discovery topics."""
+        ours = [f"{self.topics.base}/"]
+        if self.config.discovery_prefix:
+            ours.append(f"{self.config.discovery_prefix}/")
+        return not ("+" in topic or "#" in topic or any(topic.startswith(prefix) for prefix in ours))
 
     async def _answer(self, decoded: jsonrpc.Message, respond: str | None, correlation: bytes | None,
                       qos: int) -> None:
@@ -377,7 +385,7 @@ class MqttBridge:
         if text is not None:
             self._reply(respond, correlation, qos, text.encode())
 
-    def _reply(self, respond: str | None, correlation: bytes | None, qos: int, reply: bytes | Any) -> None:
+    def _reply(self, respond: str | None, correlation: bytes | None, qos: int, reply: bytes) -> None:
         if respond is None:
             return  # no response topic: a notification, executed and never answered
         properties = None

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.devices import registry as kinds
 from controller.devices.base import Device
@@ -27,6 +27,9 @@ from drivers.base import Bus
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
+
+if TYPE_CHECKING:  # imported at run time only when [mqtt] is configured (it needs aiomqtt)
+    from controller.doors.mqtt import MqttBridge
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class Daemon:
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
-        self.mqtt: Any = None  # the MQTT bridge (controller.doors.mqtt), only when [mqtt] is configured
+        self.mqtt: MqttBridge | None = None  # the MQTT bridge, only when [mqtt] is configured
         self.events = EventBus()  # replaced with the configured ones by start()
         self.metrics = Metrics()
         self.audit = AuditTrail(None)
