@@ -486,6 +486,23 @@ async def test_a_clean_stop_says_offline_and_a_reload_removes_devices(broker: Mo
     await watcher.on(f"{NODE}/availability", b"offline", since=start)
 
 
+async def test_a_command_in_flight_at_shutdown_finishes_and_is_published_before_offline(
+        broker: Mosquitto, watcher: Watcher) -> None:
+    d = await start_daemon(broker.url)
+    try:
+        await watcher.on(f"{NODE}/availability", b"online")
+        start = watcher.mark()
+        await send(watcher.client, f"{NODE}/door/set", "OPEN")
+        await watcher.on(f"{NODE}/door/state", b"opening", since=start)
+    finally:
+        await d.stop()  # while the door travels
+    offline = await watcher.on(f"{NODE}/availability", b"offline", since=start)
+    seen = watcher.between(start, (*DOOR_TOPICS, f"{NODE}/availability"))
+    assert [t.rsplit("/", 1)[1] for t, _ in seen] == ["state", "state", "attributes", "event", "availability"]
+    assert seen[1][1] == "open" and json.loads(seen[3][1])["event_type"] == "confirmed"
+    assert offline.payload == b"offline"
+
+
 async def test_the_last_will_marks_a_killed_daemon_offline(broker: Mosquitto, watcher: Watcher,
                                                           tmp_path: Path) -> None:
     path = tmp_path / "pictl.toml"

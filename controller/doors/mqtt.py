@@ -133,12 +133,12 @@ class MqttBridge:
     async def close(self, timeout: float) -> None:
         """Let commands in flight finish (up to *timeout*), say ``offline``, disconnect."""
         self._closing = True
-        with contextlib.suppress(ValueError):
-            self.dispatcher.events.taps.remove(self._on_event)
-        if self._commands:
+        if self._commands:  # their outcome, and the state it leaves, are still published
             _done, pending = await asyncio.wait(set(self._commands), timeout=timeout)
             if pending:
                 log.warning("%d MQTT command(s) did not finish before shutdown", len(pending))
+        with contextlib.suppress(ValueError):
+            self.dispatcher.events.taps.remove(self._on_event)
         client = self._client
         if client is not None:
             try:
