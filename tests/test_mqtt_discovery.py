@@ -17,6 +17,7 @@ from controller.doors.mqtt_discovery import (
     state_payload,
 )
 from controller.service import configfile as config
+from controller.service.reload import plan_reload
 from controller.settings.reader import ConfigError
 from tests.conftest import DEMO
 
@@ -183,3 +184,10 @@ def test_mqtt_section_problems_name_the_line_and_field(mqtt: str, message: str) 
         load(mqtt)
     text = str(caught.value)
     assert message in text and f"{DEMO}:" in text, text
+
+
+def test_a_changed_mqtt_section_waits_for_a_restart_and_is_named() -> None:
+    old = load('url = "mqtt://a"\nnode = "n"\nrole = "automation"\n')
+    new = load('url = "mqtt://b"\nnode = "n"\nrole = "automation"\n')
+    plan = plan_reload(old, new)
+    assert "mqtt changed" in plan.restart_needed and plan.in_force.mqtt == old.mqtt
