@@ -67,7 +67,7 @@ class EventBus:
         self._routes: dict[str, list[ServerConnection]] = {}  # topic -> subscribers, rebuilt on change
         self.max_pending_bytes = max_pending_bytes
         self._on_cutoff = on_cutoff  # counts slow-subscriber cut-offs
-        self.taps: list[Callable[[dict[str, Any]], None]] = []  # other front doors (MQTT): every event object
+        self.taps: list[Callable[[dict[str, Any]], None]] = []  # bridges: get every event object as published
 
     def publish(self, topic: str, data: dict[str, Any]) -> int:
         """Give the event its seq, remember it, send it to every matching subscriber."""
