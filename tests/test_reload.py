@@ -289,3 +289,13 @@ async def test_rebuilt_modbus_and_serial_devices_are_polled_and_simulated_again(
         assert sensor.state()["value"] is not None
     finally:
         await daemon.stop()
+
+
+def test_a_changed_modbus_link_is_named_as_in_the_file_and_needs_a_restart() -> None:
+    full = (ROOT / "config" / "demo.toml").read_text()
+    old = config.loads(full, "old.toml")
+    new = config.loads(full.replace("timeout = 0.5", "timeout = 0.7", 1), "new.toml")
+    assert old.modbus["plant"].timeout == 0.5 and new.modbus["plant"].timeout == 0.7
+    plan = plan_reload(old, new)
+    assert plan.restart_needed == ("modbus.plant changed",)
+    assert plan.in_force.modbus["plant"].timeout == 0.5  # the running link keeps its settings
