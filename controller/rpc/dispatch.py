@@ -242,7 +242,8 @@ class Dispatcher:
         if entry is None:
             raise MethodNotFound(f"no method {_short(method)!r}", method=_short(method))
         if method not in OPEN_METHODS and not self._may_call(session, method):
-            raise Unauthorized(f"role {session.role.name!r} may not call {method}", method=method)
+            role = session.role.name if session.role is not None else None
+            raise Unauthorized(f"role {role!r} may not call {method}", method=method)
         if isinstance(params, list):
             if params:
                 raise InvalidParams("params must be an object (named parameters)")

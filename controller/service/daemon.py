@@ -309,20 +309,20 @@ class Daemon:
             self._withdraw(name)
         for name in (*plan.changed, *plan.added):
             old = self.config.devices.get(name)
-            device = await self._bring_up(new.devices[name])
-            if device is None and old is not None:
+            built = await self._bring_up(new.devices[name])
+            if built is None and old is not None:
                 log.error("%s: keeping its previous config", name)
-                device = await self._bring_up(old)
+                built = await self._bring_up(old)
                 in_force[name] = old
-            if device is None:
+            if built is None:
                 log.error("%s: left out until the next reload or restart", name)
                 self._withdraw(name)
                 in_force.pop(name)
                 continue
             if self.dispatcher is not None:
-                self.dispatcher.add_device(device)
+                self.dispatcher.add_device(built)
             else:
-                self.devices[name] = device
+                self.devices[name] = built
         # Keep the config's order for status and describe (the dict is shared with the dispatcher).
         order = [name for name in new.devices if name in self.devices]
         ordered = {name: self.devices[name] for name in (*order, *(n for n in self.devices if n not in order))}
@@ -335,10 +335,9 @@ class Daemon:
         if self.plant is not None:
             device_config = await simulate(self.plant, device_config)  # its far side, and the way to it
         device = None
-        buses_before = len(self.buses)
         try:
             device = self._build_device(device_config)
-            await self._start_buses(self.buses[buses_before:])  # a serial sensor brings its own port
+            await self._start_buses(self.buses)  # new ports start; running links bring up the new points
             await device.start()
             device.listen(self._device_event)
         except Exception as exc:
@@ -348,7 +347,8 @@ class Daemon:
             if self.plant is not None:
                 await self.plant.unlink(device_config.name)
             return None
-        log.info("device %s (%s): %s", device.name, device.kind, device.state()["state"])
+        state = device.state()
+        log.info("device %s (%s): %s", device.name, device.kind, state.get("state", state))
         return device
 
     def _withdraw(self, name: str) -> None:
