@@ -31,27 +31,19 @@ from http import HTTPStatus
 from websockets.http11 import Request
 
 from controller.doors.peer import Client, ForwardingError, TrustedProxies
+from controller.settings.front import HOST_NAME
 
 SINGLETONS = ("Host", "Origin", "Authorization", "Sec-WebSocket-Key", "Sec-WebSocket-Version")
 FORWARDED_SINGLETONS = ("X-Real-IP", "X-Forwarded-Proto")  # from a trusted proxy
 AUTH_ROUTES = frozenset({"/ws", "/metrics"})  # the routes that read Authorization
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?) *")
-
-
-def host_name_problem(name: str) -> str | None:
-    """Why *name* cannot be an ``allowed_hosts`` entry, or None."""
-    if not _HOST_NAME.fullmatch(name.lower()):
-        return f"{name!r} is not a host name (letters, digits, '-' and '.'; no port, scheme or wildcard)"
-    return None
 
 
 def default_host_names() -> frozenset[str]:
     """What the daemon answers to without configuration: localhost, its hostname, <hostname>.local."""
     names = {"localhost"}
     hostname = socket.gethostname().lower().rstrip(".")  # no DNS: the kernel's name
-    if hostname and _HOST_NAME.fullmatch(hostname):
+    if hostname and HOST_NAME.fullmatch(hostname):
         short = hostname.partition(".")[0]
         names.update({hostname, short, f"{short}.local"})
     return frozenset(names)
@@ -72,7 +64,7 @@ def split_host(value: str) -> tuple[str, str | None] | None:
     host, colon, port = value.partition(":")
     if colon and not re.fullmatch(r"[0-9]{1,5}", port):
         return None
-    if not _HOST_NAME.fullmatch(host):
+    if not HOST_NAME.fullmatch(host):
         return None
     return host.rstrip("."), port or None
 

@@ -18,23 +18,13 @@ from dataclasses import dataclass
 
 from websockets.datastructures import Headers
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from controller.settings.front import parse_networks
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ForwardingError(ValueError):
     """A trusted proxy sent forwarding headers that cannot be read (answered 400)."""
-
-
-def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses and CIDR ranges; ValueError names the first that is neither."""
-    out = []
-    for item in items:
-        try:
-            out.append(ipaddress.ip_network(item.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or a CIDR range such as 192.168.1.0/24") from None
-    return tuple(out)
 
 
 def parse_address(text: str) -> Address | None:

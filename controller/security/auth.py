@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from controller.security.policy import LockoutConfig, Role, Token
 from controller.security.secrets import SecretDigest, SecretHash, fingerprint
-from controller.settings.load import LockoutConfig, Role, Token
 
 log = logging.getLogger(__name__)
 VERIFIED_CACHE = 256  # secrets remembered after a successful check
