@@ -1,0 +1,28 @@
+"""The package as pip builds it: quiet (no setuptools deprecation banners before `make demo`'s
+first line) and complete (the wall panel's files are in the wheel)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_the_wheel_builds_without_warnings_and_carries_the_panel(tmp_path: Path) -> None:
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--disable-pip-version-check",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300, check=False)
+    log = built.stdout + built.stderr
+    assert built.returncode == 0, log[-3000:]
+    # setuptools' banners: "SetuptoolsDeprecationWarning: ..." / "_Warning: Package ... is absent", framed by "!!".
+    banners = [line for line in log.splitlines() if "Warning:" in line or line.strip() == "!!"]
+    assert banners == [], "\n".join(banners)
+    (wheel,) = tmp_path.glob("pictl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    panel = {n.rsplit("/", 1)[-1] for n in names if "/panel/" in n}
+    assert {"index.html", "panel.css", "panel.js"} <= panel
+    assert any(n.endswith("drivers/sim/plant.py") for n in names)
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode()
