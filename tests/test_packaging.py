@@ -12,8 +12,9 @@ from tests.conftest import ROOT
 
 
 def test_the_wheel_builds_without_warnings_and_carries_the_panel(tmp_path: Path) -> None:
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--disable-pip-version-check",
-                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300, check=False)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--disable-pip-version-check",
+               "-w", str(tmp_path), str(ROOT)]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     log = built.stdout + built.stderr
     assert built.returncode == 0, log[-3000:]
     # setuptools' banners: "SetuptoolsDeprecationWarning: ..." / "_Warning: Package ... is absent", framed by "!!".
