@@ -513,9 +513,10 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
         t.finish()
         if device is not None:
             devices[name] = device
-    if not devices and not doc.problems:
-        root.problem("devices", "no devices configured")
     root.finish()
+    if not devices and not doc.problems:  # nothing misspelled either: the file has none
+        doc.problems.append(Problem(doc.file, doc.last_line, "devices: no devices configured (add a [devices.NAME] "
+                                    "table)"))
     if server is None:
         return None
     return Config(

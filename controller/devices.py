@@ -63,7 +63,7 @@ class Outcome:
 
 
 def evidence_of(obs: Observation, shown: Any, source: str | None = None) -> dict[str, Any]:
-    """The evidence object of CONTRACT §3 for one observation."""
+    """The evidence object of a confirmed result (README, *Quick start*) for one observation."""
     out: dict[str, Any] = {"source": source or obs.point, "value": shown, "at": iso(obs.at)}
     if source is not None:
         out["point"] = obs.point
@@ -208,7 +208,7 @@ class Device:
     async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
 
-        Raises Busy, Unavailable or NotConfirmed; the result is CONTRACT §3's.
+        Raises Busy, Unavailable or NotConfirmed; the result is the confirmed result README's *Methods* describes.
         """
         try:
             async with asyncio.timeout(timeout):

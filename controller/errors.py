@@ -1,4 +1,4 @@
-"""JSON-RPC errors: the standard ones and pictl's application codes (CONTRACT §3)."""
+"""JSON-RPC errors: the standard ones and pictl's application codes (README, *Errors*)."""
 
 from __future__ import annotations
 

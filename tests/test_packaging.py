@@ -3,6 +3,7 @@ first line) and complete (the wall panel's files are in the wheel)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -27,3 +28,22 @@ def test_the_wheel_builds_without_warnings_and_carries_the_panel(tmp_path: Path)
     assert any(n.endswith("drivers/sim/plant.py") for n in names)
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode()
+
+
+def test_what_a_user_reads_points_only_at_what_the_repository_has() -> None:
+    """No "CONTRACT §N" (a design document users do not get) and no "future" features in the code,
+    the configs and the nginx snippet; every relative link in README resolves."""
+    where = [*ROOT.glob("controller/**/*.py"), *ROOT.glob("drivers/**/*.py"), *ROOT.glob("config/*.toml"),
+             *ROOT.glob("controller/panel/*"), *ROOT.glob("tests/*.py"), *ROOT.glob("examples/*.py"),
+             *ROOT.glob("systemd/*"), ROOT / "README.md", ROOT / "hardware.md", ROOT / "Makefile"]
+    this = Path(__file__).resolve()
+    for path in where:
+        if path.resolve() == this:
+            continue
+        text = path.read_text()
+        assert "CONTRACT" not in text and "ARCHITECTURE.md" not in text, path
+        if path.parent.name == "systemd":
+            assert "future" not in text.lower(), path
+    readme = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme):
+        assert (ROOT / target).exists(), target
