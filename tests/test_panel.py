@@ -17,7 +17,7 @@ from controller.config import DeviceConfig, Role
 from controller.daemon import Daemon
 from controller.devices import Action, Device, Outcome, Param
 from controller.static import PANEL_DIR, StaticFiles
-from tests.conftest import ADMIN, PANEL, ROOT, Client, close_all, http_get, on_gpio_demo, open_client
+from tests.conftest import ADMIN, PANEL, Client, close_all, http_get, on_gpio_demo, open_client
 
 demo_config = on_gpio_demo()
 
@@ -25,7 +25,6 @@ demo_config = on_gpio_demo()
 CHROMIUM = os.environ.get("PICTL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT = ROOT / "docs" / "panel.png"
 PAGE_WEIGHT_BUDGET = 40_000  # bytes of all panel files together
 FIRST_TILE_BUDGET_MS = 2000.0
 
@@ -306,16 +305,6 @@ async def test_first_tile_time_and_portrait_layout(daemon: Daemon, browser: Brow
     button = await panel.page.locator(f'{panel.tile("door")} button[data-action="open"]').bounding_box()
     assert button and button["height"] >= 48 and button["width"] >= 80
     assert await panel.page.evaluate("document.documentElement.scrollWidth <= 800")
-    if os.environ.get("PICTL_PANEL_SCREENSHOT"):
-        async with open_client(daemon.url, ADMIN) as ws:
-            admin = Client(ws)
-            await admin.call("light.on")
-            await admin.close()
-        await panel.state("light", "on")
-        await panel.press("door", "open")
-        await panel.message("door", "ok")
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        await panel.page.screenshot(path=str(SCREENSHOT))
     # Portrait 480x800: one column.
     await panel.page.set_viewport_size({"width": 480, "height": 800})
     boxes = [await panel.page.locator(panel.tile(d)).bounding_box() for d in ("door", "light")]
