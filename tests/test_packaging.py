@@ -12,15 +12,27 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def test_the_wheel_builds_without_warnings_and_carries_the_panel(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--disable-pip-version-check",
-               "-w", str(tmp_path), str(ROOT)]
-    built = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    log = built.stdout + built.stderr
-    assert built.returncode == 0, log[-3000:]
-    # setuptools' banners: "SetuptoolsDeprecationWarning: ..." / "_Warning: Package ... is absent", framed by "!!".
+def pip(*args: str) -> str:
+    """Run pip verbosely (the build backend's output included); fail on any setuptools banner."""
+    command = [sys.executable, "-m", "pip", *args, "--no-deps", "--verbose", "--disable-pip-version-check"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    # setuptools' banners: "SetuptoolsDeprecationWarning: ..." / "_Warning: Package ... is absent" /
+    # "BuildBackendWarning: Editable installation.", each framed by "!!".
     banners = [line for line in log.splitlines() if "Warning:" in line or line.strip() == "!!"]
     assert banners == [], "\n".join(banners)
+    return log
+
+
+def test_an_editable_install_as_make_does_it_is_quiet(tmp_path: Path) -> None:
+    pip("install", "-e", str(ROOT), "--target", str(tmp_path))  # --target: the test's venv is left alone
+    (pth,) = tmp_path.glob("__editable__.pictl-*.pth")
+    assert pth.read_text().strip() == str(ROOT)
+
+
+def test_the_wheel_builds_without_warnings_and_carries_the_panel(tmp_path: Path) -> None:
+    pip("wheel", "-w", str(tmp_path), str(ROOT))
     (wheel,) = tmp_path.glob("pictl-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     panel = {n.rsplit("/", 1)[-1] for n in names if "/panel/" in n}
