@@ -36,7 +36,8 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
 
 lint: $(STAMP)
-	$(BIN)/ruff check controller drivers tests bench examples
+	$(BIN)/ruff check controller drivers tests bench examples scripts
+	$(BIN)/mypy controller drivers
 
 check-config: $(STAMP)
 	$(BIN)/pictl check-config config/demo.toml

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.daemon import Daemon
-from controller.metrics import CONFIRM_BUCKETS, FAILURE_REASONS
+from controller.rpc.metrics import CONFIRM_BUCKETS, FAILURE_REASONS
+from controller.service.daemon import Daemon
 from tests.conftest import ROOT, Client, http_get, on_gpio_demo
 
 DASHBOARD = ROOT / "docs" / "grafana-pictl.json"

@@ -46,7 +46,7 @@ def test_what_a_user_reads_points_only_at_what_the_repository_has() -> None:
     """No "CONTRACT §N" (a design document users do not get) and no "future" features in the code,
     the configs and the nginx snippet; every relative link in README resolves."""
     where = [*ROOT.glob("controller/**/*.py"), *ROOT.glob("drivers/**/*.py"), *ROOT.glob("config/*.toml"),
-             *ROOT.glob("controller/panel/*"), *ROOT.glob("tests/*.py"), *ROOT.glob("examples/*.py"),
+             *ROOT.glob("controller/**/panel/*"), *ROOT.glob("tests/*.py"), *ROOT.glob("examples/*.py"),
              *ROOT.glob("systemd/*"), ROOT / "README.md", ROOT / "hardware.md", ROOT / "Makefile"]
     this = Path(__file__).resolve()
     for path in where:

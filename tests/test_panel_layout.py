@@ -10,7 +10,7 @@ import asyncio
 import os
 from typing import Any
 
-from controller.daemon import Daemon
+from controller.service.daemon import Daemon
 from tests.conftest import ROOT, Client
 from tests.test_panel import Panel, browser, needs_browser, open_panel, panel_url  # noqa: F401 - browser: a fixture
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
+
+from drivers.modbus_spec import ModbusAddress, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +114,10 @@ class SimModbusDevices(ModbusServerContext):
             if block is None or address not in block:
                 return ExcCodes.ILLEGAL_ADDRESS
         else:
-            block = self._block(device_id, func_code, address, len(values))
-            if isinstance(block, ExcCodes):
-                return block
+            found = self._block(device_id, func_code, address, len(values))
+            if isinstance(found, ExcCodes):
+                return found
+            block = found
         table = TABLE_OF[func_code]
         for offset, value in enumerate(values):
             if (device_id, table, address + offset) not in self.stuck:
@@ -148,7 +152,7 @@ class SimModbusServer:
             address=("127.0.0.1", self.port), ignore_missing_devices=True,
         )
         await self._server.serve_forever(background=True)
-        self.port = self._server.transport.sockets[0].getsockname()[1]
+        self.port = self._server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # a Server
         log.info("simulated Modbus %s (%s) on 127.0.0.1:%d", self.name, "RTU" if self.rtu else "TCP", self.port)
 
     async def aclose(self) -> None:
@@ -170,3 +174,23 @@ class SilenceFault:
 
     def clear(self) -> None:
         self.devices.silent.discard(self.device_id)
+
+
+def follow(sim: SimModbusDevices, source: ModbusAddress, target: ModbusAddress,
+           convert: Callable[[Any], Any]) -> Callable[[], None]:
+    """Whatever is written at *source* shows up at *target* (converted) at once, unless it is stuck.
+
+    Returns the undo (a device rebuilt by a reload must not leave its old physics behind).
+    """
+    def on_write(device_id: int, table: str, address: int, count: int) -> None:
+        if (device_id, table) != (source.device_id, source.table) \
+                or not address <= source.address < address + count:
+            return
+        words = [sim.value(source.device_id, source.table, source.address + i) for i in range(source.width)]
+        raw = encode(target, convert(decode(source, words)))
+        for i, word in enumerate([raw] if isinstance(raw, bool) else raw):
+            if (target.device_id, target.table, target.address + i) not in sim.stuck:
+                sim.set(target.device_id, target.table, target.address + i, int(word))
+
+    sim.on_write.append(on_write)
+    return lambda: sim.on_write.remove(on_write) if on_write in sim.on_write else None

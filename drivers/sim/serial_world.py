@@ -14,12 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from drivers.serial_sensor import SerialSensorSpec
+
 log = logging.getLogger(__name__)
+
+SENSOR_PERIOD_S = 0.5  # a simulated serial sensor's line interval
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class SimSerialSensor:
@@ -89,7 +100,7 @@ class SimSerialSensor:
                 continue
             ready = self.loop.create_future()
             fd = self._master
-            self.loop.add_writer(fd, lambda f=ready: f.done() or f.set_result(None))
+            self.loop.add_writer(fd, _settle, ready)
             try:
                 await ready
             finally:
@@ -121,3 +132,31 @@ class UnplugFault:
 
     def clear(self) -> None:
         self.sensor.plug()
+
+
+def sensor_lines(spec: SerialSensorSpec) -> Callable[[], bytes]:
+    """Lines a sensor with *spec*'s pattern would send: ``T=21.4`` style if the pattern takes it."""
+    names = spec.names
+    start = time.monotonic()
+    formats: list[Callable[[list[tuple[str, float]]], str]] = [
+        lambda vals: " ".join(f"{n[0].upper()}={v:.1f}" for n, v in vals),
+        lambda vals: " ".join(f"{n}={v:.1f}" for n, v in vals),
+        lambda vals: ",".join(f"{v:.1f}" for _n, v in vals),
+        lambda vals: " ".join(f"{v:.1f}" for _n, v in vals),
+    ]
+    chosen = formats[0]
+    for fmt in formats:
+        match = spec.pattern.search(fmt([(n, 21.5) for n in names]))
+        if match and all(match.group(n) is not None for n in names):
+            chosen = fmt
+            break
+    else:
+        log.warning("the simulated sensor's lines (%r) do not match its pattern: it will look stale",
+                    chosen([(n, 21.5) for n in names]))
+
+    def line() -> bytes:
+        t = time.monotonic() - start
+        values = [(n, 21.0 + 10 * i + 0.5 * math.sin(t / 20 + i)) for i, n in enumerate(names)]
+        return (chosen(values) + "\r\n").encode()
+
+    return line

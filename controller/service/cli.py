@@ -1,0 +1,392 @@
+"""``pictl``: the daemon and its command line (README, *Command line*)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import json
+import logging
+import os
+import re
+import ssl
+import sys
+from typing import Any
+
+from controller import __version__
+from controller.settings.reader import ConfigError
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+EXIT_OK, EXIT_RPC_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pictl", description="Confirmed hardware actions over JSON-RPC.")
+    parser.add_argument("--version", action="version", version=f"pictl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", required=True, help="TOML config file")
+    serve.add_argument("--simulate", action="store_true", help="run on the simulated plant, not hardware")
+    serve.add_argument("--listen", help="HOST:PORT, overriding the config")
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+
+    link = argparse.ArgumentParser(add_help=False)
+    link.add_argument("--url", default=os.environ.get("PICTL_URL", DEFAULT_URL),
+                      help=f"the daemon's WebSocket URL (env PICTL_URL; default {DEFAULT_URL})")
+    link.add_argument("--token", default=os.environ.get("PICTL_TOKEN"), help="the token's secret (env PICTL_TOKEN)")
+    link.add_argument("--cafile", default=os.environ.get("PICTL_CAFILE") or None, metavar="PEM",
+                      help="for wss://: trust the CA certificate(s) in this PEM file, e.g. a private CA that "
+                           "signed the proxy's certificate (env PICTL_CAFILE; default: the system's CAs)")
+
+    call = sub.add_parser("call", parents=[link], help="call one JSON-RPC method and print the result",
+                          description="PARAMS is one JSON object, or key=value pairs (a value is parsed as "
+                                      "JSON when it parses, else taken as a string): pictl call door.open timeout=3")
+    call.add_argument("method", metavar="METHOD", help="e.g. door.open, system.status")
+    # default=[]: without it argparse counts a '*' positional as required ("required: method, params").
+    call.add_argument("params", nargs="*", default=[], metavar="PARAMS",
+                      help="optional: a JSON object, or key=value pairs")
+    call.add_argument("--wait", type=float, default=None,
+                      help="seconds to wait for the reply (default: 2 x timeout + 5 for actions, else 30)")
+
+    watch = sub.add_parser("watch", parents=[link], help="print events as they happen, one JSON object per line")
+    watch.add_argument("patterns", nargs="*", metavar="PATTERN", help='topic patterns, e.g. "door.*" (default: *)')
+    watch.add_argument("--pretty", action="store_true", help="readable lines instead of JSON")
+    watch.add_argument("--count", type=int, default=None, help="stop after this many events")
+
+    status = sub.add_parser("status", parents=[link], help="a table of every device")
+    status.add_argument("--json", action="store_true", help="the system.status result as JSON instead")
+
+    token = sub.add_parser("token", help="make token secrets and their hashes for the config")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="a new random secret, and the config lines for it")
+    create.add_argument("name", help="the token's name, as logs and the audit trail show it")
+    create.add_argument("--role", default="ROLE", help="the role it gets")
+    create.add_argument("--secret-file", help="write the secret to this file (mode 600) instead of printing it")
+    token_sub.add_parser("hash", help="hash a secret read from standard input")
+    return parser
+
+
+NO_TOKEN = "no token: pass --token or set PICTL_TOKEN"
+
+
+def _link_problem(args: argparse.Namespace) -> str | None:
+    """What stops a client command before it connects, in words for a person (None: nothing)."""
+    if not args.token and getattr(args, "method", None) != "session.auth":
+        return NO_TOKEN
+    if args.cafile and not os.path.isfile(args.cafile):
+        return f"--cafile {args.cafile}: no such file"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "call":
+        return call(args)
+    if args.command == "watch":
+        return watch(args)
+    if args.command == "status":
+        return status(args)
+    if args.command == "token":
+        return token(args)
+    return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
+
+
+def check_config(path: str) -> int:
+    from controller.service import configfile
+
+    try:
+        configfile.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: ok")
+    return EXIT_OK
+
+
+def token(args: argparse.Namespace) -> int:
+    from controller.security.secrets import MIN_SECRET_LENGTH, generate_secret, hash_secret
+
+    if args.token_command == "hash":
+        secret = sys.stdin.readline().strip()
+        if len(secret) < MIN_SECRET_LENGTH:
+            print(f"pictl token hash: the secret must be at least {MIN_SECRET_LENGTH} characters", file=sys.stderr)
+            return EXIT_USAGE
+        print(hash_secret(secret))
+        return EXIT_OK
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+        print("pictl token create: NAME must be 1-64 of letters, digits, '.', '_', '-'", file=sys.stderr)
+        return EXIT_USAGE
+    secret = generate_secret()
+    print(f"[auth.tokens.{args.name}]")
+    print(f'role = "{args.role}"')
+    if args.secret_file:
+        fd = os.open(args.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        print(f'secret_file = "{os.path.abspath(args.secret_file)}"')
+    else:
+        print(f'hash = "{hash_secret(secret)}"')
+        print(f"# the secret (shown once, give it to the client): {secret}", file=sys.stderr)
+    return EXIT_OK
+
+
+def serve(args: argparse.Namespace) -> int:
+    from controller.service import configfile
+    from controller.service.daemon import Daemon
+    from controller.service.supervision import serve_until_signalled
+    from controller.settings.sections import parse_listen
+    from drivers.gpio import GpioUnavailable
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
+    faulthandler.enable()
+    try:
+        cfg = configfile.load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    host = port = None
+    if args.listen:
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"pictl: --listen: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port)
+    try:
+        asyncio.run(serve_until_signalled(daemon))
+    except GpioUnavailable as exc:
+        logging.getLogger("pictl").error("%s", exc)
+        return 1
+    except ssl.SSLError as exc:
+        logging.getLogger("pictl").error("TLS certificate or key unusable: %s", exc.reason or exc)
+        return 1
+    except OSError as exc:
+        logging.getLogger("pictl").error("cannot listen on %s:%s: %s", daemon.host, daemon.port,
+                                         exc.strerror or exc)
+        return 1
+    return EXIT_OK
+
+
+def parse_params(words: list[str]) -> dict[str, Any] | None:
+    """``call``'s PARAMS: one JSON object, or key=value pairs (values parsed as JSON when they parse).
+
+    Raises ValueError with a message for the user.
+    """
+    if not words:
+        return None
+    if len(words) == 1 and words[0].lstrip().startswith(("{", "[")):
+        try:
+            params = json.loads(words[0])
+        except ValueError as exc:
+            raise ValueError(f"PARAMS is not valid JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise ValueError("PARAMS must be a JSON object or key=value pairs")
+        return params
+    params = {}
+    for word in words:
+        key, sep, text = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{word!r}: PARAMS must be a JSON object or key=value pairs")
+        try:
+            params[key] = json.loads(text)
+        except ValueError:
+            params[key] = text
+    return params
+
+
+def _rpc_error(err: Any) -> int:
+    """An RPC error (or a refused handshake) as JSON on stderr: exit 1."""
+    print(json.dumps(err.to_dict()), file=sys.stderr)
+    return EXIT_RPC_ERROR
+
+
+def _refuse(args: argparse.Namespace) -> bool:
+    """Say what stops a client command before it connects (then exit 2)."""
+    problem = _link_problem(args)
+    if problem:
+        print(f"pictl {args.command}: {problem}", file=sys.stderr)
+    return problem is not None
+
+
+def call(args: argparse.Namespace) -> int:
+    try:
+        params = parse_params(args.params)
+    except ValueError as exc:
+        print(f"pictl call: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if _refuse(args):
+        return EXIT_USAGE
+    return asyncio.run(_call(args, params))
+
+
+def _client(args: argparse.Namespace, **options: Any) -> Any:
+    from controller.client import Client
+
+    return Client(args.url, args.token, cafile=args.cafile, **options)
+
+
+async def _call(args: argparse.Namespace, params: dict[str, Any] | None) -> int:
+    from controller.client import ClientError, ReplyTimeout, RpcError
+
+    url, method, wait = args.url, args.method, args.wait
+    client = _client(args, reconnect=True)
+    try:
+        await client.connect()
+        result = await client.call(method, params, wait=wait)
+    except RpcError as err:
+        return _rpc_error(err)
+    except ReplyTimeout as exc:
+        print(f"pictl call: {exc} (from {url})", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ClientError as exc:
+        print(f"pictl call: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await client.close()
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def watch(args: argparse.Namespace) -> int:
+    if _refuse(args):
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_watch(args, args.patterns or ["*"], args.pretty, args.count))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def pretty_event(event: Any) -> str:
+    """One readable line: time, topic, seq, the data as key=value."""
+    when = (event.time or "")[11:23] or "--:--:--.---"
+    if event.is_resync:
+        devices = event.data.get("devices", {})
+        summary = ", ".join(f"{name}={_state_text(d)}" for name, d in devices.items())
+        return f"{when:12}  --- resync: events were missed; now {summary}"
+    data = " ".join(f"{k}={_short_value(v)}" for k, v in event.data.items())
+    return f"{when:12}  {event.topic:<22} #{event.seq:<6} {data}"
+
+
+def _short_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+async def _watch(args: argparse.Namespace, patterns: list[str], pretty: bool, count: int | None) -> int:
+    from controller.client import ClientError, RpcError
+
+    def link(up: bool, why: str) -> None:
+        print(f"pictl watch: {why}" + ("" if up else "; reconnecting"), file=sys.stderr, flush=True)
+
+    url = args.url
+    client = _client(args, reconnect=True, on_link=link)
+    seen = 0
+    try:
+        await client.connect()
+        stream = await client.events(*patterns).start()
+        print(f"pictl watch: watching {' '.join(patterns)} on {url}", file=sys.stderr, flush=True)
+        async for event in stream:
+            line = pretty_event(event) if pretty else json.dumps(event.to_dict(), separators=(",", ":"),
+                                                               ensure_ascii=False)
+            print(line, flush=True)
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except RpcError as err:
+        return _rpc_error(err)
+    except ClientError as exc:
+        print(f"pictl watch: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
+def _state_text(device: dict[str, Any]) -> str:
+    """A device's state in a few words: the state name, a value with its unit, or compact JSON."""
+    state = device.get("state")
+    if isinstance(state, dict):
+        if isinstance(state.get("state"), str):
+            return state["state"]
+        if "value" in state:
+            return f"{_short_value(state['value'])}{' ' + state['unit'] if state.get('unit') else ''}"
+        shown = {k: v for k, v in state.items() if k not in ("since", "at")}
+        return json.dumps(shown, separators=(",", ":"))
+    return json.dumps(state)
+
+
+def _age(iso_time: str | None, now: float) -> str:
+    from datetime import datetime
+
+    if not iso_time:
+        return "never"
+    try:
+        then = datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return iso_time
+    seconds = max(0.0, now - then)
+    if seconds < 60:
+        ago = f"{seconds:.1f} s ago"
+    elif seconds < 3600:
+        ago = f"{seconds / 60:.0f} min ago"
+    else:
+        ago = f"{seconds / 3600:.1f} h ago"
+    return f"{iso_time[11:19]} ({ago})"
+
+
+def status_table(status: dict[str, Any], now: float) -> str:
+    rows = [("DEVICE", "KIND", "ONLINE", "STATE", "LAST UPDATE")]
+    for name, device in status.get("devices", {}).items():
+        if device.get("online"):
+            online = "yes"
+        else:
+            since = device.get("since") or ""
+            online = "no" + (f" since {since[11:19]}" if since else "") + (
+                f" ({device['reason']})" if device.get("reason") else "")
+        rows.append((name, str(device.get("kind", "?")), online, _state_text(device),
+                     _age(device.get("last_update"), now)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
+                     for row in rows)
+
+
+def status(args: argparse.Namespace) -> int:
+    if _refuse(args):
+        return EXIT_USAGE
+    return asyncio.run(_status(args, args.json))
+
+
+async def _status(args: argparse.Namespace, as_json: bool) -> int:
+    import time
+
+    from controller.client import ClientError, RpcError
+
+    client = _client(args, reconnect=False)
+    try:
+        await client.connect()
+        result = await client.status()
+    except RpcError as err:
+        return _rpc_error(err)
+    except ClientError as exc:
+        print(f"pictl status: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await client.close()
+    print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else status_table(result, time.time()))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""The daemon's lifecycle: build, start (safe outputs, read the truth), serve, stop safely."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import ssl
+from typing import Any
+
+from controller.devices import registry as kinds
+from controller.devices.base import Device
+from controller.devices.wiring import PointBus, Wiring
+from controller.doors.web import Server
+from controller.rpc.dispatch import Dispatcher
+from controller.rpc.events import EventBus
+from controller.rpc.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
+from controller.security.audit import AuditTrail
+from controller.security.auth import Authenticator, Session
+from controller.service import configfile
+from controller.service.reload import ReloadPlan, plan_reload
+from controller.service.simulation import simulate, start_plant
+from controller.settings.devices import DeviceConfig
+from controller.settings.load import Config
+from controller.settings.reader import ConfigError
+from drivers.base import Bus
+from drivers.gpio import GpioBus, load_pin_factory
+from drivers.registry import LINK_DRIVERS
+from drivers.sim.plant import Plant
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(files: tuple[str, str] | None) -> ssl.SSLContext | None:
+    """A server TLS context from (certificate, key) files, TLS 1.2 at least."""
+    if files is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(*files)
+    return context
+
+
+class Daemon:
+    """One running pictl: devices, the plant (when simulated), the listener."""
+
+    def __init__(self, config: Config, *, simulate: bool = False, host: str | None = None,
+                 port: int | None = None) -> None:
+        self.config = config
+        self.simulate = simulate
+        self.host = host or config.server.host
+        self.port = config.server.port if port is None else port
+        self.plant: Plant | None = None
+        self.gpio: GpioBus | None = None
+        self.buses: list[Bus] = []  # every bus the devices use, in start order (the wiring's list)
+        self.wiring: Wiring | None = None  # turns point specs into points; kept for reloads
+        self.devices: dict[str, Device] = {}
+        self.dispatcher: Dispatcher | None = None
+        self.server: Server | None = None
+        self.events = EventBus()  # replaced with the configured ones by start()
+        self.metrics = Metrics()
+        self.audit = AuditTrail(None)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    async def start(self) -> None:
+        """Build the hardware side, read every point, then listen. Raises on any failure."""
+        try:
+            self._open_live_state()
+            await self._build_hardware()
+            for device in self.devices.values():
+                device.listen(self._device_event)
+            self.dispatcher = Dispatcher(
+                self.devices,
+                Authenticator(self.config.tokens, self.config.roles, self.config.lockout),
+                plant=self.plant,
+                max_batch=self.config.server.max_batch,
+                events=self.events,
+                metrics=self.metrics,
+                audit=self.audit,
+                request_key_window=self.config.server.request_key_window,
+            )
+            self.server = Server(
+                self.dispatcher, host=self.host, port=self.port,
+                max_frame_bytes=self.config.server.max_frame_bytes,
+                allowed_origins=self.config.server.allowed_origins,
+                metrics_tokens=self.config.metrics.tokens,
+                tls=tls_context(self.config.server.tls),
+                auth_timeout=self.config.server.auth_timeout,
+                max_connections=self.config.server.max_connections,
+                max_connections_per_address=self.config.server.max_connections_per_address,
+            )
+            await self.server.start()
+        except BaseException:
+            await self.stop()
+            raise
+        for name, device in self.devices.items():
+            state = device.state()
+            log.info("device %s (%s): %s%s", name, device.kind, state.get("state", state),
+                     "" if device.online else " (offline)")
+        log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
+
+    def _open_live_state(self) -> None:
+        """The event bus, the metrics registry and the audit trail, before any device exists."""
+        self.metrics = Metrics()
+        self.events = EventBus(buffer_size=self.config.events.buffer,
+                               max_pending_bytes=self.config.events.max_pending_bytes,
+                               on_cutoff=self.metrics.event_cutoffs.inc)
+        audit = self.config.audit
+        self.audit = AuditTrail(audit.file, max_bytes=audit.max_bytes, backups=audit.backups, fsync=audit.fsync)
+        self.metrics.watch(lambda: [device_online_family(self.devices), bus_counter_family(self.buses),
+                                    *([auth_lockouts_family(self.dispatcher.auth)] if self.dispatcher else [])])
+
+    def _device_event(self, device: Device, what: str, data: dict[str, Any]) -> None:
+        """Every device event becomes a numbered event on the bus, and metrics."""
+        if what == "status":
+            self.events.publish("system.status", {"device": device.name, **data})
+        elif what == "discrepancy":
+            self.metrics.discrepancies.labels(device.name).inc()
+            self.events.publish(f"{device.name}.discrepancy", data)
+        else:
+            if what == "state" and data.get("cause") == "external":
+                self.metrics.external_changes.labels(device.name).inc()
+            elif what == "reading":
+                value = data.get("value")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.metrics.sensor_value.labels(device.name).set(value)
+            self.events.publish(f"{device.name}.{what}", data)
+        self.metrics.events_published.inc()
+
+    async def _build_hardware(self) -> None:
+        """Buses (real, or the plant's far side under --simulate), then devices, then read them all."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        if self.simulate:
+            # The plant's servers and terminals, and the config rewritten to reach them.
+            self.plant, config = await start_plant(self.config, loop)
+            factory = self.plant.gpio_factory
+        else:
+            factory = load_pin_factory(self.config.gpio_factory)
+        self.gpio = GpioBus(factory)
+        point_buses: dict[str, PointBus] = {self.gpio.key: self.gpio}
+        for kind, driver in LINK_DRIVERS.items():
+            for link in config.links(kind).values():
+                bus = driver.open(link)
+                point_buses[bus.key] = bus  # type: ignore[assignment]  # link buses make points from specs
+        self.wiring = Wiring(point_buses)
+        self.buses = self.wiring.buses
+        for device_config in config.devices.values():
+            self.devices[device_config.name] = self._build_device(device_config)
+        await self._start_buses(self.buses)
+        for device in self.devices.values():
+            await device.start()
+
+    @staticmethod
+    async def _start_buses(buses: list[Bus]) -> None:
+        for bus in buses:
+            await bus.start()  # Modbus: connect, safe values, first poll; serial: reader thread
+
+    def _build_device(self, device_config: DeviceConfig) -> Device:
+        """One device on the running buses, its points bound to the loop (not started yet)."""
+        assert self.wiring is not None
+        device = kinds.build(device_config, self.wiring)
+        loop = asyncio.get_running_loop()
+        for point in device.points:
+            point.bind(loop)
+        return device
+
+    def drain_deadline(self) -> float:
+        """Longest any accepted action can still take: its queue wait plus its confirmation."""
+        longest = max((d.config.max_timeout for d in self.devices.values()), default=0.0)
+        return 2 * longest + 1.0
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight actions finish or fail, outputs to safe, close."""
+        if self.server is not None and self.dispatcher is not None:
+            self.server.stop_accepting()
+            self.dispatcher.draining = True
+            if not await self.server.drain(self.drain_deadline()):
+                log.warning("some actions did not finish before shutdown")
+        for device in self.devices.values():
+            try:
+                device.close()
+            except Exception:
+                log.exception("closing %s failed", device.name)
+        for bus in reversed(self.buses):
+            try:
+                await bus.stop()  # GPIO: safe levels for anything a device did not close
+            except Exception:
+                log.exception("closing bus %s failed", bus.name)
+        self.buses.clear()
+        if self.plant is not None:
+            await self.plant.aclose()
+        if self.server is not None:
+            await self.server.close()
+        self.audit.close()
+        log.info("pictl stopped; outputs at their safe levels")
+
+    # -- health, for the service manager ----------------------------------------------------
+    def health_problem(self) -> str | None:
+        """Why the daemon cannot do its job and needs a restart, or None.
+
+        A device that is offline is not such a reason (a restart does not plug
+        a cable back in); a bus whose own machinery is stuck is.
+        """
+        for bus in self.buses:
+            reason = bus.wedged()
+            if reason:
+                return f"bus {bus.name}: {reason}"
+        return None
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: devices online, connections."""
+        offline = [name for name, d in self.devices.items() if not d.online]
+        connections = self.server.open_connections if self.server is not None else 0
+        line = (f"{len(self.devices) - len(offline)}/{len(self.devices)} devices online, "
+                f"{connections} connection{'' if connections == 1 else 's'}")
+        return line + (f"; offline: {', '.join(offline)}" if offline else "")
+
+    # -- reload -----------------------------------------------------------------------------
+    async def reload(self) -> ReloadPlan | None:
+        """Re-read the config file and apply it. An invalid file changes nothing: each problem
+        is logged on its own line and None is returned."""
+        try:
+            new = configfile.load(self.config.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused, still running the previous config: %s", problem)
+            return None
+        return await self.apply(new)
+
+    async def apply(self, new: Config) -> ReloadPlan:
+        """Move the running daemon to *new*: unchanged devices are left alone (same objects,
+        state and outputs); changed and removed ones are closed (outputs safe) after their
+        action in progress; changed and added ones are built and read. Access rules apply to
+        new logins at once; settings that need a restart are named in the log."""
+        plan = plan_reload(self.config, new)
+        overridden = (self.host, self.port) != (self.config.server.host, self.config.server.port)
+        for item in plan.restart_needed:
+            if overridden and item == "server.listen changed":
+                log.info("server.listen changed in the config; --listen overrides it")
+            else:
+                log.warning("%s: restart pictl to apply it (systemctl restart pictl)", item)
+        in_force = plan.in_force
+        if plan.touches_devices:
+            in_force = dataclasses.replace(in_force, devices=await self._apply_devices(plan, new))
+        if self.dispatcher is not None:
+            if plan.access_changed:
+                self.dispatcher.auth.update(new.tokens, new.roles)
+                await self._close_revoked_sessions(new)
+            self.dispatcher.max_batch = new.server.max_batch
+        if self.server is not None:
+            self.server.set_allowed_origins(new.server.allowed_origins)
+        self.config = in_force
+        log.info("config reloaded from %s: %s", new.path, plan.summary())
+        return plan
+
+    async def _close_own_buses(self, device: Device) -> None:
+        """A bus that only this device used (a serial sensor's port) goes with it: thread, port and all."""
+        for bus in [b for b in self.buses if b.owner == device.name]:
+            self.buses.remove(bus)
+            await bus.stop()
+
+    async def _close_revoked_sessions(self, new: Config) -> None:
+        """Connections authenticated with a token the new config removed, changed or re-roled must
+        authenticate again: a revoked panel token stops working now, not at the next restart."""
+        if self.server is None:
+            return
+        tokens = {t.name: t for t in new.tokens}
+
+        def revoked(session: Session) -> bool:
+            token = session.token
+            return token is not None and (tokens.get(token.name) != token or new.roles.get(token.role) != session.role)
+
+        closed = await self.server.close_sessions(revoked, 1008, "token revoked or changed: authenticate again")
+        if closed:
+            log.info("closed %d connection(s) whose token was revoked or changed", closed)
+
+    async def _apply_devices(self, plan: ReloadPlan, new: Config) -> dict[str, DeviceConfig]:
+        """Close, rebuild, drop and add devices; returns the device configs now in force."""
+        in_force = dict(new.devices)
+        going = [self.devices[name] for name in (*plan.changed, *plan.removed)]
+        deadline = self.drain_deadline()
+        finished = await asyncio.gather(*(device.retire(deadline) for device in going))
+        for device, done in zip(going, finished, strict=True):
+            if not done:
+                log.warning("%s: its action did not finish before the reload closed it", device.name)
+            await self._close_own_buses(device)
+            if self.plant is not None:
+                await self.plant.unlink(device.name)
+        for name in plan.removed:
+            self._withdraw(name)
+        for name in (*plan.changed, *plan.added):
+            old = self.config.devices.get(name)
+            built = await self._bring_up(new.devices[name])
+            if built is None and old is not None:
+                log.error("%s: keeping its previous config", name)
+                built = await self._bring_up(old)
+                in_force[name] = old
+            if built is None:
+                log.error("%s: left out until the next reload or restart", name)
+                self._withdraw(name)
+                in_force.pop(name)
+                continue
+            if self.dispatcher is not None:
+                self.dispatcher.add_device(built)
+            else:
+                self.devices[name] = built
+        # Keep the config's order for status and describe (the dict is shared with the dispatcher).
+        order = [name for name in new.devices if name in self.devices]
+        ordered = {name: self.devices[name] for name in (*order, *(n for n in self.devices if n not in order))}
+        self.devices.clear()
+        self.devices.update(ordered)
+        return in_force
+
+    async def _bring_up(self, device_config: DeviceConfig) -> Device | None:
+        """Build and read one device; None (logged, nothing left claimed) when that fails."""
+        if self.plant is not None:
+            device_config = await simulate(self.plant, device_config)  # its far side, and the way to it
+        device = None
+        try:
+            device = self._build_device(device_config)
+            await self._start_buses(self.buses)  # new ports start; running links bring up the new points
+            await device.start()
+            device.listen(self._device_event)
+        except Exception as exc:
+            log.error("%s: cannot build it: %s", device_config.name, exc)
+            if device is not None:
+                device.close()
+            if self.plant is not None:
+                await self.plant.unlink(device_config.name)
+            return None
+        state = device.state()
+        log.info("device %s (%s): %s", device.name, device.kind, state.get("state", state))
+        return device
+
+    def _withdraw(self, name: str) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.remove_device(name)
+        self.devices.pop(name, None)
