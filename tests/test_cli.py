@@ -274,6 +274,18 @@ async def test_a_client_command_without_a_token_says_how_to_give_one(command: li
     assert err.strip() == f"pictl {command[0]}: no token: pass --token or set PICTL_TOKEN"
 
 
+async def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(served: Served) -> None:
+    """`pictl watch | head -n 2`: watch ends quietly when head has what it wanted."""
+    pictl_watch = f"{PICTL} watch '*.reading' --url {served.url} --token {ADMIN}"
+    done = await asyncio.create_subprocess_exec("bash", "-o", "pipefail", "-c", f"{pictl_watch} | head -n 2",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(20):
+        out, err = await done.communicate()
+    assert len(out.decode().splitlines()) == 2  # two readings (about 0.5 s apart), then head left
+    assert "Traceback" not in err.decode() and "Broken pipe" not in err.decode(), err.decode()
+    assert done.returncode == 0
+
+
 async def test_call_needs_a_method_and_nothing_more() -> None:
     code, _, err = await run("call", env={"PATH": "/usr/bin:/bin"})
     assert code == 2 and "required: METHOD" in err and "PARAMS" not in err.splitlines()[-1]

@@ -84,6 +84,15 @@ def _link_problem(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # `pictl watch | head -3`: the reader left, which is how such a pipe ends
+        # Point stdout at /dev/null so the interpreter's last flush does not fail (and print) again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "serve":
