@@ -169,5 +169,12 @@ async def test_errors_do_not_move_other_tiles_read_only_tiles_say_so_and_nothing
             clipped = await page.eval_on_selector(f"{panel.tile(device)} .msg", "m => m.scrollHeight > m.clientHeight")
             assert not clipped, (label, device)
         await screenshot(panel, f"panel-errors-{label}.png")
+        if size["width"] < size["height"]:  # one column: a device going offline moves nothing below it either
+            await admin.call("sim.fault", {"device": "fan", "fault": "offline"})
+            await page.wait_for_selector(f'{panel.tile("fan")}[data-online="false"]', timeout=5000)
+            assert (await page.locator(f'{panel.tile("fan")} .msg').inner_text()).startswith("Modbus plant: no reply")
+            assert await buttons(panel) == before
+            assert await page.locator(panel.tile("hall_temp")).bounding_box() == tiles_before["hall_temp"]
+            await admin.call("sim.clear", {"device": "fan"})
         assert panel.errors == []
         await page.context.close()

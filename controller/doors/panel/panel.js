@@ -366,9 +366,7 @@
     e.root.classList.toggle("offline", !d.online);
     e.root.classList.toggle("busy", !!d.busy);
     e.offline.hidden = !!d.online;
-    e.offline.textContent = d.online ? "" :
-      `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}${d.reason ? ` — ${d.reason}` : ""}`;
-    e.offline.title = e.offline.textContent; // one line on the tile; the whole text on hover
+    e.offline.textContent = d.online ? "" : `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}`;
     e.meta.textContent = d.lastUpdate && d.online ? `updated ${clock(d.lastUpdate)} · ${age(d.lastUpdate)}` : "";
     e.meta.hidden = !d.online; // the offline note says since when instead
     const current = d.state && d.state.state;
@@ -381,8 +379,9 @@
       button.classList.toggle("working", d.busy === action);
     }
     // Someone (this panel or another client) commanded the door and its contact has not followed yet.
+    // Why a device is offline goes in the message lines (reasons are long: "modbus plant: no reply within 0.5 s").
     const note = moving && !d.busy ? { kind: "progress", text: waiting(d.kind, d.state.actuator ? "open" : "close") }
-      : d.note;
+      : d.note || (!d.online && d.reason ? { kind: "warn", text: d.reason[0].toUpperCase() + d.reason.slice(1) } : null);
     e.msg.textContent = note ? note.text : "";
     e.msg.title = e.msg.textContent; // at most two lines on the tile (the layout never moves); all of it here
     e.msg.dataset.kind = note ? note.kind : "";
