@@ -308,10 +308,10 @@ class Dispatcher:
         }
 
     def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.subscribe(session.extra["ws"], params)  # type: ignore[arg-type]  # set by the server
+        return self.events.subscribe(_link(session), params)
 
     def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.unsubscribe(session.extra["ws"], params)  # type: ignore[arg-type]
+        return self.events.unsubscribe(_link(session), params)
 
     def _describe(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.describe", params)
@@ -361,6 +361,15 @@ class Dispatcher:
             raise InvalidParams(str(exc), param="device") from None
         self.audit.record(session, "sim.clear", params, "ok", 0.0)
         return {"device": device, "faults": self.plant.active_faults(device)}
+
+
+def _link(session: Session) -> Any:
+    """The WebSocket events are sent on; other front doors have their own event topics."""
+    ws = session.extra.get("ws")
+    if ws is None:
+        raise InvalidRequest("events.subscribe is for WebSocket links: this front door publishes every event "
+                             "on its own topics")
+    return ws
 
 
 def binary_frame_error() -> str:

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.devices import registry as kinds
 from controller.devices.base import Device
@@ -27,6 +27,9 @@ from drivers.base import Bus
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
+
+if TYPE_CHECKING:  # imported at run time only when [mqtt] is configured (it needs aiomqtt)
+    from controller.doors.mqtt import MqttBridge
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class Daemon:
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
+        self.mqtt: MqttBridge | None = None  # the MQTT bridge, only when [mqtt] is configured
         self.events = EventBus()  # replaced with the configured ones by start()
         self.metrics = Metrics()
         self.audit = AuditTrail(None)
@@ -94,6 +98,12 @@ class Daemon:
                 max_connections_per_address=self.config.server.max_connections_per_address,
             )
             await self.server.start()
+            if self.config.mqtt is not None:
+                from controller.doors.mqtt import MqttBridge  # aiomqtt: only when configured
+
+                self.mqtt = MqttBridge(self.config.mqtt, self.dispatcher,
+                                       max_payload=self.config.server.max_frame_bytes)
+                await self.mqtt.start()
         except BaseException:
             await self.stop()
             raise
@@ -181,6 +191,8 @@ class Daemon:
             self.dispatcher.draining = True
             if not await self.server.drain(self.drain_deadline()):
                 log.warning("some actions did not finish before shutdown")
+        if self.mqtt is not None:
+            await self.mqtt.close(self.drain_deadline())
         for device in self.devices.values():
             try:
                 device.close()
@@ -255,6 +267,8 @@ class Daemon:
         if self.server is not None:
             self.server.set_allowed_origins(new.server.allowed_origins)
         self.config = in_force
+        if self.mqtt is not None:
+            self.mqtt.config_applied()
         log.info("config reloaded from %s: %s", new.path, plan.summary())
         return plan
 

@@ -11,6 +11,7 @@ drivers, :data:`drivers.registry.LINK_DRIVERS`) and [devices.NAME]
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import tomli
 from controller.security.policy import LockoutConfig, Role, Token
 from controller.settings.access import read_auth
 from controller.settings.devices import DeviceConfig, KindReader, Loader, read_devices
+from controller.settings.mqtt import MqttConfig, read_mqtt
 from controller.settings.reader import ConfigError, Document, Problem, Table
 from controller.settings.sections import (
     AuditConfig,
@@ -50,6 +52,7 @@ class Config:
                                                                    fsync=False))
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     bus_links: dict[str, dict[str, Any]] = field(default_factory=dict)  # bus kind -> link name -> link config
+    mqtt: MqttConfig | None = None  # the MQTT bridge; None: not configured
 
     def links(self, kind: str) -> dict[str, Any]:
         """The shared links of one bus kind (``[modbus.NAME]``), by name."""
@@ -113,6 +116,7 @@ def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader]) 
 
     roles, tokens, lockout = read_auth(root.table("auth"))
     events, metrics, audit = read_live(root, doc, tokens)
+    mqtt = read_mqtt(root.table("mqtt"), frozenset(roles), os.path.dirname(os.path.abspath(doc.file)))
     devices = read_devices(root, loader, kinds)
     root.finish()
     if not devices and not doc.problems:  # nothing misspelled either: the file has none
@@ -122,6 +126,6 @@ def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader]) 
         return None
     return Config(
         path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
-        events=events, metrics=metrics, audit=audit, lockout=lockout,
+        events=events, metrics=metrics, audit=audit, lockout=lockout, mqtt=mqtt,
         bus_links={kind: found for kind, found in links.items() if found},
     )
