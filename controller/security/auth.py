@@ -142,7 +142,10 @@ class Authenticator:
     async def check(self, secret: str) -> Token | None:
         """The token whose secret this is, or None. No lockout bookkeeping: see :meth:`attempt`."""
         key = fingerprint(secret)
-        token = self._by_digest.get(key) or self._verified.get(key)
+        token = self._by_digest.get(key)
+        if token is None and key in self._verified:
+            self._verified.move_to_end(key)  # least recently used goes first
+            token = self._verified[key]
         if token is not None or not self._slow:
             return token  # a digest has no structure to time: a dict lookup leaks nothing useful
         if self._hasher is None:
