@@ -341,3 +341,27 @@ async def test_refusals_log_one_line_per_reason_per_window_with_the_count(caplog
     assert "latest from 10.0.0.49" in caplog.records[-1].getMessage() and len(caplog.records) == 3
     assert metrics.ws_refused.labels("origin")._value.get() == 50
     refusals.close()
+
+
+async def test_a_reload_applies_allowed_hosts_and_trusted_proxies_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "front.toml"
+    path.write_text(security_config(FRONT))
+    daemon = Daemon(config.load(str(path)), simulate=True)
+    await daemon.start()
+    try:
+        port = port_of(daemon)
+
+        async def status(host: str) -> int | None:
+            return (await raw_http(port, "/healthz", [("Host", host), ("X-Forwarded-For", "10.7.7.7")]))[0]
+
+        assert (await status("pictl.example"), await status("other.example")) == (200, 421)
+        path.write_text(security_config('trusted_proxies = ["10.0.0.0/8"]\nallowed_hosts = ["other.example"]'))
+        plan = await daemon.reload()
+        assert plan is not None and {"server.allowed_hosts", "server.trusted_proxies"} <= set(plan.server_changed)
+        assert (await status("pictl.example"), await status("other.example")) == (421, 200)
+        # 127.0.0.1 is no longer a trusted proxy: its X-Forwarded-For no longer names the client.
+        assert daemon.server is not None
+        assert daemon.server.guard.proxies.client(("127.0.0.1", 1), Headers([("X-Forwarded-For", "10.7.7.7")])) \
+            .address == "127.0.0.1"
+    finally:
+        await daemon.stop()
