@@ -125,6 +125,7 @@ def token(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from controller import config
     from controller.daemon import Daemon, serve_until_signalled
+    from controller.settings.wamp import MissingExtra
     from drivers.gpio import GpioUnavailable
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -153,6 +154,9 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     except ssl.SSLError as exc:
         logging.getLogger("pictl").error("TLS certificate or key unusable: %s", exc.reason or exc)
+        return 1
+    except MissingExtra as exc:
+        logging.getLogger("pictl").error("%s", exc)
         return 1
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen on %s:%s: %s", daemon.host, daemon.port,

@@ -21,6 +21,7 @@ import tomli
 
 from controller.configbase import ConfigError, Document, Problem, Table
 from controller.secrets import MIN_SECRET_LENGTH, SecretHash, hash_secret, parse_hash
+from controller.settings.wamp import WampConfig, read_wamp
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 # Method namespaces owned by the daemon: a device may not be named after them.
@@ -223,6 +224,7 @@ class Config:
     audit: AuditConfig = AuditConfig(file=None, max_bytes=10 * 1024 * 1024, backups=5, fsync=False)
     lockout: LockoutConfig = LockoutConfig()
     modbus: dict[str, ModbusLinkConfig] = field(default_factory=dict)  # links by name
+    wamp: WampConfig | None = None  # this daemon as a node on a WAMP router, when configured
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -449,17 +451,19 @@ class Loader:
         return {"name": name, "kind": t.data.get("kind"), "timeout": timeout, "max_timeout": max_timeout}
 
 
-def load(path: str) -> Config:
-    """Read and validate *path*; raises :class:`ConfigError` listing every problem."""
+def load(path: str, *, devices_required: bool = True) -> Config:
+    """Read and validate *path*; raises :class:`ConfigError` listing every problem.
+
+    *devices_required* False admits a config without devices (the fleet aggregator's: tokens only)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
         raise ConfigError([Problem(path, None, f"cannot read: {exc.strerror or exc}")]) from None
-    return loads(raw, path)
+    return loads(raw, path, devices_required=devices_required)
 
 
-def loads(raw: bytes | str, path: str = "<config>") -> Config:
+def loads(raw: bytes | str, path: str = "<config>", *, devices_required: bool = True) -> Config:
     """Validate TOML text; raises :class:`ConfigError` listing every problem."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -471,13 +475,13 @@ def loads(raw: bytes | str, path: str = "<config>") -> Config:
         message = exc.msg if hasattr(exc, "msg") else str(exc)
         raise ConfigError([Problem(path, getattr(exc, "lineno", None), f"TOML syntax: {message}")]) from None
     doc = Document(path, text)
-    config = _read(doc, data)
+    config = _read(doc, data, devices_required)
     if doc.problems or config is None:
         raise ConfigError(doc.problems)
     return config
 
 
-def _read(doc: Document, data: dict[str, Any]) -> Config | None:
+def _read(doc: Document, data: dict[str, Any], devices_required: bool = True) -> Config | None:
     from controller import kinds  # the kind registry imports this module
 
     root = Table(doc, (), data)
@@ -513,14 +517,15 @@ def _read(doc: Document, data: dict[str, Any]) -> Config | None:
         t.finish()
         if device is not None:
             devices[name] = device
-    if not devices and not doc.problems:
+    if devices_required and not devices and not doc.problems:
         root.problem("devices", "no devices configured")
+    wamp = read_wamp(root.table("wamp"), roles)
     root.finish()
     if server is None:
         return None
     return Config(
         path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
-        events=events, metrics=metrics, audit=audit, lockout=lockout, modbus=links,
+        events=events, metrics=metrics, audit=audit, lockout=lockout, modbus=links, wamp=wamp,
     )
 
 

@@ -23,6 +23,7 @@ from controller.metrics import Metrics, auth_lockouts_family, bus_counter_family
 from controller.reload import ReloadPlan, plan_reload
 from controller.sdnotify import Notifier, Supervision, watchdog_interval
 from controller.server import Server
+from controller.settings.wamp import MissingExtra
 from controller.simulation import simulate, start_plant
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.modbus import ModbusLink
@@ -63,6 +64,7 @@ class Daemon:
         self.events = EventBus()  # replaced with the configured ones by start()
         self.metrics = Metrics()
         self.audit = AuditTrail(None)
+        self.wamp: Any = None  # the WAMP bridge (controller.doors.wamp), when [wamp] is configured
 
     @property
     def url(self) -> str:
@@ -97,6 +99,8 @@ class Daemon:
                 max_connections_per_address=self.config.server.max_connections_per_address,
             )
             await self.server.start()
+            if self.config.wamp is not None:
+                self._start_wamp()
         except BaseException:
             await self.stop()
             raise
@@ -105,6 +109,16 @@ class Daemon:
             log.info("device %s (%s): %s%s", name, device.kind, state.get("state", state),
                      "" if device.online else " (offline)")
         log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
+
+    def _start_wamp(self) -> None:
+        """Join the WAMP router in the background (autobahn only now: the optional extra)."""
+        assert self.config.wamp is not None and self.dispatcher is not None
+        try:
+            from controller.doors.wamp import WampBridge
+        except ImportError as exc:
+            raise MissingExtra(f"[wamp] needs the wamp extra: pip install 'pictl[wamp]' ({exc})") from None
+        self.wamp = WampBridge(self.config.wamp, self.dispatcher, roles=self.config.roles)
+        self.wamp.start()
 
     def _open_live_state(self) -> None:
         """The event bus, the metrics registry and the audit trail, before any device exists."""
@@ -181,8 +195,13 @@ class Daemon:
         if self.server is not None and self.dispatcher is not None:
             self.server.stop_accepting()
             self.dispatcher.draining = True
-            if not await self.server.drain(self.drain_deadline()):
+            deadline = self.drain_deadline()
+            drained = await asyncio.gather(self.server.drain(deadline),
+                                           *([self.wamp.drain(deadline)] if self.wamp is not None else []))
+            if not all(drained):
                 log.warning("some actions did not finish before shutdown")
+        if self.wamp is not None:
+            await self.wamp.stop()
         for device in self.devices.values():
             try:
                 device.close()
@@ -255,6 +274,8 @@ class Daemon:
                 self.dispatcher.auth.update(new.tokens, new.roles)
                 await self._close_revoked_sessions(new)
             self.dispatcher.max_batch = new.server.max_batch
+        if self.wamp is not None and (plan.access_changed or plan.touches_devices):
+            await self.wamp.refresh(new.roles)  # register what the role may now call; withdraw the rest
         if self.server is not None:
             self.server.set_allowed_origins(new.server.allowed_origins)
         self.config = in_force

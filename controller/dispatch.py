@@ -177,6 +177,13 @@ class Dispatcher:
         replies = await asyncio.gather(*(self._answer(session, item) for item in message.items))
         return jsonrpc.encode([r for r in replies if r is not None], message.batch)
 
+    async def answer_call(self, session: Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call from a bridge (WAMP): the JSON-RPC response object, through every check, queue,
+        count and audit a WebSocket call goes through."""
+        reply = await self._answer(session, jsonrpc.Request(method, params, 0))
+        assert reply is not None  # a request with an id is always answered
+        return reply
+
     def _answer_instant(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         if isinstance(item, jsonrpc.Invalid):
             self._count("unknown", item.error.name)
