@@ -34,6 +34,7 @@ txaio.use_asyncio()  # before autobahn picks a framework
 
 from autobahn.asyncio.component import Component  # noqa: E402
 from autobahn.asyncio.wamp import ApplicationSession  # noqa: E402
+from autobahn.asyncio.wamp import Session as WampSession  # noqa: E402
 from autobahn.wamp.exception import ApplicationError  # noqa: E402
 from autobahn.wamp.request import Registration  # noqa: E402
 from autobahn.wamp.types import CallDetails, RegisterOptions  # noqa: E402
@@ -82,7 +83,7 @@ def wamp_transport(url: str, max_retry_delay: float) -> dict[str, Any]:
     }
 
 
-class QuietSession(ApplicationSession):
+class QuietSession(WampSession):
     """An ApplicationError raised on purpose (a jammed door) is an answer, not a fault to log."""
 
     def onUserError(self, fail: Any, msg: str) -> None:
@@ -191,6 +192,8 @@ class WampBridge:
         self._sessions: OrderedDict[int | None, Session] = OrderedDict()  # per disclosed caller
         self._registrations: dict[str, Registration] = {}  # uri -> registration, this session's
         self._registering = asyncio.Lock()
+        self.ready = asyncio.Event()  # set while joined with every procedure registered
+        self.refusals = 0  # joins whose registrations the router refused (the node name is taken)
         self.link = Link(f"wamp node {config.node}", self._component, self._register_all, self._lost,
                          config.max_retry_delay)
         dispatcher.events.taps.append(self._publish)
@@ -217,8 +220,17 @@ class WampBridge:
 
     async def _register_all(self, session: ApplicationSession) -> None:
         self._registrations.clear()  # a new session: the router forgot the old ones
-        await self._sync(session)
+        try:
+            await self._sync(session)
+        except ApplicationError as exc:
+            self.refusals += 1
+            if exc.error == "wamp.error.procedure_already_exists":
+                raise RuntimeError(f"node name {self.config.node!r} is taken on the router by another session "
+                                   "(another Pi with the same [wamp] node, or our own previous session "
+                                   "the router has not dropped yet)") from None
+            raise RuntimeError(f"registering refused: {exc.error}") from None
         self.connected.set(1)
+        self.ready.set()
         log.info("WAMP: joined realm %s as node %s: %d procedures under %s", self.config.realm,
                  self.config.node, len(self._registrations), self.config.prefix)
 
@@ -244,6 +256,7 @@ class WampBridge:
                         self._endpoint(method), uri, options=RegisterOptions(details_arg=DETAILS_ARG))
 
     def _lost(self) -> None:
+        self.ready.clear()
         self.connected.set(0)
         self._registrations.clear()
         if not self.link._stopping:
