@@ -7,13 +7,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint check-config bench bench-quick clean install uninstall
+.PHONY: demo demo-fleet crossbar test lint check-config bench bench-quick clean install uninstall
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,wamp]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -26,14 +26,24 @@ demo: $(STAMP)
 	@echo
 	$(BIN)/pictl serve --config config/demo.toml --simulate
 
+# The fleet: a Crossbar router, three simulated nodes and the aggregator, one wall panel for all.
+demo-fleet: $(STAMP) crossbar
+	$(BIN)/python scripts/demo_fleet.py
+
+# Crossbar.io in its own virtualenv (.venv-crossbar): it pins an older websockets than pictl's.
+crossbar:
+	PYTHON=$(PYTHON) scripts/crossbar-venv.sh
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) crossbar
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/wamp.py
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) crossbar
 	$(BIN)/python bench/run.py --quick
+	$(BIN)/python bench/wamp.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check controller drivers tests bench examples
@@ -49,4 +59,4 @@ uninstall:
 	scripts/uninstall.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-crossbar .pytest_cache .ruff_cache *.egg-info
