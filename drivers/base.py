@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Listener = Callable[["Observation"], None]
 
@@ -209,3 +209,89 @@ class OutputPoint(Point):
     async def _write(self, value: Any) -> None:  # pragma: no cover - abstract
         """Command the value on the bus."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Physics a device kind promises: an input that follows an output.
+
+    A door's contact reports open some time after its relay is energised; a
+    lamp's feedback follows its output. Kinds declare these so the simulated
+    plant can wire the far side of the buses the same way (nothing in a driver
+    uses them). ``output`` and ``input`` name fields of the device's config.
+    """
+
+    output: str  # the config field holding the output's spec ("relay")
+    input: str  # the config field holding the input's spec ("contact")
+    active_when_on: bool  # the input's logical value while the output is on
+    delay_s: float  # how long the world takes to follow
+    fault: str  # the simulated fault that stops it following ("jammed")
+
+
+class PointSpec(Protocol):
+    """What every point spec (GPIO line, Modbus address, serial sensor) tells the daemon."""
+
+    @property
+    def bus_kind(self) -> str:
+        """Which driver reads it: "gpio", "modbus", "serial"."""
+
+    @property
+    def bus_key(self) -> str:
+        """Which bus instance carries it (:attr:`Bus.key`)."""
+
+
+class SpecTable(Protocol):
+    """The part of a config table a driver reads its point specs from.
+
+    The controller's TOML reader provides it (with ``FILE:LINE`` in every
+    problem); drivers only see this surface, so they import nothing of the
+    controller. Each reader returns the value, or the default (None when there
+    is none) after recording a problem.
+    """
+
+    path: tuple[str | int, ...]
+
+    def has(self, key: str) -> bool: ...
+    def take(self, key: str) -> None: ...
+    def problem(self, key: str | None, message: str) -> None: ...
+    def string(self, key: str, default: Any = ..., choices: Iterable[str] | None = None) -> Any: ...
+    def integer(self, key: str, default: Any = ..., low: int | None = None, high: int | None = None) -> Any: ...
+    def number(self, key: str, default: Any = ..., low: float = 0.0, high: float = ...,
+               low_inclusive: bool = False) -> Any: ...
+    def table(self, key: str, required: bool = False) -> SpecTable | None: ...
+    def finish(self) -> None: ...
+
+
+class Bus(Protocol):
+    """What the daemon needs of every bus (a GPIO chip, a Modbus link, a serial port).
+
+    A bus *must* provide all of these. Points are attached when a device is
+    built on the bus and detached when that device closes them; a bus that
+    polls re-plans its polling on both. :meth:`wedged` is how the service
+    watchdog learns that the bus's own machinery (a reader thread, a poll loop)
+    has stopped making progress: the daemon then stops pinging systemd, which
+    restarts it.
+    """
+
+    name: str  # for logs and the metrics label: "gpio", the Modbus link's name, the sensor's name
+    kind: str  # "gpio", "modbus", "serial"
+    key: str  # unique among the daemon's buses; point specs name their bus by it ("gpio", "modbus:fieldbus")
+    owner: str | None  # the device a bus was made for (a serial sensor's port), stopped with it; None: shared
+
+    async def start(self) -> None:
+        """Connect, put outputs at their safe values, read every point once; then keep observing."""
+
+    async def stop(self) -> None:
+        """Outputs to their safe values (best effort), then release the hardware. Idempotent."""
+
+    def attach(self, point: Point) -> None:
+        """Take *point* into the bus's care (polling plan, safe state at stop)."""
+
+    def detach(self, point: Point) -> None:
+        """Forget *point* (its device was closed); the polling plan follows."""
+
+    def wedged(self) -> str | None:
+        """Why the bus's own machinery is stuck (needs a restart), or None."""
+
+    def counters(self) -> dict[str, int]:
+        """Event counts for metrics (requests, timeouts, reconnects, ...)."""

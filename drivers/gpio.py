@@ -10,15 +10,96 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 from gpiozero import Device, DigitalInputDevice, DigitalOutputDevice
 from gpiozero.exc import BadPinFactory, GPIOZeroError
 
-from drivers.base import InputPoint, OutputPoint
+from drivers.base import InputPoint, OutputPoint, Point, SpecTable
 
 log = logging.getLogger(__name__)
+
+GPIO_PINS = range(0, 28)  # BCM numbers on the 40-pin header
+
+
+# -- specs: what the config says about a GPIO point --------------------------------------------
+@dataclass(frozen=True)
+class GpioOutputSpec:
+    """A relay or other digital output on a BCM-numbered GPIO line."""
+
+    pin: int  # BCM number
+    active_high: bool  # electrical level that energises the load
+    bus_kind = "gpio"  # the driver that reads it
+    bus_key = "gpio"  # the bus that carries it (one per board)
+
+
+@dataclass(frozen=True)
+class GpioInputSpec:
+    """A digital input on a BCM-numbered GPIO line."""
+
+    pin: int  # BCM number
+    pull: str  # "up", "down" or "none" (external resistor)
+    active_high: bool | None  # with pull "none": which level is active; else implied by the pull
+    debounce_s: float | None  # ignore edges closer than this (real pins only)
+    bus_kind = "gpio"
+    bus_key = "gpio"
+
+    @property
+    def active_level(self) -> bool:
+        """The electrical level that reads as active."""
+        if self.pull == "up":
+            return False
+        if self.pull == "down":
+            return True
+        return bool(self.active_high)
+
+
+class PinClaims:
+    """Catches a GPIO line claimed by two points of one config."""
+
+    def __init__(self) -> None:
+        self.owner: dict[int, str] = {}  # pin -> field that claimed it first
+
+    def claim(self, table: SpecTable, key: str, pin: int) -> None:
+        where = ".".join(str(p) for p in (*table.path, key))
+        first = self.owner.setdefault(pin, where)
+        if first != where:
+            table.problem(key, f"GPIO {pin} is already used by {first}")
+
+
+def read_output(t: SpecTable, claims: PinClaims) -> GpioOutputSpec | None:
+    """``{ gpio = PIN, active = "high" | "low" }``."""
+    pin = t.integer("gpio", low=GPIO_PINS.start, high=GPIO_PINS.stop - 1)
+    active = t.string("active", default="high", choices=("high", "low"))
+    t.finish()
+    if pin is None:
+        return None
+    claims.claim(t, "gpio", pin)
+    return GpioOutputSpec(pin=pin, active_high=active == "high")
+
+
+def read_input(t: SpecTable, claims: PinClaims) -> GpioInputSpec | None:
+    """``{ gpio = PIN, pull = "up" | "down" | "none", active = ..., debounce_ms = ... }``."""
+    pin = t.integer("gpio", low=GPIO_PINS.start, high=GPIO_PINS.stop - 1)
+    pull = t.string("pull", default="up", choices=("up", "down", "none"))
+    active = t.string("active", default=None, choices=("high", "low"))
+    debounce_ms = t.number("debounce_ms", default=None, high=1000.0, low_inclusive=True)
+    t.finish()
+    if pull == "none" and active is None:
+        t.problem("active", 'required with pull = "none" (which level means active?)')
+    if pull in ("up", "down") and active is not None:
+        t.problem("active", f'implied by pull = "{pull}" (active {"low" if pull == "up" else "high"}); remove it')
+    if pin is None:
+        return None
+    claims.claim(t, "gpio", pin)
+    return GpioInputSpec(
+        pin=pin,
+        pull=pull or "up",
+        active_high=None if active is None else active == "high",
+        debounce_s=None if not debounce_ms else debounce_ms / 1000.0,
+    )
 
 
 class GpioUnavailable(RuntimeError):
@@ -65,6 +146,7 @@ class GpioOutput(OutputPoint):
             pin, active_high=active_high, initial_value=None if keep else safe, pin_factory=factory
         )
         self._closed = False
+        self.bus: GpioBus | None = None  # set when attached
 
     @property
     def closed(self) -> bool:
@@ -97,6 +179,8 @@ class GpioOutput(OutputPoint):
         finally:
             self._device.close()
             super().close()
+            if self.bus is not None:
+                self.bus.detach(self)
 
 
 class GpioInput(InputPoint):
@@ -125,6 +209,7 @@ class GpioInput(InputPoint):
         self._device.when_activated = self._on_activated
         self._device.when_deactivated = self._on_deactivated
         self._closed = False
+        self.bus: GpioBus | None = None  # set when attached
 
     @property
     def closed(self) -> bool:
@@ -147,57 +232,64 @@ class GpioInput(InputPoint):
         self._device.when_deactivated = None
         self._device.close()
         super().close()
+        if self.bus is not None:
+            self.bus.detach(self)
 
 
 class GpioBus:
-    """The board's GPIO lines, through one pin factory."""
+    """The board's GPIO lines, through one pin factory (a :class:`drivers.base.Bus`)."""
 
     name = "gpio"  # one per board
     kind = "gpio"
+    key = "gpio"  # what point specs name it by (their bus_key)
+    owner = None  # shared by every device
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory  # a gpiozero Factory (real, or MockFactory in the plant)
-        self.points: list[GpioOutput | GpioInput] = []  # everything opened, for close()
+        self.points: list[GpioOutput | GpioInput] = []  # every open line, for stop()
 
-    def output(self, name: str, pin: int, *, active_high: bool, safe: bool, keep: bool = False) -> GpioOutput:
-        self._forget_closed()
-        point = GpioOutput(name, pin, active_high=active_high, safe=safe, factory=self.factory, keep=keep)
-        self.points.append(point)
+    def output(self, name: str, spec: GpioOutputSpec, *, safe: bool, keep: bool = False) -> GpioOutput:
+        """An output driven to *safe* as it is claimed, or left as found when *keep*."""
+        point = GpioOutput(name, spec.pin, active_high=spec.active_high, safe=bool(safe), factory=self.factory,
+                           keep=keep)
+        self.attach(point)
         return point
 
-    def input(
-        self, name: str, pin: int, *, pull: str, active_high: bool | None, debounce_s: float | None
-    ) -> GpioInput:
-        self._forget_closed()
-        point = GpioInput(
-            name, pin, pull=pull, active_high=active_high, debounce_s=debounce_s, factory=self.factory
-        )
-        self.points.append(point)
+    def input(self, name: str, spec: GpioInputSpec) -> GpioInput:
+        point = GpioInput(name, spec.pin, pull=spec.pull, active_high=spec.active_high,
+                          debounce_s=spec.debounce_s, factory=self.factory)
+        self.attach(point)
         return point
 
-    def _forget_closed(self) -> None:
-        # Devices closed by a config reload closed their points; do not keep them for ever.
-        self.points = [p for p in self.points if not p.closed]
+    def attach(self, point: Point) -> None:
+        if not isinstance(point, (GpioOutput, GpioInput)):
+            raise TypeError(f"{point.name} is not a GPIO point")
+        point.bus = self
+        self.points.append(point)
+
+    def detach(self, point: Point) -> None:
+        if point in self.points:
+            self.points.remove(point)
+
+    async def start(self) -> None:
+        """Nothing to connect: lines are claimed (at their safe level) as points are made."""
 
     def counters(self) -> dict[str, int]:
         """Event counts for metrics (GPIO has none worth counting)."""
         return {}
 
     def wedged(self) -> str | None:
-        """Why the bus cannot work any more (its own thread stuck), or None.
-
-        The watchdog withholds its ping while a bus says so, and systemd
-        restarts the daemon. GPIO calls are quick ioctls on the loop thread:
-        nothing of its own can hang.
-        """
+        """GPIO calls are quick ioctls on the loop thread, and edges arrive on the
+        factory's own thread: nothing of the bus's can hang without the loop
+        hanging too, which the watchdog catches by itself."""
         return None
 
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
         self.close()
 
     def close(self) -> None:
         """Outputs to their safe level, then release every line."""
-        for point in reversed(self.points):
+        for point in reversed(list(self.points)):
             try:
                 point.close()
             except Exception:  # one stuck line must not keep the others energised

@@ -23,32 +23,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from drivers.base import InputPoint, OutputPoint, PointError, PointUnavailable
+from drivers.backoff import Backoff
+from drivers.base import InputPoint, OutputPoint, Point, PointError, PointUnavailable
+from drivers.modbus_spec import ModbusAddress, ModbusLinkConfig, ModbusPointSpec, decode, describe, encode
+
+__all__ = ["ModbusInput", "ModbusLink", "ModbusOutput", "decode", "encode"]
 
 log = logging.getLogger(__name__)
 # pymodbus logs every timeout at ERROR with a frame dump; the link reports each outage once itself.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the link's backoff_max
+STALL_ROUNDS = 10  # a poll loop that has not finished a round in this many of its own worst cases is wedged
 MAX_READ = {"coil": 2000, "discrete": 2000, "holding": 125, "input": 125}  # protocol limits per request
 EXCEPTION_NAMES = {
     1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "device failure",
     5: "acknowledge", 6: "device busy", 8: "memory parity error", 10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
-TYPE_RANGE = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
-              "uint32": (0, 2**32 - 1)}
 
 
 class ExceptionReply(PointError):
@@ -63,64 +64,24 @@ class LinkDown(NoReply):
     """The connection could not be made: nothing on the link can answer."""
 
 
-# -- values <-> words ---------------------------------------------------------------------------
-def describe(at: Any) -> str:
-    """``holding 3 (device 1)``: how an address appears in evidence and logs."""
-    return f"{at.table} {at.address} (device {at.device_id})"
-
-
-def decode(at: Any, raw: list[Any]) -> Any:
-    """The engineering value of *raw* (bits or 16-bit words) at address spec *at*."""
-    if at.type == "bool":
-        return bool(raw[0])
-    if at.width == 1:
-        number: float = struct.unpack(">h" if at.type == "int16" else ">H", struct.pack(">H", raw[0]))[0]
-    else:
-        hi, lo = (raw[0], raw[1]) if at.word_order == "big" else (raw[1], raw[0])
-        packed = struct.pack(">HH", hi, lo)
-        number = struct.unpack({"int32": ">i", "uint32": ">I", "float32": ">f"}[at.type], packed)[0]
-    if at.scale == 1.0 and at.offset == 0.0:
-        return number
-    return round(number * at.scale + at.offset, 9)
-
-
-def encode(at: Any, value: Any) -> list[int] | bool:
-    """Words (or a bit) that make *at* read *value*; ValueError when it does not fit."""
-    if at.type == "bool":
-        return bool(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a finite number")
-    raw = (value - at.offset) / at.scale
-    if at.type == "float32":
-        try:
-            packed = struct.pack(">f", raw)
-        except OverflowError:
-            raise ValueError(f"{value:g} does not fit a float32 register pair") from None
-    else:
-        low, high = TYPE_RANGE[at.type]
-        raw = round(raw)
-        if not low <= raw <= high:
-            raise ValueError(f"{value:g} is {raw} in the register, outside {at.type} ({low}..{high})")
-        fmt = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I"}[at.type]
-        packed = struct.pack(fmt, raw)
-    words = list(struct.unpack(f">{len(packed) // 2}H", packed))
-    return words if at.word_order == "big" or len(words) == 1 else words[::-1]
-
-
 # -- points ------------------------------------------------------------------------------------
 class ModbusInput(InputPoint):
     """A coil, discrete input or register, observed by polling."""
 
-    def __init__(self, name: str, link: ModbusLink, at: Any) -> None:
+    def __init__(self, name: str, link: ModbusLink, at: ModbusAddress) -> None:
         super().__init__(name)
         self.link = link  # the bus it is read on
-        self.at = at  # where it is read (a config ModbusAddress)
+        self.at = at  # where it is read
         self.exception: str | None = None  # the last poll got an exception reply about this point
 
     @property
-    def source(self) -> Any:
+    def source(self) -> ModbusAddress:
         """The address polled for this point's value."""
         return self.at
+
+    def close(self) -> None:
+        super().close()
+        self.link.detach(self)
 
     def from_raw(self, value: Any) -> Any:
         """The point's value for what was read at :attr:`source`."""
@@ -140,16 +101,16 @@ class ModbusOutput(ModbusInput, OutputPoint):
 
     readback_source = "modbus-readback"
 
-    def __init__(self, name: str, link: ModbusLink, spec: Any, safe: Any) -> None:
+    def __init__(self, name: str, link: ModbusLink, spec: ModbusPointSpec, safe: Any) -> None:
         super().__init__(name, link, spec.at)
-        self.spec = spec  # ModbusPointSpec: at, verify, verify_on, verify_off
+        self.spec = spec  # at, verify, verify_on, verify_off
         self.safe = safe  # written at start, after a failure and at shutdown; None: never forced
         self.last_raw: Any = None  # what the last read-back actually read
         if spec.verify is not None:
             self.readback_source = "modbus-verify"
 
     @property
-    def source(self) -> Any:
+    def source(self) -> ModbusAddress:
         return self.spec.verify or self.spec.at
 
     def from_raw(self, value: Any) -> Any:
@@ -205,37 +166,81 @@ def plan_reads(points: list[ModbusInput]) -> list[ReadGroup]:
 
 # -- the link ----------------------------------------------------------------------------------
 class ModbusLink:
-    """One Modbus bus (TCP or RTU): serialized requests, polling, reconnects, health."""
+    """One Modbus bus (TCP or RTU): serialized requests, polling, reconnects, health.
+
+    A :class:`drivers.base.Bus`: points attached before :meth:`start` are
+    put at their safe values and read by the first poll; points attached
+    later (a device added or rebuilt by a config reload) get the same at once,
+    and the polling plan is redone whenever a point comes or goes.
+    """
 
     kind = "modbus"
 
-    def __init__(self, config: Any) -> None:
-        self.config = config  # ModbusLinkConfig
+    def __init__(self, config: ModbusLinkConfig) -> None:
+        self.config = config
         self.name = config.name  # the [modbus.NAME] key
+        self.key = f"modbus:{config.name}"  # what point specs name it by (their bus_key)
+        self.owner: str | None = None  # shared by the devices on the link
         self.points: list[ModbusInput] = []  # everything polled on this link
-        self.groups: list[ReadGroup] = []  # the polling plan, made at start()
+        self.groups: list[ReadGroup] = []  # the polling plan; follows attach() and detach()
         self._lock = asyncio.Lock()  # one request at a time on the wire
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._connected_once = False  # the next successful connect is a reconnect
         self._failures: dict[int, int] = {}  # device id -> consecutive failed requests
         self._down: dict[int, str] = {}  # device id -> why it is offline
-        self._backoff = BACKOFF_START
+        self._backoff = Backoff(BACKOFF_START, max(BACKOFF_START, config.backoff_max))
         self._task: asyncio.Task[None] | None = None
+        self._started = False  # start() has run: new points are brought up as they attach
         self._stopping = False  # the poll loop ends at its next turn
         self._closed = False
+        self._round_at = time.monotonic()  # when the poll loop last completed a round (for wedged())
         self._counts = {"requests": 0, "failed_requests": 0, "exception_replies": 0, "timeouts": 0,
                         "reconnects": 0, "polls": 0}
 
     # -- points --------------------------------------------------------------------------------
-    def input(self, name: str, spec: Any) -> ModbusInput:
+    def input(self, name: str, spec: ModbusPointSpec) -> ModbusInput:
         point = ModbusInput(name, self, spec.at)
-        self.points.append(point)
+        self.attach(point)
         return point
 
-    def output(self, name: str, spec: Any, *, safe: Any) -> ModbusOutput:
+    def output(self, name: str, spec: ModbusPointSpec, *, safe: Any, keep: bool = False) -> ModbusOutput:
+        """A coil or register; *safe* is written at start, after failures and at stop (*keep* is
+        a GPIO notion: a Modbus output's value is always read before anything is written)."""
         point = ModbusOutput(name, self, spec, safe)
-        self.points.append(point)
+        self.attach(point)
         return point
+
+    def attach(self, point: Point) -> None:
+        if not isinstance(point, ModbusInput) or point.link is not self:
+            raise TypeError(f"{point.name} is not a point of modbus link {self.name}")
+        if point not in self.points:
+            self.points.append(point)
+            self.groups = plan_reads(self.points)
+            if self._started and not self._closed:
+                asyncio.get_running_loop().create_task(self._bring_up(point), name=f"modbus {self.name}: {point.name}")
+
+    def detach(self, point: Point) -> None:
+        if point in self.points:
+            self.points.remove(point)  # type: ignore[arg-type]  # membership checked
+            self.groups = plan_reads(self.points)
+
+    async def _bring_up(self, point: ModbusInput) -> None:
+        """A point attached while the link runs: safe value, then a first read."""
+        if isinstance(point, ModbusOutput) and point.safe is not None:
+            try:
+                await point.write(point.safe)
+            except PointError as exc:
+                log.warning("%s: could not write the safe value: %s", point.name, exc.observed)
+                return
+        try:
+            await point.refresh()
+            point.exception = None
+        except ExceptionReply as exc:
+            self._point_exception(point, exc.observed)
+            return
+        except PointError:
+            return  # the link's health already says why
+        self._point_health(point)
 
     def counters(self) -> dict[str, int]:
         """Request and health counts for metrics."""
@@ -246,6 +251,23 @@ class ModbusLink:
         c = self.config
         return f"{c.host}:{c.port}" if c.transport == "tcp" else str(c.port)
 
+    def wedged(self) -> str | None:
+        """The poll loop has not completed a round for far longer than any round can take.
+
+        A round is bounded: every request has the link's timeout, so a round of
+        N groups takes at most N timeouts plus a connect; a loop that misses
+        :data:`STALL_ROUNDS` of those is stuck (a request that never returns).
+        """
+        if self._task is None or self._closed:
+            return None
+        if self._task.done():
+            return "poll loop ended" if not self._stopping else None
+        worst = self.config.poll_interval + self.config.backoff_max + (len(self.groups) + 2) * self.config.timeout
+        stalled = time.monotonic() - self._round_at
+        if stalled > STALL_ROUNDS * worst:
+            return f"no poll completed for {stalled:.0f} s"
+        return None
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect, drive outputs to their safe values, poll once, then keep polling."""
@@ -253,7 +275,7 @@ class ModbusLink:
         if not await self._connect():
             self._fail_all(f"cannot connect to {self.where}")
         else:
-            for point in self.points:
+            for point in list(self.points):
                 if isinstance(point, ModbusOutput) and point.safe is not None \
                         and point.spec.at.device_id not in self._down:  # a silent unit costs one timeout each
                     try:
@@ -261,9 +283,11 @@ class ModbusLink:
                     except PointError as exc:
                         log.warning("%s: could not write the safe value: %s", point.name, exc.observed)
             await self.poll(skip_down=True)
+        self._started = True
+        self._round_at = time.monotonic()
         self._task = asyncio.create_task(self._run(), name=f"modbus {self.name}")
 
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
         """Stop polling, outputs to their safe values (best effort), close the connection."""
         if self._closed:
             return
@@ -277,7 +301,7 @@ class ModbusLink:
             await asyncio.wait({task}, timeout=0.05)
         if task is not None and not task.done():
             log.warning("modbus %s: poll task did not stop", self.name)
-        for point in self.points:
+        for point in list(self.points):
             if isinstance(point, ModbusOutput) and point.safe is not None and point.online:
                 try:
                     await self.write(point.spec.at, point.safe)
@@ -285,7 +309,7 @@ class ModbusLink:
                     log.warning("%s: safe value not written at shutdown: %s", point.name, exc.observed)
         self._closed = True
         self._disconnect()
-        for point in self.points:
+        for point in list(self.points):
             point.close()
 
     def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -293,8 +317,8 @@ class ModbusLink:
         common: dict[str, Any] = {"timeout": c.timeout, "retries": 0, "reconnect_delay": 0,
                                   "name": f"pictl {c.name}"}
         if c.transport == "tcp":
-            return AsyncModbusTcpClient(c.host, port=c.port, **common)
-        return AsyncModbusSerialClient(c.port, framer=FramerType.RTU, baudrate=c.baudrate,
+            return AsyncModbusTcpClient(c.host, port=int(c.port), **common)
+        return AsyncModbusSerialClient(str(c.port), framer=FramerType.RTU, baudrate=c.baudrate,
                                        bytesize=c.bytesize, parity=c.parity, stopbits=c.stopbits, **common)
 
     async def _connect(self) -> bool:
@@ -322,9 +346,9 @@ class ModbusLink:
         while not self._stopping:
             started = time.monotonic()
             await self.poll()
+            self._round_at = time.monotonic()
             if self.points and len(self._down) >= len({p.source.device_id for p in self.points}):
-                delay = self._backoff  # nobody answers: back off
-                self._backoff = min(self._backoff * 2, self.config.backoff_max)
+                delay = self._backoff.next()  # nobody answers: back off
             else:
                 delay = interval - (time.monotonic() - started)
             await asyncio.sleep(max(0.0, delay))
@@ -336,7 +360,7 @@ class ModbusLink:
         """
         self._counts["polls"] += 1
         failed: set[int] = set(self._down) if skip_down else set()
-        for group in self.groups:
+        for group in list(self.groups):
             if group.device_id in failed:
                 continue
             try:
@@ -360,22 +384,23 @@ class ModbusLink:
                 self._point_health(point)
 
     # -- requests ------------------------------------------------------------------------------
-    async def read(self, at: Any) -> Any:
+    async def read(self, at: ModbusAddress) -> Any:
         """Read one value now (outside the polling plan)."""
         raw = await self._read_raw(at.device_id, at.table, at.address, at.width)
         return decode(at, raw)
 
-    async def write(self, at: Any, value: Any) -> None:
+    async def write(self, at: ModbusAddress, value: Any) -> None:
         """Write *value* at *at*; raises ExceptionReply, NoReply or PointUnavailable."""
         payload = encode(at, value)
+        what = f"write {describe(at)}"
         if at.table == "coil":
-            await self._request(at.device_id, f"write {describe(at)}",
+            await self._request(at.device_id, what,
                                 lambda c: c.write_coil(at.address, bool(payload), device_id=at.device_id))
         elif isinstance(payload, list) and len(payload) == 1:
-            await self._request(at.device_id, f"write {describe(at)}",
+            await self._request(at.device_id, what,
                                 lambda c: c.write_register(at.address, payload[0], device_id=at.device_id))
-        else:
-            await self._request(at.device_id, f"write {describe(at)}",
+        elif isinstance(payload, list):
+            await self._request(at.device_id, what,
                                 lambda c: c.write_registers(at.address, payload, device_id=at.device_id))
 
     async def _read_raw(self, device_id: int, table: str, start: int, count: int) -> list[Any]:
@@ -409,13 +434,11 @@ class ModbusLink:
                 raise
             except ModbusException as exc:
                 self._disconnect()
-                timeout = "No response" in str(exc)
-                if timeout:
-                    self._counts["timeouts"] += 1
-                if timeout:
-                    reason = f"no reply within {self.config.timeout:g} s"
-                elif isinstance(exc, ConnectionException):
+                if isinstance(exc, ConnectionException):
                     reason = f"connection to {self.where} lost"
+                elif isinstance(exc, ModbusIOException):  # pymodbus's "no (valid) response in time"
+                    self._counts["timeouts"] += 1
+                    reason = f"no reply within {self.config.timeout:g} s"
                 else:
                     reason = f"link error: {exc}"
                 self._fail(device_id, reason)
@@ -459,7 +482,7 @@ class ModbusLink:
 
     def _succeed(self, device_id: int) -> None:
         self._failures[device_id] = 0
-        self._backoff = BACKOFF_START
+        self._backoff.reset()
         if self._down.pop(device_id, None) is not None:
             log.info("modbus %s: device %d answers again", self.name, device_id)
             for point in self.points:

@@ -23,14 +23,17 @@ import contextlib
 import errno
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import serial
 
-from drivers.base import InputPoint, Observation, PointUnavailable
+from drivers.backoff import Backoff
+from drivers.base import InputPoint, Observation, Point, PointUnavailable, SpecTable
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,91 @@ READ_TIMEOUT = 0.2  # seconds a read may block, so the thread notices a stop req
 CHUNK = 4096  # most bytes taken from the port per read
 BACKOFF_START = 0.1  # first reopen delay; doubles
 BACKOFF_MAX = 1.0  # reopen attempts at least this often (opening a missing path costs nothing)
-JOIN_DEADLINE = 2.0  # seconds aclose() waits for the reader thread
+JOIN_DEADLINE = 2.0  # seconds stop() waits for the reader thread
+WRITE_TIMEOUT = 1.0  # a request write that cannot go out in this long fails (the port is gone)
+WEDGED_AFTER = 30.0  # a reader thread whose loop has not turned for this long is stuck
+PARITY = {"none": "N", "even": "E", "odd": "O"}
+
+
+# -- spec: what the config says about a serial sensor ------------------------------------------
+@dataclass(frozen=True)
+class SerialSensorSpec:
+    """A line-oriented sensor on a serial port, parsed by a regex with named groups."""
+
+    port: str  # /dev/serial/by-id/... (or any pyserial URL)
+    baudrate: int
+    bytesize: int
+    parity: str  # "N", "E" or "O"
+    stopbits: int
+    pattern: re.Pattern[str]  # named groups = the values
+    units: dict[str, str]  # group name -> unit ("" when none given)
+    request: bytes | None  # sent to ask for a reading, or None for sensors that talk by themselves
+    request_interval: float  # seconds between requests
+    stale_after: float  # no valid reading for this long = offline
+    max_line: int  # longer lines (or that much data without a newline) are malformed
+
+    bus_kind = "serial"  # the driver that reads it
+
+    @property
+    def bus_key(self) -> str:
+        """A port is not shared: the daemon makes one bus per sensor device (not looked up)."""
+        return f"serial:{self.port}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.pattern.groupindex)
+
+
+def read_sensor(t: SpecTable) -> SerialSensorSpec | None:
+    """The serial keys of a sensor device: port, framing, pattern, units, request, stale_after."""
+    port = t.string("port")
+    baudrate = t.integer("baudrate", default=9600, low=50, high=4_000_000)
+    bytesize = t.integer("bytesize", default=8, low=5, high=8)
+    parity = t.string("parity", default="none", choices=tuple(PARITY))
+    stopbits = t.integer("stopbits", default=1, low=1, high=2)
+    pattern_text = t.string("pattern")
+    pattern = None
+    if pattern_text is not None:
+        try:
+            pattern = re.compile(pattern_text)
+        except re.error as exc:
+            t.problem("pattern", f"invalid regular expression: {exc}")
+        else:
+            if not pattern.groupindex:
+                t.problem("pattern", "needs at least one named group, e.g. T=(?P<temp>-?[0-9.]+)")
+                pattern = None
+    units_table = t.table("units")
+    units: dict[str, str] = {}
+    if units_table is not None:
+        for key in list(units_table.data):
+            unit = units_table.string(key)
+            if pattern is not None and key not in pattern.groupindex:
+                units_table.problem(key, f"no group named {key!r} in pattern")
+            elif unit is not None:
+                units[key] = unit
+        units_table.finish()
+    request = t.string("request", default=None)
+    request_bytes = None
+    if request is not None:
+        try:  # escapes such as \r\n also work inside a TOML literal string
+            request_bytes = request.encode().decode("unicode_escape").encode("latin-1")
+        except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+            t.problem("request", f"bad escape sequence: {exc.reason}")
+            request = None
+    interval = t.number("request_interval", default=1.0, high=3600.0)
+    if t.has("request_interval") and request is None:
+        t.problem("request_interval", "only meaningful with a request")
+    stale = t.number("stale_after", default=5.0, high=86400.0)
+    max_line = t.integer("max_line", default=256, low=16, high=65536)
+    if None in (port, baudrate, bytesize, parity, stopbits, pattern, interval, stale, max_line) \
+            or (t.has("request") and request_bytes is None):
+        return None
+    return SerialSensorSpec(
+        port=port, baudrate=baudrate, bytesize=bytesize, parity=PARITY[parity], stopbits=stopbits,
+        pattern=pattern, units={name: units.get(name, "") for name in pattern.groupindex},
+        request=request_bytes,
+        request_interval=interval, stale_after=stale, max_line=max_line,
+    )
 
 ReadingListener = Callable[[dict[str, float], float], None]
 
@@ -50,6 +137,7 @@ class SerialValue(InputPoint):
         super().__init__(name)
         self.key = key  # the regex group
         self.unit = unit  # "°C", or "" when none was configured
+        self.sensor: SerialSensor | None = None  # the port it is read from
 
     async def refresh(self) -> Observation:
         """There is nothing to ask a talking sensor: the last reading, if it is current."""
@@ -95,14 +183,22 @@ class LineParser:
 
 
 class SerialSensor:
-    """A sensor on one serial port; its named values are points (``<device>.<group>``)."""
+    """A sensor on one serial port; its named values are points (``<device>.<group>``).
+
+    A :class:`drivers.base.Bus` made for one device (:attr:`owner`): its
+    points are made with it, and it is stopped when its device goes.
+    """
 
     kind = "serial"
 
-    def __init__(self, device: str, spec: Any) -> None:
-        self.spec = spec  # SerialSensorSpec: port, framing, pattern, units, request, stale_after
+    def __init__(self, device: str, spec: SerialSensorSpec) -> None:
+        self.spec = spec
         self.name = f"serial {spec.port}"  # for logs and metrics
+        self.key = spec.bus_key  # one bus per port
+        self.owner: str | None = device  # the device this bus exists for
         self.values = {key: SerialValue(f"{device}.{key}", key, spec.units.get(key, "")) for key in spec.names}
+        for point in self.values.values():
+            point.sensor = self
         for point in self.values.values():
             point.online, point.offline_since, point.offline_reason = False, time.time(), "no reading yet"
         self._listeners: list[ReadingListener] = []
@@ -116,6 +212,7 @@ class SerialSensor:
         self._stale: asyncio.TimerHandle | None = None
         self._parser = LineParser(spec.max_line)
         self._good_session = False  # the current port session produced a valid reading (reader thread)
+        self._beat = time.monotonic()  # the reader thread's last turn (for wedged())
         self._counts = {"readings": 0, "malformed_lines": 0, "reopens": 0, "open_failures": 0}
 
     @property
@@ -130,6 +227,26 @@ class SerialSensor:
     def counters(self) -> dict[str, int]:
         return dict(self._counts)
 
+    def attach(self, point: Point) -> None:
+        """The values are made with the sensor; only they belong to it."""
+        if point not in self.values.values():
+            raise TypeError(f"{point.name} is not a value of {self.name}")
+
+    def detach(self, point: Point) -> None:
+        """Nothing to re-plan: the sensor talks by itself (its owner's closing stops it)."""
+
+    def wedged(self) -> str | None:
+        """The reader thread died, or its loop (which turns at least every read timeout) stopped."""
+        thread = self._thread
+        if thread is None or self._stop.is_set():
+            return None
+        if not thread.is_alive():
+            return "reader thread ended"
+        stalled = time.monotonic() - self._beat
+        if stalled > WEDGED_AFTER:
+            return f"reader thread stuck for {stalled:.0f} s"
+        return None
+
     def listen_readings(self, listener: ReadingListener) -> None:
         """Call *listener(values, at)* on the loop for every valid line."""
         self._listeners.append(listener)
@@ -143,7 +260,7 @@ class SerialSensor:
         self._thread = threading.Thread(target=self._run, name=f"pictl {self.name}", daemon=True)
         self._thread.start()
 
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
         """Stop the reader thread (unblocking its read) and wait for it, with a deadline."""
         self._stop.set()
         with self._port_lock:
@@ -200,11 +317,12 @@ class SerialSensor:
 
     # -- reader thread ----------------------------------------------------------------------------
     def _run(self) -> None:
-        backoff = BACKOFF_START
+        backoff = Backoff(BACKOFF_START, BACKOFF_MAX)
         opened_before = False
         reported = None  # the last reason sent to the loop, so an outage is logged once
         try:
             while not self._stop.is_set():
+                self._beat = time.monotonic()
                 try:
                     port = self._open()
                 except (serial.SerialException, OSError, ValueError) as exc:
@@ -215,8 +333,7 @@ class SerialSensor:
                         log.warning("%s: %s", self.name, reason)
                         self._to_loop(self._set_offline, reason)
                         reported = "open"
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    self._stop.wait(backoff.next())
                     continue
                 if opened_before:
                     self._counts["reopens"] += 1
@@ -239,9 +356,8 @@ class SerialSensor:
                     with contextlib.suppress(Exception):
                         port.close()
                 if self._good_session:  # it worked for a while: start the backoff afresh
-                    backoff = BACKOFF_START
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                    backoff.reset()
+                self._stop.wait(backoff.next())
         finally:
             if self._exited is not None:
                 self._to_loop(self._exited.set)
@@ -249,7 +365,8 @@ class SerialSensor:
     def _open(self) -> serial.SerialBase:
         s = self.spec
         port = serial.serial_for_url(s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
-                                     stopbits=s.stopbits, timeout=READ_TIMEOUT, do_not_open=True)
+                                     stopbits=s.stopbits, timeout=READ_TIMEOUT, write_timeout=WRITE_TIMEOUT,
+                                     do_not_open=True)
         if hasattr(port, "exclusive"):
             with contextlib.suppress(ValueError):
                 port.exclusive = True  # a second reader on one port would steal lines
@@ -268,6 +385,7 @@ class SerialSensor:
         self._parser.buffer.clear()
         self._parser.discarding = False
         while not self._stop.is_set():
+            self._beat = time.monotonic()
             if request is not None and time.monotonic() >= next_request:
                 port.write(request)
                 next_request = time.monotonic() + interval

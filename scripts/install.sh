@@ -71,7 +71,7 @@ else
     cp "$SRC/config/example-pi.toml" "$DESTDIR$CONFIG.new"
     for role in admin panel; do
         # `pictl token create` needs only the standard library: run it from this tree.
-        { printf '\n'; PYTHONPATH="$SRC" "$PYTHON" -m controller.cli token create "$role" --role "$role" \
+        { printf '\n'; PYTHONPATH="$SRC" "$PYTHON" -m controller.service.cli token create "$role" --role "$role" \
             2>"$DESTDIR$CONFIG.secret"; } >> "$DESTDIR$CONFIG.new"
         tokens="$tokens  $role: $(sed 's/.*: //' "$DESTDIR$CONFIG.secret")"$'\n'
         rm -f "$DESTDIR$CONFIG.secret"

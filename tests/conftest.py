@@ -18,9 +18,10 @@ from hypothesis import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from controller import config
-from controller.daemon import Daemon
-from controller.devices import Device
+from controller.devices.base import Device
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
+from controller.settings.load import Config
 from drivers.base import Point
 
 # CI runs the fuzz suite on a fixed set of examples (the same every run); developers get fresh ones.
@@ -38,11 +39,11 @@ PANEL = "demo-panel"
 
 
 @pytest.fixture
-def demo_config() -> config.Config:
+def demo_config() -> Config:
     return config.load(str(DEMO))
 
 
-def gpio_demo() -> config.Config:
+def gpio_demo() -> Config:
     """The demo's GPIO half as a config (see DEMO_GPIO_TEXT)."""
     return config.loads(DEMO_GPIO_TEXT, str(DEMO))
 
@@ -53,14 +54,14 @@ def on_gpio_demo() -> Any:
     two more devices would change (tests/test_e2e_fan_sensor.py covers those devices)."""
 
     @pytest.fixture(name="demo_config")
-    def gpio_demo_config() -> config.Config:
+    def gpio_demo_config() -> Config:
         return gpio_demo()
 
     return gpio_demo_config
 
 
 @pytest.fixture
-async def daemon(demo_config: config.Config) -> AsyncIterator[Daemon]:
+async def daemon(demo_config: Config) -> AsyncIterator[Daemon]:
     d = Daemon(demo_config, simulate=True, host="127.0.0.1", port=0)
     await d.start()
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import parse_params
 from controller.client import Client
-from controller.daemon import Daemon
+from controller.service.cli import parse_params
+from controller.service.daemon import Daemon
 from tests.conftest import ADMIN, DEMO, PANEL, close_all, on_gpio_demo
 
 demo_config = on_gpio_demo()
@@ -138,7 +138,7 @@ async def test_token_create_makes_config_lines_that_verify(tmp_path: Path) -> No
     conf = tmp_path / "t.toml"
     conf.write_text('[auth.roles.panel]\nallow = ["*"]\n' + out
                     + '[devices.light]\nkind = "switch"\noutput = { gpio = 22 }\n')
-    from controller import config
+    from controller.service import configfile as config
 
     [token] = config.load(str(conf)).tokens
     assert token.name == "hall-panel" and token.verifier.matches(secret) and secret not in out
@@ -148,7 +148,7 @@ async def test_token_hash_reads_the_secret_from_stdin() -> None:
     proc = await asyncio.create_subprocess_exec(PICTL, "token", "hash", stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate(b"a secret I chose\n")
-    from controller.secrets import parse_hash
+    from controller.security.secrets import parse_hash
 
     assert proc.returncode == 0 and parse_hash(out.decode().strip()).matches("a secret I chose")
 

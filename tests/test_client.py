@@ -10,8 +10,8 @@ import pytest
 
 from controller import client as pictl
 from controller.client import Client, Event, SyncClient
-from controller.config import Config
-from controller.daemon import Daemon
+from controller.service.daemon import Daemon
+from controller.settings.load import Config
 from tests.conftest import ADMIN, PANEL, close_all
 
 
@@ -154,7 +154,7 @@ async def test_without_a_request_key_a_lost_answer_is_connection_lost(client: Cl
 
 
 def test_only_device_actions_get_a_request_key_by_default() -> None:
-    from controller.config import RESERVED_NAMES
+    from controller.wire.protocol import RESERVED_NAMES
 
     assert {f"{name}." for name in RESERVED_NAMES} == set(pictl.NOT_ACTIONS)  # no device can be called that
     assert pictl.is_action("door.open") and pictl.is_action("hall_temp.read")

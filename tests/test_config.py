@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from controller import cli, config
-from controller.configbase import ConfigError, key_lines
-from controller.door import DoorConfig
-from controller.switch import SwitchConfig
+from controller.devices.door import DoorConfig
+from controller.devices.switch import SwitchConfig
+from controller.security.policy import Role
+from controller.service import cli
+from controller.service import configfile as config
+from controller.settings.reader import ConfigError, key_lines
+from drivers.gpio import GpioInputSpec, GpioOutputSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo.toml"
@@ -94,8 +97,8 @@ def test_base_is_valid_and_typed():
     assert list(cfg.devices) == ["door", "light"]
     door = cfg.devices["door"]
     assert isinstance(door, DoorConfig)
-    assert door.relay == config.GpioOutputSpec(pin=17, active_high=True)
-    assert door.contact == config.GpioInputSpec(pin=27, pull="up", active_high=None, debounce_s=None)
+    assert door.relay == GpioOutputSpec(pin=17, active_high=True)
+    assert door.contact == GpioInputSpec(pin=27, pull="up", active_high=None, debounce_s=None)
     assert door.contact.active_level is False  # pulled up: active low
     assert (door.timeout, door.max_timeout) == (2.0, 30.0)
     light = cfg.devices["light"]
@@ -103,7 +106,7 @@ def test_base_is_valid_and_typed():
     assert light.output.pin == 22
     assert light.feedback is not None and light.feedback.pin == 23 and light.feedback.active_level is True
     assert (light.timeout, light.max_timeout) == (1.0, 30.0)
-    assert cfg.roles == {"admin": config.Role("admin", ("*",))}
+    assert cfg.roles == {"admin": Role("admin", ("*",))}
     [token] = cfg.tokens
     assert (token.name, token.role) == ("ops", "admin")
     assert token.verifier.matches("long-enough-secret") and not token.verifier.matches("long-enough-secreT")

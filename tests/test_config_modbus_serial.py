@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from controller import config
-from controller.configbase import ConfigError
-from controller.sensor import SensorConfig
-from controller.setpoint import SetpointConfig
-from controller.switch import SwitchConfig
+from controller.devices.sensor import SensorConfig
+from controller.devices.setpoint import SetpointConfig
+from controller.devices.switch import SwitchConfig
+from controller.service import configfile as config
+from controller.settings.reader import ConfigError
 
 BASE = """\
 [modbus.plc]
@@ -176,7 +176,7 @@ def _hardware_snippets() -> list[str]:
 
 @pytest.mark.parametrize("snippet", _hardware_snippets())
 def test_every_device_snippet_in_hardware_md_passes_check_config(snippet: str, tmp_path, capsys) -> None:
-    from controller import cli
+    from controller.service import cli
 
     path = tmp_path / "snippet.toml"
     path.write_text(snippet)

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from controller import config, kinds
-from controller.errors import Busy, InvalidParams, NotConfirmed, Unavailable
-from controller.simulation import build_plant
+from controller.devices import registry as kinds
+from controller.devices.wiring import Wiring
+from controller.service import configfile as config
+from controller.service.simulation import start_plant
+from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable
 from drivers.base import OutputPoint
 from drivers.gpio import GpioBus
 
@@ -38,9 +40,9 @@ timeout = 0.5
 async def plant_devices():
     loop = asyncio.get_running_loop()
     cfg = config.loads(CONFIG, "devices.toml")
-    plant = build_plant(cfg, loop)
+    plant, cfg = await start_plant(cfg, loop)
     bus = GpioBus(plant.gpio_factory)
-    wiring = kinds.Wiring(bus)
+    wiring = Wiring({bus.key: bus})
     devices = {name: kinds.build(dc, wiring) for name, dc in cfg.devices.items()}
     for device in devices.values():
         for point in device.points:
@@ -48,7 +50,7 @@ async def plant_devices():
         await device.start()
     yield plant, devices
     bus.close()
-    plant.stop()
+    await plant.aclose()
 
 
 async def test_door_with_active_low_relay_opens_and_closes(plant_devices) -> None:
@@ -170,7 +172,7 @@ class StuckOutput(OutputPoint):
 
 async def test_readback_mismatch_is_not_confirmed_and_returns_to_safe(plant_devices) -> None:
     _plant, devices = plant_devices
-    from controller.switch import Switch
+    from controller.devices.switch import Switch
 
     stuck = StuckOutput()
     stuck.bind(asyncio.get_running_loop())
@@ -186,7 +188,7 @@ async def test_offline_device_refuses_at_once(plant_devices) -> None:
     _plant, devices = plant_devices
     stuck = StuckOutput()
     stuck.online, stuck.offline_since = False, 1_000_000.0
-    from controller.switch import Switch
+    from controller.devices.switch import Switch
 
     bell = Switch(devices["bell"].config, stuck, None)
     with pytest.raises(Unavailable) as refused:

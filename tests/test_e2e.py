@@ -10,7 +10,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from controller.daemon import Daemon
+from controller.service.daemon import Daemon
 from tests.conftest import ADMIN, PANEL, Client, http_get, open_client
 
 

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from controller.daemon import Daemon
-from controller.devices import Device
+from controller.devices.base import Device
+from controller.service.daemon import Daemon
 from tests.conftest import Client, until_online
 
 

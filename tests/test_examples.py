@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from controller.client import Client
-from controller.daemon import Daemon
+from controller.service.daemon import Daemon
 from tests.conftest import ADMIN, PANEL, ROOT, close_all, on_gpio_demo
 
 demo_config = on_gpio_demo()

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from controller import config, jsonrpc
-from controller.daemon import Daemon
-from controller.jsonrpc import Invalid, Request
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
+from controller.wire import jsonrpc
+from controller.wire.jsonrpc import Invalid, Request
 from tests.test_security import SECRETS, security_config
 
 RUNS: Counter[str] = Counter()  # examples actually run, reported by the last test

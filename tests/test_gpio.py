@@ -8,7 +8,7 @@ import threading
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from drivers.gpio import GpioBus, GpioUnavailable, load_pin_factory
+from drivers.gpio import GpioBus, GpioInputSpec, GpioOutputSpec, GpioUnavailable, load_pin_factory
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def bus() -> GpioBus:
 async def test_output_drives_its_safe_level_from_the_start(bus: GpioBus, active_high: bool, safe: bool,
                                                            level: bool) -> None:
     pin = bus.factory.pin(5)
-    out = bus.output("x.relay", 5, active_high=active_high, safe=safe)
+    out = bus.output("x.relay", GpioOutputSpec(5, active_high=active_high), safe=safe)
     assert pin.function == "output" and pin.state == level
     # The pin never passed through the other level on the way to output.
     assert all(s.state == level for s in pin.states[1:])
@@ -31,7 +31,7 @@ async def test_output_drives_its_safe_level_from_the_start(bus: GpioBus, active_
 
 
 async def test_write_reads_back_from_the_pin(bus: GpioBus) -> None:
-    out = bus.output("x.relay", 6, active_high=False, safe=False)
+    out = bus.output("x.relay", GpioOutputSpec(6, active_high=False), safe=False)
     obs = await out.write(True)
     assert obs.value is True and obs.point == "x.relay"
     assert bus.factory.pin(6).state is False  # active low: energised = line low
@@ -39,7 +39,7 @@ async def test_write_reads_back_from_the_pin(bus: GpioBus) -> None:
 
 
 async def test_close_returns_output_to_safe_then_releases(bus: GpioBus) -> None:
-    out = bus.output("x.relay", 7, active_high=True, safe=False)
+    out = bus.output("x.relay", GpioOutputSpec(7, active_high=True), safe=False)
     await out.write(True)
     pin = bus.factory.pin(7)
     assert pin.state is True
@@ -53,14 +53,14 @@ async def test_close_returns_output_to_safe_then_releases(bus: GpioBus) -> None:
 async def test_input_reads_its_idle_level(bus: GpioBus, pull: str, active_high: bool | None, idle: bool) -> None:
     if pull == "none":
         bus.factory.pin(8).drive_low()
-    point = bus.input("x.in", 8, pull=pull, active_high=active_high, debounce_s=None)
+    point = bus.input("x.in", GpioInputSpec(8, pull=pull, active_high=active_high, debounce_s=None))
     point.bind(asyncio.get_running_loop())
     assert (await point.refresh()).value is idle
 
 
 async def test_edges_from_another_thread_arrive_on_the_loop_in_order(bus: GpioBus) -> None:
     loop = asyncio.get_running_loop()
-    point = bus.input("door.contact", 9, pull="up", active_high=None, debounce_s=None)
+    point = bus.input("door.contact", GpioInputSpec(9, pull="up", active_high=None, debounce_s=None))
     point.bind(loop)
     await point.refresh()
     seen: list[tuple[bool, bool]] = []
@@ -80,9 +80,9 @@ async def test_edges_from_another_thread_arrive_on_the_loop_in_order(bus: GpioBu
 
 
 async def test_a_line_cannot_be_claimed_twice(bus: GpioBus) -> None:
-    bus.output("a.relay", 10, active_high=True, safe=False)
+    bus.output("a.relay", GpioOutputSpec(10, active_high=True), safe=False)
     with pytest.raises(Exception, match=r"in use|already"):
-        bus.input("b.contact", 10, pull="up", active_high=None, debounce_s=None)
+        bus.input("b.contact", GpioInputSpec(10, pull="up", active_high=None, debounce_s=None))
 
 
 def test_unknown_pin_factory_is_a_clear_error() -> None:

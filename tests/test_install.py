@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import cli, config
-from controller.daemon import Daemon
+from controller.service import cli
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "config" / "example-pi.toml"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from controller import jsonrpc
-from controller.errors import InvalidParams, InvalidRequest, MethodNotFound, NotConfirmed, ParseError
-from controller.jsonrpc import Invalid, Message, Request, decode, encode, error, notification, result
+from controller.wire import jsonrpc
+from controller.wire.errors import InvalidParams, InvalidRequest, MethodNotFound, NotConfirmed, ParseError
+from controller.wire.jsonrpc import Invalid, Message, Request, decode, encode, error, notification, result
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

@@ -14,8 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-from controller.config import AuditConfig, Config, EventsConfig, MetricsConfig
-from controller.daemon import Daemon
+from controller.service.daemon import Daemon
+from controller.settings.load import Config
+from controller.settings.sections import AuditConfig, EventsConfig, MetricsConfig
 from tests.conftest import ADMIN, PANEL, Client, http_get, on_gpio_demo, open_client
 
 demo_config = on_gpio_demo()

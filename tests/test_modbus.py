@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from controller.config import ModbusAddress, ModbusLinkConfig, ModbusPointSpec
 from drivers.modbus import ExceptionReply, ModbusLink, decode, encode, plan_reads
+from drivers.modbus_spec import ModbusAddress, ModbusLinkConfig, ModbusPointSpec
 from drivers.sim.modbus_world import SimModbusServer
 from tests.conftest import until_health
 
@@ -94,7 +94,7 @@ async def rig(request) -> AsyncIterator[Rig]:
     port = server.url if request.param == "rtu" else server.port
     link = ModbusLink(link_config(request.param, port))
     yield Rig(server, link)
-    await link.aclose()
+    await link.stop()
     await server.aclose()
 
 
@@ -195,7 +195,7 @@ async def test_server_down_at_start_then_up_reconnects() -> None:
         await until_health(fan, online=True)
         assert link.counters()["reconnects"] == 0  # the first successful connect is not a reconnect
     finally:
-        await link.aclose()
+        await link.stop()
         await server.aclose()
 
 
@@ -205,7 +205,7 @@ async def test_outputs_are_written_safe_at_start_and_at_shutdown(rig: Rig) -> No
     await start(rig)
     assert fan.value is False and rig.server.devices.value(1, "coil", 0) == 0
     await fan.write(True)
-    await rig.link.aclose()
+    await rig.link.stop()
     assert rig.server.devices.value(1, "coil", 0) == 0
 
 

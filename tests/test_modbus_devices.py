@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller import config
-from controller.daemon import Daemon
-from controller.errors import InvalidParams, NotConfirmed, Unavailable
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
+from controller.wire.errors import InvalidParams, NotConfirmed, Unavailable
 from drivers.sim.modbus_world import SimModbusDevices
 from tests.conftest import until_health
 
@@ -186,5 +186,5 @@ async def test_shutdown_writes_the_safe_state(plant) -> None:
     await daemon.devices["speed"].run("set", {"value": 55}, 1.0)
     server = daemon.plant.modbus["plc"] if daemon.plant else None
     assert server is not None
-    await asyncio.gather(*(bus.aclose() for bus in daemon.buses if bus.kind == "modbus"))
+    await asyncio.gather(*(bus.stop() for bus in daemon.buses if bus.kind == "modbus"))
     assert sim.value(1, "coil", 0) == 0 and sim.value(2, "holding", 3) == 0

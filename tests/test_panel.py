@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from controller.clock import iso
-from controller.config import DeviceConfig, Role
-from controller.daemon import Daemon
-from controller.devices import Action, Device, Outcome, Param
-from controller.static import PANEL_DIR, StaticFiles
+from controller.devices.base import Action, Device, Outcome, Param
+from controller.doors.static import PANEL_DIR, StaticFiles
+from controller.security.policy import Role
+from controller.service.daemon import Daemon
+from controller.settings.devices import DeviceConfig
+from controller.wire.clock import iso
 from tests.conftest import ADMIN, PANEL, ROOT, Client, close_all, http_get, on_gpio_demo, open_client
 
 demo_config = on_gpio_demo()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from drivers.gpio import GpioBus
+from drivers.gpio import GpioBus, GpioInputSpec, GpioOutputSpec
 from drivers.sim.plant import Plant, UnknownFault
 
 
@@ -17,8 +17,8 @@ async def rig():
     plant.link("door", output_pin=17, energised=True, input_pin=27, level_when_on=True, delay_s=0.1,
                fault="jammed")
     bus = GpioBus(plant.gpio_factory)
-    relay = bus.output("door.relay", 17, active_high=True, safe=False)
-    contact = bus.input("door.contact", 27, pull="up", active_high=None, debounce_s=None)
+    relay = bus.output("door.relay", GpioOutputSpec(17, active_high=True), safe=False)
+    contact = bus.input("door.contact", GpioInputSpec(27, pull="up", active_high=None, debounce_s=None))
     for point in (relay, contact):
         point.bind(loop)
     await contact.refresh()

@@ -18,8 +18,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from controller.config import Config
-from controller.daemon import Daemon
+from controller.service.daemon import Daemon
+from controller.settings.load import Config
 from tests.conftest import ADMIN, ROOT
 
 NGINX = shutil.which("nginx", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin")))

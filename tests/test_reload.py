@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from controller import config, kinds, switch
-from controller.daemon import Daemon
-from controller.reload import plan_reload
-from controller.secrets import hash_secret
+from controller.devices import registry as kinds
+from controller.devices import switch
+from controller.security.secrets import hash_secret
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
+from controller.service.reload import plan_reload
+from controller.settings.load import Config
 from tests.conftest import DEMO_GPIO_TEXT, ROOT, Client, open_client
 
 DEMO_TEXT = DEMO_GPIO_TEXT
@@ -72,7 +75,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def demo_config(config_file: Path) -> config.Config:
+def demo_config(config_file: Path) -> Config:
     """The conftest ``daemon`` and ``admin`` fixtures, on a config file this test may rewrite."""
     return config.load(str(config_file))
 

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller.daemon import Daemon
-from controller.sdnotify import Notifier, Supervision, Watchdog, watchdog_interval
+from controller.service.daemon import Daemon
+from controller.service.sdnotify import Notifier, watchdog_interval
+from controller.service.supervision import Supervision, Watchdog
 from tests.conftest import ADMIN, NotifySocket, on_gpio_demo, open_client
 
 

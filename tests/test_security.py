@@ -13,11 +13,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from controller import config
-from controller.auth import role_allows
-from controller.config import Role
-from controller.daemon import Daemon
-from controller.secrets import hash_secret
+from controller.security.auth import role_allows
+from controller.security.policy import Role
+from controller.security.secrets import hash_secret
+from controller.service import configfile as config
+from controller.service.daemon import Daemon
 from tests.conftest import Client, open_client
 
 SECRETS = {"root": "root-secret-1", "panel": "panel-secret-1", "viewer": "viewer-secret", "limited": "limited-sec"}
@@ -133,7 +133,7 @@ async def test_sim_methods_are_for_admin_only(secure: Daemon) -> None:
 
 
 async def test_sim_methods_do_not_exist_without_simulation(secure: Daemon) -> None:
-    from controller.dispatch import Dispatcher
+    from controller.rpc.dispatch import Dispatcher
 
     plain = Dispatcher(secure.devices, secure.dispatcher.auth)
     assert "sim.fault" not in plain.methods and "sim.clear" not in plain.methods
@@ -357,7 +357,8 @@ async def test_tls_serves_wss(tmp_path: Path) -> None:
 async def test_outputs_start_safe_or_as_found_when_configured(tmp_path: Path) -> None:
     from gpiozero.pins.mock import MockFactory
 
-    from controller import kinds
+    from controller.devices import registry as kinds
+    from controller.devices.wiring import Wiring
     from drivers.gpio import GpioBus
 
     text = """
@@ -376,7 +377,7 @@ output = { gpio = 6 }
         factory.pin(pin).drive_high()  # both lines found high (a relay left on by the last run)
     found = len(factory.pin(6).states)
     bus = GpioBus(factory)
-    wiring = kinds.Wiring(bus)
+    wiring = Wiring({bus.key: bus})
     devices = {name: kinds.build(dc, wiring) for name, dc in cfg.devices.items()}
     loop = asyncio.get_running_loop()
     for d in devices.values():

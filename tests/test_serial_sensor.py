@@ -14,8 +14,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from controller.config import SerialSensorSpec
-from drivers.serial_sensor import LineParser, SerialSensor
+from drivers.serial_sensor import LineParser, SerialSensor, SerialSensorSpec
 from drivers.sim.serial_world import SimSerialSensor
 from tests.conftest import until_health, until_online
 
@@ -46,7 +45,7 @@ async def rig(tmp_path) -> AsyncIterator[Rig]:
     for point in sensor.points:
         point.bind(asyncio.get_running_loop())
     yield Rig(far, sensor, lines)
-    await sensor.aclose()
+    await sensor.stop()
     await far.aclose()
 
 
@@ -152,7 +151,7 @@ async def test_a_request_command_is_sent_at_the_interval(tmp_path) -> None:
         assert await reading(sensor) == {"temp": 18.0}
     finally:
         loop.remove_reader(master)
-        await sensor.aclose()
+        await sensor.stop()
         await far.aclose()
 
 
@@ -163,14 +162,14 @@ async def test_shutdown_stops_the_reader_thread_even_when_the_port_is_missing(tm
     await sensor.start()
     assert any(t.name.startswith("pictl serial") for t in threading.enumerate())
     started = time.monotonic()
-    await sensor.aclose()
+    await sensor.stop()
     assert time.monotonic() - started < 1.0  # not a whole backoff or join deadline
     assert not any(t.name.startswith("pictl serial") for t in threading.enumerate())
     assert not sensor.values["temp"].online
 
 
 async def test_the_sensor_device_announces_coming_online_with_its_first_reading(rig: Rig) -> None:
-    from controller.sensor import Sensor, SensorConfig
+    from controller.devices.sensor import Sensor, SensorConfig
 
     device = Sensor(SensorConfig(name="hall", kind="sensor", timeout=1.0, max_timeout=30.0,
                                  serial=rig.sensor.spec), rig.sensor)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.sdnotify import STOP_MARGIN_S
+from controller.service.supervision import STOP_MARGIN_S
 from tests.conftest import ROOT
 
 UNIT = ROOT / "systemd" / "pictl.service"

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller import config
-from controller.daemon import Daemon
 from controller.doors.crossbar import CrossbarRouter, crossbar_executable
+from controller.service import configfile
+from controller.service.daemon import Daemon
+from controller.settings.load import Config
 from controller.settings.wamp import WampConfig
 from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, Client, http_get, open_client
 
@@ -50,13 +51,13 @@ def router() -> Iterator[CrossbarRouter]:
 
 
 def node_config(router: CrossbarRouter, node: str, *, role: str = "admin", extra: str = "",
-                text: str = DEMO_GPIO_TEXT) -> config.Config:
-    return config.loads(text + extra + f'\n[wamp]\nurl = "{router.url}"\nrealm = "{REALM}"\nnode = "{node}"\n'
+                text: str = DEMO_GPIO_TEXT) -> Config:
+    return configfile.loads(text + extra + f'\n[wamp]\nurl = "{router.url}"\nrealm = "{REALM}"\nnode = "{node}"\n'
                         f'role = "{role}"\nmax_retry_delay = 1.0\n', str(DEMO))
 
 
 @contextlib.asynccontextmanager
-async def running_node(cfg: config.Config, wait: bool = True) -> AsyncIterator[Daemon]:
+async def running_node(cfg: Config, wait: bool = True) -> AsyncIterator[Daemon]:
     daemon = Daemon(cfg, simulate=True, host="127.0.0.1", port=0)
     await daemon.start()
     try:
@@ -217,7 +218,7 @@ async def test_wamp_ticket_authentication(router: CrossbarRouter, tmp_path: Path
     ticket.chmod(0o600)
     cfg = node_config(router, "n5")
     assert cfg.wamp is not None
-    cfg = config.Config(**{**cfg.__dict__, "wamp": WampConfig(**{**cfg.wamp.__dict__, "authid": TICKET_ID,
+    cfg = Config(**{**cfg.__dict__, "wamp": WampConfig(**{**cfg.wamp.__dict__, "authid": TICKET_ID,
                                                                  "ticket": TICKET})})
     async with running_node(cfg) as node, caller(router) as wamp:
         session_id = node.wamp.link.session._session_id
@@ -259,7 +260,7 @@ async def test_a_node_killed_mid_call_cancels_the_caller_and_the_door_ends_safe(
 @contextlib.asynccontextmanager
 async def fleet(router: CrossbarRouter) -> AsyncIterator[tuple[Aggregator, FleetPanel]]:
     aggregator = Aggregator(router.url, REALM, max_retry_delay=1.0)
-    panel = FleetPanel(aggregator, config.load(str(DEMO.parent / "fleet.toml"), devices_required=False),
+    panel = FleetPanel(aggregator, configfile.load(str(DEMO.parent / "fleet.toml"), devices_required=False),
                        host="127.0.0.1", port=0)
     await panel.start()
     aggregator.start()

@@ -34,16 +34,17 @@ from autobahn.asyncio.wamp import ApplicationSession
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import SubscribeOptions
 
-from controller import __version__, errors
-from controller.audit import AuditTrail
-from controller.auth import Authenticator, Session
-from controller.clock import iso
-from controller.config import Config
-from controller.dispatch import Dispatcher
+from controller import __version__
 from controller.doors.wamp import Link, component
-from controller.events import EventBus
-from controller.metrics import Metrics
-from controller.server import Server
+from controller.doors.web import Server
+from controller.rpc.dispatch import Dispatcher
+from controller.rpc.events import EventBus
+from controller.rpc.metrics import Metrics
+from controller.security.audit import AuditTrail
+from controller.security.auth import Authenticator, Session
+from controller.settings.load import Config
+from controller.wire import errors
+from controller.wire.clock import iso
 
 log = logging.getLogger(__name__)
 

@@ -40,12 +40,12 @@ from autobahn.wamp.request import Registration  # noqa: E402
 from autobahn.wamp.types import CallDetails, RegisterOptions  # noqa: E402
 from prometheus_client import Gauge  # noqa: E402
 
-from controller import errors  # noqa: E402
-from controller.auth import RateBucket, Session  # noqa: E402
-from controller.config import Role, Token  # noqa: E402
-from controller.dispatch import Dispatcher  # noqa: E402
-from controller.secrets import SecretHash  # noqa: E402
+from controller.rpc.dispatch import Dispatcher  # noqa: E402
+from controller.security.auth import RateBucket, Session  # noqa: E402
+from controller.security.policy import Role, Token  # noqa: E402
+from controller.security.secrets import SecretHash  # noqa: E402
 from controller.settings.wamp import WampConfig  # noqa: E402
+from controller.wire.protocol import ERROR_NAMES, INTERNAL_ERROR, INVALID_PARAMS  # noqa: E402
 
 log = logging.getLogger(__name__)
 if logging.getLogger("autobahn").level == logging.NOTSET:
@@ -57,9 +57,6 @@ DETAILS_ARG = "wamp_details"  # the keyword autobahn fills with the call's detai
 MAX_CALLER_SESSIONS = 256  # rate-limit buckets kept, one per disclosed caller
 INITIAL_RETRY_DELAY = 0.5  # seconds before the first rejoin; grows x1.5 up to [wamp] max_retry_delay
 PING_INTERVAL, PING_TIMEOUT = 10.0, 5.0  # a router that stops answering pings is gone: rejoin
-ERROR_NAMES = {cls.code: cls.name for cls in (
-    errors.ParseError, errors.InvalidRequest, errors.MethodNotFound, errors.InvalidParams, errors.InternalError,
-    errors.Unauthorized, errors.NotConfirmed, errors.Busy, errors.Unavailable, errors.RateLimited)}
 
 
 def error_uri(name: str) -> str:
@@ -68,8 +65,8 @@ def error_uri(name: str) -> str:
 
 def application_error(error: dict[str, Any]) -> ApplicationError:
     """A JSON-RPC error object as the WAMP error a caller receives."""
-    code = error.get("code", errors.InternalError.code)
-    name = ERROR_NAMES.get(code, errors.InternalError.name)
+    code = error.get("code", INTERNAL_ERROR)
+    name = ERROR_NAMES.get(code, ERROR_NAMES[INTERNAL_ERROR])
     return ApplicationError(error_uri(name), error.get("message", name), code=code, data=error.get("data"))
 
 
@@ -94,7 +91,9 @@ class QuietSession(WampSession):
 
 def component(url: str, realm: str, *, authid: str | None = None, ticket: str | None = None,
               max_retry_delay: float = 10.0) -> Component:
-    """An autobahn Component for *realm* at *url* (WAMP-Ticket when *authid* is given)."""
+    """An autobahn Component for *realm* at *url* (WAMP-Ticket when *authid* is given), on the running loop."""
+    # txaio keeps one global loop: point it at ours (tests and benchmarks run one loop after another).
+    txaio.config.loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
     authentication = {} if authid is None else {"ticket": {"authid": authid, "ticket": ticket}}
     return Component(transports=[wamp_transport(url, max_retry_delay)], realm=realm,
                      authentication=authentication, session_factory=QuietSession)
@@ -117,7 +116,6 @@ class Link:
         self._stopping = False
 
     def start(self) -> None:
-        txaio.config.loop = asyncio.get_running_loop()  # type: ignore[attr-defined]  # tests run many loops
         self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"wamp link {self.name}")
 
     async def _run(self) -> None:
@@ -283,7 +281,7 @@ class WampBridge:
             details = kwargs.pop(DETAILS_ARG, None)
             if args:
                 raise ApplicationError(error_uri("invalid_params"), "params go as keyword arguments",
-                                       code=errors.InvalidParams.code, data=None)
+                                       code=INVALID_PARAMS, data=None)
             return await self.call(method, kwargs, details)
 
         return endpoint

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from controller.configbase import Table
+from controller.settings.reader import Table
 
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # one WAMP URI component: no dots, no spaces
 RESERVED_NODES = frozenset({"fleet", "error"})  # pictl.fleet.* is the aggregator's, pictl.error.* the error URIs

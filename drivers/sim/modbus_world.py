@@ -18,15 +18,23 @@ RTU framing so that an RTU client reaches it through pyserial's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
+
+from drivers.base import Coupling, PointSpec
+from drivers.modbus_spec import ModbusAddress, ModbusLinkConfig, ModbusPointSpec, decode, encode
+
+if TYPE_CHECKING:
+    from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +178,65 @@ class SilenceFault:
 
     def clear(self) -> None:
         self.devices.silent.discard(self.device_id)
+
+
+def follow(sim: SimModbusDevices, source: ModbusAddress, target: ModbusAddress,
+           convert: Callable[[Any], Any]) -> Callable[[], None]:
+    """Whatever is written at *source* shows up at *target* (converted) at once, unless it is stuck.
+
+    Returns the undo (a device rebuilt by a reload must not leave its old physics behind).
+    """
+    def on_write(device_id: int, table: str, address: int, count: int) -> None:
+        if (device_id, table) != (source.device_id, source.table) \
+                or not address <= source.address < address + count:
+            return
+        words = [sim.value(source.device_id, source.table, source.address + i) for i in range(source.width)]
+        raw = encode(target, convert(decode(source, words)))
+        for i, word in enumerate([raw] if isinstance(raw, bool) else raw):
+            if (target.device_id, target.table, target.address + i) not in sim.stuck:
+                sim.set(target.device_id, target.table, target.address + i, int(word))
+
+    sim.on_write.append(on_write)
+    return lambda: sim.on_write.remove(on_write) if on_write in sim.on_write else None
+
+
+class ModbusFarSide:
+    """The far side of Modbus links: one server per link, the addresses the points use, an
+    ``offline`` fault per device, and verify addresses that follow what is written."""
+
+    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
+        """A started server per link, and each link's config rewritten to reach it."""
+        out: dict[str, object] = {}
+        for name, link in links.items():
+            assert isinstance(link, ModbusLinkConfig)
+            server = await plant.modbus_server(name, rtu=link.transport == "rtu")
+            out[name] = dataclasses.replace(link, host="127.0.0.1", port=server.port) if link.transport == "tcp" \
+                else dataclasses.replace(link, port=server.url)
+        return out
+
+    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
+        assert isinstance(spec, ModbusPointSpec)
+        sim = plant.modbus[spec.link].devices
+        for at in (spec.at, spec.verify):
+            if at is not None:
+                sim.map(at.device_id, at.table, at.address, at.width)
+        if "offline" not in plant.faults(device):
+            plant.add_fault(device, "offline", SilenceFault(sim, spec.at.device_id))
+        verify = spec.verify
+        if verify is not None:  # a status input or actual value that follows the written one
+            if spec.at.table == "coil":
+                on, off = spec.verify_on, spec.verify_off
+                plant.on_unlink(device, follow(sim, spec.at, verify, lambda value: on if value else off))
+            else:
+                plant.on_unlink(device, follow(sim, spec.at, verify, lambda value: value))
+        return spec
+
+    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
+        """An input on the same link follows its output at once (no travel time on Modbus)."""
+        if not isinstance(output, ModbusPointSpec) or not isinstance(input, ModbusPointSpec) \
+                or output.link != input.link:
+            return False
+        sim = plant.modbus[output.link].devices
+        active = coupling.active_when_on
+        plant.on_unlink(device, follow(sim, output.at, input.at, lambda on: int(bool(on) == active)))
+        return True

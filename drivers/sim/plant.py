@@ -60,6 +60,7 @@ class SimDevice:
 
     name: str
     linkages: dict[str, Linkage] = field(default_factory=dict)  # fault name -> linkage it stops
+    undo: list[Callable[[], None]] = field(default_factory=list)  # other physics to take out with it
     faults: dict[str, Fault] = field(default_factory=dict)  # fault name -> what it does
     active: set[str] = field(default_factory=set)  # faults currently injected
 
@@ -127,11 +128,20 @@ class Plant:
         self.add_fault(device, fault, JamFault(linkage))
         return linkage
 
-    def unlink(self, device: str) -> None:
-        """Take a device's linkages out of the world (its config was reloaded away)."""
+    def on_unlink(self, device: str, undo: Callable[[], None]) -> None:
+        """Call *undo* when *device* is taken out of the world (physics other than linkages)."""
+        self.devices.setdefault(device, SimDevice(device)).undo.append(undo)
+
+    async def unlink(self, device: str) -> None:
+        """Take a device's physics and terminal out of the world (its config was reloaded away)."""
         sim = self.devices.pop(device, None)
         for linkage in sim.linkages.values() if sim else ():
             linkage.detach()
+        for undo in sim.undo if sim else ():
+            undo()
+        sensor = self.serial.pop(device, None)
+        if sensor is not None:
+            await sensor.aclose()
 
     def faults(self, device: str) -> list[str]:
         """Faults the device supports (empty when it is not simulated)."""

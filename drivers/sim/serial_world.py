@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import os
+import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from drivers.base import Coupling, PointSpec
+from drivers.serial_sensor import SerialSensorSpec
+
+if TYPE_CHECKING:
+    from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
+
+SENSOR_PERIOD_S = 0.5  # a simulated serial sensor's line interval
 
 
 class SimSerialSensor:
@@ -121,3 +133,47 @@ class UnplugFault:
 
     def clear(self) -> None:
         self.sensor.plug()
+
+
+def sensor_lines(spec: SerialSensorSpec) -> Callable[[], bytes]:
+    """Lines a sensor with *spec*'s pattern would send: ``T=21.4`` style if the pattern takes it."""
+    names = spec.names
+    start = time.monotonic()
+    formats: list[Callable[[list[tuple[str, float]]], str]] = [
+        lambda vals: " ".join(f"{n[0].upper()}={v:.1f}" for n, v in vals),
+        lambda vals: " ".join(f"{n}={v:.1f}" for n, v in vals),
+        lambda vals: ",".join(f"{v:.1f}" for _n, v in vals),
+        lambda vals: " ".join(f"{v:.1f}" for _n, v in vals),
+    ]
+    chosen = formats[0]
+    for fmt in formats:
+        match = spec.pattern.search(fmt([(n, 21.5) for n in names]))
+        if match and all(match.group(n) is not None for n in names):
+            chosen = fmt
+            break
+    else:
+        log.warning("the simulated sensor's lines (%r) do not match its pattern: it will look stale",
+                    chosen([(n, 21.5) for n in names]))
+
+    def line() -> bytes:
+        t = time.monotonic() - start
+        values = [(n, 21.0 + 10 * i + 0.5 * math.sin(t / 20 + i)) for i, n in enumerate(names)]
+        return (chosen(values) + "\r\n").encode()
+
+    return line
+
+
+class SerialFarSide:
+    """The far side of a serial sensor: a terminal emitting lines its pattern takes."""
+
+    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
+        return dict(links)  # a serial sensor is its own bus: nothing shared to open
+
+    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
+        """A plugged-in terminal for *device*, and the spec pointed at its stable path."""
+        assert isinstance(spec, SerialSensorSpec)
+        sensor = plant.serial_sensor(device, sensor_lines(spec), SENSOR_PERIOD_S)
+        return dataclasses.replace(spec, port=sensor.path)
+
+    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
+        return False  # a sensor has no output to follow

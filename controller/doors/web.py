@@ -1,5 +1,5 @@
 """One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it
-(/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.static`).
+(/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.doors.static`).
 
 The handshake is checked in ``process_request`` before any upgrade: the route,
 then the ``Origin`` (403), then an ``Authorization: Bearer`` header if sent
@@ -23,10 +23,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
-from controller.auth import Session, bearer
-from controller.dispatch import NOT_NOW, Dispatcher, binary_frame_error
-from controller.jsonrpc import Message, decode
-from controller.static import StaticFiles
+from controller.doors.static import StaticFiles
+from controller.rpc.dispatch import NOT_NOW, Dispatcher, binary_frame_error
+from controller.security.auth import Session, bearer
+from controller.wire.jsonrpc import Message, decode
 
 log = logging.getLogger(__name__)
 

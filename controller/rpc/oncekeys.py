@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.errors import Busy, InvalidParams, Unavailable
+from controller.wire.errors import Busy, InvalidParams, Unavailable
 
 MAX_KEY_LENGTH = 128
 MAX_ENTRIES = 10_000

@@ -2,7 +2,7 @@
 
 Configs are frozen dataclasses, so "did this device change" is ``==`` on its
 config, whatever its kind or the buses its points name. The daemon applies the
-plan (:meth:`controller.daemon.Daemon.apply`); nothing here touches hardware.
+plan (:meth:`controller.service.daemon.Daemon.apply`); nothing here touches hardware.
 
 Top-level settings are sorted into three groups:
 
@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from controller.config import Config, ServerConfig
+from controller.settings.load import Config, ServerConfig
 
 # Config fields the reload applies itself; every other field is a restart-only bus setting.
 APPLIED_FIELDS = frozenset({"path", "devices", "roles", "tokens", "server"})

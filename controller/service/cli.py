@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from controller import __version__
-from controller.configbase import ConfigError
+from controller.settings.reader import ConfigError
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 EXIT_OK, EXIT_RPC_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_config(path: str) -> int:
-    from controller import config
+    from controller.service import configfile
 
     try:
-        config.load(path)
+        configfile.load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -109,7 +109,7 @@ def check_config(path: str) -> int:
 
 
 def token(args: argparse.Namespace) -> int:
-    from controller.secrets import MIN_SECRET_LENGTH, generate_secret, hash_secret
+    from controller.security.secrets import MIN_SECRET_LENGTH, generate_secret, hash_secret
 
     if args.token_command == "hash":
         secret = sys.stdin.readline().strip()
@@ -136,8 +136,10 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from controller import config
-    from controller.daemon import Daemon, serve_until_signalled
+    from controller.service import configfile
+    from controller.service.daemon import Daemon
+    from controller.service.supervision import serve_until_signalled
+    from controller.settings.sections import parse_listen
     from controller.settings.wamp import MissingExtra
     from drivers.gpio import GpioUnavailable
 
@@ -147,7 +149,7 @@ def serve(args: argparse.Namespace) -> int:
     # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
     faulthandler.enable()
     try:
-        cfg = config.load(args.config)
+        cfg = configfile.load(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -155,7 +157,7 @@ def serve(args: argparse.Namespace) -> int:
     host = port = None
     if args.listen:
         try:
-            host, port = config.parse_listen(args.listen)
+            host, port = parse_listen(args.listen)
         except ValueError as exc:
             print(f"pictl: --listen: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -179,7 +181,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def aggregate(args: argparse.Namespace) -> int:
-    from controller import config
+    from controller.service import configfile
+    from controller.settings.sections import parse_listen
     from controller.settings.wamp import check_url
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -191,7 +194,7 @@ def aggregate(args: argparse.Namespace) -> int:
     cfg = None
     if args.config:
         try:
-            cfg = config.load(args.config, devices_required=False)
+            cfg = configfile.load(args.config, devices_required=False)
         except ConfigError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
@@ -202,7 +205,7 @@ def aggregate(args: argparse.Namespace) -> int:
     host = port = None
     if args.listen:
         try:
-            host, port = config.parse_listen(args.listen)
+            host, port = parse_listen(args.listen)
         except ValueError as exc:
             print(f"pictl aggregate: --listen: {exc}", file=sys.stderr)
             return EXIT_USAGE

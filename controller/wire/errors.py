@@ -1,8 +1,13 @@
-"""JSON-RPC errors: the standard ones and pictl's application codes (CONTRACT §3)."""
+"""JSON-RPC errors as exceptions: the standard ones and pictl's application codes.
+
+Codes and names come from :mod:`controller.wire.protocol`, the table the client shares.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from controller.wire import protocol as p
 
 
 class RpcError(Exception):
@@ -12,8 +17,8 @@ class RpcError(Exception):
     traceback, a file path or a secret in them.
     """
 
-    code = -32603
-    name = "internal_error"  # used as the metrics "outcome" label
+    code = p.INTERNAL_ERROR
+    name = p.ERROR_NAMES[code]  # used as the metrics "outcome" label
 
     def __init__(self, message: str | None = None, **data: Any) -> None:
         super().__init__(message or self.name.replace("_", " "))
@@ -28,40 +33,50 @@ class RpcError(Exception):
 
 
 class ParseError(RpcError):
-    code, name = -32700, "parse_error"
+    code = p.PARSE_ERROR
+    name = p.ERROR_NAMES[code]
 
 
 class InvalidRequest(RpcError):
-    code, name = -32600, "invalid_request"
+    code = p.INVALID_REQUEST
+    name = p.ERROR_NAMES[code]
 
 
 class MethodNotFound(RpcError):
-    code, name = -32601, "method_not_found"
+    code = p.METHOD_NOT_FOUND
+    name = p.ERROR_NAMES[code]
 
 
 class InvalidParams(RpcError):
-    code, name = -32602, "invalid_params"
+    code = p.INVALID_PARAMS
+    name = p.ERROR_NAMES[code]
 
 
 class InternalError(RpcError):
-    code, name = -32603, "internal_error"
+    code = p.INTERNAL_ERROR
+    name = p.ERROR_NAMES[code]
 
 
 class Unauthorized(RpcError):
-    code, name = -32001, "unauthorized"
+    code = p.UNAUTHORIZED
+    name = p.ERROR_NAMES[code]
 
 
 class NotConfirmed(RpcError):
-    code, name = -32002, "not_confirmed"
+    code = p.NOT_CONFIRMED
+    name = p.ERROR_NAMES[code]
 
 
 class Busy(RpcError):
-    code, name = -32003, "busy"
+    code = p.BUSY
+    name = p.ERROR_NAMES[code]
 
 
 class Unavailable(RpcError):
-    code, name = -32004, "unavailable"
+    code = p.UNAVAILABLE
+    name = p.ERROR_NAMES[code]
 
 
 class RateLimited(RpcError):
-    code, name = -32005, "rate_limited"
+    code = p.RATE_LIMITED
+    name = p.ERROR_NAMES[code]

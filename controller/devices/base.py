@@ -5,7 +5,7 @@ A device kind subclasses :class:`Device`. It *must* define ``kind``,
 (command the points, then await the observation that proves the change). The
 base class owns what every kind shares: the per-device FIFO queue, the
 ``timeout`` parameter, the online check, timing, and state-change
-notification. See :mod:`controller.kinds` for the registry.
+notification. See :mod:`controller.devices.registry` for the registry.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from controller.clock import iso
-from controller.config import DeviceConfig
-from controller.errors import Busy, InvalidParams, NotConfirmed, Unavailable
+from controller.settings.devices import DeviceConfig
+from controller.wire.clock import iso
+from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable
 from drivers.base import Observation, OutputPoint, Point, PointError, PointUnavailable
 
 log = logging.getLogger(__name__)

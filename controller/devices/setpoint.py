@@ -6,13 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from controller.clock import iso
-from controller.config import DeviceConfig, Loader, ModbusPointSpec
-from controller.configbase import Table
-from controller.devices import Action, Device, Outcome, Param, evidence_of
-from controller.errors import InvalidParams
-from drivers.base import OutputPoint, PointError
-from drivers.modbus import encode
+from controller.devices.base import Action, Device, Outcome, Param, evidence_of
+from controller.devices.wiring import Wiring
+from controller.settings.devices import DeviceConfig, Loader
+from controller.settings.reader import Table
+from controller.wire.clock import iso
+from controller.wire.errors import InvalidParams
+from drivers.base import OutputPoint, PointError, PointSpec
+from drivers.modbus_spec import ModbusPointSpec, encode
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class SetpointConfig(DeviceConfig):
     tolerance: float  # how far the read-back may be from the value asked for
     unit: str  # shown with the value, e.g. "%" or "Hz"
     safe: float | None  # written at start, after a failure and at shutdown; None: restore the old value
+
+    def specs(self) -> dict[str, PointSpec]:
+        return {"output": self.output}
 
 
 def read_config(name: str, t: Table, loader: Loader) -> SetpointConfig | None:
@@ -118,5 +122,5 @@ class Setpoint(Device):
         return f"{what} {target:g} restored"
 
 
-def build(config: SetpointConfig, wiring: Any) -> Setpoint:
+def build(config: SetpointConfig, wiring: Wiring) -> Setpoint:
     return Setpoint(config, wiring.output(f"{config.name}.output", config.output, safe=config.safe))

@@ -16,8 +16,8 @@ import os
 import time
 from typing import Any
 
-from controller.auth import Session
-from controller.clock import iso
+from controller.security.auth import Session
+from controller.wire.clock import iso
 
 log = logging.getLogger(__name__)
 MAX_PARAMS_CHARS = 1024  # params are client input: keep what is logged bounded

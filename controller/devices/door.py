@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.clock import iso
-from controller.config import DeviceConfig, InputSpec, Loader, OutputSpec
-from controller.configbase import Table
-from controller.devices import Action, Device, Outcome, evidence_of
-from drivers.base import InputPoint, OutputPoint, PointError, PointUnavailable
+from controller.devices.base import Action, Device, Outcome, evidence_of
+from controller.devices.wiring import Wiring
+from controller.settings.devices import DeviceConfig, InputSpec, Loader, OutputSpec
+from controller.settings.reader import Table
+from controller.wire.clock import iso
+from drivers.base import Coupling, InputPoint, OutputPoint, PointError, PointSpec, PointUnavailable
+
+TRAVEL_S = 0.3  # a simulated door's time from relay to contact
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,14 @@ class DoorConfig(DeviceConfig):
     relay: OutputSpec  # energised = door driven open; released = safe
     contact: InputSpec  # the door's position switch
     open_when_active: bool  # does an active contact mean open? (a reed switch: no)
+
+    def specs(self) -> dict[str, PointSpec]:
+        return {"relay": self.relay, "contact": self.contact}
+
+    def couplings(self) -> tuple[Coupling, ...]:
+        # Energised, the door travels open; the contact then reads "open".
+        return (Coupling("relay", "contact", active_when_on=self.open_when_active, delay_s=TRAVEL_S,
+                         fault="jammed"),)
 
 
 def read_config(name: str, t: Table, loader: Loader) -> DoorConfig | None:
@@ -106,7 +117,7 @@ class Door(Device):
         return f"{recovery}; door is {self.position()}"
 
 
-def build(config: DoorConfig, wiring: Any) -> Door:
+def build(config: DoorConfig, wiring: Wiring) -> Door:
     relay = wiring.output(f"{config.name}.relay", config.relay, safe=False)
     contact = wiring.input(f"{config.name}.contact", config.contact)
     return Door(config, relay, contact)

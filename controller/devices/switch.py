@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.clock import iso
-from controller.config import DeviceConfig, InputSpec, Loader, OutputSpec
-from controller.configbase import Table
-from controller.devices import Action, Device, Outcome, evidence_of
-from drivers.base import InputPoint, Observation, OutputPoint, PointError, PointUnavailable
+from controller.devices.base import Action, Device, Outcome, evidence_of
+from controller.devices.wiring import Wiring
+from controller.settings.devices import DeviceConfig, InputSpec, Loader, OutputSpec
+from controller.settings.reader import Table
+from controller.wire.clock import iso
+from drivers.base import Coupling, InputPoint, Observation, OutputPoint, PointError, PointSpec, PointUnavailable
+
+FEEDBACK_S = 0.05  # a simulated load's time from output to feedback
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,15 @@ class SwitchConfig(DeviceConfig):
     on_when_active: bool  # does an active feedback mean on?
     safe_on: bool  # level written on failure and at shutdown, and at start unless keep_on_start
     keep_on_start: bool = False  # claim the output at whatever level it is (a daemon restart keeps the light on)
+
+    def specs(self) -> dict[str, PointSpec]:
+        return {"output": self.output} if self.feedback is None else {"output": self.output, "feedback": self.feedback}
+
+    def couplings(self) -> tuple[Coupling, ...]:
+        if self.feedback is None:
+            return ()  # confirmed by reading the output back: nothing to follow
+        return (Coupling("output", "feedback", active_when_on=self.on_when_active, delay_s=FEEDBACK_S,
+                         fault="no_feedback"),)
 
 
 def read_config(name: str, t: Table, loader: Loader) -> SwitchConfig | None:
@@ -130,7 +142,7 @@ class Switch(Device):
         return f"output returned to {_shown(self._safe)} (safe state)"
 
 
-def build(config: SwitchConfig, wiring: Any) -> Switch:
+def build(config: SwitchConfig, wiring: Wiring) -> Switch:
     output = wiring.output(f"{config.name}.output", config.output, safe=config.safe_on, keep=config.keep_on_start)
     feedback = None if config.feedback is None else wiring.input(f"{config.name}.feedback", config.feedback)
     return Switch(config, output, feedback)

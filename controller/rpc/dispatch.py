@@ -12,12 +12,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller import __version__, jsonrpc
-from controller.audit import AuditTrail
-from controller.auth import Authenticator, Session
-from controller.clock import iso
-from controller.devices import Device
-from controller.errors import (
+from controller import __version__
+from controller.devices.base import Device
+from controller.rpc.events import EventBus
+from controller.rpc.metrics import Metrics
+from controller.rpc.oncekeys import OnceKeys, check_key
+from controller.security.audit import AuditTrail
+from controller.security.auth import Authenticator, Session
+from controller.wire import jsonrpc
+from controller.wire.clock import iso
+from controller.wire.errors import (
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -27,9 +31,6 @@ from controller.errors import (
     Unauthorized,
     Unavailable,
 )
-from controller.events import EventBus
-from controller.metrics import Metrics
-from controller.oncekeys import OnceKeys, check_key
 from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)

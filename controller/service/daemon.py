@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import signal
 import ssl
 from typing import Any
 
-from controller import config as config_file
-from controller import kinds
-from controller.audit import AuditTrail
-from controller.auth import Authenticator
-from controller.config import Config, DeviceConfig
-from controller.configbase import ConfigError
-from controller.devices import Device
-from controller.dispatch import Dispatcher
-from controller.events import EventBus
-from controller.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
-from controller.reload import ReloadPlan, plan_reload
-from controller.sdnotify import Notifier, Supervision, watchdog_interval
-from controller.server import Server
+from controller.devices import registry as kinds
+from controller.devices.base import Device
+from controller.devices.wiring import PointBus, Wiring
+from controller.doors.web import Server
+from controller.rpc.dispatch import Dispatcher
+from controller.rpc.events import EventBus
+from controller.rpc.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
+from controller.security.audit import AuditTrail
+from controller.security.auth import Authenticator, Session
+from controller.service import configfile
+from controller.service.reload import ReloadPlan, plan_reload
+from controller.service.simulation import simulate, start_plant
+from controller.settings.devices import DeviceConfig
+from controller.settings.load import Config
+from controller.settings.reader import ConfigError
 from controller.settings.wamp import MissingExtra
-from controller.simulation import simulate, start_plant
+from drivers.base import Bus
 from drivers.gpio import GpioBus, load_pin_factory
-from drivers.modbus import ModbusLink
-from drivers.serial_sensor import SerialSensor
+from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
@@ -54,10 +53,8 @@ class Daemon:
         self.port = config.server.port if port is None else port
         self.plant: Plant | None = None
         self.gpio: GpioBus | None = None
-        # Every bus the devices use: each has name, kind, counters() -> dict[str, int], aclose(),
-        # and may have wedged() -> str | None (the watchdog stops pinging while it says why).
-        self.buses: list[Any] = []
-        self.wiring: kinds.Wiring | None = None  # turns point specs into points; kept for reloads
+        self.buses: list[Bus] = []  # every bus the devices use, in start order (the wiring's list)
+        self.wiring: Wiring | None = None  # turns point specs into points; kept for reloads
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
@@ -159,10 +156,13 @@ class Daemon:
         else:
             factory = load_pin_factory(self.config.gpio_factory)
         self.gpio = GpioBus(factory)
-        self.buses.append(self.gpio)
-        links = {name: ModbusLink(link) for name, link in config.modbus.items()}
-        self.buses.extend(links.values())
-        self.wiring = kinds.Wiring(self.gpio, links, self.buses)
+        point_buses: dict[str, PointBus] = {self.gpio.key: self.gpio}
+        for kind, driver in LINK_DRIVERS.items():
+            for link in config.links(kind).values():
+                bus = driver.open(link)
+                point_buses[bus.key] = bus  # type: ignore[assignment]  # link buses make points from specs
+        self.wiring = Wiring(point_buses)
+        self.buses = self.wiring.buses
         for device_config in config.devices.values():
             self.devices[device_config.name] = self._build_device(device_config)
         await self._start_buses(self.buses)
@@ -170,11 +170,9 @@ class Daemon:
             await device.start()
 
     @staticmethod
-    async def _start_buses(buses: list[Any]) -> None:
+    async def _start_buses(buses: list[Bus]) -> None:
         for bus in buses:
-            start = getattr(bus, "start", None)
-            if start is not None:
-                await start()  # Modbus: connect, safe values, first poll; serial: reader thread
+            await bus.start()  # Modbus: connect, safe values, first poll; serial: reader thread
 
     def _build_device(self, device_config: DeviceConfig) -> Device:
         """One device on the running buses, its points bound to the loop (not started yet)."""
@@ -209,7 +207,7 @@ class Daemon:
                 log.exception("closing %s failed", device.name)
         for bus in reversed(self.buses):
             try:
-                await bus.aclose()  # GPIO: safe levels for anything a device did not close
+                await bus.stop()  # GPIO: safe levels for anything a device did not close
             except Exception:
                 log.exception("closing bus %s failed", bus.name)
         self.buses.clear()
@@ -228,8 +226,7 @@ class Daemon:
         a cable back in); a bus whose own machinery is stuck is.
         """
         for bus in self.buses:
-            wedged = getattr(bus, "wedged", None)
-            reason = wedged() if wedged is not None else None
+            reason = bus.wedged()
             if reason:
                 return f"bus {bus.name}: {reason}"
         return None
@@ -247,7 +244,7 @@ class Daemon:
         """Re-read the config file and apply it. An invalid file changes nothing: each problem
         is logged on its own line and None is returned."""
         try:
-            new = config_file.load(self.config.path)
+            new = configfile.load(self.config.path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, still running the previous config: %s", problem)
@@ -284,10 +281,9 @@ class Daemon:
 
     async def _close_own_buses(self, device: Device) -> None:
         """A bus that only this device used (a serial sensor's port) goes with it: thread, port and all."""
-        for bus in [b for b in self.buses if isinstance(b, SerialSensor)]:
-            if bus.points and all(point in device.points for point in bus.points):
-                self.buses.remove(bus)
-                await bus.aclose()
+        for bus in [b for b in self.buses if b.owner == device.name]:
+            self.buses.remove(bus)
+            await bus.stop()
 
     async def _close_revoked_sessions(self, new: Config) -> None:
         """Connections authenticated with a token the new config removed, changed or re-roled must
@@ -296,7 +292,7 @@ class Daemon:
             return
         tokens = {t.name: t for t in new.tokens}
 
-        def revoked(session: Any) -> bool:
+        def revoked(session: Session) -> bool:
             token = session.token
             return token is not None and (tokens.get(token.name) != token or new.roles.get(token.role) != session.role)
 
@@ -315,7 +311,7 @@ class Daemon:
                 log.warning("%s: its action did not finish before the reload closed it", device.name)
             await self._close_own_buses(device)
             if self.plant is not None:
-                self.plant.unlink(device.name)
+                await self.plant.unlink(device.name)
         for name in plan.removed:
             self._withdraw(name)
         for name in (*plan.changed, *plan.added):
@@ -344,7 +340,7 @@ class Daemon:
     async def _bring_up(self, device_config: DeviceConfig) -> Device | None:
         """Build and read one device; None (logged, nothing left claimed) when that fails."""
         if self.plant is not None:
-            simulate(self.plant, device_config)
+            device_config = await simulate(self.plant, device_config)  # its far side, and the way to it
         device = None
         buses_before = len(self.buses)
         try:
@@ -357,7 +353,7 @@ class Daemon:
             if device is not None:
                 device.close()
             if self.plant is not None:
-                self.plant.unlink(device_config.name)
+                await self.plant.unlink(device_config.name)
             return None
         log.info("device %s (%s): %s", device.name, device.kind, device.state()["state"])
         return device
@@ -366,45 +362,3 @@ class Daemon:
         if self.dispatcher is not None:
             self.dispatcher.remove_device(name)
         self.devices.pop(name, None)
-
-
-async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None) -> None:
-    """Run *daemon* until SIGTERM or SIGINT, then stop it cleanly; SIGHUP reloads the config.
-
-    Under systemd (``$NOTIFY_SOCKET``) it reports READY once serving, pings the
-    watchdog while healthy, keeps ``STATUS=`` current, and says RELOADING and STOPPING.
-    """
-    notifier = Notifier.from_environment() if notifier is None else notifier
-    supervision = Supervision(daemon, notifier, watchdog_interval())
-    stop = asyncio.Event()
-    reload_wanted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)  # before start: HUP's default kills
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    try:
-        await daemon.start()  # a failed start has stopped the daemon itself
-    except BaseException:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        await supervision.close()
-        raise
-    supervision.serving()
-    reloader = loop.create_task(supervision.reload_on(reload_wanted), name="reloader")
-    try:
-        await stop.wait()
-        log.info("signal received: shutting down")
-    finally:
-        supervision.stopping()
-        for sig in signals:  # a second signal must not kill us half-way to safe outputs
-            loop.add_signal_handler(sig, log.info, "already shutting down; signal %s ignored", sig.name)
-        reloader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloader
-        try:
-            await daemon.stop()
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-            await supervision.close()

@@ -27,9 +27,9 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 
-from controller import jsonrpc
-from controller.clock import iso
-from controller.errors import InvalidParams
+from controller.wire import jsonrpc
+from controller.wire.clock import iso
+from controller.wire.errors import InvalidParams
 
 log = logging.getLogger(__name__)
 

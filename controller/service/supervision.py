@@ -1,15 +1,11 @@
-"""systemd's notification protocol, without a dependency: READY, WATCHDOG, STATUS, STOPPING, RELOADING.
-
-The protocol is one datagram of ``KEY=VALUE`` lines to the AF_UNIX socket
-named by ``$NOTIFY_SOCKET`` (a leading ``@`` names an abstract socket). When
-the variable is unset (not started by systemd, or a test) every call is a
-no-op, so the daemon never needs to know whether it is supervised.
+"""The daemon as the service manager sees it: ready, watchdog, status, reload, stop.
 
 The watchdog ping comes from :class:`Watchdog`, a task on the daemon's own
 event loop: if the loop is wedged (a blocking call, a deadlock) the task cannot
 run, no ping is sent, and systemd kills and restarts the service after
 ``WatchdogSec``. The task also withholds the ping while a health check reports
-a problem (a bus thread that is stuck), so that too ends in a restart.
+a problem (a bus whose thread or poll loop is stuck, :meth:`drivers.base.Bus.wedged`),
+so that too ends in a restart. The protocol itself is :mod:`controller.service.sdnotify`.
 """
 
 from __future__ import annotations
@@ -17,94 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-import time
+import signal
 import weakref
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    from controller.daemon import Daemon
+from controller.service.daemon import Daemon
+from controller.service.sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
-
-
-class Notifier:
-    """Sends notifications to the service manager; a no-op without ``$NOTIFY_SOCKET``."""
-
-    def __init__(self, address: str | None) -> None:
-        # The socket address: a path, or "\0name" for an abstract socket; None when unsupervised.
-        self.address = None if not address else ("\0" + address[1:] if address.startswith("@") else address)
-        self._sock: socket.socket | None = None  # opened on first use
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
-        env = os.environ if environ is None else environ
-        return cls(env.get("NOTIFY_SOCKET"))
-
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
-    def send(self, **fields: object) -> bool:
-        """Send ``KEY=value`` lines in one datagram; False when unsupervised or the send failed.
-
-        Never raises: a service manager that went away must not take the daemon down.
-        """
-        if self.address is None:
-            return False
-        text = "\n".join(f"{key}={value}" for key, value in fields.items())
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.setblocking(False)
-            self._sock.sendto(text.encode("utf-8", "replace"), self.address)
-        except OSError as exc:
-            log.warning("cannot notify the service manager at %s: %s", self.address.replace("\0", "@"), exc)
-            return False
-        return True
-
-    def ready(self, status: str) -> bool:
-        return self.send(READY=1, STATUS=status)
-
-    def status(self, status: str) -> bool:
-        # One line: the manager shows it in `systemctl status`.
-        return self.send(STATUS=" ".join(status.split()))
-
-    def watchdog(self) -> bool:
-        return self.send(WATCHDOG=1)
-
-    def reloading(self) -> bool:
-        # MONOTONIC_USEC lets the manager tell this reload from an earlier one (Type=notify-reload).
-        return self.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000,
-                         STATUS="reloading the configuration")
-
-    def stopping(self, needs_s: float) -> bool:
-        """Say we are stopping and may need *needs_s* seconds to drain and write safe levels."""
-        return self.send(STOPPING=1, EXTEND_TIMEOUT_USEC=int(needs_s * 1_000_000),
-                         STATUS="stopping: finishing actions, outputs to safe")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
-    """Seconds between pings (half of ``WATCHDOG_USEC``), or None when no watchdog is asked for.
-
-    ``WATCHDOG_PID``, when set, must be this process: the variables may have
-    leaked to a child of the supervised process.
-    """
-    env = os.environ if environ is None else environ
-    usec = env.get("WATCHDOG_USEC", "")
-    if not usec.isdigit() or int(usec) == 0:
-        return None
-    pid = env.get("WATCHDOG_PID", "")
-    if pid and pid != str(os.getpid()):
-        return None
-    return int(usec) / 2_000_000
 
 
 class Watchdog:
@@ -238,3 +154,45 @@ class Supervision:
         if self.watchdog is not None:
             await self.watchdog.stop()
         self.notifier.close()
+
+
+async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None) -> None:
+    """Run *daemon* until SIGTERM or SIGINT, then stop it cleanly; SIGHUP reloads the config.
+
+    Under systemd (``$NOTIFY_SOCKET``) it reports READY once serving, pings the
+    watchdog while healthy, keeps ``STATUS=`` current, and says RELOADING and STOPPING.
+    """
+    notifier = Notifier.from_environment() if notifier is None else notifier
+    supervision = Supervision(daemon, notifier, watchdog_interval())
+    stop = asyncio.Event()
+    reload_wanted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)  # before start: HUP's default kills
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    try:
+        await daemon.start()  # a failed start has stopped the daemon itself
+    except BaseException:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await supervision.close()
+        raise
+    supervision.serving()
+    reloader = loop.create_task(supervision.reload_on(reload_wanted), name="reloader")
+    try:
+        await stop.wait()
+        log.info("signal received: shutting down")
+    finally:
+        supervision.stopping()
+        for sig in signals:  # a second signal must not kill us half-way to safe outputs
+            loop.add_signal_handler(sig, log.info, "already shutting down; signal %s ignored", sig.name)
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
+        try:
+            await daemon.stop()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await supervision.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from controller.errors import InvalidRequest, ParseError, RpcError
+from controller.wire.errors import InvalidRequest, ParseError, RpcError
 
 Id = str | int | float | None
 _NO_ID = object()  # marks a notification (§4.1: a request without "id")

@@ -5,17 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.clock import iso
-from controller.config import DeviceConfig, Loader, SerialSensorSpec
-from controller.configbase import Table
-from controller.devices import Action, Device
-from drivers.base import Observation
-from drivers.serial_sensor import SerialSensor
+from controller.devices.base import Action, Device
+from controller.devices.wiring import Wiring
+from controller.settings.devices import DeviceConfig, Loader
+from controller.settings.reader import Table
+from controller.wire.clock import iso
+from drivers.base import Observation, PointSpec
+from drivers.serial_sensor import SerialSensor, SerialSensorSpec
 
 
 @dataclass(frozen=True)
 class SensorConfig(DeviceConfig):
     serial: SerialSensorSpec  # port, framing, pattern with named groups, units, request, stale_after
+
+    def specs(self) -> dict[str, PointSpec]:
+        return {"serial": self.serial}
 
 
 def read_config(name: str, t: Table, loader: Loader) -> SensorConfig | None:
@@ -72,5 +76,5 @@ class Sensor(Device):
         return self.reading()
 
 
-def build(config: SensorConfig, wiring: Any) -> Sensor:
+def build(config: SensorConfig, wiring: Wiring) -> Sensor:
     return Sensor(config, wiring.serial_sensor(config.name, config.serial))

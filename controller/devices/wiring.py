@@ -1,0 +1,47 @@
+"""Wiring: point specs from the config become driver points on the right running bus."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from drivers.base import Bus, InputPoint, OutputPoint, PointSpec
+from drivers.serial_sensor import SerialSensor, SerialSensorSpec
+
+
+class PointBus(Bus, Protocol):
+    """A bus that makes points from specs (GPIO, a Modbus link)."""
+
+    def output(self, name: str, spec: Any, *, safe: Any, keep: bool = False) -> OutputPoint: ...
+
+    def input(self, name: str, spec: Any) -> InputPoint: ...
+
+
+class Wiring:
+    """The running buses, by key; turns point specs into points on them.
+
+    A bus made for one device (a serial sensor's port) is added to
+    :attr:`buses` here; the daemon starts it and stops it with its device.
+    """
+
+    def __init__(self, buses: dict[str, PointBus]) -> None:
+        self.point_buses = buses  # bus key -> the bus that makes points for specs naming it
+        self.buses: list[Bus] = list(buses.values())  # every bus, in start order
+
+    def _bus(self, spec: PointSpec) -> PointBus:
+        bus = self.point_buses.get(spec.bus_key)
+        if bus is None:
+            raise LookupError(f"no running bus {spec.bus_key!r}")
+        return bus
+
+    def output(self, name: str, spec: PointSpec, *, safe: Any, keep: bool = False) -> OutputPoint:
+        """An output driven to *safe* as it is claimed, or (GPIO) left as found when *keep*."""
+        return self._bus(spec).output(name, spec, safe=safe, keep=keep)
+
+    def input(self, name: str, spec: PointSpec) -> InputPoint:
+        return self._bus(spec).input(name, spec)
+
+    def serial_sensor(self, device: str, spec: SerialSensorSpec) -> SerialSensor:
+        """A sensor's own port: a bus of its own, owned by *device*."""
+        port = SerialSensor(device, spec)
+        self.buses.append(port)
+        return port

@@ -1,0 +1,52 @@
+"""Put the simulated plant at the far side of a configuration's buses (``--simulate``).
+
+Generic over kinds and buses: each device config lists its point specs and the
+couplings of its kind (a door's contact follows its relay after about 0.3 s),
+and the far side registered for each bus (:data:`drivers.sim.farsides.FAR_SIDES`)
+does the rest: a real pymodbus server per Modbus link, a pseudo-terminal per
+serial sensor, mock pins linked through delays for GPIO. The drivers are
+pointed at them by a rewritten config (host/port of each link, port of each
+sensor): driver code never knows it is simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from controller.settings.devices import DeviceConfig
+from controller.settings.load import Config
+from drivers.sim.farsides import FAR_SIDES
+from drivers.sim.plant import Plant
+
+log = logging.getLogger(__name__)
+
+
+async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
+    """Give *device* its far side (points, faults, physics); returns its config pointed at it."""
+    specs = device.specs()
+    rewritten = {field: await FAR_SIDES[spec.bus_kind].claim(plant, device.name, spec)
+                 for field, spec in specs.items()}
+    for coupling in device.couplings():
+        output, input = specs[coupling.output], specs[coupling.input]
+        coupled = output.bus_kind == input.bus_kind \
+            and FAR_SIDES[output.bus_kind].couple(plant, device.name, output, input, coupling)
+        if not coupled:
+            log.info("%s: no simulated physics from %s to %s (different buses)", device.name, coupling.output,
+                     coupling.input)
+    changed = {field: spec for field, spec in rewritten.items() if spec is not specs[field]}
+    return dataclasses.replace(device, **changed) if changed else device
+
+
+async def start_plant(config: Config, loop: asyncio.AbstractEventLoop) -> tuple[Plant, Config]:
+    """The whole plant, started and at rest (doors closed, loads off), and *config* rewritten
+    to reach it."""
+    plant = Plant(loop)
+    try:
+        links = {kind: await far.open_links(plant, dict(config.links(kind))) for kind, far in FAR_SIDES.items()}
+        devices = {name: await simulate(plant, device) for name, device in config.devices.items()}
+    except BaseException:
+        await plant.aclose()
+        raise
+    return plant, config.with_links(links, devices)
