@@ -40,7 +40,7 @@ from autobahn.wamp.request import Registration  # noqa: E402
 from autobahn.wamp.types import CallDetails, RegisterOptions  # noqa: E402
 from prometheus_client import Gauge  # noqa: E402
 
-from controller.rpc.dispatch import Dispatcher  # noqa: E402
+from controller.rpc.dispatch import Dispatcher, NotNow  # noqa: E402
 from controller.security.auth import RateBucket, Session  # noqa: E402
 from controller.security.policy import Role, Token  # noqa: E402
 from controller.security.secrets import SecretHash  # noqa: E402
@@ -277,12 +277,15 @@ class WampBridge:
         return session
 
     def _endpoint(self, method: str) -> Callable[..., Any]:
-        async def endpoint(*args: Any, **kwargs: Any) -> Any:
+        def endpoint(*args: Any, **kwargs: Any) -> Any:
             details = kwargs.pop(DETAILS_ARG, None)
             if args:
                 raise ApplicationError(error_uri("invalid_params"), "params go as keyword arguments",
                                        code=INVALID_PARAMS, data=None)
-            return await self.call(method, kwargs, details)
+            reply = self.dispatcher.answer_call_now(self._session(details), method, kwargs)
+            if isinstance(reply, NotNow):
+                return self.call(method, kwargs, details)  # a coroutine: autobahn awaits it
+            return _unwrap(reply)  # ping, state, status: answered here, no task
 
         return endpoint
 
@@ -298,9 +301,7 @@ class WampBridge:
             log.info("WAMP caller of %s went away (%s); the call carries on", method, session.peer)
             task.add_done_callback(lambda t: _log_orphan(method, t))
             raise
-        if "error" in reply:
-            raise application_error(reply["error"])
-        return reply["result"]
+        return _unwrap(reply)
 
     # -- events -----------------------------------------------------------------------------------
     def _publish(self, event: dict[str, Any]) -> None:
@@ -325,6 +326,13 @@ class WampBridge:
             self.dispatcher.events.taps.remove(self._publish)
         await self.link.stop()
         self.connected.set(0)
+
+
+def _unwrap(reply: dict[str, Any]) -> Any:
+    """A JSON-RPC response object as what a WAMP callee returns or raises."""
+    if "error" in reply:
+        raise application_error(reply["error"])
+    return reply["result"]
 
 
 def _log_orphan(method: str, task: asyncio.Task[dict[str, Any]]) -> None:

@@ -185,6 +185,15 @@ class Dispatcher:
         assert reply is not None  # a request with an id is always answered
         return reply
 
+    def answer_call_now(self, session: Session, method: str, params: dict[str, Any]) -> dict[str, Any] | NotNow:
+        """answer_call for a method that answers at once (ping, state, status): no task, no await;
+        NOT_NOW for the others."""
+        if method not in self.instant:
+            return NOT_NOW
+        reply = self._answer_instant(session, jsonrpc.Request(method, params, 0))
+        assert reply is not None
+        return reply
+
     def _answer_instant(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         if isinstance(item, jsonrpc.Invalid):
             self._count("unknown", item.error.name)
