@@ -212,6 +212,20 @@ async def test_two_nodes_have_their_own_uris_and_a_third_cannot_take_a_name(rout
             assert impostor.devices["door"].state()["state"] == "closed"
 
 
+async def test_a_reload_registers_what_is_new_and_withdraws_what_is_gone(router: CrossbarRouter) -> None:
+    async with running_node(node_config(router, "n7")) as node, caller(router) as wamp:
+        assert (await wamp.call("pictl.n7.light.on"))["state"] == "on"
+        without_light = DEMO_GPIO_TEXT.split("\n# A light on a relay")[0] + "\n"
+        plan = await node.apply(node_config(router, "n7", text=without_light))
+        assert plan.removed == ("light",)
+        with pytest.raises(ApplicationError) as gone:
+            await wamp.call("pictl.n7.light.off")
+        assert gone.value.error == "wamp.error.no_such_procedure"
+        assert (await wamp.call("pictl.n7.door.open"))["state"] == "open"
+        await node.apply(node_config(router, "n7"))  # and back
+        assert (await wamp.call("pictl.n7.light.on"))["changed"] is True
+
+
 async def test_wamp_ticket_authentication(router: CrossbarRouter, tmp_path: Path) -> None:
     ticket = tmp_path / "ticket"
     ticket.write_text(TICKET + "\n")

@@ -490,11 +490,10 @@ class FleetPanel:
 
 
 async def serve(url: str, realm: str, config: Config | None, *, host: str | None = None, port: int | None = None,
-                ready: Callable[[FleetPanel | None], None] | None = None) -> None:
+                authid: str | None = None, ticket: str | None = None) -> None:
     """``pictl aggregate``: run the aggregator (and the panel when *config* gives it tokens) until
     SIGTERM or SIGINT."""
-    wamp = config.wamp if config is not None else None
-    aggregator = Aggregator(url, realm, authid=wamp.authid if wamp else None, ticket=wamp.ticket if wamp else None)
+    aggregator = Aggregator(url, realm, authid=authid, ticket=ticket)
     panel = FleetPanel(aggregator, config, host=host, port=port) if config is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -504,8 +503,6 @@ async def serve(url: str, realm: str, config: Config | None, *, host: str | None
         if panel is not None:
             await panel.start()
         aggregator.start()
-        if ready is not None:
-            ready(panel)
         await stop.wait()
         log.info("signal received: leaving the router")
     finally:

@@ -61,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "the wall panel for every node. Needs the wamp extra.")
     fleet.add_argument("--wamp", required=True, metavar="URL", help="the router, e.g. ws://127.0.0.1:8080/ws")
     fleet.add_argument("--realm", required=True)
-    fleet.add_argument("--config", help="a pictl config without devices: tokens, roles, [server]; "
-                                        "[wamp] authid/ticket_file for the router")
+    fleet.add_argument("--config", help="a pictl config without devices: [server], [auth] roles and tokens")
+    fleet.add_argument("--authid", help="WAMP-Ticket: the aggregator's authid on the router")
+    fleet.add_argument("--ticket-file", help="WAMP-Ticket: a chmod-600 file holding its ticket")
     fleet.add_argument("--listen", help="HOST:PORT for the panel, overriding the config")
     fleet.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -183,7 +184,7 @@ def serve(args: argparse.Namespace) -> int:
 def aggregate(args: argparse.Namespace) -> int:
     from controller.service import configfile
     from controller.settings.sections import parse_listen
-    from controller.settings.wamp import check_url
+    from controller.settings.wamp import check_url, read_ticket
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -191,6 +192,16 @@ def aggregate(args: argparse.Namespace) -> int:
     if (why := check_url(args.wamp)) is not None:
         print(f"pictl aggregate: --wamp: {why}", file=sys.stderr)
         return EXIT_USAGE
+    ticket = None
+    if (args.authid is None) != (args.ticket_file is None):
+        print("pictl aggregate: --authid and --ticket-file go together (WAMP-Ticket)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ticket_file:
+        try:
+            ticket = read_ticket(args.ticket_file)
+        except ValueError as exc:
+            print(f"pictl aggregate: --ticket-file: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     cfg = None
     if args.config:
         try:
@@ -215,7 +226,7 @@ def aggregate(args: argparse.Namespace) -> int:
         print(f"pictl aggregate needs the wamp extra: pip install 'pictl[wamp]' ({exc})", file=sys.stderr)
         return 1
     try:
-        asyncio.run(fleet.serve(args.wamp, args.realm, cfg, host=host, port=port))
+        asyncio.run(fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket))
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen: %s", exc.strerror or exc)
         return 1

@@ -89,16 +89,22 @@ def read_wamp(t: Table | None, roles: Mapping[str, object]) -> WampConfig | None
 def _read_ticket(t: Table, ticket_file: str) -> str | None:
     path = os.path.join(os.path.dirname(os.path.abspath(t.doc.file)), os.path.expanduser(ticket_file))
     try:
+        return read_ticket(path)
+    except ValueError as exc:
+        t.problem("ticket_file", str(exc))
+        return None
+
+
+def read_ticket(path: str) -> str:
+    """The WAMP-Ticket secret in *path*; ValueError (saying why) when unreadable, open to others or short."""
+    try:
         info = os.stat(path)
         with open(path, encoding="utf-8") as f:
             ticket = f.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        t.problem("ticket_file", f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
-        return None
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if info.st_mode & 0o077:
-        t.problem("ticket_file", f"{path} is readable by group or others: chmod 600 it")
-        return None
+        raise ValueError(f"{path} is readable by group or others: chmod 600 it")
     if len(ticket) < MIN_TICKET_LENGTH:
-        t.problem("ticket_file", f"the ticket in {path} is shorter than {MIN_TICKET_LENGTH} characters")
-        return None
+        raise ValueError(f"the ticket in {path} is shorter than {MIN_TICKET_LENGTH} characters")
     return ticket
