@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -75,15 +76,14 @@ async def caller(router: CrossbarRouter) -> AsyncIterator[ApplicationSession]:
     comp = component(router.url, REALM)
     joined: asyncio.Future[ApplicationSession] = asyncio.get_running_loop().create_future()
     comp.on("join", lambda session, details: None if joined.done() else joined.set_result(session))
-    done = comp.start(asyncio.get_running_loop())
+    comp.start(asyncio.get_running_loop())
     try:
         async with asyncio.timeout(JOIN_S):
             yield await joined
     finally:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
+        with contextlib.suppress(Exception):  # a caller whose link a test cut has nothing to say goodbye on
+            async with asyncio.timeout(1):
                 await comp.stop()
-                await done
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -268,6 +268,27 @@ async def test_a_node_killed_mid_call_cancels_the_caller_and_the_door_ends_safe(
         async with asyncio.timeout(JOIN_S):  # and the node is back on the router by itself
             await node.wamp.ready.wait()
         assert (await wamp.call("pictl.n6.door.state"))["state"] == "open"
+
+
+async def test_a_caller_that_vanishes_mid_call_does_not_cut_the_action_short(
+        router: CrossbarRouter, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="controller.doors.wamp")
+    audit = tmp_path / "audit.jsonl"
+    async with running_node(node_config(router, "n8", extra=f'\n[audit]\nfile = "{audit}"\n')) as node:
+        moving = door_moved(node)
+        async with caller(router) as wamp:
+            call = asyncio.ensure_future(wamp.call("pictl.n8.door.open", timeout=2))
+            async with asyncio.timeout(5):
+                assert (await moving)["data"]["state"] == "moving"
+            wamp._transport.transport.abort()  # the caller's process dies, its link with it
+            call.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody is left to read it
+        # The router cancels the invocation; the node lets the action finish, audits and logs it.
+        await until(lambda: "finished after its WAMP caller left: ok" in caplog.text, 5,
+                    "the node reports the orphaned call's outcome")
+        assert "WAMP caller of door.open went away" in caplog.text
+        entry = json.loads(audit.read_text().splitlines()[-1])
+        assert (entry["method"], entry["outcome"], entry["state"]) == ("door.open", "ok", "open")
+        assert node.devices["door"].state() == {**node.devices["door"].state(), "state": "open", "actuator": True}
 
 
 # -- the aggregator ---------------------------------------------------------------------------------

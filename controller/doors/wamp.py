@@ -81,10 +81,11 @@ def wamp_transport(url: str, max_retry_delay: float) -> dict[str, Any]:
 
 
 class QuietSession(WampSession):
-    """An ApplicationError raised on purpose (a jammed door) is an answer, not a fault to log."""
+    """An ApplicationError raised on purpose (a jammed door) is an answer, and a cancelled wait (the
+    caller left; the action carries on) is expected: neither is a fault to log."""
 
     def onUserError(self, fail: Any, msg: str) -> None:
-        if isinstance(getattr(fail, "value", None), ApplicationError):
+        if isinstance(getattr(fail, "value", None), (ApplicationError, asyncio.CancelledError)):
             return
         super().onUserError(fail, msg)
 
