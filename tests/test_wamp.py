@@ -356,14 +356,22 @@ async def test_the_fleet_view_as_nodes_come_and_go(router: CrossbarRouter) -> No
 
 # Last: it restarts the module's router.
 async def test_the_bridge_rejoins_and_registers_again_after_a_router_restart(router: CrossbarRouter) -> None:
-    async with running_node(node_config(router, "n9")) as node:
+    async with running_node(node_config(router, "n9")) as node, fleet(router) as (aggregator, panel):
+        view = aggregator.view
+        await until(lambda: "n9" in view.nodes and view.nodes["n9"].online, 5, "the fleet sees n9")
         router.stop()
         await until(lambda: not node.wamp.ready.is_set(), 10, "the bridge notices the router is gone")
         assert await metric(node, "pictl_wamp_connected") == 0.0
+        await until(lambda: not view.nodes["n9"].online, 10, "the fleet marks n9 offline: it cannot know")
         await asyncio.to_thread(router.start)
         async with asyncio.timeout(JOIN_S):
             await node.wamp.ready.wait()
         async with caller(router) as wamp:
             assert await wamp.call("pictl.n9.system.ping") == {"pong": True}
             assert (await wamp.call("pictl.n9.door.open"))["state"] == "open"
+            await until(lambda: view.nodes["n9"].online, JOIN_S, "the aggregator rejoins and finds n9 again")
+            await until(lambda: view.nodes["n9"].devices["door"]["state"]["state"] == "open", 5,
+                        "and follows its events again")
+            assert (await wamp.call("pictl.fleet.status"))["nodes"]["n9"]["online"] is True
         assert await metric(node, "pictl_wamp_connected") == 1.0
+        assert panel.metrics.registry.get_sample_value("pictl_wamp_connected") == 1.0

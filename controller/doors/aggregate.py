@@ -33,6 +33,7 @@ from typing import Any
 from autobahn.asyncio.wamp import ApplicationSession
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import SubscribeOptions
+from prometheus_client import Gauge
 
 from controller import __version__
 from controller.doors.wamp import Link, component
@@ -172,6 +173,7 @@ class Aggregator:
         self.view.listeners.append(self._changed)
         self._sessions: dict[int, str] = {}  # WAMP session id -> node
         self._fetching: dict[str, asyncio.Task[None]] = {}
+        self.link_listeners: list[Callable[[bool], None]] = []  # told when the router is joined (True) or lost
         self.link = Link("fleet aggregator", lambda: component(url, realm, authid=authid, ticket=ticket,
                                                                max_retry_delay=max_retry_delay),
                          self._joined, self._lost, max_retry_delay)
@@ -212,9 +214,13 @@ class Aggregator:
         for name in [n for n, v in self.view.nodes.items() if v.online and v.session not in self._sessions]:
             self.view.left(name, "not on the router any more")
         log.info("fleet: joined realm %s; %d node(s) on the router", self.realm, found)
+        for listener in self.link_listeners:
+            listener(True)
 
     def _lost(self) -> None:
         log.warning("fleet: lost the router; rejoining")
+        for listener in self.link_listeners:
+            listener(False)
         self._sessions.clear()
         for name in list(self.view.nodes):
             self.view.left(name, "the aggregator lost the router")
@@ -359,6 +365,9 @@ class FleetPanel:
             max_connections=config.server.max_connections,
             max_connections_per_address=config.server.max_connections_per_address)
         self._methods: set[str] = set()  # the forwarded methods currently offered
+        connected = Gauge("pictl_wamp_connected", "1 while the aggregator is joined to the WAMP router",
+                          registry=self.metrics.registry)
+        aggregator.link_listeners.append(lambda up: connected.set(1 if up else 0))
         self.view.listeners.append(self._changed)
 
     @property
