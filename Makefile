@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,wamp]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -46,7 +46,8 @@ bench-quick: $(STAMP) crossbar
 	$(BIN)/python bench/wamp.py --quick
 
 lint: $(STAMP)
-	$(BIN)/ruff check controller drivers tests bench examples
+	$(BIN)/ruff check controller drivers tests bench examples scripts
+	$(BIN)/mypy controller drivers
 
 check-config: $(STAMP)
 	$(BIN)/pictl check-config config/demo.toml

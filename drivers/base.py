@@ -133,6 +133,10 @@ class Point:
         """
         return Expectation(self, predicate)
 
+    async def _read(self) -> Any:  # pragma: no cover - abstract
+        """Read the signal from the bus now (drivers implement it)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release the underlying hardware (idempotent)."""
         self._listeners.clear()
@@ -146,7 +150,7 @@ class Expectation:
         self.point = point  # what is watched
         self._predicate = predicate  # what counts as proof
         self._future: asyncio.Future[Observation] = asyncio.get_running_loop().create_future()
-        self._undo = point.listen(self._on_observation)
+        self._undo: Callable[[], None] | None = point.listen(self._on_observation)
 
     def _on_observation(self, obs: Observation) -> None:
         if not self._future.done() and self._predicate(obs.value):
@@ -249,7 +253,8 @@ class SpecTable(Protocol):
     is none) after recording a problem.
     """
 
-    path: tuple[str | int, ...]
+    path: tuple[str | int, ...]  # where the table is, for messages
+    data: dict[str, Any]  # the raw parsed table (to iterate free-form keys such as units)
 
     def has(self, key: str) -> bool: ...
     def take(self, key: str) -> None: ...
@@ -279,7 +284,10 @@ class Bus(Protocol):
     owner: str | None  # the device a bus was made for (a serial sensor's port), stopped with it; None: shared
 
     async def start(self) -> None:
-        """Connect, put outputs at their safe values, read every point once; then keep observing."""
+        """Connect, put outputs at their safe values, read every point once; then keep observing.
+
+        Called again on a running bus (after a reload built devices on it): bring up the points
+        attached since, and nothing else."""
 
     async def stop(self) -> None:
         """Outputs to their safe values (best effort), then release the hardware. Idempotent."""

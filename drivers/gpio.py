@@ -242,7 +242,7 @@ class GpioBus:
     name = "gpio"  # one per board
     kind = "gpio"
     key = "gpio"  # what point specs name it by (their bus_key)
-    owner = None  # shared by every device
+    owner: str | None = None  # shared by every device
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory  # a gpiozero Factory (real, or MockFactory in the plant)

@@ -170,8 +170,9 @@ class ModbusLink:
 
     A :class:`drivers.base.Bus`: points attached before :meth:`start` are
     put at their safe values and read by the first poll; points attached
-    later (a device added or rebuilt by a config reload) get the same at once,
-    and the polling plan is redone whenever a point comes or goes.
+    later (a device added or rebuilt by a config reload) get the same from
+    the next :meth:`start`, and the polling plan is redone whenever a point
+    comes or goes.
     """
 
     kind = "modbus"
@@ -190,7 +191,8 @@ class ModbusLink:
         self._down: dict[int, str] = {}  # device id -> why it is offline
         self._backoff = Backoff(BACKOFF_START, max(BACKOFF_START, config.backoff_max))
         self._task: asyncio.Task[None] | None = None
-        self._started = False  # start() has run: new points are brought up as they attach
+        self._started = False  # start() has run: a later start() only brings up new points
+        self._arrived: list[ModbusInput] = []  # attached since start(), not yet at their safe value
         self._stopping = False  # the poll loop ends at its next turn
         self._closed = False
         self._round_at = time.monotonic()  # when the poll loop last completed a round (for wedged())
@@ -216,13 +218,15 @@ class ModbusLink:
         if point not in self.points:
             self.points.append(point)
             self.groups = plan_reads(self.points)
-            if self._started and not self._closed:
-                asyncio.get_running_loop().create_task(self._bring_up(point), name=f"modbus {self.name}: {point.name}")
+            if self._started:
+                self._arrived.append(point)
 
     def detach(self, point: Point) -> None:
         if point in self.points:
-            self.points.remove(point)  # type: ignore[arg-type]  # membership checked
+            self.points.remove(point)
             self.groups = plan_reads(self.points)
+        if point in self._arrived:
+            self._arrived.remove(point)
 
     async def _bring_up(self, point: ModbusInput) -> None:
         """A point attached while the link runs: safe value, then a first read."""
@@ -270,7 +274,14 @@ class ModbusLink:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect, drive outputs to their safe values, poll once, then keep polling."""
+        """Connect, drive outputs to their safe values, poll once, then keep polling.
+
+        On a running link: bring the points attached since up (safe value, first read)."""
+        if self._started:
+            arrived, self._arrived = self._arrived, []
+            for point in arrived:
+                await self._bring_up(point)
+            return
         self.groups = plan_reads(self.points)
         if not await self._connect():
             self._fail_all(f"cannot connect to {self.where}")

@@ -152,8 +152,8 @@ def read_link(name: str, t: SpecTable) -> ModbusLinkConfig | None:
     offline_after = t.integer("offline_after", default=3, low=1, high=100)
     backoff_max = t.number("backoff_max", default=10.0, high=3600.0)
     t.finish()
-    if None in (transport, host, port, baudrate, bytesize, parity, stopbits, timeout, poll, offline_after,
-                backoff_max):
+    if port is None or None in (transport, host, baudrate, bytesize, parity, stopbits, timeout, poll,
+                                offline_after, backoff_max):
         return None
     return ModbusLinkConfig(
         name=name, transport=transport, host=host, port=port, baudrate=baudrate, bytesize=bytesize,
@@ -191,7 +191,7 @@ def read_address(t: SpecTable, tables: tuple[str, ...], device_id: int | None = 
         if kind in MODBUS_TYPES and address is not None and address + MODBUS_TYPES[kind] - 1 > 65535:
             t.problem(table, f"a {kind} at {address} runs past the last address 65535")
             address = None
-    if None in (address, dev, kind, scale, offset, order):
+    if address is None or scale is None or None in (dev, kind, offset, order):
         return None
     return ModbusAddress(table=table, address=address, device_id=dev, type=kind, word_order=order,
                          scale=scale, offset=offset)

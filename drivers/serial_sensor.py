@@ -117,7 +117,7 @@ def read_sensor(t: SpecTable) -> SerialSensorSpec | None:
         t.problem("request_interval", "only meaningful with a request")
     stale = t.number("stale_after", default=5.0, high=86400.0)
     max_line = t.integer("max_line", default=256, low=16, high=65536)
-    if None in (port, baudrate, bytesize, parity, stopbits, pattern, interval, stale, max_line) \
+    if pattern is None or None in (port, baudrate, bytesize, parity, stopbits, interval, stale, max_line) \
             or (t.has("request") and request_bytes is None):
         return None
     return SerialSensorSpec(
@@ -213,6 +213,7 @@ class SerialSensor:
         self._parser = LineParser(spec.max_line)
         self._good_session = False  # the current port session produced a valid reading (reader thread)
         self._beat = time.monotonic()  # the reader thread's last turn (for wedged())
+        self.wedged_after = WEDGED_AFTER  # seconds without a turn before wedged() says so
         self._counts = {"readings": 0, "malformed_lines": 0, "reopens": 0, "open_failures": 0}
 
     @property
@@ -243,7 +244,7 @@ class SerialSensor:
         if not thread.is_alive():
             return "reader thread ended"
         stalled = time.monotonic() - self._beat
-        if stalled > WEDGED_AFTER:
+        if stalled > self.wedged_after:
             return f"reader thread stuck for {stalled:.0f} s"
         return None
 
@@ -253,6 +254,9 @@ class SerialSensor:
 
     # -- lifecycle (loop thread) ------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the reader thread (once: starting a running sensor does nothing)."""
+        if self._thread is not None:
+            return
         self._loop = asyncio.get_running_loop()
         self._exited = asyncio.Event()
         self.opened = asyncio.Event()
@@ -266,7 +270,7 @@ class SerialSensor:
         with self._port_lock:
             if self._port is not None:
                 with contextlib.suppress(Exception):  # not every pyserial URL handler can cancel
-                    self._port.cancel_read()
+                    self._port.cancel_read()  # type: ignore[attr-defined]  # a Serial, not the base
         if self._stale is not None:
             self._stale.cancel()
         if self._thread is not None and self._exited is not None:
@@ -317,6 +321,8 @@ class SerialSensor:
 
     # -- reader thread ----------------------------------------------------------------------------
     def _run(self) -> None:
+        opened = self.opened
+        assert opened is not None  # made by start() before the thread
         backoff = Backoff(BACKOFF_START, BACKOFF_MAX)
         opened_before = False
         reported = None  # the last reason sent to the loop, so an outage is logged once
@@ -339,7 +345,7 @@ class SerialSensor:
                     self._counts["reopens"] += 1
                     log.info("%s: reopened", self.name)
                 opened_before = True
-                self._to_loop(self.opened.set)
+                self._to_loop(opened.set)
                 reported = None
                 self._good_session = False
                 try:
@@ -350,7 +356,7 @@ class SerialSensor:
                         self._to_loop(self._set_offline, f"port lost: {exc}")
                         reported = "lost"
                 finally:
-                    self._to_loop(self.opened.clear)
+                    self._to_loop(opened.clear)
                     with self._port_lock:
                         self._port = None
                     with contextlib.suppress(Exception):
@@ -358,6 +364,8 @@ class SerialSensor:
                 if self._good_session:  # it worked for a while: start the backoff afresh
                     backoff.reset()
                 self._stop.wait(backoff.next())
+        except Exception:  # a bug: the watchdog learns of it through wedged() ("reader thread ended")
+            log.exception("%s: reader thread failed", self.name)
         finally:
             if self._exited is not None:
                 self._to_loop(self._exited.set)
@@ -389,7 +397,7 @@ class SerialSensor:
             if request is not None and time.monotonic() >= next_request:
                 port.write(request)
                 next_request = time.monotonic() + interval
-            chunk = port.read(max(1, min(port.in_waiting, CHUNK)))
+            chunk = port.read(max(1, min(port.in_waiting, CHUNK)))  # type: ignore[attr-defined]
             if not chunk:
                 continue
             before = self._parser.overlong

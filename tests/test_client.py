@@ -12,7 +12,10 @@ from controller import client as pictl
 from controller.client import Client, Event, SyncClient
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
-from tests.conftest import ADMIN, PANEL, close_all
+from tests.conftest import ADMIN, PANEL, close_all, on_gpio_demo
+
+# Event counting: the demo sensor's steady readings would interleave their seq numbers.
+demo_config = on_gpio_demo()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from drivers.modbus import ExceptionReply, ModbusLink, decode, encode, plan_reads
 from drivers.modbus_spec import ModbusAddress, ModbusLinkConfig, ModbusPointSpec
 from drivers.sim.modbus_world import SimModbusServer
-from tests.conftest import until_health
+from tests.conftest import until, until_health
 
 
 def addr(table: str, address: int, type: str = "bool", device_id: int = 1, scale: float = 1.0,
@@ -216,3 +216,28 @@ async def test_a_unit_silent_at_start_costs_only_offline_after_timeouts(rig: Rig
     assert not any(o.online for o in outputs)
     # Two safe writes time out and the unit is offline: the third write and the first poll are skipped.
     assert rig.link.counters()["timeouts"] == 2
+
+
+async def test_points_attached_and_detached_while_running_follow_the_polling_plan(rig: Rig) -> None:
+    first = rig.link.input("a.x", spec(addr("coil", 0)))
+    await rig.link.start()
+    later = rig.link.output("b.out", spec(addr("coil", 1)), safe=False)
+    assert [m.name for g in rig.link.groups for m in g.members] == ["a.x", "b.out"]  # one read for both
+    rig.server.devices.set(1, "coil", 1, 1)
+    await rig.link.start()  # on a running link: brings the new point up (safe value, first read)
+    assert later.value is False and rig.server.devices.value(1, "coil", 1) == 0
+    first.close()
+    assert [m.name for g in rig.link.groups for m in g.members] == ["b.out"]
+    rig.server.devices.set(1, "coil", 1, 1)
+    await until(later.listen, lambda: later.value is True)  # still polled
+
+
+async def test_a_poll_loop_that_died_says_the_link_is_wedged(rig: Rig) -> None:
+    rig.link.input("a.x", spec(addr("coil", 0)))
+    await rig.link.start()
+    assert rig.link.wedged() is None
+    task = rig.link._task
+    assert task is not None
+    task.cancel()  # what an unexpected exception in the loop would leave behind
+    await asyncio.wait({task}, timeout=2)
+    assert rig.link.wedged() == "poll loop ended"

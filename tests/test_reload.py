@@ -220,12 +220,18 @@ async def test_a_device_that_cannot_be_built_keeps_its_previous_config(
     assert (await admin.call("light.on"))["state"] == "on" and level(daemon, 22) is True
 
 
-async def test_a_removed_sensor_takes_its_serial_port_and_thread_with_it(tmp_path: Path) -> None:
-    from drivers.serial_sensor import SerialSensor
-
+async def full_demo(tmp_path: Path) -> tuple[Path, str]:
+    """The whole demo config (GPIO, Modbus and serial devices) in a file a test may rewrite."""
     path = tmp_path / "demo.toml"
     full = (ROOT / "config" / "demo.toml").read_text()
     path.write_text(full)
+    return path, full
+
+
+async def test_a_removed_sensor_takes_its_serial_port_and_thread_with_it(tmp_path: Path) -> None:
+    from drivers.serial_sensor import SerialSensor
+
+    path, full = await full_demo(tmp_path)
     daemon = Daemon(config.load(str(path)), simulate=True, host="127.0.0.1", port=0)
     await daemon.start()
     try:
@@ -243,3 +249,53 @@ async def test_a_removed_sensor_takes_its_serial_port_and_thread_with_it(tmp_pat
         assert "hall_temp.read" not in daemon.dispatcher.methods
     finally:
         await daemon.stop()
+
+
+async def test_rebuilt_modbus_and_serial_devices_are_polled_and_simulated_again(tmp_path: Path) -> None:
+    """A reload that rebuilds the fan keeps it following its coil (the link re-plans its polling as
+    points come and go), and a rebuilt sensor gets a simulated terminal of its own again."""
+    from controller.devices.base import Device
+    from drivers.modbus import ModbusLink
+    from tests.conftest import until, until_online
+
+    path, full = await full_demo(tmp_path)
+    daemon = Daemon(config.load(str(path)), simulate=True, host="127.0.0.1", port=0)
+    await daemon.start()
+    try:
+        old_fan = daemon.devices["fan"]
+        assert "fan.timeout = 1.0" not in full
+        changed = full.replace('output = { modbus = "plant", coil = 0, device_id = 1 }\ntimeout = 1.0',
+                               'output = { modbus = "plant", coil = 0, device_id = 1 }\ntimeout = 0.8')
+        changed = changed.replace("stale_after = 2.0", "stale_after = 3.0")
+        assert changed.count("timeout = 0.8") == 1 and "stale_after = 3.0" in changed
+        path.write_text(changed)
+        plan = await daemon.reload()
+        assert plan is not None and set(plan.changed) == {"fan", "hall_temp"}
+
+        fan: Device = daemon.devices["fan"]
+        assert fan is not old_fan
+        [link] = [b for b in daemon.buses if isinstance(b, ModbusLink)]
+        assert [p.name for p in link.points] == ["fan.output"]  # the old fan's point left the plan
+        assert [m.name for g in link.groups for m in g.members] == ["fan.output"]
+        # Someone switches the fan at its controller: only polling can see that.
+        assert daemon.plant is not None
+        daemon.plant.modbus["plant"].devices.set(1, "coil", 0, 1)
+        await until(lambda cb: fan.listen(lambda *_: cb()), lambda: fan.state()["state"] == "on")
+        result = await fan.run("off", {}, 1.0)
+        assert result["confirmed"] and result["state"] == "off"
+
+        sensor = daemon.devices["hall_temp"]
+        await until_online(sensor, True)
+        assert sensor.state()["value"] is not None
+    finally:
+        await daemon.stop()
+
+
+def test_a_changed_modbus_link_is_named_as_in_the_file_and_needs_a_restart() -> None:
+    full = (ROOT / "config" / "demo.toml").read_text()
+    old = config.loads(full, "old.toml")
+    new = config.loads(full.replace("timeout = 0.5", "timeout = 0.7", 1), "new.toml")
+    assert old.modbus["plant"].timeout == 0.5 and new.modbus["plant"].timeout == 0.7
+    plan = plan_reload(old, new)
+    assert plan.restart_needed == ("modbus.plant changed",)
+    assert plan.in_force.modbus["plant"].timeout == 0.5  # the running link keeps its settings

@@ -184,3 +184,37 @@ async def test_the_sensor_device_announces_coming_online_with_its_first_reading(
     assert flips == [True]
     assert readings[0]["values"] == {"temp": 20.5, "rh": None} and readings[0]["units"]["temp"] == "°C"
     assert await device.run("read", {}, 1.0) == readings[0]
+
+
+async def test_a_reader_thread_stuck_in_a_call_says_the_sensor_is_wedged(rig: Rig) -> None:
+    """A read that never returns (a driver stuck in the kernel) stops the thread's turns: wedged()
+    says so, and the service watchdog then withholds its ping (tests/test_sdnotify.py)."""
+    stuck = threading.Event()
+    release = threading.Event()
+
+    def read_forever(port: object) -> None:
+        stuck.set()
+        release.wait(10)
+
+    rig.sensor._read_lines = read_forever  # type: ignore[method-assign]  # the stuck call
+    rig.sensor.wedged_after = 0.2
+    await rig.sensor.start()
+    try:
+        assert await asyncio.to_thread(stuck.wait, 3)
+        async with asyncio.timeout(3):
+            while rig.sensor.wedged() is None:
+                await asyncio.sleep(0.05)
+        assert (rig.sensor.wedged() or "").startswith("reader thread stuck for")
+    finally:
+        release.set()
+
+
+async def test_a_reader_thread_that_ended_says_the_sensor_is_wedged(rig: Rig) -> None:
+    def crash(port: object) -> None:
+        raise RuntimeError("a bug in the reader")
+
+    rig.sensor._read_lines = crash  # type: ignore[method-assign]
+    await rig.sensor.start()
+    assert rig.sensor._thread is not None
+    await asyncio.to_thread(rig.sensor._thread.join, 3)
+    assert rig.sensor.wedged() == "reader thread ended"

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -62,8 +62,11 @@ class Outcome:
     evidence: dict[str, Any]  # where the proof came from
 
 
-def evidence_of(obs: Observation, shown: Any, source: str | None = None) -> dict[str, Any]:
-    """The evidence object of CONTRACT §3 for one observation."""
+def evidence_of(obs: Observation | None, shown: Any, source: str | None = None) -> dict[str, Any]:
+    """The evidence object of a confirmed result (README "A confirmed action") for one observation
+    (None: nothing was observed yet, which only a point that was never read can say)."""
+    if obs is None:
+        return {"source": source or "unknown", "value": shown, "at": None}
     out: dict[str, Any] = {"source": source or obs.point, "value": shown, "at": iso(obs.at)}
     if source is not None:
         out["point"] = obs.point
@@ -76,10 +79,10 @@ class Device:
     kind: ClassVar[str] = ""
     actions: ClassVar[dict[str, Action]] = {}
 
-    def __init__(self, config: DeviceConfig, points: list[Point]) -> None:
+    def __init__(self, config: DeviceConfig, points: Sequence[Point]) -> None:
         self.config = config
         self.name = config.name
-        self.points = points  # everything this device reads or writes
+        self.points: list[Point] = list(points)  # everything this device reads or writes
         self._queue = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
         self._listeners: list[DeviceListener] = []  # the event bus, metrics, tests
         self._was_online = all(p.online for p in points)  # a sensor starts offline until its first reading

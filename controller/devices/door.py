@@ -96,11 +96,13 @@ class Door(Device):
             except PointUnavailable:
                 raise self.unavailable() from None
             except PointError as exc:  # a relay on a bus (a Modbus coil) that did not take the command
+                self._moving_to = None
                 raise self.not_confirmed(target, exc.observed, started, await self._release()) from None
             self._publish_if_changed()
             try:
                 obs = await proof.wait(timeout)
             except TimeoutError:
+                self._moving_to = None  # given up: the release shows what was observed, not a motion
                 raise self.not_confirmed(target, self.position(), started, await self._release()) from None
         finally:
             proof.cancel()

@@ -91,7 +91,7 @@ class Switch(Device):
         return {"output": _shown(self.output.value), "expected": _shown(self.output.value),
                 "observed": _shown(self.is_on())}
 
-    def _evidence(self, obs: Observation, on: bool | None) -> dict[str, Any]:
+    def _evidence(self, obs: Observation | None, on: bool | None) -> dict[str, Any]:
         if self.feedback is None:
             return {**evidence_of(obs, _shown(on), source=self.output.readback_source),
                     **self.output.readback_evidence()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -24,7 +24,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
 from controller.doors.static import StaticFiles
-from controller.rpc.dispatch import NOT_NOW, Dispatcher, binary_frame_error
+from controller.rpc.dispatch import Dispatcher, NotNow, binary_frame_error
 from controller.security.auth import Session, bearer
 from controller.wire.jsonrpc import Message, decode
 
@@ -55,13 +55,13 @@ ws_log = logging.getLogger("websockets.server.pictl")  # the library's own messa
 ws_log.addFilter(_RedactSecrets())
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str, extra: list[tuple[str, str]] = ()) -> Response:
+def _response(status: HTTPStatus, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()) -> Response:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-store"), *extra])
     return Response(status.value, status.phrase, headers, body)
 
 
-def json_response(status: HTTPStatus, obj: Any, extra: list[tuple[str, str]] = ()) -> Response:
+def json_response(status: HTTPStatus, obj: Any, extra: Sequence[tuple[str, str]] = ()) -> Response:
     return _response(status, json.dumps(obj).encode(), "application/json", extra)
 
 
@@ -95,7 +95,7 @@ class Server:
         if self._ws is None:
             return 0
         doomed = [ws for ws in self._ws.connections
-                  if getattr(ws, "pictl_session", None) is not None and stale(ws.pictl_session)]
+                  if (session := getattr(ws, "pictl_session", None)) is not None and stale(session)]
         await asyncio.gather(*(ws.close(code, reason) for ws in doomed))
         return len(doomed)
 
@@ -227,16 +227,18 @@ class Server:
             guard = loop.call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
         try:
             async for frame in ws:
+                work: Message | bytes
                 if isinstance(frame, str):
-                    message = decode(frame, self.dispatcher.max_batch)
-                    reply = self.dispatcher.answer_now(session, message)
-                    if reply is not NOT_NOW:  # answered inline: no task for the common case
+                    work = decode(frame, self.dispatcher.max_batch)
+                    reply = self.dispatcher.answer_now(session, work)
+                    if not isinstance(reply, NotNow):  # answered inline: no task for the common case
                         if reply is not None:
                             await ws.send(reply, text=True)
                         continue
-                    frame = message
+                else:
+                    work = frame
                 await slots.acquire()
-                task = loop.create_task(self._frame(ws, session, frame, slots))
+                task = loop.create_task(self._frame(ws, session, work, slots))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         except ConnectionClosed:

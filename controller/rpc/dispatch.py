@@ -258,7 +258,8 @@ class Dispatcher:
         if entry is None:
             raise MethodNotFound(f"no method {_short(method)!r}", method=_short(method))
         if method not in OPEN_METHODS and not self._may_call(session, method):
-            raise Unauthorized(f"role {session.role.name!r} may not call {method}", method=method)
+            role = session.role.name if session.role is not None else None
+            raise Unauthorized(f"role {role!r} may not call {method}", method=method)
         if isinstance(params, list):
             if params:
                 raise InvalidParams("params must be an object (named parameters)")
@@ -320,10 +321,10 @@ class Dispatcher:
         }
 
     def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.subscribe(session.extra["ws"], params)
+        return self.events.subscribe(_link(session), params)
 
     def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.unsubscribe(session.extra["ws"], params)
+        return self.events.unsubscribe(_link(session), params)
 
     def _describe(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.describe", params)
@@ -373,6 +374,15 @@ class Dispatcher:
             raise InvalidParams(str(exc), param="device") from None
         self.audit.record(session, "sim.clear", params, "ok", 0.0)
         return {"device": device, "faults": self.plant.active_faults(device)}
+
+
+def _link(session: Session) -> Any:
+    """The WebSocket events are sent on; other front doors have their own event topics."""
+    ws = session.extra.get("ws")
+    if ws is None:
+        raise InvalidRequest("events.subscribe is for WebSocket links: this front door publishes every event "
+                             "on its own topics")
+    return ws
 
 
 def binary_frame_error() -> str:

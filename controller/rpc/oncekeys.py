@@ -54,7 +54,7 @@ class OnceKeys:
             if entry.call != call:
                 raise InvalidParams("request_key was already used for a different call", param="request_key")
             return await asyncio.shield(entry.task), True
-        task = asyncio.get_running_loop().create_task(start())
+        task: asyncio.Task[dict[str, Any]] = asyncio.ensure_future(start())
         entry = _Entry(call, task, time.monotonic() + self.window)
         self._entries[(token, key)] = entry
         task.add_done_callback(lambda t: self._settle((token, key), entry, t))

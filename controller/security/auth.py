@@ -20,8 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from controller.security.policy import LockoutConfig, Role, Token
 from controller.security.secrets import fingerprint
-from controller.settings.load import LockoutConfig, Role, Token
 
 log = logging.getLogger(__name__)
 VERIFIED_CACHE = 256  # secrets remembered after a successful check

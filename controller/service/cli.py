@@ -140,6 +140,7 @@ def serve(args: argparse.Namespace) -> int:
     from controller.service import configfile
     from controller.service.daemon import Daemon
     from controller.service.supervision import serve_until_signalled
+    from controller.settings.mqtt import MqttUnusable
     from controller.settings.sections import parse_listen
     from controller.settings.wamp import MissingExtra
     from drivers.gpio import GpioUnavailable
@@ -165,7 +166,7 @@ def serve(args: argparse.Namespace) -> int:
     daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port)
     try:
         asyncio.run(serve_until_signalled(daemon))
-    except GpioUnavailable as exc:
+    except (GpioUnavailable, MqttUnusable) as exc:
         logging.getLogger("pictl").error("%s", exc)
         return 1
     except ssl.SSLError as exc:

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.devices import registry as kinds
 from controller.devices.base import Device
@@ -28,6 +28,10 @@ from drivers.base import Bus
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
+
+if TYPE_CHECKING:  # imported at run time only when [mqtt] / [wamp] is configured (aiomqtt, autobahn)
+    from controller.doors.mqtt import MqttBridge
+    from controller.doors.wamp import WampBridge
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,11 @@ class Daemon:
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
+        self.mqtt: MqttBridge | None = None  # the MQTT bridge, only when [mqtt] is configured
         self.events = EventBus()  # replaced with the configured ones by start()
         self.metrics = Metrics()
         self.audit = AuditTrail(None)
-        self.wamp: Any = None  # the WAMP bridge (controller.doors.wamp), when [wamp] is configured
+        self.wamp: WampBridge | None = None  # the WAMP bridge, only when [wamp] is configured
 
     @property
     def url(self) -> str:
@@ -96,6 +101,12 @@ class Daemon:
                 max_connections_per_address=self.config.server.max_connections_per_address,
             )
             await self.server.start()
+            if self.config.mqtt is not None:
+                from controller.doors.mqtt import MqttBridge  # aiomqtt: only when configured
+
+                self.mqtt = MqttBridge(self.config.mqtt, self.dispatcher,
+                                       max_payload=self.config.server.max_frame_bytes)
+                await self.mqtt.start()
             if self.config.wamp is not None:
                 self._start_wamp()
         except BaseException:
@@ -198,6 +209,8 @@ class Daemon:
                                            *([self.wamp.drain(deadline)] if self.wamp is not None else []))
             if not all(drained):
                 log.warning("some actions did not finish before shutdown")
+        if self.mqtt is not None:
+            await self.mqtt.close(self.drain_deadline())
         if self.wamp is not None:
             await self.wamp.stop()
         for device in self.devices.values():
@@ -276,6 +289,8 @@ class Daemon:
         if self.server is not None:
             self.server.set_allowed_origins(new.server.allowed_origins)
         self.config = in_force
+        if self.mqtt is not None:
+            self.mqtt.config_applied()
         log.info("config reloaded from %s: %s", new.path, plan.summary())
         return plan
 
@@ -316,20 +331,20 @@ class Daemon:
             self._withdraw(name)
         for name in (*plan.changed, *plan.added):
             old = self.config.devices.get(name)
-            device = await self._bring_up(new.devices[name])
-            if device is None and old is not None:
+            built = await self._bring_up(new.devices[name])
+            if built is None and old is not None:
                 log.error("%s: keeping its previous config", name)
-                device = await self._bring_up(old)
+                built = await self._bring_up(old)
                 in_force[name] = old
-            if device is None:
+            if built is None:
                 log.error("%s: left out until the next reload or restart", name)
                 self._withdraw(name)
                 in_force.pop(name)
                 continue
             if self.dispatcher is not None:
-                self.dispatcher.add_device(device)
+                self.dispatcher.add_device(built)
             else:
-                self.devices[name] = device
+                self.devices[name] = built
         # Keep the config's order for status and describe (the dict is shared with the dispatcher).
         order = [name for name in new.devices if name in self.devices]
         ordered = {name: self.devices[name] for name in (*order, *(n for n in self.devices if n not in order))}
@@ -342,10 +357,9 @@ class Daemon:
         if self.plant is not None:
             device_config = await simulate(self.plant, device_config)  # its far side, and the way to it
         device = None
-        buses_before = len(self.buses)
         try:
             device = self._build_device(device_config)
-            await self._start_buses(self.buses[buses_before:])  # a serial sensor brings its own port
+            await self._start_buses(self.buses)  # new ports start; running links bring up the new points
             await device.start()
             device.listen(self._device_event)
         except Exception as exc:
@@ -355,7 +369,8 @@ class Daemon:
             if self.plant is not None:
                 await self.plant.unlink(device_config.name)
             return None
-        log.info("device %s (%s): %s", device.name, device.kind, device.state()["state"])
+        state = device.state()
+        log.info("device %s (%s): %s", device.name, device.kind, state.get("state", state))
         return device
 
     def _withdraw(self, name: str) -> None:

@@ -36,7 +36,7 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
             log.info("%s: no simulated physics from %s to %s (different buses)", device.name, coupling.output,
                      coupling.input)
     changed = {field: spec for field, spec in rewritten.items() if spec is not specs[field]}
-    return dataclasses.replace(device, **changed) if changed else device
+    return dataclasses.replace(device, **changed) if changed else device  # type: ignore[arg-type]  # spec fields
 
 
 async def start_plant(config: Config, loop: asyncio.AbstractEventLoop) -> tuple[Plant, Config]:

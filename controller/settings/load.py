@@ -11,6 +11,7 @@ drivers, :data:`drivers.registry.LINK_DRIVERS`) and [devices.NAME]
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import tomli
 from controller.security.policy import LockoutConfig, Role, Token
 from controller.settings.access import read_auth
 from controller.settings.devices import DeviceConfig, KindReader, Loader, read_devices
+from controller.settings.mqtt import MqttConfig, read_mqtt
 from controller.settings.reader import ConfigError, Document, Problem, Table
 from controller.settings.sections import (
     AuditConfig,
@@ -51,6 +53,7 @@ class Config:
                                                                    fsync=False))
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     bus_links: dict[str, dict[str, Any]] = field(default_factory=dict)  # bus kind -> link name -> link config
+    mqtt: MqttConfig | None = None  # the MQTT bridge; None: not configured
     wamp: WampConfig | None = None  # this daemon as a node on a WAMP router, when configured
 
     def links(self, kind: str) -> dict[str, Any]:
@@ -119,6 +122,7 @@ def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader],
 
     roles, tokens, lockout = read_auth(root.table("auth"))
     events, metrics, audit = read_live(root, doc, tokens)
+    mqtt = read_mqtt(root.table("mqtt"), frozenset(roles), os.path.dirname(os.path.abspath(doc.file)))
     devices = read_devices(root, loader, kinds)
     if devices_required and not devices and not doc.problems:
         root.problem("devices", "no devices configured")
@@ -128,6 +132,6 @@ def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader],
         return None
     return Config(
         path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
-        events=events, metrics=metrics, audit=audit, lockout=lockout,
-        bus_links={kind: found for kind, found in links.items() if found}, wamp=wamp,
+        events=events, metrics=metrics, audit=audit, lockout=lockout, mqtt=mqtt, wamp=wamp,
+        bus_links={kind: found for kind, found in links.items() if found},
     )

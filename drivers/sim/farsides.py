@@ -2,21 +2,22 @@
 
 A far side is what the simulated plant puts at the other end of a bus so that
 the real driver runs unchanged (``pictl serve --simulate``, the tests and the
-benchmarks). Each lives beside its world: :mod:`drivers.sim.gpio_world`,
-:mod:`drivers.sim.modbus_world`, :mod:`drivers.sim.serial_world`.
+benchmarks). Each adapts its world (:mod:`drivers.sim.gpio_world`,
+:mod:`drivers.sim.modbus_world`, :mod:`drivers.sim.serial_world`) to the plant.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+import dataclasses
+from typing import Protocol
 
 from drivers.base import Coupling, PointSpec
-from drivers.sim.gpio_world import GpioFarSide
-from drivers.sim.modbus_world import ModbusFarSide
-from drivers.sim.serial_world import SerialFarSide
-
-if TYPE_CHECKING:
-    from drivers.sim.plant import Plant
+from drivers.gpio import GpioInputSpec, GpioOutputSpec
+from drivers.modbus_spec import ModbusLinkConfig, ModbusPointSpec
+from drivers.serial_sensor import SerialSensorSpec
+from drivers.sim.modbus_world import SilenceFault, follow
+from drivers.sim.plant import Plant
+from drivers.sim.serial_world import SENSOR_PERIOD_S, sensor_lines
 
 
 class FarSide(Protocol):
@@ -31,6 +32,82 @@ class FarSide(Protocol):
 
     def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
         """Make *input* follow *output* as *coupling* says; False when this bus cannot."""
+
+
+class GpioFarSide:
+    """The far side of the GPIO bus: the plant's mock pins, linked by each kind's couplings."""
+
+    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
+        return dict(links)  # one factory for the whole board: nothing per link
+
+    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
+        return spec  # the driver reaches the plant through its pin factory, not through the spec
+
+    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
+        if not isinstance(output, GpioOutputSpec) or not isinstance(input, GpioInputSpec):
+            return False
+        on_level = input.active_level if coupling.active_when_on else not input.active_level
+        plant.link(device, output_pin=output.pin, energised=output.active_high, input_pin=input.pin,
+                   level_when_on=on_level, delay_s=coupling.delay_s, fault=coupling.fault)
+        return True
+
+
+class ModbusFarSide:
+    """The far side of Modbus links: one server per link, the addresses the points use, an
+    ``offline`` fault per device, and verify addresses that follow what is written."""
+
+    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
+        """A started server per link, and each link's config rewritten to reach it."""
+        out: dict[str, object] = {}
+        for name, link in links.items():
+            assert isinstance(link, ModbusLinkConfig)
+            server = await plant.modbus_server(name, rtu=link.transport == "rtu")
+            out[name] = dataclasses.replace(link, host="127.0.0.1", port=server.port) if link.transport == "tcp" \
+                else dataclasses.replace(link, port=server.url)
+        return out
+
+    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
+        assert isinstance(spec, ModbusPointSpec)
+        sim = plant.modbus[spec.link].devices
+        for at in (spec.at, spec.verify):
+            if at is not None:
+                sim.map(at.device_id, at.table, at.address, at.width)
+        if "offline" not in plant.faults(device):
+            plant.add_fault(device, "offline", SilenceFault(sim, spec.at.device_id))
+        verify = spec.verify
+        if verify is not None:  # a status input or actual value that follows the written one
+            if spec.at.table == "coil":
+                on, off = spec.verify_on, spec.verify_off
+                plant.on_unlink(device, follow(sim, spec.at, verify, lambda value: on if value else off))
+            else:
+                plant.on_unlink(device, follow(sim, spec.at, verify, lambda value: value))
+        return spec
+
+    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
+        """An input on the same link follows its output at once (no travel time on Modbus)."""
+        if not isinstance(output, ModbusPointSpec) or not isinstance(input, ModbusPointSpec) \
+                or output.link != input.link:
+            return False
+        sim = plant.modbus[output.link].devices
+        active = coupling.active_when_on
+        plant.on_unlink(device, follow(sim, output.at, input.at, lambda on: int(bool(on) == active)))
+        return True
+
+
+class SerialFarSide:
+    """The far side of a serial sensor: a terminal emitting lines its pattern takes."""
+
+    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
+        return dict(links)  # a serial sensor is its own bus: nothing shared to open
+
+    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
+        """A plugged-in terminal for *device*, and the spec pointed at its stable path."""
+        assert isinstance(spec, SerialSensorSpec)
+        sensor = plant.serial_sensor(device, sensor_lines(spec), SENSOR_PERIOD_S)
+        return dataclasses.replace(spec, port=sensor.path)
+
+    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
+        return False  # a sensor has no output to follow
 
 
 FAR_SIDES: dict[str, FarSide] = {

@@ -15,15 +15,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gpiozero.pins.mock import MockFactory, MockPin
-
-from drivers.base import Coupling, PointSpec
-from drivers.gpio import GpioInputSpec, GpioOutputSpec
-
-if TYPE_CHECKING:
-    from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
 
@@ -126,21 +119,3 @@ class Linkage:
 def make_factory() -> MockFactory:
     """A mock pin factory whose pins can be linked (a Pi 3B layout)."""
     return MockFactory(pin_class=WorldPin)
-
-
-class GpioFarSide:
-    """The far side of the GPIO bus: the plant's mock pins, linked by each kind's couplings."""
-
-    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
-        return dict(links)  # one factory for the whole board: nothing per link
-
-    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
-        return spec  # the driver reaches the plant through its pin factory, not through the spec
-
-    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
-        if not isinstance(output, GpioOutputSpec) or not isinstance(input, GpioInputSpec):
-            return False
-        on_level = input.active_level if coupling.active_when_on else not input.active_level
-        plant.link(device, output_pin=output.pin, energised=output.active_high, input_pin=input.pin,
-                   level_when_on=on_level, delay_s=coupling.delay_s, fault=coupling.fault)
-        return True

@@ -18,11 +18,10 @@ RTU framing so that an RTU client reaches it through pyserial's
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -30,11 +29,7 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
-from drivers.base import Coupling, PointSpec
-from drivers.modbus_spec import ModbusAddress, ModbusLinkConfig, ModbusPointSpec, decode, encode
-
-if TYPE_CHECKING:
-    from drivers.sim.plant import Plant
+from drivers.modbus_spec import ModbusAddress, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +114,10 @@ class SimModbusDevices(ModbusServerContext):
             if block is None or address not in block:
                 return ExcCodes.ILLEGAL_ADDRESS
         else:
-            block = self._block(device_id, func_code, address, len(values))
-            if isinstance(block, ExcCodes):
-                return block
+            found = self._block(device_id, func_code, address, len(values))
+            if isinstance(found, ExcCodes):
+                return found
+            block = found
         table = TABLE_OF[func_code]
         for offset, value in enumerate(values):
             if (device_id, table, address + offset) not in self.stuck:
@@ -156,7 +152,7 @@ class SimModbusServer:
             address=("127.0.0.1", self.port), ignore_missing_devices=True,
         )
         await self._server.serve_forever(background=True)
-        self.port = self._server.transport.sockets[0].getsockname()[1]
+        self.port = self._server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # a Server
         log.info("simulated Modbus %s (%s) on 127.0.0.1:%d", self.name, "RTU" if self.rtu else "TCP", self.port)
 
     async def aclose(self) -> None:
@@ -198,45 +194,3 @@ def follow(sim: SimModbusDevices, source: ModbusAddress, target: ModbusAddress,
 
     sim.on_write.append(on_write)
     return lambda: sim.on_write.remove(on_write) if on_write in sim.on_write else None
-
-
-class ModbusFarSide:
-    """The far side of Modbus links: one server per link, the addresses the points use, an
-    ``offline`` fault per device, and verify addresses that follow what is written."""
-
-    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
-        """A started server per link, and each link's config rewritten to reach it."""
-        out: dict[str, object] = {}
-        for name, link in links.items():
-            assert isinstance(link, ModbusLinkConfig)
-            server = await plant.modbus_server(name, rtu=link.transport == "rtu")
-            out[name] = dataclasses.replace(link, host="127.0.0.1", port=server.port) if link.transport == "tcp" \
-                else dataclasses.replace(link, port=server.url)
-        return out
-
-    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
-        assert isinstance(spec, ModbusPointSpec)
-        sim = plant.modbus[spec.link].devices
-        for at in (spec.at, spec.verify):
-            if at is not None:
-                sim.map(at.device_id, at.table, at.address, at.width)
-        if "offline" not in plant.faults(device):
-            plant.add_fault(device, "offline", SilenceFault(sim, spec.at.device_id))
-        verify = spec.verify
-        if verify is not None:  # a status input or actual value that follows the written one
-            if spec.at.table == "coil":
-                on, off = spec.verify_on, spec.verify_off
-                plant.on_unlink(device, follow(sim, spec.at, verify, lambda value: on if value else off))
-            else:
-                plant.on_unlink(device, follow(sim, spec.at, verify, lambda value: value))
-        return spec
-
-    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
-        """An input on the same link follows its output at once (no travel time on Modbus)."""
-        if not isinstance(output, ModbusPointSpec) or not isinstance(input, ModbusPointSpec) \
-                or output.link != input.link:
-            return False
-        sim = plant.modbus[output.link].devices
-        active = coupling.active_when_on
-        plant.on_unlink(device, follow(sim, output.at, input.at, lambda on: int(bool(on) == active)))
-        return True

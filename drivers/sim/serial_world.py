@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -21,17 +20,17 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from drivers.base import Coupling, PointSpec
 from drivers.serial_sensor import SerialSensorSpec
-
-if TYPE_CHECKING:
-    from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
 
 SENSOR_PERIOD_S = 0.5  # a simulated serial sensor's line interval
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class SimSerialSensor:
@@ -101,7 +100,7 @@ class SimSerialSensor:
                 continue
             ready = self.loop.create_future()
             fd = self._master
-            self.loop.add_writer(fd, lambda f=ready: f.done() or f.set_result(None))
+            self.loop.add_writer(fd, _settle, ready)
             try:
                 await ready
             finally:
@@ -161,19 +160,3 @@ def sensor_lines(spec: SerialSensorSpec) -> Callable[[], bytes]:
         return (chosen(values) + "\r\n").encode()
 
     return line
-
-
-class SerialFarSide:
-    """The far side of a serial sensor: a terminal emitting lines its pattern takes."""
-
-    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
-        return dict(links)  # a serial sensor is its own bus: nothing shared to open
-
-    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
-        """A plugged-in terminal for *device*, and the spec pointed at its stable path."""
-        assert isinstance(spec, SerialSensorSpec)
-        sensor = plant.serial_sensor(device, sensor_lines(spec), SENSOR_PERIOD_S)
-        return dataclasses.replace(spec, port=sensor.path)
-
-    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
-        return False  # a sensor has no output to follow
