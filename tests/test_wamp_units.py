@@ -138,3 +138,13 @@ def test_the_fleet_view_follows_events_and_asks_for_a_resync_on_a_gap() -> None:
     assert view.snapshot()["nodes"]["pi01"]["online"] is False
     assert seen == [("pi01", "joined"), ("pi01", "event"), ("pi01", "event"), ("pi01", "left")]
     assert json.dumps(view.snapshot())  # plain JSON, as published
+
+
+def test_a_changed_wamp_table_waits_for_a_restart() -> None:
+    from controller.service.reload import plan_reload
+
+    old = configfile.loads(DEMO_GPIO_TEXT + WAMP, str(DEMO))
+    new = configfile.loads(DEMO_GPIO_TEXT + WAMP.replace('node = "pi01"', 'node = "pi02"'), str(DEMO))
+    plan = plan_reload(old, new)
+    assert plan.restart_needed == ("wamp changed",)
+    assert plan.in_force.wamp == old.wamp  # the running node keeps its name until the restart
