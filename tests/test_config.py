@@ -1,5 +1,5 @@
 """Config loading and validation (controller/config.py, configbase.py and the kinds' read_config),
-and `pictl check-config` (CONTRACT §1): every problem as `FILE:LINE: field: message`, exit 2.
+and `pictl check-config` (README, *Command line*): every problem as `FILE:LINE: field: message`, exit 2.
 
 Pure: no sockets, no daemon. Line numbers below are those of BASE, numbered in its comment.
 """
@@ -113,7 +113,7 @@ def test_base_is_valid_and_typed():
 
 
 def test_demo_config_has_door_and_light_as_in_the_contract():
-    """CONTRACT §5: door on relay GPIO17 + contact GPIO27, timeout 2 s; light on GPIO22 with
+    """README's demo plant: door on relay GPIO17 + contact GPIO27, timeout 2 s; light on GPIO22 with
     feedback GPIO23, timeout 1 s; tokens demo-admin → admin, demo-panel → panel."""
     cfg = config.load(str(DEMO))
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8765)
@@ -134,7 +134,7 @@ def test_demo_config_has_door_and_light_as_in_the_contract():
 
     assert {t.name: t.role for t in cfg.tokens} == {"demo-admin": "admin", "demo-panel": "panel"}
     assert cfg.roles["admin"].allow == ("*",)
-    # CONTRACT §5's list, plus system.describe: the wall panel builds itself from it.
+    # README's demo token list, plus system.describe: the wall panel builds itself from it.
     assert set(cfg.roles["panel"].allow) == {
         "door.*", "light.*", "*.state", "system.status", "system.ping", "events.*", "system.describe"}
     assert (cfg.roles["panel"].rate, cfg.roles["panel"].burst) == (20.0, 40)
@@ -253,6 +253,24 @@ def test_unknown_key_given_as_dotted_key():
 def test_unknown_key_in_a_token():
     assert_problem(edit('role = "admin"', 'rolle = "admin"\nrole = "admin"'), 8, "auth.tokens.ops.rolle",
                    "unknown field")
+
+
+def test_a_misspelled_table_name_has_its_line_and_a_suggestion(tmp_path, capsys):
+    """`[device.light]` for `[devices.light]`: every problem says FILE:LINE, and what was meant."""
+    path = write(tmp_path, BASE.replace("[devices.light]", "[device.light]").replace("[server]", "[sever]"))
+    assert cli.main(["check-config", path]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{path}:1: sever: unknown field (did you mean server?)",
+                   f"{path}:17: device: unknown field (did you mean devices?)"]
+    dotted = write(tmp_path, 'device.light.kind = "switch"\n' + BASE)
+    assert cli.main(["check-config", dotted]) == 2
+    assert capsys.readouterr().err == f"{path}:1: device: unknown field (did you mean devices?)\n"
+
+
+def test_a_file_without_devices_says_so_with_a_line(tmp_path, capsys):
+    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:8765"\n')
+    assert cli.main(["check-config", path]) == 2
+    assert capsys.readouterr().err == f"{path}:2: devices: no devices configured (add a [devices.NAME] table)\n"
 
 
 # -- wrong types -----------------------------------------------------------------------------------
@@ -436,7 +454,7 @@ def test_not_utf8():
 
 def test_no_devices():
     text = BASE[: BASE.index("[devices.door]")]
-    assert_problem(text, None, "devices", "no devices configured")
+    assert_problem(text, 10, "devices", "no devices configured")
 
 
 def test_bad_listen_address():
@@ -480,7 +498,7 @@ def test_key_lines_maps_headers_keys_and_inline_keys():
     assert lines[("devices", "light", "timeout")] == 21
 
 
-# -- pictl check-config (CONTRACT §1) ---------------------------------------------------------------
+# -- pictl check-config (README, *Command line*) ---------------------------------------------------------------
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -1,6 +1,6 @@
 """The MQTT bridge against a real Mosquitto (Debian's, started here on a free loopback port), on the demo
 plant: discovery, confirmed and failed commands, retained and malformed commands, request/response,
-last will, reconnect (CONTRACT §8). A client of our own plays Home Assistant."""
+last will, reconnect (README, *Home Assistant and MQTT*). A client of our own plays Home Assistant."""
 
 from __future__ import annotations
 

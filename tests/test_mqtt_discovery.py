@@ -1,5 +1,5 @@
 """What the MQTT bridge publishes, without a broker: discovery payloads, state and command payloads,
-outcomes, and the [mqtt] section (CONTRACT §8)."""
+outcomes, and the [mqtt] section (README, *Home Assistant and MQTT*)."""
 
 from __future__ import annotations
 

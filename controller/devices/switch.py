@@ -78,10 +78,8 @@ class Switch(Device):
         return None if value is None else value == self._on_value
 
     def state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": _shown(self.is_on()), "since": iso(self.changed_at)}
-        if self.feedback is not None:
-            out["output"] = _shown(self.output.value)
-        return out
+        # One shape whatever the bus or the wiring: without feedback, `output` is the same read-back.
+        return {"state": _shown(self.is_on()), "output": _shown(self.output.value), "since": iso(self.changed_at)}
 
     def discrepancy(self) -> dict[str, Any] | None:
         if self.feedback is None or self.output.value is None or self.is_on() is None:

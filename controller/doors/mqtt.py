@@ -1,4 +1,4 @@
-"""The MQTT front door: a peer of the WebSocket server over the same dispatcher (CONTRACT §8).
+"""The MQTT front door: a peer of the WebSocket server over the same dispatcher (README, *Home Assistant and MQTT*).
 
 Everything arriving over MQTT runs as one session with the configured ``role``:
 the same role check, rate limit, per-device queue, confirmation and audit as a

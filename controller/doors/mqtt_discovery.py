@@ -1,7 +1,7 @@
 """What the MQTT bridge publishes, as pure functions: topics, payloads, Home Assistant discovery.
 
 No broker and no MQTT client here: these turn a device's description, its state
-object or an action's JSON-RPC reply into topic names and payloads (CONTRACT §8),
+object or an action's JSON-RPC reply into topic names and payloads (README, *Home Assistant and MQTT*),
 so every payload Home Assistant sees is tested without a broker.
 
 Home Assistant facts this relies on: discovery topics are
@@ -70,7 +70,7 @@ class Topics:
         return f"{self.base}/{name}/{leaf}"
 
     def event(self, topic: str) -> str:
-        """Where an event of CONTRACT §3 (``door.state``) is mirrored."""
+        """Where an event (README, *Live state: events*: ``door.state``) is mirrored."""
         return f"{self.base}/events/{topic}"
 
     def commanded_device(self, topic: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The WAMP front door: this daemon as a node on a router such as Crossbar.io (CONTRACT §9).
+"""The WAMP front door: this daemon as a node on a router such as Crossbar.io (README: "A building of Pis").
 
 A peer of the WebSocket server over the same dispatcher: a call to ``pictl.<node>.<method>``
 goes through the same role check, rate limit, parameter check, device queue, confirmation, metrics

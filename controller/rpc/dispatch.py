@@ -1,6 +1,6 @@
 """From a decoded request to a result: auth, method lookup, role, params, device.
 
-Checks run in CONTRACT §3's order: authentication, method exists, role may
+Checks run in the order README's *Errors* gives: authentication, method exists, role may
 call it, params, device online. Nothing reaches a device before all pass.
 """
 
@@ -104,7 +104,9 @@ class Dispatcher:
 
     def remove_device(self, name: str) -> None:
         """Withdraw a device and its methods; calls already running finish."""
-        self.devices.pop(name, None)
+        removed = self.devices.pop(name, None)
+        if removed is not None:
+            self.metrics.device_removed(name, removed.actions)
         prefix = f"{name}."
         for method in [m for m in self.methods if m.startswith(prefix)]:
             del self.methods[method]
@@ -119,6 +121,7 @@ class Dispatcher:
         self.instant.add(f"{device.name}.state")
         for action in device.actions:
             self.methods[f"{device.name}.{action}"] = self._action_handler(device, action)
+        self.metrics.device_added(device.name, device.actions)
 
     def _action_handler(self, device: Device, action: str) -> Handler:
         method = f"{device.name}.{action}"
@@ -139,7 +142,7 @@ class Dispatcher:
                         session.token.name, key, method, action_params,
                         lambda: device.run(action, action_params, timeout))
             except RpcError as err:
-                self.metrics.action_failures.labels(device.name, action, err.name).inc()
+                self.metrics.action_failed(device.name, action, err.name)
                 self.audit.record(session, method, params, err.name, (time.monotonic() - started) * 1000,
                                   error=err.to_wire())
                 raise
@@ -244,7 +247,7 @@ class Dispatcher:
         counter.inc()
 
     def _resolve(self, session: Session, method: str, params: Any) -> tuple[Handler, dict[str, Any]]:
-        """Every check before a method runs, in CONTRACT order; raises the first that fails."""
+        """Every check before a method runs, in the documented order; raises the first that fails."""
         if self.draining:
             raise Unavailable("the daemon is shutting down", reason="shutting down")
         if not session.authenticated and method not in OPEN_METHODS:

@@ -1,4 +1,4 @@
-"""``pictl``: the daemon and its command line (CONTRACT §1)."""
+"""``pictl``: the daemon and its command line (README, *Command line*)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument("--url", default=os.environ.get("PICTL_URL", DEFAULT_URL),
                       help=f"the daemon's WebSocket URL (env PICTL_URL; default {DEFAULT_URL})")
     link.add_argument("--token", default=os.environ.get("PICTL_TOKEN"), help="the token's secret (env PICTL_TOKEN)")
+    link.add_argument("--cafile", default=os.environ.get("PICTL_CAFILE") or None, metavar="PEM",
+                      help="for wss://: trust the CA certificate(s) in this PEM file, e.g. a private CA that "
+                           "signed the proxy's certificate (env PICTL_CAFILE; default: the system's CAs)")
 
     call = sub.add_parser("call", parents=[link], help="call one JSON-RPC method and print the result",
                           description="PARAMS is one JSON object, or key=value pairs (a value is parsed as "
                                       "JSON when it parses, else taken as a string): pictl call door.open timeout=3")
-    call.add_argument("method")
-    call.add_argument("params", nargs="*", help="a JSON object, or key=value pairs")
+    call.add_argument("method", metavar="METHOD", help="e.g. door.open, system.status")
+    # default=[]: without it argparse counts a '*' positional as required ("required: method, params").
+    call.add_argument("params", nargs="*", default=[], metavar="PARAMS",
+                      help="optional: a JSON object, or key=value pairs")
     call.add_argument("--wait", type=float, default=None,
                       help="seconds to wait for the reply (default: 2 x timeout + 5 for actions, else 30)")
 
@@ -77,8 +82,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+NO_TOKEN = "no token: pass --token or set PICTL_TOKEN"
+
+
+def _link_problem(args: argparse.Namespace) -> str | None:
+    """What stops a client command before it connects, in words for a person (None: nothing)."""
+    if not args.token and getattr(args, "method", None) != "session.auth":
+        return NO_TOKEN
+    if args.cafile and not os.path.isfile(args.cafile):
+        return f"--cafile {args.cafile}: no such file"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # `pictl watch | head -3`: the reader left, which is how such a pipe ends
+        # Point stdout at /dev/null so the interpreter's last flush does not fail (and print) again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "serve":
@@ -267,19 +293,36 @@ def _rpc_error(err: Any) -> int:
     return EXIT_RPC_ERROR
 
 
+def _refuse(args: argparse.Namespace) -> bool:
+    """Say what stops a client command before it connects (then exit 2)."""
+    problem = _link_problem(args)
+    if problem:
+        print(f"pictl {args.command}: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def call(args: argparse.Namespace) -> int:
     try:
         params = parse_params(args.params)
     except ValueError as exc:
         print(f"pictl call: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_call(args.url, args.token, args.method, params, args.wait))
+    if _refuse(args):
+        return EXIT_USAGE
+    return asyncio.run(_call(args, params))
 
 
-async def _call(url: str, token: str | None, method: str, params: dict[str, Any] | None, wait: float | None) -> int:
-    from controller.client import Client, ClientError, ReplyTimeout, RpcError
+def _client(args: argparse.Namespace, **options: Any) -> Any:
+    from controller.client import Client
 
-    client = Client(url, token, reconnect=True)
+    return Client(args.url, args.token, cafile=args.cafile, **options)
+
+
+async def _call(args: argparse.Namespace, params: dict[str, Any] | None) -> int:
+    from controller.client import ClientError, ReplyTimeout, RpcError
+
+    url, method, wait = args.url, args.method, args.wait
+    client = _client(args, reconnect=True)
     try:
         await client.connect()
         result = await client.call(method, params, wait=wait)
@@ -298,8 +341,10 @@ async def _call(url: str, token: str | None, method: str, params: dict[str, Any]
 
 
 def watch(args: argparse.Namespace) -> int:
+    if _refuse(args):
+        return EXIT_USAGE
     try:
-        return asyncio.run(_watch(args.url, args.token, args.patterns or ["*"], args.pretty, args.count))
+        return asyncio.run(_watch(args, args.patterns or ["*"], args.pretty, args.count))
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -319,13 +364,14 @@ def _short_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-async def _watch(url: str, token: str | None, patterns: list[str], pretty: bool, count: int | None) -> int:
-    from controller.client import Client, ClientError, RpcError
+async def _watch(args: argparse.Namespace, patterns: list[str], pretty: bool, count: int | None) -> int:
+    from controller.client import ClientError, RpcError
 
     def link(up: bool, why: str) -> None:
         print(f"pictl watch: {why}" + ("" if up else "; reconnecting"), file=sys.stderr, flush=True)
 
-    client = Client(url, token, reconnect=True, on_link=link)
+    url = args.url
+    client = _client(args, reconnect=True, on_link=link)
     seen = 0
     try:
         await client.connect()
@@ -397,15 +443,17 @@ def status_table(status: dict[str, Any], now: float) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    return asyncio.run(_status(args.url, args.token, args.json))
+    if _refuse(args):
+        return EXIT_USAGE
+    return asyncio.run(_status(args, args.json))
 
 
-async def _status(url: str, token: str | None, as_json: bool) -> int:
+async def _status(args: argparse.Namespace, as_json: bool) -> int:
     import time
 
-    from controller.client import Client, ClientError, RpcError
+    from controller.client import ClientError, RpcError
 
-    client = Client(url, token, reconnect=False)
+    client = _client(args, reconnect=False)
     try:
         await client.connect()
         result = await client.status()

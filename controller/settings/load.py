@@ -124,10 +124,11 @@ def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader],
     events, metrics, audit = read_live(root, doc, tokens)
     mqtt = read_mqtt(root.table("mqtt"), frozenset(roles), os.path.dirname(os.path.abspath(doc.file)))
     devices = read_devices(root, loader, kinds)
-    if devices_required and not devices and not doc.problems:
-        root.problem("devices", "no devices configured")
     wamp = read_wamp(root.table("wamp"), roles)
     root.finish()
+    if devices_required and not devices and not doc.problems:  # nothing misspelled either: the file has none
+        doc.problems.append(Problem(doc.file, doc.last_line, "devices: no devices configured (add a [devices.NAME] "
+                                    "table)"))
     if server is None:
         return None
     return Config(

@@ -1,4 +1,4 @@
-"""The ``[mqtt]`` section: where the bridge connects and how it names this node (CONTRACT §8).
+"""The ``[mqtt]`` section: where the bridge connects and how it names this node (README, *Home Assistant and MQTT*).
 
 Plain data, read once at load; nothing here imports the MQTT client, so a config
 without ``[mqtt]`` never needs ``pictl[mqtt]`` installed. The broker password is

@@ -1,4 +1,4 @@
-"""The ``[wamp]`` table: this daemon as a node on a WAMP router (CONTRACT §9).
+"""The ``[wamp]`` table: this daemon as a node on a WAMP router (README: "A building of Pis").
 
 Plain data and its parser; nothing here imports autobahn, so a config with a ``[wamp]`` table is
 checked (``pictl check-config``) on a machine without the extra installed.

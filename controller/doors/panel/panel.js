@@ -58,6 +58,11 @@
     toggle: "Switching…" };
   const DONE = { open: "Opened", close: "Closed", on: "Switched on", off: "Switched off", toggle: "Switched" };
   const PROOF = { door: "contact", switch: "feedback", setpoint: "read-back" };
+  // While a command waits for its proof: "Opening, waiting for the contact". A door only ever shows a
+  // position its contact reported; "moving" (commanded, not yet seen) is said here, not as a state.
+  const WAITING_FOR = { door: "the contact" };
+  const waiting = (kind, action) =>
+    `${(PROGRESS[action] || "Working…").replace("…", "")}, waiting for ${WAITING_FOR[kind] || "confirmation"}`;
 
   // -- the link -----------------------------------------------------------------------------------
   function setLink(state, text) {
@@ -305,13 +310,16 @@
         showNode(node, !nodes || !nodes[node] || nodes[node].online !== false);
       }
       const prev = old.get(name);
+      const all = Object.keys(devices[name].actions || {});
       const d = {
         name, kind: devices[name].kind, describe: devices[name],
         actions: Object.fromEntries(Object.entries(devices[name].actions || {})
           .filter(([action]) => !allowed || allowed.has(`${name}.${action}`))),
         state: prev ? prev.state : null, online: prev ? prev.online : true, since: null, reason: null,
-        lastUpdate: prev ? prev.lastUpdate : null, note: null, busy: null,
+        lastUpdate: prev ? prev.lastUpdate : null, note: null, busy: null, observed: prev ? prev.observed : null,
       };
+      // Nothing to press because the role may not: say so rather than show nothing.
+      d.readOnly = all.some((a) => !(a in d.actions)) && !Object.keys(d.actions).some((a) => pressable(d.kind, a));
       d.el = tile(d);
       st.devices.set(name, d);
       ui.tiles.append(d.el.root);
@@ -335,8 +343,9 @@
     const offline = el("div", "offline-note");
     const actions = el("div", "actions");
     const inputs = {};
+    if (d.readOnly) actions.append(el("span", "readonly", "read only"));
     for (const [action, spec] of Object.entries(d.actions)) {
-      if (d.kind === "sensor" && action === "read") continue; // readings arrive by themselves
+      if (!pressable(d.kind, action)) continue;
       const group = el("div", "action");
       for (const [param, p] of Object.entries(spec.params || {})) {
         if (!p.required) continue;
@@ -362,10 +371,15 @@
     return { root, value, meta, offline, actions, msg, inputs };
   }
 
+  const pressable = (kind, action) => !(kind === "sensor" && action === "read"); // readings arrive by themselves
+
   function stateText(d) {
     const s = d.state;
     if (!s || typeof s !== "object") return { text: "…", word: "unknown" };
-    if (typeof s.state === "string") return { text: title(s.state) + (s.state === "moving" ? "…" : ""), word: s.state };
+    if (s.state === "moving") { // commanded, not yet observed: keep showing what the contact last said
+      return { text: d.observed ? title(d.observed) : "…", word: d.observed || "unknown" };
+    }
+    if (typeof s.state === "string") return { text: title(s.state), word: s.state };
     if ("value" in s) return { text: fmt(s.value) + (s.unit ? ` ${s.unit}` : ""), word: "value" };
     if (s.values && typeof s.values === "object") {
       const units = s.units || {};
@@ -379,6 +393,8 @@
 
   function render(d) {
     const e = d.el;
+    if (d.state && typeof d.state.state === "string" && d.state.state !== "moving") d.observed = d.state.state;
+    const moving = !!(d.online && d.state && d.state.state === "moving"); // offline: its last word is stale
     const shown = stateText(d);
     if (shown.json !== undefined) {
       const pre = el("pre", "json", shown.json);
@@ -387,12 +403,12 @@
       e.value.textContent = shown.text;
     }
     e.root.dataset.state = shown.word;
+    e.root.dataset.moving = moving ? (d.state.actuator ? "opening" : "closing") : "";
     e.root.dataset.online = String(!!d.online);
     e.root.classList.toggle("offline", !d.online);
     e.root.classList.toggle("busy", !!d.busy);
     e.offline.hidden = !!d.online;
-    e.offline.textContent = d.online ? "" :
-      `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}${d.reason ? ` — ${d.reason}` : ""}`;
+    e.offline.textContent = d.online ? "" : `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}`;
     e.meta.textContent = d.lastUpdate && d.online ? `updated ${clock(d.lastUpdate)} · ${age(d.lastUpdate)}` : "";
     e.meta.hidden = !d.online; // the offline note says since when instead
     const current = d.state && d.state.state;
@@ -404,8 +420,13 @@
       button.textContent = d.busy === action ? (PROGRESS[action] || "Working…") : title(action);
       button.classList.toggle("working", d.busy === action);
     }
-    e.msg.textContent = d.note ? d.note.text : "";
-    e.msg.dataset.kind = d.note ? d.note.kind : "";
+    // Someone (this panel or another client) commanded the door and its contact has not followed yet.
+    // Why a device is offline goes in the message lines (reasons are long: "modbus plant: no reply within 0.5 s").
+    const note = moving && !d.busy ? { kind: "progress", text: waiting(d.kind, d.state.actuator ? "open" : "close") }
+      : d.note || (!d.online && d.reason ? { kind: "warn", text: d.reason[0].toUpperCase() + d.reason.slice(1) } : null);
+    e.msg.textContent = note ? note.text : "";
+    e.msg.title = e.msg.textContent; // at most two lines on the tile (the layout never moves); all of it here
+    e.msg.dataset.kind = note ? note.kind : "";
   }
 
   // -- actions ------------------------------------------------------------------------------------
@@ -424,7 +445,7 @@
     const key = randomKey();
     params.request_key = key;
     d.busy = action;
-    d.note = { kind: "progress", text: `${PROGRESS[action] || "Working…"} waiting for confirmation` };
+    d.note = { kind: "progress", text: waiting(d.kind, action) };
     render(d);
     const entry = { device: d.name, action, params, started: Date.now() };
     st.inflight.set(key, entry);
