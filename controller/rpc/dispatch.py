@@ -194,6 +194,22 @@ class Dispatcher:
         error = InvalidRequest("session.auth cannot be part of a batch: send it on its own")
         return self._settle(item, time.perf_counter(), error=error)
 
+    async def answer_call(self, session: Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call from a bridge (WAMP): the JSON-RPC response object, through every check, queue,
+        count and audit a WebSocket call goes through."""
+        reply = await self._answer(session, jsonrpc.Request(method, params, 0))
+        assert reply is not None  # a request with an id is always answered
+        return reply
+
+    def answer_call_now(self, session: Session, method: str, params: dict[str, Any]) -> dict[str, Any] | NotNow:
+        """answer_call for a method that answers at once (ping, state, status): no task, no await;
+        NOT_NOW for the others."""
+        if method not in self.instant:
+            return NOT_NOW
+        reply = self._answer_instant(session, jsonrpc.Request(method, params, 0))
+        assert reply is not None
+        return reply
+
     def _answer_instant(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         if isinstance(item, jsonrpc.Invalid):
             self._count("unknown", item.error.name)

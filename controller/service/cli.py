@@ -60,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[link], help="a table of every device")
     status.add_argument("--json", action="store_true", help="the system.status result as JSON instead")
 
+    fleet = sub.add_parser("aggregate", help="the fleet view of every node on a WAMP router, and its wall panel",
+                           description="Joins the router, keeps pictl.fleet.status and, with --config (its "
+                                       "[server] and [auth] tables: the panel's tokens and listener), serves "
+                                       "the wall panel for every node. Needs the wamp extra.")
+    fleet.add_argument("--wamp", required=True, metavar="URL", help="the router, e.g. ws://127.0.0.1:8080/ws")
+    fleet.add_argument("--realm", required=True)
+    fleet.add_argument("--config", help="a pictl config without devices: [server], [auth] roles and tokens")
+    fleet.add_argument("--authid", help="WAMP-Ticket: the aggregator's authid on the router")
+    fleet.add_argument("--ticket-file", help="WAMP-Ticket: a chmod-600 file holding its ticket")
+    fleet.add_argument("--listen", help="HOST:PORT for the panel, overriding the config")
+    fleet.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
     token = sub.add_parser("token", help="make token secrets and their hashes for the config")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="a new random secret, and the config lines for it")
@@ -105,6 +117,8 @@ def _run(args: argparse.Namespace) -> int:
         return status(args)
     if args.command == "token":
         return token(args)
+    if args.command == "aggregate":
+        return aggregate(args)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
 
 
@@ -158,6 +172,7 @@ def serve(args: argparse.Namespace) -> int:
     from controller.service.supervision import serve_until_signalled
     from controller.settings.mqtt import MqttUnusable
     from controller.settings.sections import parse_listen
+    from controller.settings.wamp import MissingExtra
     from drivers.gpio import GpioUnavailable
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -187,9 +202,64 @@ def serve(args: argparse.Namespace) -> int:
     except ssl.SSLError as exc:
         logging.getLogger("pictl").error("TLS certificate or key unusable: %s", exc.reason or exc)
         return 1
+    except MissingExtra as exc:
+        logging.getLogger("pictl").error("%s", exc)
+        return 1
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen on %s:%s: %s", daemon.host, daemon.port,
                                          exc.strerror or exc)
+        return 1
+    return EXIT_OK
+
+
+def aggregate(args: argparse.Namespace) -> int:
+    from controller.service import configfile
+    from controller.settings.sections import parse_listen
+    from controller.settings.wamp import check_url, read_ticket
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    if (why := check_url(args.wamp)) is not None:
+        print(f"pictl aggregate: --wamp: {why}", file=sys.stderr)
+        return EXIT_USAGE
+    ticket = None
+    if (args.authid is None) != (args.ticket_file is None):
+        print("pictl aggregate: --authid and --ticket-file go together (WAMP-Ticket)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ticket_file:
+        try:
+            ticket = read_ticket(args.ticket_file)
+        except ValueError as exc:
+            print(f"pictl aggregate: --ticket-file: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    cfg = None
+    if args.config:
+        try:
+            cfg = configfile.load(args.config, devices_required=False)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return EXIT_USAGE
+    elif args.listen:
+        print("pictl aggregate: the panel needs tokens: --config FILE (its [auth] tables)", file=sys.stderr)
+        return EXIT_USAGE
+    host = port = None
+    if args.listen:
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"pictl aggregate: --listen: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        from controller.doors import aggregate as fleet
+    except ImportError as exc:
+        print(f"pictl aggregate needs the wamp extra: pip install 'pictl[wamp]' ({exc})", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket))
+    except OSError as exc:
+        logging.getLogger("pictl").error("cannot listen: %s", exc.strerror or exc)
         return 1
     return EXIT_OK
 

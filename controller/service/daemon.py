@@ -24,13 +24,15 @@ from controller.service.simulation import simulate, start_plant
 from controller.settings.devices import DeviceConfig
 from controller.settings.load import Config
 from controller.settings.reader import ConfigError
+from controller.settings.wamp import MissingExtra
 from drivers.base import Bus
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
 
-if TYPE_CHECKING:  # imported at run time only when [mqtt] is configured (it needs aiomqtt)
+if TYPE_CHECKING:  # imported at run time only when [mqtt] / [wamp] is configured (aiomqtt, autobahn)
     from controller.doors.mqtt import MqttBridge
+    from controller.doors.wamp import WampBridge
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class Daemon:
         self.events = EventBus()  # replaced with the configured ones by start()
         self.metrics = Metrics()
         self.audit = AuditTrail(None)
+        self.wamp: WampBridge | None = None  # the WAMP bridge, only when [wamp] is configured
 
     @property
     def url(self) -> str:
@@ -108,6 +111,8 @@ class Daemon:
                 self.mqtt = MqttBridge(self.config.mqtt, self.dispatcher,
                                        max_payload=self.config.server.max_frame_bytes)
                 await self.mqtt.start()
+            if self.config.wamp is not None:
+                self._start_wamp()
         except BaseException:
             await self.stop()
             raise
@@ -116,6 +121,16 @@ class Daemon:
             log.info("device %s (%s): %s%s", name, device.kind, state.get("state", state),
                      "" if device.online else " (offline)")
         log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
+
+    def _start_wamp(self) -> None:
+        """Join the WAMP router in the background (autobahn only now: the optional extra)."""
+        assert self.config.wamp is not None and self.dispatcher is not None
+        try:
+            from controller.doors.wamp import WampBridge
+        except ImportError as exc:
+            raise MissingExtra(f"[wamp] needs the wamp extra: pip install 'pictl[wamp]' ({exc})") from None
+        self.wamp = WampBridge(self.config.wamp, self.dispatcher, roles=self.config.roles)
+        self.wamp.start()
 
     def _open_live_state(self) -> None:
         """The event bus, the metrics registry and the audit trail, before any device exists."""
@@ -193,10 +208,15 @@ class Daemon:
         if self.server is not None and self.dispatcher is not None:
             self.server.stop_accepting()
             self.dispatcher.draining = True
-            if not await self.server.drain(self.drain_deadline()):
+            deadline = self.drain_deadline()
+            drained = await asyncio.gather(self.server.drain(deadline),
+                                           *([self.wamp.drain(deadline)] if self.wamp is not None else []))
+            if not all(drained):
                 log.warning("some actions did not finish before shutdown")
         if self.mqtt is not None:
             await self.mqtt.close(self.drain_deadline())
+        if self.wamp is not None:
+            await self.wamp.stop()
         for device in self.devices.values():
             try:
                 device.close()
@@ -271,6 +291,8 @@ class Daemon:
                 self._warn_slow_tokens()
                 await self._close_revoked_sessions(new)
             self.dispatcher.max_batch = new.server.max_batch
+        if self.wamp is not None and (plan.access_changed or plan.touches_devices):
+            await self.wamp.refresh(new.roles)  # register what the role may now call; withdraw the rest
         if self.server is not None:
             self.server.set_allowed_origins(new.server.allowed_origins)
             self.server.set_front(new.server.trusted_proxies, new.server.allowed_hosts)

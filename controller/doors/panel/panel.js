@@ -23,6 +23,7 @@
     inflight: new Map(), // request_key -> {device, action, params, started}: resent after a reconnect
     devices: new Map(), // name -> {name, kind, actions, state, online, since, reason, lastUpdate, el}
     seq: null, epoch: null, resyncs: 0, connects: 0, firstTile: false, signature: null,
+    nodes: new Map(), // fleet panel (pictl aggregate): node -> its heading element
   };
 
   // -- small helpers ------------------------------------------------------------------------------
@@ -176,7 +177,7 @@
     }
     try {
       const described = await rpc("system.describe");
-      build(described.devices || {}, described.methods);
+      build(described.devices || {}, described.methods, described.nodes);
       const params = { topics: ["*"] };
       const resuming = st.seq !== null && st.epoch !== null;
       if (resuming) Object.assign(params, { since_seq: st.seq, epoch: st.epoch });
@@ -230,6 +231,7 @@
     }
     const topic = String(ev.topic || "");
     const data = ev.data || {};
+    if (onFleetEvent(topic, data)) return;
     if (topic === "system.status") {
       const d = st.devices.get(data.device);
       if (!d) return;
@@ -256,7 +258,39 @@
   }
 
   // -- tiles --------------------------------------------------------------------------------------
-  function build(devices, methods) {
+  // -- the fleet (pictl aggregate): devices are "<node>.<device>", grouped under their node -------
+  function onFleetEvent(topic, data) {
+    if (topic === "fleet.node") {
+      showNode(data.node, !!data.online, data.since);
+      return true;
+    }
+    if (topic === "system.describe") { // a node joined or its devices changed: rebuild, then re-read
+      rpc("system.describe").then((d) => {
+        build(d.devices || {}, d.methods, d.nodes);
+        return resync();
+      }).catch(() => {});
+      return true;
+    }
+    return false;
+  }
+
+  function nodeHeading(node) {
+    const head = el("h2", "node-head");
+    head.dataset.node = node;
+    head.append(el("span", "node-name", node), el("span", "node-state"));
+    st.nodes.set(node, head);
+    return head;
+  }
+
+  function showNode(node, online, since) {
+    const head = st.nodes.get(node);
+    if (!head) return;
+    head.dataset.online = String(online);
+    head.querySelector(".node-state").textContent = online ? "online" :
+      `offline${since ? ` since ${clock(since)}` : ""}`;
+  }
+
+  function build(devices, methods, nodes) {
     // Only buttons this token's role may press (system.describe lists the session's methods).
     const allowed = Array.isArray(methods) ? new Set(methods) : null;
     const signature = JSON.stringify([devices, methods || null]);
@@ -265,8 +299,16 @@
     const names = Object.keys(devices);
     const old = st.devices;
     st.devices = new Map();
+    st.nodes = new Map();
     ui.tiles.replaceChildren();
+    let lastNode;
     for (const name of names) {
+      const node = devices[name].node;
+      if (node !== undefined && node !== lastNode) {
+        lastNode = node;
+        ui.tiles.append(nodeHeading(node));
+        showNode(node, !nodes || !nodes[node] || nodes[node].online !== false);
+      }
       const prev = old.get(name);
       const all = Object.keys(devices[name].actions || {});
       const d = {
@@ -295,7 +337,7 @@
     root.dataset.device = d.name;
     root.dataset.kind = d.kind;
     const head = el("header");
-    head.append(el("h2", null, title(d.name)), el("span", "kind", d.kind));
+    head.append(el("h2", null, title(d.describe.label || d.name)), el("span", "kind", d.kind));
     const value = el("div", "value");
     const meta = el("div", "meta");
     const offline = el("div", "offline-note");
@@ -352,7 +394,7 @@
   function render(d) {
     const e = d.el;
     if (d.state && typeof d.state.state === "string" && d.state.state !== "moving") d.observed = d.state.state;
-    const moving = !!(d.state && d.state.state === "moving");
+    const moving = !!(d.online && d.state && d.state.state === "moving"); // offline: its last word is stale
     const shown = stateText(d);
     if (shown.json !== undefined) {
       const pre = el("pre", "json", shown.json);
