@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from controller.wire.clock import iso
 from drivers.base import Coupling, InputPoint, Observation, OutputPoint, PointError, PointSpec, PointUnavailable
 
 FEEDBACK_S = 0.05  # a simulated load's time from output to feedback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,8 +135,10 @@ class Switch(Device):
         try:
             obs = await self.output.write(self._safe)
         except PointError as exc:
+            log.exception("%s: returning the output to its safe state FAILED", self.name)
             return f"returning the output to its safe state FAILED ({exc.observed}); check the device"
         except Exception:
+            log.exception("%s: returning the output to its safe state FAILED", self.name)
             return "returning the output to its safe state FAILED; check the wiring"
         if obs.value != self._safe:
             return f"output did not read back {_shown(self._safe)} (safe state); check the wiring"
