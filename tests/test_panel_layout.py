@@ -27,9 +27,15 @@ CONTRAST_JS = """
     return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1];
   };
   const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat(1);
+  // CSS opacity fades an element with everything in it: a colour's alpha times every enclosing opacity.
+  const faded = (c, node) => {
+    let alpha = c[3];
+    for (let n = node; n; n = n.parentElement) alpha *= parseFloat(getComputedStyle(n).opacity);
+    return [c[0], c[1], c[2], alpha];
+  };
   const behind = (node) => {
     const layers = [];
-    for (let n = node; n; n = n.parentElement) layers.push(parse(getComputedStyle(n).backgroundColor));
+    for (let n = node; n; n = n.parentElement) layers.push(faded(parse(getComputedStyle(n).backgroundColor), n));
     let colour = [255, 255, 255, 1];
     for (const layer of layers.reverse()) colour = over(layer, colour);
     return colour;
@@ -38,7 +44,7 @@ CONTRAST_JS = """
   const lum = (c) => 0.2126 * channel(c[0]) + 0.7152 * channel(c[1]) + 0.0722 * channel(c[2]);
   const el = document.querySelector(selector);
   const box = el.getBoundingClientRect();
-  let text = over(parse(getComputedStyle(el).color), behind(el));
+  let text = over(faded(parse(getComputedStyle(el).color), el), behind(el));
   const top = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
   const covered = top && !el.contains(top) && !top.contains(el);
   if (covered) text = over(parse(getComputedStyle(top).backgroundColor), text);
@@ -173,6 +179,9 @@ async def test_errors_do_not_move_other_tiles_read_only_tiles_say_so_and_nothing
             await admin.call("sim.fault", {"device": "fan", "fault": "offline"})
             await page.wait_for_selector(f'{panel.tile("fan")}[data-online="false"]', timeout=5000)
             assert (await page.locator(f'{panel.tile("fan")} .msg').inner_text()).startswith("Modbus plant: no reply")
+            for part in ("h2", ".kind", ".value", ".offline-note", ".msg", ".readonly"):  # greyed, still readable (AA)
+                measured = await page.evaluate(CONTRAST_JS, f'{panel.tile("fan")} {part}')
+                assert measured["ratio"] >= 4.5, (part, measured)
             assert await buttons(panel) == before
             assert await page.locator(panel.tile("hall_temp")).bounding_box() == tiles_before["hall_temp"]
             await admin.call("sim.clear", {"device": "fan"})
