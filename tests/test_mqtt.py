@@ -443,6 +443,10 @@ async def test_reconnects_after_the_broker_restarts_and_republishes_everything(d
                                                                               tmp_path: Path) -> None:
     assert daemon.mqtt is not None
     await broker.stop(kill=True)
+    async with asyncio.timeout(5):  # the bridge notices the broker is gone (it clears ready as it does)
+        while daemon.mqtt.ready.is_set():
+            await asyncio.sleep(0.02)
+    assert (await metrics(daemon))[("pictl_mqtt_connected", ())] == 0.0
     # While the broker is away the door opens (over the WebSocket): the state published later must say so.
     async with open_client(daemon.url, ADMIN) as ws:
         await ws.send('{"jsonrpc":"2.0","id":1,"method":"door.open"}')
