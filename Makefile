@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint check-config bench bench-quick soak scale clean install uninstall
+.PHONY: demo demo-fleet crossbar test lint check-config bench bench-quick soak scale clean install uninstall
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -26,15 +26,27 @@ demo: $(STAMP)
 	@echo
 	$(BIN)/pictl serve --config config/demo.toml --simulate
 
+# The fleet: a Crossbar router, three simulated nodes and the aggregator, one wall panel for all.
+demo-fleet: $(STAMP) crossbar
+	$(BIN)/python scripts/demo_fleet.py
+
+# Crossbar.io in its own virtualenv (.venv-crossbar): it pins an older websockets than pictl's.
+crossbar:
+	PYTHON=$(PYTHON) scripts/crossbar-venv.sh
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) crossbar
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/failed_logins.py
+	$(BIN)/python bench/wamp.py
 
 # CI: every benchmark small (seconds each), and a 60 s chaos soak that fails on a broken invariant.
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) crossbar
 	$(BIN)/python bench/run.py --quick
+	$(BIN)/python bench/failed_logins.py --quick
+	$(BIN)/python bench/wamp.py --quick
 	$(BIN)/python bench/scale.py --quick
 	$(BIN)/python bench/soak.py --duration 60
 
@@ -62,4 +74,4 @@ uninstall:
 	scripts/uninstall.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-crossbar .pytest_cache .ruff_cache *.egg-info

@@ -280,6 +280,20 @@ async def idle_cpu(t: Table, us: Server, bare: Server, seconds: float) -> None:
     t.add(f"idle CPU over {seconds:.0f} s, % of a core", f"{a:.2f}", f"{b:.2f}")
 
 
+async def mqtt_rows(t: Table, quick: bool) -> None:
+    """bench/mqtt.py: the MQTT bridge's request/response against a bare aiomqtt echo (its baseline column)."""
+    try:
+        import mqtt  # bench/mqtt.py; needs aiomqtt (pictl[mqtt] or [test]) and Debian's mosquitto
+    except ImportError as exc:
+        print(f"  MQTT rows left out: {exc}", file=sys.stderr)
+        return
+    if mqtt.MOSQUITTO is None:
+        print("  MQTT rows left out: mosquitto is not installed", file=sys.stderr)
+        return
+    for row in await mqtt.measure(quick):
+        t.add(*row)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that everything runs")
@@ -311,6 +325,7 @@ async def main() -> None:
         await us.stop()
         await bare.stop()
         os.unlink(CONFIG)
+    await mqtt_rows(t, q)
     print(t.render())
 
 

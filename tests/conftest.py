@@ -130,20 +130,50 @@ async def http_get(daemon: Daemon, path: str,
                    headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """A plain HTTP GET to the daemon's listener: status, lower-cased headers, body."""
     assert daemon.server is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.server.port)
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n".encode())
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), fields, body
+    extra = [("Host", "127.0.0.1"), ("Connection", "close"), *(headers or {}).items()]
+    status, fields, body = await raw_http(daemon.server.port, path, extra)
+    assert status is not None, "the daemon closed the connection without an answer"
+    return status, fields, body
 
 
-def open_client(url: str, token: str | None = ADMIN, **kwargs: Any) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    return connect(url, additional_headers=headers, compression=None, **kwargs)
+async def raw_http(port: int, path: str, headers: list[tuple[str, str]] | bytes,
+                   local_addr: tuple[str, int] | None = None,
+                   timeout: float = 10.0) -> tuple[int | None, dict[str, str], bytes]:
+    """``GET path`` with exactly these header lines (repeats, odd casing, any bytes: *headers* may be the
+    raw header block), and the answer: status (None when the server closed without one), lower-cased
+    headers, body. The connection is closed after the answer head, even on a 101."""
+    block = headers if isinstance(headers, bytes) else "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local_addr)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\n".encode() + block + b"\r\n")
+        async with asyncio.timeout(timeout):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                head += chunk
+            head, _, body = head.partition(b"\r\n\r\n")
+            if not head:
+                return None, {}, b""
+            lines = head.decode("latin-1").split("\r\n")
+            fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            status = int(lines[0].split()[1])
+            length = int(fields.get("content-length", "0") or 0)
+            while status != 101 and len(body) < length:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                body += chunk
+    finally:
+        writer.close()
+    return status, fields, body
+
+
+def open_client(url: str, token: str | None = ADMIN, additional_headers: dict[str, str] | None = None,
+                **kwargs: Any) -> Any:
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(additional_headers or {})}
+    return connect(url, additional_headers=headers or None, compression=None, **kwargs)
 
 
 async def close_all(daemon: Daemon, code: int = 1012, reason: str = "service restart") -> None:

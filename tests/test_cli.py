@@ -1,4 +1,4 @@
-"""The ``pictl`` console script as a user runs it: serve, call, signals (CONTRACT §1)."""
+"""The ``pictl`` console script as a user runs it: serve, call, signals (README, *Command line*)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from controller.client import Client
+from controller.client import Client, Unreachable
+from controller.service import configfile as config
 from controller.service.cli import parse_params
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, PANEL, close_all, on_gpio_demo
+from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, close_all, on_gpio_demo
 
 demo_config = on_gpio_demo()
 
@@ -151,6 +153,19 @@ async def test_token_hash_reads_the_secret_from_stdin() -> None:
     from controller.security.secrets import parse_hash
 
     assert proc.returncode == 0 and parse_hash(out.decode().strip()).matches("a secret I chose")
+    assert out.decode().startswith("sha256$")  # the fast digest, not the old PBKDF2 format
+
+
+async def test_check_config_warns_about_tokens_in_the_slow_format(tmp_path: Path) -> None:
+    from controller.security.secrets import hash_secret
+
+    conf = tmp_path / "old.toml"
+    text = DEMO.read_text()
+    old = str(hash_secret("demo-panel", iterations=1000))
+    conf.write_text(re.sub(r'(\[auth\.tokens\.demo-panel\]\nrole = "panel"\nhash = )"[^"]+"', f'\\1"{old}"', text))
+    code, out, err = await run("check-config", str(conf))
+    assert code == 0 and out.strip().endswith(": ok")
+    assert "demo-panel" in err and "pictl token hash" in err and "demo-admin" not in err
 
 
 async def test_token_secret_file_is_private(tmp_path: Path) -> None:
@@ -261,3 +276,73 @@ async def test_refused_token_and_unreachable_daemon_for_every_client_command(dae
     assert error["code"] == -32001 and error["data"]["http_status"] == 401
     code, _, err = await run(*command, "--url", "ws://127.0.0.1:9/ws", "--token", ADMIN)
     assert code == 3 and "cannot connect" in err
+
+
+# -- what a newcomer meets ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [["status"], ["watch"], ["call", "system.ping"]])
+async def test_a_client_command_without_a_token_says_how_to_give_one(command: list[str]) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PICTL_URL": "ws://127.0.0.1:9/ws"}  # nothing listens: not even tried
+    code, out, err = await run(*command, env=env)
+    assert code == 2 and out == ""
+    assert err.strip() == f"pictl {command[0]}: no token: pass --token or set PICTL_TOKEN"
+
+
+async def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(served: Served) -> None:
+    """`pictl watch | head -n 2`: watch ends quietly when head has what it wanted."""
+    pictl_watch = f"{PICTL} watch '*.reading' --url {served.url} --token {ADMIN}"
+    done = await asyncio.create_subprocess_exec("bash", "-o", "pipefail", "-c", f"{pictl_watch} | head -n 2",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(20):
+        out, err = await done.communicate()
+    assert len(out.decode().splitlines()) == 2  # two readings (about 0.5 s apart), then head left
+    assert "Traceback" not in err.decode() and "Broken pipe" not in err.decode(), err.decode()
+    assert done.returncode == 0
+
+
+async def test_call_needs_a_method_and_nothing_more() -> None:
+    code, _, err = await run("call", env={"PATH": "/usr/bin:/bin"})
+    assert code == 2 and "required: METHOD" in err and "PARAMS" not in err.splitlines()[-1]
+
+
+def tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it signed for 127.0.0.1/localhost: (ca.pem, cert.pem, key.pem)."""
+    ca, ca_key, cert, key, csr = (tmp / n for n in ("ca.pem", "ca.key", "cert.pem", "key.pem", "cert.csr"))
+    ext = tmp / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=pictl test CA",
+         "-keyout", ca_key, "-out", ca],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "1",
+         "-extfile", ext, "-out", cert],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+async def test_cafile_trusts_a_private_ca_for_every_client(tmp_path: Path) -> None:
+    ca, cert, key = tls_files(tmp_path)
+    text = DEMO_GPIO_TEXT.replace('listen = "127.0.0.1:8765"',
+                                  f'listen = "127.0.0.1:0"\ntls_cert = "{cert}"\ntls_key = "{key}"')
+    daemon = Daemon(config.loads(text, str(tmp_path / "tls.toml")), simulate=True)
+    await daemon.start()
+    try:
+        url = daemon.url
+        assert url.startswith("wss://127.0.0.1:")
+        # Without the CA: refused, and the message says what to do about it.
+        code, _, err = await run("call", "system.ping", "--url", url, "--token", ADMIN)
+        assert code == 3 and "certificate verify failed" in err and "--cafile" in err
+        code, out, err = await run("call", "system.ping", "--url", url, "--token", ADMIN, "--cafile", str(ca))
+        assert code == 0 and json.loads(out) == {"pong": True}, err
+        env = {"PATH": "/usr/bin:/bin", "PICTL_URL": url, "PICTL_TOKEN": ADMIN, "PICTL_CAFILE": str(ca)}
+        code, out, err = await run("status", env=env)
+        assert code == 0 and out.startswith("DEVICE"), err
+        code, _, err = await run("status", "--cafile", str(tmp_path / "nope.pem"), env=env)
+        assert code == 2 and "nope.pem: no such file" in err
+        # The Python client: cafile=..., and the same CA is not trusted without it.
+        async with Client(url, ADMIN, cafile=str(ca)) as pictl:
+            assert (await pictl.call("door.state"))["state"] == "closed"
+        with pytest.raises(Unreachable, match="certificate verify failed"):
+            await Client(url, ADMIN, reconnect=False).connect()
+    finally:
+        await daemon.stop()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -181,3 +184,17 @@ async def test_the_sync_client_for_simple_scripts(daemon: Daemon) -> None:
     assert "door.fly" in missing
     with pytest.raises(pictl.Unauthorized):
         await asyncio.to_thread(SyncClient, daemon.url, "wrong-token")
+
+
+async def test_the_readme_sync_client_example_prints_the_state(daemon: Daemon) -> None:
+    """The README's SyncClient snippet, run as written against the daemon: it prints `on`."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "SyncClient(" in block]
+    assert "ws://127.0.0.1:8765/ws" in snippet
+    snippet = snippet.replace("ws://127.0.0.1:8765/ws", daemon.url)
+    done = await asyncio.create_subprocess_exec(sys.executable, "-c", snippet, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(20):
+        out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    assert out.decode() == "on\n"

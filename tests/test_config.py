@@ -1,5 +1,5 @@
 """Config loading and validation (controller/config.py, configbase.py and the kinds' read_config),
-and `pictl check-config` (CONTRACT §1): every problem as `FILE:LINE: field: message`, exit 2.
+and `pictl check-config` (README, *Command line*): every problem as `FILE:LINE: field: message`, exit 2.
 
 Pure: no sockets, no daemon. Line numbers below are those of BASE, numbered in its comment.
 """
@@ -22,7 +22,7 @@ from drivers.gpio import GpioInputSpec, GpioOutputSpec
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo.toml"
 
-HASH = "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$msaxpPQAuELBYv-2GfKY4qERAq8XG8XLw0v51lkSsa8"  # of "long-enough-secret"
+HASH = "sha256$lNVoyRMJ57rRxtFtLR_R-59GqU16oZfiH77jQIFMqwI"  # of "long-enough-secret"
 
 # A valid config whose line numbers the tests rely on.
 BASE = """\
@@ -34,7 +34,7 @@ allow = ["*"]
 
 [auth.tokens.ops]
 role = "admin"
-hash = "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$msaxpPQAuELBYv-2GfKY4qERAq8XG8XLw0v51lkSsa8"
+hash = "sha256$lNVoyRMJ57rRxtFtLR_R-59GqU16oZfiH77jQIFMqwI"
 
 [devices.door]
 kind = "door"
@@ -113,7 +113,7 @@ def test_base_is_valid_and_typed():
 
 
 def test_demo_config_has_door_and_light_as_in_the_contract():
-    """CONTRACT §5: door on relay GPIO17 + contact GPIO27, timeout 2 s; light on GPIO22 with
+    """README's demo plant: door on relay GPIO17 + contact GPIO27, timeout 2 s; light on GPIO22 with
     feedback GPIO23, timeout 1 s; tokens demo-admin → admin, demo-panel → panel."""
     cfg = config.load(str(DEMO))
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8765)
@@ -134,7 +134,7 @@ def test_demo_config_has_door_and_light_as_in_the_contract():
 
     assert {t.name: t.role for t in cfg.tokens} == {"demo-admin": "admin", "demo-panel": "panel"}
     assert cfg.roles["admin"].allow == ("*",)
-    # CONTRACT §5's list, plus system.describe: the wall panel builds itself from it.
+    # README's demo token list, plus system.describe: the wall panel builds itself from it.
     assert set(cfg.roles["panel"].allow) == {
         "door.*", "light.*", "*.state", "system.status", "system.ping", "events.*", "system.describe"}
     assert (cfg.roles["panel"].rate, cfg.roles["panel"].burst) == (20.0, 40)
@@ -253,6 +253,24 @@ def test_unknown_key_given_as_dotted_key():
 def test_unknown_key_in_a_token():
     assert_problem(edit('role = "admin"', 'rolle = "admin"\nrole = "admin"'), 8, "auth.tokens.ops.rolle",
                    "unknown field")
+
+
+def test_a_misspelled_table_name_has_its_line_and_a_suggestion(tmp_path, capsys):
+    """`[device.light]` for `[devices.light]`: every problem says FILE:LINE, and what was meant."""
+    path = write(tmp_path, BASE.replace("[devices.light]", "[device.light]").replace("[server]", "[sever]"))
+    assert cli.main(["check-config", path]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{path}:1: sever: unknown field (did you mean server?)",
+                   f"{path}:17: device: unknown field (did you mean devices?)"]
+    dotted = write(tmp_path, 'device.light.kind = "switch"\n' + BASE)
+    assert cli.main(["check-config", dotted]) == 2
+    assert capsys.readouterr().err == f"{path}:1: device: unknown field (did you mean devices?)\n"
+
+
+def test_a_file_without_devices_says_so_with_a_line(tmp_path, capsys):
+    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:8765"\n')
+    assert cli.main(["check-config", path]) == 2
+    assert capsys.readouterr().err == f"{path}:2: devices: no devices configured (add a [devices.NAME] table)\n"
 
 
 # -- wrong types -----------------------------------------------------------------------------------
@@ -394,7 +412,8 @@ def test_plaintext_secret_is_refused():
                    "secrets do not belong in the config")
 
 
-@pytest.mark.parametrize("bad", ["", "md5$1$2$3", "pbkdf2-sha256$10$c2FsdHNhbHQ$AAAA", "pbkdf2-sha256$x$y$z"])
+@pytest.mark.parametrize("bad", ["", "md5$1$2$3", "pbkdf2-sha256$10$c2FsdHNhbHQ$AAAA", "pbkdf2-sha256$x$y$z",
+                                 "sha256$", "sha256$AAAA", "sha256$" + "A" * 44 + "$x"])
 def test_malformed_hash(bad):
     assert_problem(edit(f'hash = "{HASH}"', f'hash = "{bad}"'), 9, "auth.tokens.ops.hash", "hash")
 
@@ -436,7 +455,7 @@ def test_not_utf8():
 
 def test_no_devices():
     text = BASE[: BASE.index("[devices.door]")]
-    assert_problem(text, None, "devices", "no devices configured")
+    assert_problem(text, 10, "devices", "no devices configured")
 
 
 def test_bad_listen_address():
@@ -480,7 +499,7 @@ def test_key_lines_maps_headers_keys_and_inline_keys():
     assert lines[("devices", "light", "timeout")] == 21
 
 
-# -- pictl check-config (CONTRACT §1) ---------------------------------------------------------------
+# -- pictl check-config (README, *Command line*) ---------------------------------------------------------------
 
 
 def write(tmp_path: Path, text: str) -> str:

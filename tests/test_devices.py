@@ -208,3 +208,22 @@ def test_bad_timeouts_are_invalid(plant_devices, bad: Any) -> None:
     _plant, devices = plant_devices
     with pytest.raises(InvalidParams):
         devices["door"].check_params("open", {"timeout": bad})
+
+
+async def test_a_failed_release_after_a_jam_is_reported_and_logged_with_its_traceback(
+        plant_devices, caplog: pytest.LogCaptureFixture) -> None:
+    plant, devices = plant_devices
+    door = devices["door"]
+    plant.inject("door", "jammed")
+
+    async def lost_line(value: Any) -> None:  # the relay's line went away while the door was moving
+        if not value:
+            raise OSError("GPIO line lost")
+        door.relay.write_now(True)
+
+    door.relay._write = lost_line  # type: ignore[method-assign]
+    with pytest.raises(NotConfirmed) as failed:
+        await door.run("open", {}, 0.2)
+    assert failed.value.data["recovery"].startswith("actuator release FAILED; check the relay")
+    [record] = [r for r in caplog.records if "releasing the actuator" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.exc_info is not None and "GPIO line lost" in caplog.text

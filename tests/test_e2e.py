@@ -1,4 +1,4 @@
-"""End to end: a real WebSocket to a daemon on the demo plant (CONTRACT §2, §3, §5)."""
+"""End to end: a real WebSocket to a daemon on the demo plant (README: *Routes*, *Methods*, the demo plant)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End to end on the demo plant (CONTRACT §5): the Modbus fan and the serial hall_temp over a real
+"""End to end on the demo plant (README, *What the demo plant has*): the Modbus fan and the serial hall_temp over a real
 WebSocket, with their simulated faults (`offline`, `unplugged`) and recovery."""
 
 from __future__ import annotations
@@ -30,6 +30,16 @@ async def test_fan_on_is_confirmed_by_reading_the_coil_back(daemon: Daemon, admi
     assert daemon.plant is not None and daemon.plant.modbus["plant"].devices.value(1, "coil", 0) == 1
     assert (await admin.call("fan.state"))["state"] == "on"
     assert (await admin.call("fan.off"))["state"] == "off"
+
+
+async def test_a_switch_has_one_state_shape_whatever_its_bus(admin: Client) -> None:
+    """The Modbus fan (read back, no feedback) answers like the GPIO light (with feedback)."""
+    await admin.call("fan.on")
+    fan, light = await admin.call("fan.state"), await admin.call("light.state")
+    assert set(fan) == set(light) == {"state", "output", "since"}
+    assert fan["state"] == fan["output"] == "on"
+    status = (await admin.call("system.status"))["devices"]
+    assert set(status["fan"]["state"]) == set(status["light"]["state"])
 
 
 async def test_fan_offline_fault_then_clear(daemon: Daemon, admin: Client) -> None:

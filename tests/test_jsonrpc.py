@@ -479,7 +479,7 @@ def test_error_object_without_data():
 
 
 def test_error_object_with_data():
-    """§5.1 error object: data holds additional information (pictl's application codes, CONTRACT §3)."""
+    """§5.1 error object: data holds additional information (pictl's application codes, README *Errors*)."""
     err = NotConfirmed("door did not open", expected="open", observed="closed", elapsed_ms=2000.0,
                        recovery="actuator released")
     assert error(7, err) == {

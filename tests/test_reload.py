@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from controller.devices import registry as kinds
 from controller.devices import switch
-from controller.security.secrets import hash_secret
+from controller.security.secrets import digest_secret
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.service.reload import plan_reload
@@ -27,7 +27,7 @@ ROTATED = "rotated-panel-secret"
 
 def rotated_panel() -> str:
     """The demo config with the panel token's secret replaced."""
-    return DEMO_TEXT.replace(PANEL_HASH, str(hash_secret(ROTATED, iterations=1000)))
+    return DEMO_TEXT.replace(PANEL_HASH, str(digest_secret(ROTATED)))
 BELL = '\n[devices.bell]\nkind = "switch"\noutput = { gpio = 24 }\ntimeout = 0.5\n'
 
 
@@ -289,3 +289,13 @@ async def test_rebuilt_modbus_and_serial_devices_are_polled_and_simulated_again(
         assert sensor.state()["value"] is not None
     finally:
         await daemon.stop()
+
+
+def test_a_changed_modbus_link_is_named_as_in_the_file_and_needs_a_restart() -> None:
+    full = (ROOT / "config" / "demo.toml").read_text()
+    old = config.loads(full, "old.toml")
+    new = config.loads(full.replace("timeout = 0.5", "timeout = 0.7", 1), "new.toml")
+    assert old.modbus["plant"].timeout == 0.5 and new.modbus["plant"].timeout == 0.7
+    plan = plan_reload(old, new)
+    assert plan.restart_needed == ("modbus.plant changed",)
+    assert plan.in_force.modbus["plant"].timeout == 0.5  # the running link keeps its settings

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from controller.security.auth import role_allows
 from controller.security.policy import Role
-from controller.security.secrets import hash_secret
+from controller.security.secrets import digest_secret
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from tests.conftest import Client, open_client
@@ -26,7 +26,7 @@ SECRETS = {"root": "root-secret-1", "panel": "panel-secret-1", "viewer": "viewer
 def security_config(extra_server: str = "", tmp: Path | None = None) -> str:
     tokens = "\n".join(
         f'[auth.tokens.{name}]\nrole = "{"admin" if name == "root" else name}"\n'
-        f'hash = "{hash_secret(secret, iterations=1000)}"\n'
+        f'hash = "{digest_secret(secret)}"\n'
         for name, secret in SECRETS.items()
     )
     return f"""

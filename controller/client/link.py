@@ -7,6 +7,8 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,8 +80,13 @@ class Client:
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, reconnect: bool = True,
                  backoff: tuple[float, float] = (0.2, 5.0), open_timeout: float = 5.0,
-                 origin: str | None = None, on_link: Callable[[bool, str], None] | None = None) -> None:
+                 origin: str | None = None, on_link: Callable[[bool, str], None] | None = None,
+                 cafile: str | None = None) -> None:
         self.url = url
+        # wss:// through a proxy whose certificate comes from a private CA: trust that CA's PEM file
+        # (in addition to nothing else). Default: $PICTL_CAFILE, else the system's trust store.
+        self.cafile = cafile or os.environ.get("PICTL_CAFILE") or None
+        self._tls: ssl.SSLContext | None = None
         self.token = token
         self.reconnect = reconnect
         self.backoff = backoff
@@ -131,12 +138,27 @@ class Client:
     def connected(self) -> bool:
         return self._up.is_set()
 
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for a wss:// URL with a ``cafile``; None: the library's default."""
+        if self.cafile is None or not self.url.lower().startswith("wss:"):
+            return None
+        if self._tls is None:
+            try:
+                self._tls = ssl.create_default_context(cafile=self.cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise Unreachable(f"cannot use the CA file {self.cafile}: {getattr(exc, 'strerror', None) or exc}") \
+                    from None
+        return self._tls
+
     async def _open(self) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        tls: dict[str, Any] = {}  # websockets refuses ssl=None for wss:// and any ssl for ws://
+        if (context := self._tls_context()) is not None:
+            tls["ssl"] = context
         try:
             return await connect(self.url, additional_headers=headers, compression=None,
                                  open_timeout=self.open_timeout, origin=self.origin,  # type: ignore[arg-type]
-                                 max_size=2**22)
+                                 max_size=2**22, **tls)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403, 429):
@@ -144,6 +166,10 @@ class Client:
                 raise Unauthorized(protocol.UNAUTHORIZED, f"handshake refused: HTTP {status} ({reason})",
                                    {"http_status": status}) from None
             raise Unreachable(f"handshake refused: HTTP {status}") from None
+        except ssl.SSLCertVerificationError as exc:
+            hint = "" if self.cafile else "; signed by a private CA? pass its certificate with --cafile or PICTL_CAFILE"
+            raise Unreachable(f"cannot connect to {self.url}: certificate verify failed: "
+                              f"{exc.verify_message or exc}{hint}") from None
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise Unreachable(f"cannot connect to {self.url}: {exc}") from None
 

@@ -19,7 +19,7 @@ class SyncClient:
 
         with SyncClient("ws://127.0.0.1:8765/ws", token="demo-admin") as pictl:
             pictl.call("light.on")
-            print(pictl.status()["devices"]["light"]["state"])
+            print(pictl.status()["devices"]["light"]["state"]["state"])  # "on"
     """
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, **options: Any) -> None:

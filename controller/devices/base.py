@@ -211,7 +211,7 @@ class Device:
     async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
 
-        Raises Busy, Unavailable or NotConfirmed; the result is CONTRACT §3's.
+        Raises Busy, Unavailable or NotConfirmed; the result is the confirmed result README's *Methods* describes.
         """
         try:
             async with asyncio.timeout(timeout):

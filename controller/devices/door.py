@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from controller.wire.clock import iso
 from drivers.base import Coupling, InputPoint, OutputPoint, PointError, PointSpec, PointUnavailable
 
 TRAVEL_S = 0.3  # a simulated door's time from relay to contact
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,13 @@ class Door(Device):
             except PointUnavailable:
                 raise self.unavailable() from None
             except PointError as exc:  # a relay on a bus (a Modbus coil) that did not take the command
+                self._moving_to = None
                 raise self.not_confirmed(target, exc.observed, started, await self._release()) from None
             self._publish_if_changed()
             try:
                 obs = await proof.wait(timeout)
             except TimeoutError:
+                self._moving_to = None  # given up: the release shows what was observed, not a motion
                 raise self.not_confirmed(target, self.position(), started, await self._release()) from None
         finally:
             proof.cancel()
@@ -112,7 +117,8 @@ class Door(Device):
         recovery = "actuator released"
         try:
             await self.relay.write(False)
-        except Exception:
+        except Exception:  # the safety path itself failed: the installer needs all there is to know
+            log.exception("%s: releasing the actuator after a failed action FAILED", self.name)
             recovery = "actuator release FAILED; check the relay"
         return f"{recovery}; door is {self.position()}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from controller.wire.clock import iso
 from controller.wire.errors import InvalidParams
 from drivers.base import OutputPoint, PointError, PointSpec
 from drivers.modbus_spec import ModbusPointSpec, encode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,11 @@ class Setpoint(Device):
         try:
             obs = await self.output.write(target)
         except PointError as exc:
+            log.exception("%s: writing %s after a failed set FAILED", self.name, what)
             return f"writing {what} {target:g} FAILED ({exc.observed}); check the device"
+        except Exception:
+            log.exception("%s: writing %s after a failed set FAILED", self.name, what)
+            return f"writing {what} {target:g} FAILED; check the device"
         if not self._close_enough(obs.value, target):
             return f"{what} {target:g} did not read back (read {obs.value}); check the device"
         return f"{what} {target:g} restored"

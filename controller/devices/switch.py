@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from controller.wire.clock import iso
 from drivers.base import Coupling, InputPoint, Observation, OutputPoint, PointError, PointSpec, PointUnavailable
 
 FEEDBACK_S = 0.05  # a simulated load's time from output to feedback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,8 @@ class Switch(Device):
         return None if value is None else value == self._on_value
 
     def state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": _shown(self.is_on()), "since": iso(self.changed_at)}
-        if self.feedback is not None:
-            out["output"] = _shown(self.output.value)
-        return out
+        # One shape whatever the bus or the wiring: without feedback, `output` is the same read-back.
+        return {"state": _shown(self.is_on()), "output": _shown(self.output.value), "since": iso(self.changed_at)}
 
     def discrepancy(self) -> dict[str, Any] | None:
         if self.feedback is None or self.output.value is None or self.is_on() is None:
@@ -134,8 +135,10 @@ class Switch(Device):
         try:
             obs = await self.output.write(self._safe)
         except PointError as exc:
+            log.exception("%s: returning the output to its safe state FAILED", self.name)
             return f"returning the output to its safe state FAILED ({exc.observed}); check the device"
         except Exception:
+            log.exception("%s: returning the output to its safe state FAILED", self.name)
             return "returning the output to its safe state FAILED; check the wiring"
         if obs.value != self._safe:
             return f"output did not read back {_shown(self._safe)} (safe state); check the wiring"

@@ -91,7 +91,7 @@ class StaticFiles:
         if found is None:
             return None
         common = [("ETag", found.etag), ("Cache-Control", CACHE_CONTROL), *SECURITY_HEADERS]
-        if found.etag in (t.strip() for t in (request.headers.get("If-None-Match") or "").split(",")):
+        if found.etag in (t.strip() for t in ",".join(request.headers.get_all("If-None-Match")).split(",")):
             status = HTTPStatus.NOT_MODIFIED
             return Response(status.value, status.phrase, Headers(common), b"")
         headers = Headers([("Content-Type", found.content_type), ("Content-Length", str(len(found.body))), *common])

@@ -1,10 +1,15 @@
 """One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it
 (/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.doors.static`).
 
-The handshake is checked in ``process_request`` before any upgrade: the route,
-then the ``Origin`` (403), then an ``Authorization: Bearer`` header if sent
-(401). Each text frame is handled in a task owned by the server, not by the
-connection, so a client that goes away does not abort its action.
+Every request is first judged by :mod:`controller.doors.http_guard` (duplicated
+headers 400, unknown ``Host`` 421, malformed ``Authorization`` 401; the client
+address behind a trusted proxy). The handshake is then checked in
+``process_request`` before any upgrade: the ``Origin`` (403), the lockout (429),
+the connection caps (503, 429), then an ``Authorization: Bearer`` header if sent
+(401). Every refusal is counted in ``pictl_ws_refused_total{reason}`` and
+logged at most once per reason per 10 s. Each text frame is handled in a task
+owned by the server, not by the connection, so a client that goes away does
+not abort its action.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
+from controller.doors.http_guard import Front, Guard, Refusal
+from controller.doors.refusals import RefusalLog
 from controller.doors.static import StaticFiles
 from controller.rpc.dispatch import Dispatcher, NotNow, binary_frame_error
-from controller.security.auth import Session, bearer
+from controller.security.auth import Session
 from controller.wire.jsonrpc import Message, decode
 
 log = logging.getLogger(__name__)
@@ -71,7 +78,8 @@ class Server:
     def __init__(self, dispatcher: Dispatcher, *, host: str, port: int, max_frame_bytes: int,
                  allowed_origins: tuple[str, ...], tls: Any = None, metrics_tokens: tuple[str, ...] = (),
                  auth_timeout: float = AUTH_GRACE_S, max_connections: int = 200,
-                 max_connections_per_address: int = 20, panel: StaticFiles | None = None) -> None:
+                 max_connections_per_address: int = 20, panel: StaticFiles | None = None,
+                 trusted_proxies: tuple[str, ...] = (), allowed_hosts: tuple[str, ...] = ()) -> None:
         self.dispatcher = dispatcher
         self.panel = panel if panel is not None else StaticFiles()  # the wall panel's files, at GET /
         self.host = host
@@ -80,6 +88,10 @@ class Server:
         self.allowed_origins: frozenset[str] = frozenset()
         self.set_allowed_origins(allowed_origins)
         self.tls = tls  # an ssl.SSLContext for wss://, or None
+        self.guard = Guard(tls=tls is not None, trusted_proxies=trusted_proxies, allowed_hosts=allowed_hosts)
+        metrics = dispatcher.metrics
+        self.ws_refusals = RefusalLog(metrics.ws_refused, "handshake")
+        self.http_refusals = RefusalLog(metrics.http_refused, "request")
         self.metrics_tokens = frozenset(metrics_tokens)  # token names that may scrape; empty: open
         self.auth_timeout = auth_timeout  # unauthenticated connections are closed after this long
         self.max_connections = max_connections
@@ -103,6 +115,10 @@ class Server:
         """Browser origins admitted besides our own; a reload may change them."""
         self.allowed_origins = frozenset(o.lower().rstrip("/") for o in origins)
 
+    def set_front(self, trusted_proxies: tuple[str, ...], allowed_hosts: tuple[str, ...]) -> None:
+        """Trusted proxies and host names; a reload may change them."""
+        self.guard.configure(trusted_proxies, allowed_hosts)
+
     @property
     def url(self) -> str:
         scheme = "wss" if self.tls else "ws"
@@ -125,51 +141,73 @@ class Server:
         self.port = sock.getsockname()[1]
 
     # -- handshake --------------------------------------------------------------------------------
-    def _own_origins(self, request: Request) -> set[str]:
-        host = (request.headers.get("Host") or "").lower()
-        scheme = "https" if self.tls else "http"
-        return {f"{scheme}://{host}"} if host else set()
+    def _refuse(self, front: Front | None, connection: ServerConnection, route: str, reason: str, detail: str,
+                status: HTTPStatus, message: str, extra: list[tuple[str, str]] | None = None) -> Response:
+        """Count, log (throttled) and answer one refusal."""
+        peer = front.client.peer if front is not None else self._peer(connection)
+        (self.ws_refusals if route == "/ws" else self.http_refusals).refused(reason, peer, detail)
+        return json_response(status, {"error": message}, extra or [])
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.partition("?")[0]
-        if path == "/healthz":
+        try:
+            return await self._route(connection, request)
+        except (LookupError, ValueError, UnicodeError) as exc:  # a header read the guard did not foresee
+            log.error("request from %s: %s while reading it; answered 400", self._peer(connection),
+                      type(exc).__name__)
+            return json_response(HTTPStatus.BAD_REQUEST, {"error": "bad request"})
+
+    async def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        front = self.guard.inspect(connection.remote_address, request)
+        if isinstance(front, Refusal):
+            route = request.path.partition("?")[0]
+            return self._refuse(None, connection, route, front.reason, front.message, front.status, front.message,
+                                list(front.headers))
+        if front.route == "/healthz":
             return json_response(HTTPStatus.OK, self.health())
-        if path == "/metrics":
-            return await self._metrics(request)
-        if path != "/ws":
+        if front.route == "/metrics":
+            return await self._metrics(front, connection)
+        if front.route != "/ws":
             page = self.panel.response(request)
             return page if page is not None else json_response(HTTPStatus.NOT_FOUND, {"error": "not found"})
-        origin = request.headers.get("Origin")
-        if origin is not None:
-            normal = origin.lower().rstrip("/")
-            if normal not in self._own_origins(request) and normal not in self.allowed_origins:
-                log.warning("refused handshake from %s: origin not allowed", self._peer(connection))
-                return json_response(HTTPStatus.FORBIDDEN, {"error": "origin not allowed"})
-        address = self._address(connection)
-        session = Session(peer=self._peer(connection), address=address)
+        return await self._handshake(front, connection)
+
+    async def _handshake(self, front: Front, connection: ServerConnection) -> Response | None:
+        if front.origin is not None and front.origin != front.own_origin and front.origin not in self.allowed_origins:
+            return self._refuse(front, connection, "/ws", "origin", "origin not allowed", HTTPStatus.FORBIDDEN,
+                                "origin not allowed")
+        client = front.client
+        address = client.address
+        session = Session(peer=client.peer, address=address, via=client.via)
         auth = self.dispatcher.auth
         locked = auth.locked_for(address)
         if locked:
             self.dispatcher.metrics.auth_failures.inc()
-            return json_response(HTTPStatus.TOO_MANY_REQUESTS, {"error": "too many failed authentications"},
-                                 [("Retry-After", str(int(locked) + 1))])
+            return self._locked_out(front, connection, "/ws", locked)
         if sum(self.per_address.values()) >= self.max_connections:
-            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
-                                 [("Retry-After", "5")])
+            return self._refuse(front, connection, "/ws", "too_many_connections", "too many connections",
+                                HTTPStatus.SERVICE_UNAVAILABLE, "too many connections", [("Retry-After", "5")])
         if self.per_address.get(address, 0) >= self.max_per_address:
-            return json_response(HTTPStatus.TOO_MANY_REQUESTS, {"error": "too many connections from this address"},
-                                 [("Retry-After", "5")])
-        header = request.headers.get("Authorization")
-        if header is not None:
-            secret = bearer(header)
-            if secret is None or not await auth.login(session, secret):
+            return self._refuse(front, connection, "/ws", "too_many_from_address",
+                                "too many connections from this address", HTTPStatus.TOO_MANY_REQUESTS,
+                                "too many connections from this address", [("Retry-After", "5")])
+        if front.secret is not None:
+            verdict = await auth.login(session, front.secret)
+            if verdict.locked_s:
                 self.dispatcher.metrics.auth_failures.inc()
-                log.warning("refused handshake from %s: bad bearer token", session.peer)
-                return json_response(HTTPStatus.UNAUTHORIZED, {"error": "invalid token"},
-                                     [("WWW-Authenticate", 'Bearer realm="pictl"')])
+                return self._locked_out(front, connection, "/ws", verdict.locked_s)
+            if not verdict.ok:
+                self.dispatcher.metrics.auth_failures.inc()
+                return self._refuse(front, connection, "/ws", "unauthorized", "bad bearer token",
+                                    HTTPStatus.UNAUTHORIZED, "invalid token",
+                                    [("WWW-Authenticate", 'Bearer realm="pictl"')])
         self._count_connection(connection, address)
         connection.pictl_session = session  # type: ignore[attr-defined]
         return None
+
+    def _locked_out(self, front: Front, connection: ServerConnection, route: str, locked: float) -> Response:
+        return self._refuse(front, connection, route, "locked_out", "address locked out after failed "
+                            "authentications", HTTPStatus.TOO_MANY_REQUESTS, "too many failed authentications",
+                            [("Retry-After", str(int(locked) + 1))])
 
     def _count_connection(self, connection: ServerConnection, address: str) -> None:
         """Count it from the handshake until it is gone, however it ends."""
@@ -184,20 +222,22 @@ class Server:
 
         connection.connection_lost_waiter.add_done_callback(release)
 
-    @staticmethod
-    def _address(connection: ServerConnection) -> str:
-        address = connection.remote_address
-        return str(address[0]) if isinstance(address, tuple) and address else str(address)
-
-    async def _metrics(self, request: Request) -> Response:
+    async def _metrics(self, front: Front, connection: ServerConnection) -> Response:
         if self.metrics_tokens:
-            secret = bearer(request.headers.get("Authorization"))
-            token = None if secret is None else await self.dispatcher.auth.check(secret)
-            if token is None or token.name not in self.metrics_tokens:
+            challenge = [("WWW-Authenticate", 'Bearer realm="pictl-metrics"')]
+            if front.secret is None:  # refused, but no guess: not counted toward a lockout
                 self.dispatcher.metrics.auth_failures.inc()
-                return json_response(HTTPStatus.UNAUTHORIZED, {"error": "a scrape token is required"},
-                                     [("WWW-Authenticate", 'Bearer realm="pictl-metrics"')])
-        body, content_type = self.dispatcher.metrics.render(request.headers.get("Accept"))
+                return self._refuse(front, connection, "/metrics", "unauthorized", "no scrape token",
+                                    HTTPStatus.UNAUTHORIZED, "a scrape token is required", challenge)
+            verdict = await self.dispatcher.auth.attempt(front.client.address, front.secret)
+            if verdict.locked_s:
+                self.dispatcher.metrics.auth_failures.inc()
+                return self._locked_out(front, connection, "/metrics", verdict.locked_s)
+            if verdict.token is None or verdict.token.name not in self.metrics_tokens:
+                self.dispatcher.metrics.auth_failures.inc()
+                return self._refuse(front, connection, "/metrics", "unauthorized", "bad scrape token",
+                                    HTTPStatus.UNAUTHORIZED, "a scrape token is required", challenge)
+        body, content_type = self.dispatcher.metrics.render(front.accept)
         return _response(HTTPStatus.OK, body, content_type)
 
     @staticmethod
@@ -302,6 +342,8 @@ class Server:
         return not not_done
 
     async def close(self) -> None:
+        self.ws_refusals.close()
+        self.http_refusals.close()
         if self._ws is not None:
             self._ws.close(close_connections=True)
             await self._ws.wait_closed()

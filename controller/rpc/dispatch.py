@@ -1,6 +1,6 @@
 """From a decoded request to a result: auth, method lookup, role, params, device.
 
-Checks run in CONTRACT §3's order: authentication, method exists, role may
+Checks run in the order README's *Errors* gives: authentication, method exists, role may
 call it, params, device online. Nothing reaches a device before all pass.
 """
 
@@ -44,6 +44,11 @@ class NotNow:
 
 NOT_NOW = NotNow()
 OPEN_METHODS = frozenset({"session.auth"})  # callable before authentication
+AUTH_PENDING = "auth_pending"  # session.extra key: a session.auth is being answered on this connection
+
+
+def _is_auth(item: jsonrpc.Request | jsonrpc.Invalid) -> bool:
+    return isinstance(item, jsonrpc.Request) and item.method == "session.auth"
 
 
 def _short(text: str, limit: int = 128) -> str:
@@ -104,7 +109,9 @@ class Dispatcher:
 
     def remove_device(self, name: str) -> None:
         """Withdraw a device and its methods; calls already running finish."""
-        self.devices.pop(name, None)
+        removed = self.devices.pop(name, None)
+        if removed is not None:
+            self.metrics.device_removed(name, removed.actions)
         prefix = f"{name}."
         for method in [m for m in self.methods if m.startswith(prefix)]:
             del self.methods[method]
@@ -119,6 +126,7 @@ class Dispatcher:
         self.instant.add(f"{device.name}.state")
         for action in device.actions:
             self.methods[f"{device.name}.{action}"] = self._action_handler(device, action)
+        self.metrics.device_added(device.name, device.actions)
 
     def _action_handler(self, device: Device, action: str) -> Handler:
         method = f"{device.name}.{action}"
@@ -139,15 +147,16 @@ class Dispatcher:
                         session.token.name, key, method, action_params,
                         lambda: device.run(action, action_params, timeout))
             except RpcError as err:
-                self.metrics.action_failures.labels(device.name, action, err.name).inc()
-                self.audit.record(session, method, params, err.name, (time.monotonic() - started) * 1000,
-                                  error=err.to_wire())
+                self.metrics.action_failed(device.name, action, err.name)
+                await self.audit.write(session, method, params, err.name, (time.monotonic() - started) * 1000,
+                                       error=err.to_wire())
                 raise
             if replayed:
                 outcome = {**outcome, "replayed": True}
             elif outcome.get("changed"):  # an actuation (a sensor read has no confirmation time)
                 self.metrics.action_confirm.labels(device.name, action).observe(outcome["elapsed_ms"] / 1000)
-            self.audit.record(session, method, params, "ok", (time.monotonic() - started) * 1000, result=outcome)
+            await self.audit.write(session, method, params, "ok", (time.monotonic() - started) * 1000,
+                                   result=outcome)
             return outcome
 
         return run
@@ -175,8 +184,31 @@ class Dispatcher:
             return jsonrpc.encode([] if reply is None else [reply], message.batch)
         # Batch members run concurrently; the per-device queue keeps same-device
         # members in arrival order because their tasks start in that order.
-        replies = await asyncio.gather(*(self._answer(session, item) for item in message.items))
+        # session.auth is refused in a batch: one frame must not carry many guesses.
+        replies = await asyncio.gather(*(self._answer(session, item) if not _is_auth(item)
+                                         else self._refuse_batched_auth(item) for item in message.items))
         return jsonrpc.encode([r for r in replies if r is not None], message.batch)
+
+    async def _refuse_batched_auth(self, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
+        assert isinstance(item, jsonrpc.Request)
+        error = InvalidRequest("session.auth cannot be part of a batch: send it on its own")
+        return self._settle(item, time.perf_counter(), error=error)
+
+    async def answer_call(self, session: Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call from a bridge (WAMP): the JSON-RPC response object, through every check, queue,
+        count and audit a WebSocket call goes through."""
+        reply = await self._answer(session, jsonrpc.Request(method, params, 0))
+        assert reply is not None  # a request with an id is always answered
+        return reply
+
+    def answer_call_now(self, session: Session, method: str, params: dict[str, Any]) -> dict[str, Any] | NotNow:
+        """answer_call for a method that answers at once (ping, state, status): no task, no await;
+        NOT_NOW for the others."""
+        if method not in self.instant:
+            return NOT_NOW
+        reply = self._answer_instant(session, jsonrpc.Request(method, params, 0))
+        assert reply is not None
+        return reply
 
     def _answer_instant(self, session: Session, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         if isinstance(item, jsonrpc.Invalid):
@@ -228,7 +260,7 @@ class Dispatcher:
         counter.inc()
 
     def _resolve(self, session: Session, method: str, params: Any) -> tuple[Handler, dict[str, Any]]:
-        """Every check before a method runs, in CONTRACT order; raises the first that fails."""
+        """Every check before a method runs, in the documented order; raises the first that fails."""
         if self.draining:
             raise Unavailable("the daemon is shutting down", reason="shutting down")
         if not session.authenticated and method not in OPEN_METHODS:
@@ -270,12 +302,18 @@ class Dispatcher:
             raise InvalidParams('session.auth needs {"token": "..."}', param="token")
         if session.authenticated:
             raise InvalidParams("this connection is already authenticated", param="token")
-        locked = self.auth.locked_for(session.address)
-        if locked:
+        if session.extra.get(AUTH_PENDING):
+            raise InvalidRequest("a session.auth is already being answered on this connection: wait for it")
+        session.extra[AUTH_PENDING] = True
+        try:
+            verdict = await self.auth.login(session, token)
+        finally:
+            session.extra.pop(AUTH_PENDING, None)
+        if verdict.locked_s:
             self.metrics.auth_failures.inc()
             raise Unauthorized("too many failed authentications from this address", method="session.auth",
-                               retry_after_s=round(locked, 1))
-        if not await self.auth.login(session, token):
+                               retry_after_s=round(verdict.locked_s, 1))
+        if not verdict.ok:
             self.metrics.auth_failures.inc()
             log.warning("session.auth failed from %s", session.peer)
             raise Unauthorized("invalid token", method="session.auth")
@@ -305,10 +343,10 @@ class Dispatcher:
         }
 
     def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.subscribe(session.extra["ws"], params)  # type: ignore[arg-type]  # set by the server
+        return self.events.subscribe(_link(session), params)
 
     def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.events.unsubscribe(session.extra["ws"], params)  # type: ignore[arg-type]
+        return self.events.unsubscribe(_link(session), params)
 
     def _describe(self, session: Session, params: dict[str, Any]) -> Any:
         _no_params("system.describe", params)
@@ -365,6 +403,15 @@ class Dispatcher:
             raise InvalidParams(str(exc), param="device") from None
         self.audit.record(session, "sim.clear", params, "ok", 0.0)
         return {"device": device, "faults": self.plant.active_faults(device)}
+
+
+def _link(session: Session) -> Any:
+    """The WebSocket events are sent on; other front doors have their own event topics."""
+    ws = session.extra.get("ws")
+    if ws is None:
+        raise InvalidRequest("events.subscribe is for WebSocket links: this front door publishes every event "
+                             "on its own topics")
+    return ws
 
 
 def binary_frame_error() -> str:

@@ -67,11 +67,15 @@ class EventBus:
         self._routes: dict[str, list[ServerConnection]] = {}  # topic -> subscribers, rebuilt on change
         self.max_pending_bytes = max_pending_bytes
         self._on_cutoff = on_cutoff  # counts slow-subscriber cut-offs
+        self.taps: list[Callable[[dict[str, Any]], None]] = []  # bridges: get every event object as published
 
     def publish(self, topic: str, data: dict[str, Any]) -> int:
         """Give the event its seq, remember it, send it to every matching subscriber."""
         self.seq += 1
-        frame = jsonrpc.notification("event", {"topic": topic, "seq": self.seq, "time": iso(time.time()), "data": data})
+        event = {"topic": topic, "seq": self.seq, "time": iso(time.time()), "data": data}
+        frame = jsonrpc.notification("event", event)
+        for tap in self.taps:
+            tap(event)
         self._recent.append(Event(self.seq, topic, frame))
         targets = self._routes.get(topic)
         if targets is None:

@@ -1,10 +1,13 @@
 """Who is on a connection and what they may do: tokens, roles, lockouts, rate limits.
 
-- Secrets are checked against PBKDF2 hashes off the event loop; a secret that
-  verified once is remembered (by a SHA-256 fingerprint, in memory) so a
-  reconnecting panel costs nothing.
+- A secret is found by its fast digest (one SHA-256, one dictionary lookup:
+  microseconds, whatever the number of tokens). Tokens still in the previous
+  PBKDF2 format are checked off the event loop, one at a time, and a secret
+  that verified once is remembered by its digest.
 - Repeated failures from one address first slow that address's answers down,
-  then lock it out for a while; other addresses are not affected.
+  then lock it out for a while; other addresses are not affected. An attempt
+  takes its slot before anything is verified, so concurrent guesses from one
+  address cannot run more checks than the lockout allows.
 - A role's patterns decide per method: the most specific matching pattern wins
   (literal characters count; a tie denies), nothing matching is denied —
   Crossbar's rule of the most specific permission, with shell-style patterns.
@@ -17,11 +20,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from controller.security.policy import LockoutConfig, Role, Token
-from controller.security.secrets import fingerprint
+from controller.security.secrets import SecretDigest, SecretHash, fingerprint
 
 log = logging.getLogger(__name__)
 VERIFIED_CACHE = 256  # secrets remembered after a successful check
@@ -55,8 +59,9 @@ class RateBucket:
 class Session:
     """One connection's identity. ``token`` is None until authenticated."""
 
-    peer: str  # "address:port" of the client, for logs
+    peer: str  # the client, for logs and the audit trail ("address:port", or the address behind a proxy)
     address: str = ""  # the client address alone, for per-address limits
+    via: str | None = None  # the trusted proxy it came through ("address:port"), if any
     token: Token | None = None  # the credential that authenticated it
     role: Role | None = None  # what it may call
     bucket: RateBucket | None = None  # the role's rate limit, per connection
@@ -77,6 +82,19 @@ class _Failures:
     count: int = 0
     last: float = 0.0
     locked_until: float = 0.0
+    pending: int = 0  # attempts being verified right now: they hold a slot toward the lockout
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one authentication attempt."""
+
+    token: Token | None = None  # who it is, when the secret was right
+    locked_s: float = 0.0  # > 0: refused without a check, the address is locked out for this long
+
+    @property
+    def ok(self) -> bool:
+        return self.token is not None
 
 
 def specificity(pattern: str) -> int:
@@ -96,41 +114,61 @@ class Authenticator:
 
     def __init__(self, tokens: tuple[Token, ...], roles: dict[str, Role],
                  lockout: LockoutConfig | None = None) -> None:
-        self._tokens = tokens
         self.roles = roles
         self.lockout = lockout or LockoutConfig()
-        self._verified: OrderedDict[bytes, Token] = OrderedDict()  # fingerprint -> token
+        self._by_digest: dict[bytes, Token] = {}  # fast digest -> token
+        self._slow: tuple[Token, ...] = ()  # tokens in the legacy PBKDF2 format
+        self._verified: OrderedDict[bytes, Token] = OrderedDict()  # digest -> legacy token that verified
         self._failures: OrderedDict[str, _Failures] = OrderedDict()  # address -> recent failures
         self.lockouts = 0  # addresses locked out so far (metrics)
+        self.slow_checks = 0  # PBKDF2 runs so far (legacy tokens only)
         self._decisions: dict[tuple[str, str], bool] = {}  # (role, method) -> allowed; methods come from config
+        self._hasher: ThreadPoolExecutor | None = None  # one thread: legacy checks never take more than a core
+        self.update(tokens, roles)
 
     def update(self, tokens: tuple[Token, ...], roles: dict[str, Role]) -> None:
         """New tokens and roles (a config reload) for new logins; failure counts are kept."""
-        self._tokens = tokens
         self.roles = roles
+        self._by_digest = {t.verifier.digest: t for t in tokens if isinstance(t.verifier, SecretDigest)}
+        self._slow = tuple(t for t in tokens if isinstance(t.verifier, SecretHash))
         self._verified.clear()
         self._decisions.clear()
 
+    @property
+    def slow_tokens(self) -> list[str]:
+        """Names of tokens in the legacy PBKDF2 format (each failed login costs a PBKDF2 run per token)."""
+        return [t.name for t in self._slow]
+
     async def check(self, secret: str) -> Token | None:
-        """The token whose secret this is, or None. Hashing runs in a worker thread."""
+        """The token whose secret this is, or None. No lockout bookkeeping: see :meth:`attempt`."""
         key = fingerprint(secret)
-        token = self._verified.get(key)
-        if token is not None:
-            self._verified.move_to_end(key)
-            return token
-        token = await asyncio.to_thread(self._check_all, secret)
+        token = self._by_digest.get(key)
+        if token is None and key in self._verified:
+            self._verified.move_to_end(key)  # least recently used goes first
+            token = self._verified[key]
+        if token is not None or not self._slow:
+            return token  # a digest has no structure to time: a dict lookup leaks nothing useful
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="pictl-pbkdf2")
+        token = await asyncio.get_running_loop().run_in_executor(self._hasher, self._check_slow, secret)
         if token is not None:
             self._verified[key] = token
             if len(self._verified) > VERIFIED_CACHE:
                 self._verified.popitem(last=False)
         return token
 
-    def _check_all(self, secret: str) -> Token | None:
+    def _check_slow(self, secret: str) -> Token | None:
         found = None
-        for token in self._tokens:  # every token, every time: no early exit to time
+        for token in self._slow:  # every token, every time: no early exit to time
+            self.slow_checks += 1
             if token.verifier.matches(secret):
                 found = token
         return found
+
+    def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=False, cancel_futures=True)
+            self._hasher = None
 
     # -- failures per address -------------------------------------------------------------------
     def locked_for(self, address: str) -> float:
@@ -140,17 +178,38 @@ class Authenticator:
             return 0.0
         return max(0.0, entry.locked_until - time.monotonic())
 
-    def _record_failure(self, address: str) -> float:
-        """Count a failure; returns the delay to impose before answering it."""
+    def _take_slot(self, address: str) -> float:
+        """Reserve an attempt for *address* before anything is verified: 0.0 when it may go ahead,
+        else the seconds to wait (locked out, or its remaining attempts are all being verified)."""
+        locked = self.locked_for(address)
+        if locked:
+            return locked
         now = time.monotonic()
         entry = self._failures.pop(address, None) or _Failures()
-        if now - entry.last > self.lockout.lockout_s:
+        if now - entry.last > self.lockout.lockout_s and not entry.pending:
             entry.count = 0  # quiet for a lockout period: start over
-        entry.count += 1
-        entry.last = now
-        self._failures[address] = entry
+        self._failures[address] = entry  # most recent last
         if len(self._failures) > TRACKED_ADDRESSES:
             self._failures.popitem(last=False)
+        if entry.count + entry.pending >= self.lockout.lockout_after:
+            return 1.0  # every attempt it has left is in flight: ask again when they are answered
+        entry.pending += 1
+        entry.last = now
+        return 0.0
+
+    def _release_slot(self, address: str) -> _Failures:
+        entry = self._failures.get(address)
+        if entry is None:  # forgotten meanwhile (TRACKED_ADDRESSES): start a fresh record
+            entry = self._failures[address] = _Failures()
+        entry.pending = max(0, entry.pending - 1)
+        return entry
+
+    def _record_failure(self, address: str) -> float:
+        """Count a failure (its slot becomes a failure); returns the delay to impose before answering it."""
+        now = time.monotonic()
+        entry = self._release_slot(address)
+        entry.count += 1
+        entry.last = now
         if entry.count >= self.lockout.lockout_after:
             entry.locked_until = now + self.lockout.lockout_s
             self.lockouts += 1
@@ -161,23 +220,42 @@ class Authenticator:
         return 0.0 if over < 0 else min(5.0, 0.25 * 2**over)
 
     def _record_success(self, address: str) -> None:
-        self._failures.pop(address, None)
+        entry = self._release_slot(address)
+        if not entry.pending:
+            self._failures.pop(address, None)
 
-    async def login(self, session: Session, secret: str) -> bool:
-        """Authenticate *session* with *secret*. Failures are counted, then slowed down."""
-        token = await self.check(secret)
+    async def attempt(self, address: str, secret: str) -> Verdict:
+        """One authentication attempt from *address*: the lockout slot first, then the check, then
+        the bookkeeping. A failure is answered late once past ``slowdown_after``."""
+        wait = self._take_slot(address)
+        if wait:
+            return Verdict(locked_s=wait)
+        try:
+            token = await self.check(secret)
+        except BaseException:
+            self._release_slot(address)
+            raise
         if token is None:
-            delay = self._record_failure(session.address)
-            log.warning("failed authentication from %s", session.peer)
+            delay = self._record_failure(address)
             if delay:
                 await asyncio.sleep(delay)  # the attacker's answer comes later, nobody else's
-            return False
-        self._record_success(session.address)
+            return Verdict()
+        self._record_success(address)
+        return Verdict(token=token)
+
+    async def login(self, session: Session, secret: str) -> Verdict:
+        """Authenticate *session* with *secret* (see :meth:`attempt`)."""
+        verdict = await self.attempt(session.address, secret)
+        if verdict.token is None:
+            if not verdict.locked_s:
+                log.warning("failed authentication from %s", session.peer)
+            return verdict
+        token = verdict.token
         session.token = token
         session.role = self.roles[token.role]
         if session.role.rate is not None:
             session.bucket = RateBucket(session.role.rate, session.role.burst or 1)
-        return True
+        return verdict
 
     def may_call(self, role: Role, method: str) -> bool:
         """Cached: called for every request, with a method name from the method table."""
@@ -188,11 +266,3 @@ class Authenticator:
         return allowed
 
 
-def bearer(header: str | None) -> str | None:
-    """The token from an ``Authorization: Bearer TOKEN`` header, if that is what it is."""
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()

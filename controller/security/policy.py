@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.security.secrets import SecretHash
+from controller.security.secrets import Verifier
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,11 @@ class Role:
 
 @dataclass(frozen=True)
 class Token:
-    """A named credential: only the hash of its secret is kept."""
+    """A named credential: only the digest (or legacy hash) of its secret is kept."""
 
     name: str
     role: str
-    verifier: SecretHash = field(repr=False)
+    verifier: Verifier = field(repr=False)
 
 
 @dataclass(frozen=True)

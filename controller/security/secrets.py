@@ -1,9 +1,17 @@
-"""Token secrets: generated, hashed for the config, verified in constant time.
+"""Token secrets: generated, digested for the config, looked up in microseconds.
 
-A config never holds a secret, only ``pbkdf2-sha256$ITERATIONS$SALT$HASH``
-(salt and hash in URL-safe base64), or the path of a file holding the secret.
-PBKDF2 protects a weak, hand-chosen secret if the config leaks; the secrets
-``pictl token create`` makes are 256 random bits anyway.
+A config never holds a secret, only its digest ``sha256$DIGEST`` (URL-safe
+base64 of SHA-256 over a fixed prefix and the secret), or the path of a file
+holding the secret. Tokens are random secrets (``pictl token create`` makes
+256 bits), so a fast digest is as good as a slow password hash against a
+leaked config, and it lets the daemon find the token of a presented secret
+with one hash and one dictionary lookup: a failed login costs microseconds,
+whatever the number of tokens (a slow hash per configured token made every
+wrong guess cost tens of milliseconds per token).
+
+The previous format ``pbkdf2-sha256$ITERATIONS$SALT$HASH`` is still read
+(:class:`SecretHash`), but each failed login then pays one PBKDF2 run per such
+token; the daemon says so at load (see :func:`slow_tokens_warning`).
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-SCHEME = "pbkdf2-sha256"
+SCHEME = "pbkdf2-sha256"  # the previous, slow format: still read
+FAST_SCHEME = "sha256"
+_DOMAIN = b"pictl-token\0"  # digests of pictl tokens match no other SHA-256 of the same string
 ITERATIONS = 100_000  # ~40 ms on a desktop core, a few hundred on a Pi Zero; verified off the loop
 MIN_SECRET_LENGTH = 8
 
@@ -46,17 +56,47 @@ class SecretHash:
         return f"{SCHEME}${self.iterations}${_b64(self.salt)}${_b64(self.digest)}"
 
 
+@dataclass(frozen=True)
+class SecretDigest:
+    """A parsed ``sha256$...`` string: the token's lookup key."""
+
+    digest: bytes = field(repr=False)
+
+    def matches(self, secret: str) -> bool:
+        return hmac.compare_digest(fingerprint(secret), self.digest)
+
+    def __str__(self) -> str:
+        return f"{FAST_SCHEME}${_b64(self.digest)}"
+
+
+Verifier = SecretDigest | SecretHash
+
+
+def digest_secret(secret: str) -> SecretDigest:
+    """The config form of a secret (what `pictl token hash` prints)."""
+    return SecretDigest(fingerprint(secret))
+
+
 def hash_secret(secret: str, iterations: int = ITERATIONS, salt: bytes | None = None) -> SecretHash:
+    """The previous, slow format (kept for tests of configs that still use it)."""
     salt = os.urandom(16) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8", "surrogatepass"), salt, iterations)
     return SecretHash(iterations, salt, digest)
 
 
-def parse_hash(text: str) -> SecretHash:
-    """Parse a stored hash; ValueError says what is wrong (never echoing the hash)."""
+def parse_hash(text: str) -> Verifier:
+    """Parse a stored digest or hash; ValueError says what is wrong (never echoing it)."""
     parts = text.split("$")
+    if len(parts) == 2 and parts[0] == FAST_SCHEME:
+        try:
+            digest = _unb64(parts[1])
+        except ValueError:
+            raise ValueError("malformed digest: expected sha256$ and 43 characters of base64") from None
+        if len(digest) != 32:
+            raise ValueError("malformed digest: expected sha256$ and 43 characters of base64")
+        return SecretDigest(digest)
     if len(parts) != 4 or parts[0] != SCHEME:
-        raise ValueError(f"expected {SCHEME}$ITERATIONS$SALT$HASH (make one with `pictl token hash`)")
+        raise ValueError(f"expected {FAST_SCHEME}$DIGEST (make one with `pictl token hash`)")
     try:
         iterations = int(parts[1])
         salt, digest = _unb64(parts[2]), _unb64(parts[3])
@@ -73,5 +113,14 @@ def generate_secret() -> str:
 
 
 def fingerprint(secret: str) -> bytes:
-    """A fast, fixed-length key for the verified-secret cache (memory only)."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+    """The fast digest of a secret: the key tokens are looked up by."""
+    return hashlib.sha256(_DOMAIN + secret.encode("utf-8", "surrogatepass")).digest()
+
+
+def slow_tokens_warning(names: list[str]) -> str | None:
+    """What to tell the operator about tokens still in the slow format, or None."""
+    if not names:
+        return None
+    return (f"token(s) {', '.join(names)} use the slow {SCHEME} format: every failed login then costs a "
+            f"PBKDF2 run per such token (CPU an attacker can burn); replace each hash with the output of "
+            f"`echo SECRET | pictl token hash` ({FAST_SCHEME}$...), or make new tokens with `pictl token create`")

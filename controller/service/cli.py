@@ -1,4 +1,4 @@
-"""``pictl``: the daemon and its command line (CONTRACT §1)."""
+"""``pictl``: the daemon and its command line (README, *Command line*)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument("--url", default=os.environ.get("PICTL_URL", DEFAULT_URL),
                       help=f"the daemon's WebSocket URL (env PICTL_URL; default {DEFAULT_URL})")
     link.add_argument("--token", default=os.environ.get("PICTL_TOKEN"), help="the token's secret (env PICTL_TOKEN)")
+    link.add_argument("--cafile", default=os.environ.get("PICTL_CAFILE") or None, metavar="PEM",
+                      help="for wss://: trust the CA certificate(s) in this PEM file, e.g. a private CA that "
+                           "signed the proxy's certificate (env PICTL_CAFILE; default: the system's CAs)")
 
     call = sub.add_parser("call", parents=[link], help="call one JSON-RPC method and print the result",
                           description="PARAMS is one JSON object, or key=value pairs (a value is parsed as "
                                       "JSON when it parses, else taken as a string): pictl call door.open timeout=3")
-    call.add_argument("method")
-    call.add_argument("params", nargs="*", help="a JSON object, or key=value pairs")
+    call.add_argument("method", metavar="METHOD", help="e.g. door.open, system.status")
+    # default=[]: without it argparse counts a '*' positional as required ("required: method, params").
+    call.add_argument("params", nargs="*", default=[], metavar="PARAMS",
+                      help="optional: a JSON object, or key=value pairs")
     call.add_argument("--wait", type=float, default=None,
                       help="seconds to wait for the reply (default: 2 x timeout + 5 for actions, else 30)")
 
@@ -55,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[link], help="a table of every device")
     status.add_argument("--json", action="store_true", help="the system.status result as JSON instead")
 
+    fleet = sub.add_parser("aggregate", help="the fleet view of every node on a WAMP router, and its wall panel",
+                           description="Joins the router, keeps pictl.fleet.status and, with --config (its "
+                                       "[server] and [auth] tables: the panel's tokens and listener), serves "
+                                       "the wall panel for every node. Needs the wamp extra.")
+    fleet.add_argument("--wamp", required=True, metavar="URL", help="the router, e.g. ws://127.0.0.1:8080/ws")
+    fleet.add_argument("--realm", required=True)
+    fleet.add_argument("--config", help="a pictl config without devices: [server], [auth] roles and tokens")
+    fleet.add_argument("--authid", help="WAMP-Ticket: the aggregator's authid on the router")
+    fleet.add_argument("--ticket-file", help="WAMP-Ticket: a chmod-600 file holding its ticket")
+    fleet.add_argument("--listen", help="HOST:PORT for the panel, overriding the config")
+    fleet.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
     token = sub.add_parser("token", help="make token secrets and their hashes for the config")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="a new random secret, and the config lines for it")
@@ -65,8 +82,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+NO_TOKEN = "no token: pass --token or set PICTL_TOKEN"
+
+
+def _link_problem(args: argparse.Namespace) -> str | None:
+    """What stops a client command before it connects, in words for a person (None: nothing)."""
+    if not args.token and getattr(args, "method", None) != "session.auth":
+        return NO_TOKEN
+    if args.cafile and not os.path.isfile(args.cafile):
+        return f"--cafile {args.cafile}: no such file"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # `pictl watch | head -3`: the reader left, which is how such a pipe ends
+        # Point stdout at /dev/null so the interpreter's last flush does not fail (and print) again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "serve":
@@ -79,31 +117,37 @@ def main(argv: list[str] | None = None) -> int:
         return status(args)
     if args.command == "token":
         return token(args)
+    if args.command == "aggregate":
+        return aggregate(args)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
 
 
 def check_config(path: str) -> int:
+    from controller.security.secrets import SecretHash, slow_tokens_warning
     from controller.service import configfile
 
     try:
-        configfile.load(path)
+        loaded = configfile.load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
+    warning = slow_tokens_warning([t.name for t in loaded.tokens if isinstance(t.verifier, SecretHash)])
+    if warning:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"{path}: ok")
     return EXIT_OK
 
 
 def token(args: argparse.Namespace) -> int:
-    from controller.security.secrets import MIN_SECRET_LENGTH, generate_secret, hash_secret
+    from controller.security.secrets import MIN_SECRET_LENGTH, digest_secret, generate_secret
 
     if args.token_command == "hash":
         secret = sys.stdin.readline().strip()
         if len(secret) < MIN_SECRET_LENGTH:
             print(f"pictl token hash: the secret must be at least {MIN_SECRET_LENGTH} characters", file=sys.stderr)
             return EXIT_USAGE
-        print(hash_secret(secret))
+        print(digest_secret(secret))
         return EXIT_OK
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
         print("pictl token create: NAME must be 1-64 of letters, digits, '.', '_', '-'", file=sys.stderr)
@@ -117,7 +161,7 @@ def token(args: argparse.Namespace) -> int:
             f.write(secret + "\n")
         print(f'secret_file = "{os.path.abspath(args.secret_file)}"')
     else:
-        print(f'hash = "{hash_secret(secret)}"')
+        print(f'hash = "{digest_secret(secret)}"')
         print(f"# the secret (shown once, give it to the client): {secret}", file=sys.stderr)
     return EXIT_OK
 
@@ -126,7 +170,9 @@ def serve(args: argparse.Namespace) -> int:
     from controller.service import configfile
     from controller.service.daemon import Daemon
     from controller.service.supervision import serve_until_signalled
+    from controller.settings.mqtt import MqttUnusable
     from controller.settings.sections import parse_listen
+    from controller.settings.wamp import MissingExtra
     from drivers.gpio import GpioUnavailable
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -150,15 +196,70 @@ def serve(args: argparse.Namespace) -> int:
     daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port)
     try:
         asyncio.run(serve_until_signalled(daemon))
-    except GpioUnavailable as exc:
+    except (GpioUnavailable, MqttUnusable) as exc:
         logging.getLogger("pictl").error("%s", exc)
         return 1
     except ssl.SSLError as exc:
         logging.getLogger("pictl").error("TLS certificate or key unusable: %s", exc.reason or exc)
         return 1
+    except MissingExtra as exc:
+        logging.getLogger("pictl").error("%s", exc)
+        return 1
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen on %s:%s: %s", daemon.host, daemon.port,
                                          exc.strerror or exc)
+        return 1
+    return EXIT_OK
+
+
+def aggregate(args: argparse.Namespace) -> int:
+    from controller.service import configfile
+    from controller.settings.sections import parse_listen
+    from controller.settings.wamp import check_url, read_ticket
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    if (why := check_url(args.wamp)) is not None:
+        print(f"pictl aggregate: --wamp: {why}", file=sys.stderr)
+        return EXIT_USAGE
+    ticket = None
+    if (args.authid is None) != (args.ticket_file is None):
+        print("pictl aggregate: --authid and --ticket-file go together (WAMP-Ticket)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ticket_file:
+        try:
+            ticket = read_ticket(args.ticket_file)
+        except ValueError as exc:
+            print(f"pictl aggregate: --ticket-file: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    cfg = None
+    if args.config:
+        try:
+            cfg = configfile.load(args.config, devices_required=False)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return EXIT_USAGE
+    elif args.listen:
+        print("pictl aggregate: the panel needs tokens: --config FILE (its [auth] tables)", file=sys.stderr)
+        return EXIT_USAGE
+    host = port = None
+    if args.listen:
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"pictl aggregate: --listen: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        from controller.doors import aggregate as fleet
+    except ImportError as exc:
+        print(f"pictl aggregate needs the wamp extra: pip install 'pictl[wamp]' ({exc})", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket))
+    except OSError as exc:
+        logging.getLogger("pictl").error("cannot listen: %s", exc.strerror or exc)
         return 1
     return EXIT_OK
 
@@ -196,19 +297,36 @@ def _rpc_error(err: Any) -> int:
     return EXIT_RPC_ERROR
 
 
+def _refuse(args: argparse.Namespace) -> bool:
+    """Say what stops a client command before it connects (then exit 2)."""
+    problem = _link_problem(args)
+    if problem:
+        print(f"pictl {args.command}: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def call(args: argparse.Namespace) -> int:
     try:
         params = parse_params(args.params)
     except ValueError as exc:
         print(f"pictl call: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_call(args.url, args.token, args.method, params, args.wait))
+    if _refuse(args):
+        return EXIT_USAGE
+    return asyncio.run(_call(args, params))
 
 
-async def _call(url: str, token: str | None, method: str, params: dict[str, Any] | None, wait: float | None) -> int:
-    from controller.client import Client, ClientError, ReplyTimeout, RpcError
+def _client(args: argparse.Namespace, **options: Any) -> Any:
+    from controller.client import Client
 
-    client = Client(url, token, reconnect=True)
+    return Client(args.url, args.token, cafile=args.cafile, **options)
+
+
+async def _call(args: argparse.Namespace, params: dict[str, Any] | None) -> int:
+    from controller.client import ClientError, ReplyTimeout, RpcError
+
+    url, method, wait = args.url, args.method, args.wait
+    client = _client(args, reconnect=True)
     try:
         await client.connect()
         result = await client.call(method, params, wait=wait)
@@ -227,8 +345,10 @@ async def _call(url: str, token: str | None, method: str, params: dict[str, Any]
 
 
 def watch(args: argparse.Namespace) -> int:
+    if _refuse(args):
+        return EXIT_USAGE
     try:
-        return asyncio.run(_watch(args.url, args.token, args.patterns or ["*"], args.pretty, args.count))
+        return asyncio.run(_watch(args, args.patterns or ["*"], args.pretty, args.count))
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -248,13 +368,14 @@ def _short_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-async def _watch(url: str, token: str | None, patterns: list[str], pretty: bool, count: int | None) -> int:
-    from controller.client import Client, ClientError, RpcError
+async def _watch(args: argparse.Namespace, patterns: list[str], pretty: bool, count: int | None) -> int:
+    from controller.client import ClientError, RpcError
 
     def link(up: bool, why: str) -> None:
         print(f"pictl watch: {why}" + ("" if up else "; reconnecting"), file=sys.stderr, flush=True)
 
-    client = Client(url, token, reconnect=True, on_link=link)
+    url = args.url
+    client = _client(args, reconnect=True, on_link=link)
     seen = 0
     try:
         await client.connect()
@@ -326,15 +447,17 @@ def status_table(status: dict[str, Any], now: float) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    return asyncio.run(_status(args.url, args.token, args.json))
+    if _refuse(args):
+        return EXIT_USAGE
+    return asyncio.run(_status(args, args.json))
 
 
-async def _status(url: str, token: str | None, as_json: bool) -> int:
+async def _status(args: argparse.Namespace, as_json: bool) -> int:
     import time
 
-    from controller.client import Client, ClientError, RpcError
+    from controller.client import ClientError, RpcError
 
-    client = Client(url, token, reconnect=False)
+    client = _client(args, reconnect=False)
     try:
         await client.connect()
         result = await client.status()

@@ -7,9 +7,10 @@ from controller.settings import load as settings
 from controller.settings.load import Config
 
 
-def load(path: str) -> Config:
-    """Read and validate *path*; raises :class:`controller.settings.reader.ConfigError`."""
-    return settings.load(path, kinds=REGISTRY)
+def load(path: str, *, devices_required: bool = True) -> Config:
+    """Read and validate *path*; raises :class:`controller.settings.reader.ConfigError`.
+    *devices_required* False: a config without devices (the fleet aggregator's)."""
+    return settings.load(path, kinds=REGISTRY, devices_required=devices_required)
 
 
 def loads(raw: bytes | str, path: str = "<config>") -> Config:

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.devices import registry as kinds
 from controller.devices.base import Device
@@ -17,16 +17,22 @@ from controller.rpc.events import EventBus
 from controller.rpc.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
 from controller.security.audit import AuditTrail
 from controller.security.auth import Authenticator, Session
+from controller.security.secrets import slow_tokens_warning
 from controller.service import configfile
 from controller.service.reload import ReloadPlan, plan_reload
 from controller.service.simulation import simulate, start_plant
 from controller.settings.devices import DeviceConfig
 from controller.settings.load import Config
 from controller.settings.reader import ConfigError
+from controller.settings.wamp import MissingExtra
 from drivers.base import Bus
 from drivers.gpio import GpioBus, load_pin_factory
 from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
+
+if TYPE_CHECKING:  # imported at run time only when [mqtt] / [wamp] is configured (aiomqtt, autobahn)
+    from controller.doors.mqtt import MqttBridge
+    from controller.doors.wamp import WampBridge
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +63,11 @@ class Daemon:
         self.devices: dict[str, Device] = {}
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
+        self.mqtt: MqttBridge | None = None  # the MQTT bridge, only when [mqtt] is configured
         self.events = EventBus()  # replaced with the configured ones by start()
         self.metrics = Metrics()
         self.audit = AuditTrail(None)
+        self.wamp: WampBridge | None = None  # the WAMP bridge, only when [wamp] is configured
 
     @property
     def url(self) -> str:
@@ -92,8 +100,19 @@ class Daemon:
                 auth_timeout=self.config.server.auth_timeout,
                 max_connections=self.config.server.max_connections,
                 max_connections_per_address=self.config.server.max_connections_per_address,
+                trusted_proxies=self.config.server.trusted_proxies,
+                allowed_hosts=self.config.server.allowed_hosts,
             )
+            self._warn_slow_tokens()
             await self.server.start()
+            if self.config.mqtt is not None:
+                from controller.doors.mqtt import MqttBridge  # aiomqtt: only when configured
+
+                self.mqtt = MqttBridge(self.config.mqtt, self.dispatcher,
+                                       max_payload=self.config.server.max_frame_bytes)
+                await self.mqtt.start()
+            if self.config.wamp is not None:
+                self._start_wamp()
         except BaseException:
             await self.stop()
             raise
@@ -102,6 +121,16 @@ class Daemon:
             log.info("device %s (%s): %s%s", name, device.kind, state.get("state", state),
                      "" if device.online else " (offline)")
         log.info("pictl serving %s%s", self.url, " on the simulated plant" if self.simulate else "")
+
+    def _start_wamp(self) -> None:
+        """Join the WAMP router in the background (autobahn only now: the optional extra)."""
+        assert self.config.wamp is not None and self.dispatcher is not None
+        try:
+            from controller.doors.wamp import WampBridge
+        except ImportError as exc:
+            raise MissingExtra(f"[wamp] needs the wamp extra: pip install 'pictl[wamp]' ({exc})") from None
+        self.wamp = WampBridge(self.config.wamp, self.dispatcher, roles=self.config.roles)
+        self.wamp.start()
 
     def _open_live_state(self) -> None:
         """The event bus, the metrics registry and the audit trail, before any device exists."""
@@ -179,8 +208,15 @@ class Daemon:
         if self.server is not None and self.dispatcher is not None:
             self.server.stop_accepting()
             self.dispatcher.draining = True
-            if not await self.server.drain(self.drain_deadline()):
+            deadline = self.drain_deadline()
+            drained = await asyncio.gather(self.server.drain(deadline),
+                                           *([self.wamp.drain(deadline)] if self.wamp is not None else []))
+            if not all(drained):
                 log.warning("some actions did not finish before shutdown")
+        if self.mqtt is not None:
+            await self.mqtt.close(self.drain_deadline())
+        if self.wamp is not None:
+            await self.wamp.stop()
         for device in self.devices.values():
             try:
                 device.close()
@@ -196,7 +232,9 @@ class Daemon:
             await self.plant.aclose()
         if self.server is not None:
             await self.server.close()
-        self.audit.close()
+        if self.dispatcher is not None:
+            self.dispatcher.auth.close()
+        await self.audit.aclose()  # writes what is queued: off the loop
         log.info("pictl stopped; outputs at their safe levels")
 
     # -- health, for the service manager ----------------------------------------------------
@@ -224,8 +262,8 @@ class Daemon:
     async def reload(self) -> ReloadPlan | None:
         """Re-read the config file and apply it. An invalid file changes nothing: each problem
         is logged on its own line and None is returned."""
-        try:
-            new = configfile.load(self.config.path)
+        try:  # off the loop: it reads secret files and parses a whole document
+            new = await asyncio.to_thread(configfile.load, self.config.path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, still running the previous config: %s", problem)
@@ -250,13 +288,25 @@ class Daemon:
         if self.dispatcher is not None:
             if plan.access_changed:
                 self.dispatcher.auth.update(new.tokens, new.roles)
+                self._warn_slow_tokens()
                 await self._close_revoked_sessions(new)
             self.dispatcher.max_batch = new.server.max_batch
+        if self.wamp is not None and (plan.access_changed or plan.touches_devices):
+            await self.wamp.refresh(new.roles)  # register what the role may now call; withdraw the rest
         if self.server is not None:
             self.server.set_allowed_origins(new.server.allowed_origins)
+            self.server.set_front(new.server.trusted_proxies, new.server.allowed_hosts)
         self.config = in_force
+        if self.mqtt is not None:
+            self.mqtt.config_applied()
         log.info("config reloaded from %s: %s", new.path, plan.summary())
         return plan
+
+    def _warn_slow_tokens(self) -> None:
+        if self.dispatcher is not None:
+            warning = slow_tokens_warning(self.dispatcher.auth.slow_tokens)
+            if warning:
+                log.warning("%s", warning)
 
     async def _close_own_buses(self, device: Device) -> None:
         """A bus that only this device used (a serial sensor's port) goes with it: thread, port and all."""

@@ -29,7 +29,7 @@ from controller.settings.sections import ServerConfig
 # Config fields the reload applies itself; every other field is a restart-only bus setting.
 APPLIED_FIELDS = frozenset({"path", "devices", "roles", "tokens", "server"})
 # [server] settings that apply to the running listener and to calls from now on.
-LIVE_SERVER_FIELDS = frozenset({"allowed_origins", "max_batch"})
+LIVE_SERVER_FIELDS = frozenset({"allowed_origins", "max_batch", "trusted_proxies", "allowed_hosts"})
 # How server fields are named in the config file, for log lines.
 SERVER_KEYS = {"host": "server.listen", "port": "server.listen", "max_frame_bytes": "server.max_frame_bytes",
                "allowed_origins": "server.allowed_origins", "max_batch": "server.max_batch"}
@@ -65,7 +65,11 @@ class ReloadPlan:
 
 
 def _differing_keys(field: str, old: Any, new: Any) -> list[str]:
-    """``field`` or, for a table of named things, ``field.NAME`` for each entry that differs."""
+    """``field`` or, for a table of named things, ``field.NAME`` for each entry that differs
+    (shared bus links are named as in the file: ``modbus.plant``)."""
+    if field == "bus_links":
+        return [key for kind in sorted(set(old) | set(new))
+                for key in _differing_keys(kind, old.get(kind, {}), new.get(kind, {}))]
     if isinstance(old, dict) and isinstance(new, dict):
         return [f"{field}.{key}" for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     return [field]

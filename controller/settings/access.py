@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
 from controller.security.policy import LockoutConfig, Role, Token
-from controller.security.secrets import MIN_SECRET_LENGTH, SecretHash, hash_secret, parse_hash
+from controller.security.secrets import MIN_SECRET_LENGTH, Verifier, digest_secret, parse_hash
 from controller.settings.reader import Table
 
 _TOKEN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -50,7 +49,7 @@ def read_auth(t: Table | None) -> tuple[dict[str, Role], tuple[Token, ...], Lock
     return roles, tuple(tokens), lockout
 
 
-def _read_verifier(tt: Table) -> SecretHash | None:
+def _read_verifier(tt: Table) -> Verifier | None:
     """A token's secret: ``hash`` (from ``pictl token hash``) or ``secret_file``, never the secret."""
     if tt.has("secret"):
         tt.string("secret")
@@ -89,6 +88,4 @@ def _read_verifier(tt: Table) -> SecretHash | None:
     if len(secret) < MIN_SECRET_LENGTH:
         tt.problem("secret_file", f"the secret in {path} is shorter than {MIN_SECRET_LENGTH} characters")
         return None
-    # A salt derived from the path keeps the in-memory hash equal across reloads of an unchanged
-    # file, so a reload does not mistake it for a new token (and close its sessions).
-    return hash_secret(secret, salt=hashlib.sha256(path.encode()).digest()[:16])
+    return digest_secret(secret)  # equal across reloads of an unchanged file: its sessions stay

@@ -11,6 +11,7 @@ drivers, :data:`drivers.registry.LINK_DRIVERS`) and [devices.NAME]
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import tomli
 from controller.security.policy import LockoutConfig, Role, Token
 from controller.settings.access import read_auth
 from controller.settings.devices import DeviceConfig, KindReader, Loader, read_devices
+from controller.settings.mqtt import MqttConfig, read_mqtt
 from controller.settings.reader import ConfigError, Document, Problem, Table
 from controller.settings.sections import (
     AuditConfig,
@@ -29,6 +31,7 @@ from controller.settings.sections import (
     read_live,
     read_server,
 )
+from controller.settings.wamp import WampConfig, read_wamp
 from drivers.registry import LINK_DRIVERS
 
 GPIO_FACTORIES = ("auto", "lgpio", "rpigpio", "pigpio", "native")
@@ -50,6 +53,8 @@ class Config:
                                                                    fsync=False))
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     bus_links: dict[str, dict[str, Any]] = field(default_factory=dict)  # bus kind -> link name -> link config
+    mqtt: MqttConfig | None = None  # the MQTT bridge; None: not configured
+    wamp: WampConfig | None = None  # this daemon as a node on a WAMP router, when configured
 
     def links(self, kind: str) -> dict[str, Any]:
         """The shared links of one bus kind (``[modbus.NAME]``), by name."""
@@ -65,17 +70,20 @@ class Config:
                                    devices=dict(devices))
 
 
-def load(path: str, *, kinds: Mapping[str, KindReader]) -> Config:
-    """Read and validate *path*; raises :class:`ConfigError` listing every problem."""
+def load(path: str, *, kinds: Mapping[str, KindReader], devices_required: bool = True) -> Config:
+    """Read and validate *path*; raises :class:`ConfigError` listing every problem.
+
+    *devices_required* False admits a config without devices (the fleet aggregator's: tokens only)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
         raise ConfigError([Problem(path, None, f"cannot read: {exc.strerror or exc}")]) from None
-    return loads(raw, path, kinds=kinds)
+    return loads(raw, path, kinds=kinds, devices_required=devices_required)
 
 
-def loads(raw: bytes | str, path: str = "<config>", *, kinds: Mapping[str, KindReader]) -> Config:
+def loads(raw: bytes | str, path: str = "<config>", *, kinds: Mapping[str, KindReader],
+          devices_required: bool = True) -> Config:
     """Validate TOML text; raises :class:`ConfigError` listing every problem."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -87,13 +95,14 @@ def loads(raw: bytes | str, path: str = "<config>", *, kinds: Mapping[str, KindR
         message = exc.msg if hasattr(exc, "msg") else str(exc)
         raise ConfigError([Problem(path, getattr(exc, "lineno", None), f"TOML syntax: {message}")]) from None
     doc = Document(path, text)
-    config = _read(doc, data, kinds)
+    config = _read(doc, data, kinds, devices_required)
     if doc.problems or config is None:
         raise ConfigError(doc.problems)
     return config
 
 
-def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader]) -> Config | None:
+def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader],
+          devices_required: bool = True) -> Config | None:
     root = Table(doc, (), data)
     links: dict[str, dict[str, Any]] = {}
     for kind, driver in LINK_DRIVERS.items():
@@ -113,14 +122,17 @@ def _read(doc: Document, data: dict[str, Any], kinds: Mapping[str, KindReader]) 
 
     roles, tokens, lockout = read_auth(root.table("auth"))
     events, metrics, audit = read_live(root, doc, tokens)
+    mqtt = read_mqtt(root.table("mqtt"), frozenset(roles), os.path.dirname(os.path.abspath(doc.file)))
     devices = read_devices(root, loader, kinds)
-    if not devices and not doc.problems:
-        root.problem("devices", "no devices configured")
+    wamp = read_wamp(root.table("wamp"), roles)
     root.finish()
+    if devices_required and not devices and not doc.problems:  # nothing misspelled either: the file has none
+        doc.problems.append(Problem(doc.file, doc.last_line, "devices: no devices configured (add a [devices.NAME] "
+                                    "table)"))
     if server is None:
         return None
     return Config(
         path=doc.file, server=server, gpio_factory=factory or "auto", roles=roles, tokens=tokens, devices=devices,
-        events=events, metrics=metrics, audit=audit, lockout=lockout,
+        events=events, metrics=metrics, audit=audit, lockout=lockout, mqtt=mqtt, wamp=wamp,
         bus_links={kind: found for kind, found in links.items() if found},
     )

@@ -8,6 +8,7 @@ enclosing table's line is used, or no line at all.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Iterable
@@ -46,13 +47,15 @@ def key_lines(text: str) -> dict[Path, int]:
             continue
         if line.startswith("["):
             table = _split_dotted(line[1 : line.find("]")])
-            lines.setdefault(table, number)
+            for end in range(1, len(table) + 1):  # [device.light] also names `device` (a typo's line)
+                lines.setdefault(table[:end], number)
             continue
         match = _KEY_AT_START.match(raw)
         if not match:
             continue
         path = (*table, *_split_dotted(match.group(1)))
-        lines.setdefault(path, number)
+        for end in range(len(table) + 1, len(path) + 1):  # a.b.c = 1 defines a and a.b here too
+            lines.setdefault(path[:end], number)
         rest = raw[match.end() :]
         if rest.lstrip().startswith("{"):
             for inner in _INLINE_KEY.finditer(rest):
@@ -88,6 +91,7 @@ class Document:
     def __init__(self, file: str, text: str) -> None:
         self.file = file  # shown in every problem
         self.lines = key_lines(text)  # where each key was written
+        self.last_line = max(1, len(text.splitlines()))  # for what is missing from the whole file
         self.problems: list[Problem] = []  # everything found so far
 
     def line_of(self, path: Path) -> int | None:
@@ -238,7 +242,8 @@ class Table:
         return out
 
     def finish(self) -> None:
-        """Report every key nobody asked for."""
+        """Report every key nobody asked for, with the known key it most resembles."""
         for key in self.data:
             if key not in self._taken:
-                self.problem(key, "unknown field")
+                close = difflib.get_close_matches(key, sorted(self._taken), n=1, cutoff=0.75)
+                self.problem(key, "unknown field" + (f" (did you mean {close[0]}?)" if close else ""))

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from controller.security.policy import Token
+from controller.settings.front import read_front
 from controller.settings.reader import Document, Table
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
@@ -25,6 +26,9 @@ class ServerConfig:
     max_connections: int = 200  # WebSocket connections in total
     max_connections_per_address: int = 20  # from one client address
     request_key_window: float = 300.0  # seconds a request_key is remembered (at-most-once)
+    # The front door (issues 12, 17): read by controller/settings/front.py.
+    trusted_proxies: tuple[str, ...] = ()  # proxy addresses/networks whose X-Forwarded-For is believed
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides IP literals, localhost, the hostname
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ def read_server(t: Table, doc: Document) -> ServerConfig | None:
         "max_connections": t.integer("max_connections", default=200, low=1, high=100000),
         "max_connections_per_address": t.integer("max_connections_per_address", default=20, low=1, high=100000),
         "request_key_window": t.number("request_key_window", default=300.0, high=86400.0),
+        **read_front(t),
     }
     t.finish()
     try:

@@ -23,6 +23,7 @@
     inflight: new Map(), // request_key -> {device, action, params, started}: resent after a reconnect
     devices: new Map(), // name -> {name, kind, actions, state, online, since, reason, lastUpdate, el}
     seq: null, epoch: null, resyncs: 0, connects: 0, firstTile: false, signature: null,
+    nodes: new Map(), // fleet panel (pictl aggregate): node -> its heading element
   };
 
   // -- small helpers ------------------------------------------------------------------------------
@@ -57,6 +58,11 @@
     toggle: "Switching…" };
   const DONE = { open: "Opened", close: "Closed", on: "Switched on", off: "Switched off", toggle: "Switched" };
   const PROOF = { door: "contact", switch: "feedback", setpoint: "read-back" };
+  // While a command waits for its proof: "Opening, waiting for the contact". A door only ever shows a
+  // position its contact reported; "moving" (commanded, not yet seen) is said here, not as a state.
+  const WAITING_FOR = { door: "the contact" };
+  const waiting = (kind, action) =>
+    `${(PROGRESS[action] || "Working…").replace("…", "")}, waiting for ${WAITING_FOR[kind] || "confirmation"}`;
 
   // -- the link -----------------------------------------------------------------------------------
   function setLink(state, text) {
@@ -171,7 +177,7 @@
     }
     try {
       const described = await rpc("system.describe");
-      build(described.devices || {}, described.methods);
+      build(described.devices || {}, described.methods, described.nodes);
       const params = { topics: ["*"] };
       const resuming = st.seq !== null && st.epoch !== null;
       if (resuming) Object.assign(params, { since_seq: st.seq, epoch: st.epoch });
@@ -225,6 +231,7 @@
     }
     const topic = String(ev.topic || "");
     const data = ev.data || {};
+    if (onFleetEvent(topic, data)) return;
     if (topic === "system.status") {
       const d = st.devices.get(data.device);
       if (!d) return;
@@ -251,7 +258,39 @@
   }
 
   // -- tiles --------------------------------------------------------------------------------------
-  function build(devices, methods) {
+  // -- the fleet (pictl aggregate): devices are "<node>.<device>", grouped under their node -------
+  function onFleetEvent(topic, data) {
+    if (topic === "fleet.node") {
+      showNode(data.node, !!data.online, data.since);
+      return true;
+    }
+    if (topic === "system.describe") { // a node joined or its devices changed: rebuild, then re-read
+      rpc("system.describe").then((d) => {
+        build(d.devices || {}, d.methods, d.nodes);
+        return resync();
+      }).catch(() => {});
+      return true;
+    }
+    return false;
+  }
+
+  function nodeHeading(node) {
+    const head = el("h2", "node-head");
+    head.dataset.node = node;
+    head.append(el("span", "node-name", node), el("span", "node-state"));
+    st.nodes.set(node, head);
+    return head;
+  }
+
+  function showNode(node, online, since) {
+    const head = st.nodes.get(node);
+    if (!head) return;
+    head.dataset.online = String(online);
+    head.querySelector(".node-state").textContent = online ? "online" :
+      `offline${since ? ` since ${clock(since)}` : ""}`;
+  }
+
+  function build(devices, methods, nodes) {
     // Only buttons this token's role may press (system.describe lists the session's methods).
     const allowed = Array.isArray(methods) ? new Set(methods) : null;
     const signature = JSON.stringify([devices, methods || null]);
@@ -260,16 +299,27 @@
     const names = Object.keys(devices);
     const old = st.devices;
     st.devices = new Map();
+    st.nodes = new Map();
     ui.tiles.replaceChildren();
+    let lastNode;
     for (const name of names) {
+      const node = devices[name].node;
+      if (node !== undefined && node !== lastNode) {
+        lastNode = node;
+        ui.tiles.append(nodeHeading(node));
+        showNode(node, !nodes || !nodes[node] || nodes[node].online !== false);
+      }
       const prev = old.get(name);
+      const all = Object.keys(devices[name].actions || {});
       const d = {
         name, kind: devices[name].kind, describe: devices[name],
         actions: Object.fromEntries(Object.entries(devices[name].actions || {})
           .filter(([action]) => !allowed || allowed.has(`${name}.${action}`))),
         state: prev ? prev.state : null, online: prev ? prev.online : true, since: null, reason: null,
-        lastUpdate: prev ? prev.lastUpdate : null, note: null, busy: null,
+        lastUpdate: prev ? prev.lastUpdate : null, note: null, busy: null, observed: prev ? prev.observed : null,
       };
+      // Nothing to press because the role may not: say so rather than show nothing.
+      d.readOnly = all.some((a) => !(a in d.actions)) && !Object.keys(d.actions).some((a) => pressable(d.kind, a));
       d.el = tile(d);
       st.devices.set(name, d);
       ui.tiles.append(d.el.root);
@@ -287,14 +337,15 @@
     root.dataset.device = d.name;
     root.dataset.kind = d.kind;
     const head = el("header");
-    head.append(el("h2", null, title(d.name)), el("span", "kind", d.kind));
+    head.append(el("h2", null, title(d.describe.label || d.name)), el("span", "kind", d.kind));
     const value = el("div", "value");
     const meta = el("div", "meta");
     const offline = el("div", "offline-note");
     const actions = el("div", "actions");
     const inputs = {};
+    if (d.readOnly) actions.append(el("span", "readonly", "read only"));
     for (const [action, spec] of Object.entries(d.actions)) {
-      if (d.kind === "sensor" && action === "read") continue; // readings arrive by themselves
+      if (!pressable(d.kind, action)) continue;
       const group = el("div", "action");
       for (const [param, p] of Object.entries(spec.params || {})) {
         if (!p.required) continue;
@@ -320,10 +371,15 @@
     return { root, value, meta, offline, actions, msg, inputs };
   }
 
+  const pressable = (kind, action) => !(kind === "sensor" && action === "read"); // readings arrive by themselves
+
   function stateText(d) {
     const s = d.state;
     if (!s || typeof s !== "object") return { text: "…", word: "unknown" };
-    if (typeof s.state === "string") return { text: title(s.state) + (s.state === "moving" ? "…" : ""), word: s.state };
+    if (s.state === "moving") { // commanded, not yet observed: keep showing what the contact last said
+      return { text: d.observed ? title(d.observed) : "…", word: d.observed || "unknown" };
+    }
+    if (typeof s.state === "string") return { text: title(s.state), word: s.state };
     if ("value" in s) return { text: fmt(s.value) + (s.unit ? ` ${s.unit}` : ""), word: "value" };
     if (s.values && typeof s.values === "object") {
       const units = s.units || {};
@@ -337,6 +393,8 @@
 
   function render(d) {
     const e = d.el;
+    if (d.state && typeof d.state.state === "string" && d.state.state !== "moving") d.observed = d.state.state;
+    const moving = !!(d.online && d.state && d.state.state === "moving"); // offline: its last word is stale
     const shown = stateText(d);
     if (shown.json !== undefined) {
       const pre = el("pre", "json", shown.json);
@@ -345,12 +403,12 @@
       e.value.textContent = shown.text;
     }
     e.root.dataset.state = shown.word;
+    e.root.dataset.moving = moving ? (d.state.actuator ? "opening" : "closing") : "";
     e.root.dataset.online = String(!!d.online);
     e.root.classList.toggle("offline", !d.online);
     e.root.classList.toggle("busy", !!d.busy);
     e.offline.hidden = !!d.online;
-    e.offline.textContent = d.online ? "" :
-      `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}${d.reason ? ` — ${d.reason}` : ""}`;
+    e.offline.textContent = d.online ? "" : `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}`;
     e.meta.textContent = d.lastUpdate && d.online ? `updated ${clock(d.lastUpdate)} · ${age(d.lastUpdate)}` : "";
     e.meta.hidden = !d.online; // the offline note says since when instead
     const current = d.state && d.state.state;
@@ -362,8 +420,13 @@
       button.textContent = d.busy === action ? (PROGRESS[action] || "Working…") : title(action);
       button.classList.toggle("working", d.busy === action);
     }
-    e.msg.textContent = d.note ? d.note.text : "";
-    e.msg.dataset.kind = d.note ? d.note.kind : "";
+    // Someone (this panel or another client) commanded the door and its contact has not followed yet.
+    // Why a device is offline goes in the message lines (reasons are long: "modbus plant: no reply within 0.5 s").
+    const note = moving && !d.busy ? { kind: "progress", text: waiting(d.kind, d.state.actuator ? "open" : "close") }
+      : d.note || (!d.online && d.reason ? { kind: "warn", text: d.reason[0].toUpperCase() + d.reason.slice(1) } : null);
+    e.msg.textContent = note ? note.text : "";
+    e.msg.title = e.msg.textContent; // at most two lines on the tile (the layout never moves); all of it here
+    e.msg.dataset.kind = note ? note.kind : "";
   }
 
   // -- actions ------------------------------------------------------------------------------------
@@ -382,7 +445,7 @@
     const key = randomKey();
     params.request_key = key;
     d.busy = action;
-    d.note = { kind: "progress", text: `${PROGRESS[action] || "Working…"} waiting for confirmation` };
+    d.note = { kind: "progress", text: waiting(d.kind, action) };
     render(d);
     const entry = { device: d.name, action, params, started: Date.now() };
     st.inflight.set(key, entry);

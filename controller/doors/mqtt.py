@@ -1,0 +1,395 @@
+"""The MQTT front door: a peer of the WebSocket server over the same dispatcher (README, *Home Assistant and MQTT*).
+
+Everything arriving over MQTT runs as one session with the configured ``role``:
+the same role check, rate limit, per-device queue, confirmation and audit as a
+WebSocket call, because it is a JSON-RPC request to the same :class:`Dispatcher`.
+
+- ``PREFIX/NODE/D/set`` (door ``OPEN``/``CLOSE``, switch ``ON``/``OFF``/``TOGGLE``,
+  setpoint a number) runs the action; its outcome goes to ``.../attributes``
+  (retained) and ``.../event``. ``.../state`` is published only from observations
+  (the event bus), so a jammed door never shows ``open``. A retained command (one
+  the broker replays) and a malformed one are logged and never run.
+- ``PREFIX/NODE/rpc``: MQTT 5 request/response. The reply on the request's
+  response topic, with its correlation data, is the WebSocket's reply byte for byte.
+- Every event of the bus is mirrored to ``PREFIX/NODE/events/<topic>``.
+- Home Assistant discovery (see :mod:`controller.doors.mqtt_discovery`) is
+  published on every connect and when Home Assistant says it is back online.
+
+aiomqtt 2.x does not reconnect by itself: :meth:`MqttBridge._run` does, with a
+capped backoff, and republishes availability, discovery and state each time.
+The node's last will marks it offline when the link dies without a goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+
+from controller.settings.mqtt import MqttUnusable
+
+try:
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise MqttUnusable("the [mqtt] section needs the MQTT extra: pip install 'pictl[mqtt]'") from exc
+from prometheus_client import Gauge
+
+from controller import __version__
+from controller.devices.base import Device
+from controller.devices.sensor import Sensor
+from controller.devices.setpoint import Setpoint
+from controller.doors.mqtt_discovery import (
+    OFFLINE,
+    ONLINE,
+    BadCommand,
+    Entity,
+    Topics,
+    command,
+    discovery,
+    outcome,
+    state_payload,
+)
+from controller.rpc.dispatch import NOT_NOW, Dispatcher
+from controller.security.auth import RateBucket, Session
+from controller.security.policy import Token
+from controller.security.secrets import SecretHash
+from controller.settings.mqtt import MqttConfig, read_password
+from controller.wire import jsonrpc
+from controller.wire.errors import InvalidRequest
+from drivers.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
+PENDING_WARNING = 500  # aiomqtt warns past this many unacknowledged publishes (an announce sends ~30)
+GOODBYE_TIMEOUT = 2.0  # at shutdown: how long the final "offline" may take to reach the broker
+NO_SECRET = SecretHash(1, b"", b"")  # the MQTT session's token is no credential: nothing logs in with it
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle + delayed ACK cost ~40 ms per hop (LIBRARIES.md)
+
+
+def entity_of(device: Device) -> Entity:
+    """What Home Assistant discovery needs to know about *device*."""
+    if isinstance(device, Setpoint):
+        cfg = device.cfg
+        return Entity(device.name, device.kind, unit=cfg.unit, minimum=cfg.min, maximum=cfg.max,
+                      step=abs(cfg.output.at.scale) or None)
+    if isinstance(device, Sensor):
+        return Entity(device.name, device.kind, values=tuple((k, v.unit) for k, v in device.source.values.items()))
+    return Entity(device.name, device.kind)
+
+
+def _short(payload: bytes, limit: int = 40) -> str:
+    """A client's payload in a log line: bounded, never raw bytes."""
+    text = payload[:limit].decode("utf-8", "backslashreplace")
+    return repr(text + ("..." if len(payload) > limit else ""))
+
+
+class MqttBridge:
+    """One broker connection that serves the dispatcher's devices over MQTT."""
+
+    def __init__(self, config: MqttConfig, dispatcher: Dispatcher, *, max_payload: int = 65536) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        self.topics = Topics(config.topic_prefix, config.node)
+        self.max_payload = max_payload  # a bigger rpc request is refused, as the WebSocket refuses a frame
+        self.session = self._new_session()
+        self.connected = Gauge("pictl_mqtt_connected", "1 while the MQTT bridge is connected to its broker",
+                               registry=dispatcher.metrics.registry)
+        self.connects = 0  # successful connections so far (the first, then each reconnect)
+        self.ready = asyncio.Event()  # set while connected and announced
+        self._password = read_password(config)  # read once; never logged
+        self._client: aiomqtt.Client | None = None  # while connected
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # publishes and commands in flight
+        self._commands: set[asyncio.Task[None]] = set()  # actions in flight (waited for at shutdown)
+        self._announced: dict[str, set[str]] = {}  # device -> its discovery config topics on the broker
+        self._attributes: dict[str, bytes] = {}  # device -> its last outcome, republished on reconnect
+        self._closing = False
+
+    def _new_session(self) -> Session:
+        role = self.dispatcher.auth.roles[self.config.role]
+        who = f"mqtt:{self.config.node}"
+        session = Session(peer=f"mqtt {self.config.host}:{self.config.port}", address="mqtt",
+                          token=Token(name=who, role=role.name, verifier=NO_SECRET), role=role)
+        if role.rate is not None:
+            session.bucket = RateBucket(role.rate, role.burst or 1)
+        return session
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start connecting (in the background: a broker that is down does not stop the daemon)."""
+        self.dispatcher.events.taps.append(self._on_event)
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt-bridge")
+
+    async def close(self, timeout: float) -> None:
+        """Let commands in flight finish (up to *timeout*), say ``offline``, disconnect."""
+        self._closing = True
+        if self._commands:  # their outcome, and the state it leaves, are still published
+            _done, pending = await asyncio.wait(set(self._commands), timeout=timeout)
+            if pending:
+                log.warning("%d MQTT command(s) did not finish before shutdown", len(pending))
+        with contextlib.suppress(ValueError):
+            self.dispatcher.events.taps.remove(self._on_event)
+        client = self._client
+        if client is not None:
+            try:
+                await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=GOODBYE_TIMEOUT)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                log.info("MQTT: could not say offline before leaving (%s); the last will says it", exc)
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for task in list(self._tasks):
+            task.cancel()
+        self.connected.set(0)
+
+    def config_applied(self) -> None:
+        """After a reload: the role may have changed, devices come and go (a removed one is
+        removed from Home Assistant with an empty retained config)."""
+        if self.config.role in self.dispatcher.auth.roles:
+            self.session = self._new_session()
+        if self._client is not None:
+            self._announce()
+
+    # -- the connection ---------------------------------------------------------------------------
+    def _client_for_attempt(self) -> aiomqtt.Client:
+        """A fresh client per attempt (aiomqtt's is reusable, but a new one starts clean)."""
+        tls = None
+        if self.config.tls:
+            tls = ssl.create_default_context(cafile=self.config.cafile)
+            tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        client = aiomqtt.Client(
+            self.config.host, self.config.port,
+            identifier=f"pictl-{self.config.node}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=True,  # no session state: a command queued while we were away is never replayed
+            username=self.config.username, password=self._password,
+            will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
+            keepalive=self.config.keepalive,
+            timeout=10.0,
+            tls_context=tls,
+            socket_options=[NODELAY],
+            logger=log,
+        )
+        client.pending_calls_threshold = PENDING_WARNING
+        return client
+
+    async def _run(self) -> None:
+        """Connect, serve, and on any loss reconnect after a delay doubling up to backoff_max."""
+        backoff = Backoff(BACKOFF_START, max(BACKOFF_START, self.config.backoff_max), jitter=0.25)
+        where = f"{'mqtts' if self.config.tls else 'mqtt'}://{self.config.host}:{self.config.port}"
+        while True:
+            client = self._client_for_attempt()
+            try:
+                async with client:
+                    self._client = client
+                    self.connected.set(1)
+                    self.connects += 1
+                    log.info("MQTT: connected to %s as node %s", where, self.config.node)
+                    backoff.reset()
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                if self._client is not None:
+                    log.warning("MQTT: lost the broker at %s (%s); reconnecting", where, exc)
+                else:
+                    log.warning("MQTT: cannot reach the broker at %s (%s); retrying in %.1f s", where, exc,
+                                backoff.upcoming)
+            except Exception:  # a bug must not end the bridge for good: log it and connect again
+                log.exception("MQTT: the link to %s failed; reconnecting", where)
+            finally:
+                self._client = None
+                self.ready.clear()
+                self.connected.set(0)
+            await asyncio.sleep(backoff.next())
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        # retainAsPublished: a command published with the retain flag keeps it even live, so it is
+        # recognised and ignored whether the broker replays it now or later.
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        await client.subscribe(self.topics.commands, options=options)
+        await client.subscribe(self.topics.rpc, options=options)
+        if self.config.discovery_prefix:
+            await client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
+        self._announce()
+        self.ready.set()
+        async for message in client.messages:
+            try:
+                self._route(message)
+            except Exception:
+                log.exception("MQTT: handling a message on %s failed", message.topic.value)
+
+    def _publish(self, topic: str, payload: str | bytes, *, retain: bool, qos: int = 1,
+                 properties: Properties | None = None) -> None:
+        """Send without waiting. Tasks start in creation order, so messages leave in call order."""
+        client = self._client
+        if client is None:
+            return  # everything retained is published again on reconnect
+        self._spawn(self._send(client, topic, payload, retain, qos, properties))
+
+    @staticmethod
+    async def _send(client: aiomqtt.Client, topic: str, payload: str | bytes, retain: bool, qos: int,
+                    properties: Properties | None) -> None:
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.debug("MQTT: publish to %s dropped: %s", topic, exc)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- what we publish --------------------------------------------------------------------------
+    def _announce(self) -> None:
+        """Discovery (and removal of what is gone), then each device's availability, state and
+        last outcome, then the node's ``online``: Home Assistant shows fresh values only."""
+        devices = self.dispatcher.devices
+        if self.config.discovery_prefix:
+            announced: dict[str, set[str]] = {}
+            for name, device in devices.items():
+                messages = discovery(self.config.discovery_prefix, self.topics, entity_of(device), __version__)
+                announced[name] = {topic for topic, _ in messages}
+                for topic, payload in messages:
+                    self._publish(topic, orjson.dumps(payload), retain=True)
+            for name, topics in self._announced.items():
+                for topic in sorted(topics - announced.get(name, set())):
+                    self._publish(topic, b"", retain=True)  # Home Assistant deletes the entity
+            gone = set(self._announced) - set(devices)
+            self._announced = announced
+        else:
+            gone = set()
+        for name in sorted(gone):
+            for leaf in ("state", "availability", "attributes"):
+                self._publish(self.topics.device(name, leaf), b"", retain=True)
+            self._attributes.pop(name, None)
+        for name, device in devices.items():
+            self._publish(self.topics.device(name, "availability"), ONLINE if device.online else OFFLINE, retain=True)
+            self._publish(self.topics.device(name, "state"), state_payload(device.kind, device.state()), retain=True)
+            if name in self._attributes:
+                self._publish(self.topics.device(name, "attributes"), self._attributes[name], retain=True)
+        self._publish(self.topics.availability, ONLINE, retain=True)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Every event of the bus: mirrored, and state and availability kept current (retained)."""
+        if self._client is None:
+            return
+        topic = event["topic"]
+        data = event["data"]
+        self._publish(self.topics.event(topic), jsonrpc.dumps_bytes(event), retain=False, qos=0)
+        if topic == "system.status":
+            name = data.get("device")
+            if name in self.dispatcher.devices:
+                self._publish(self.topics.device(name, "availability"), ONLINE if data.get("online") else OFFLINE,
+                              retain=True)
+            return
+        name, _, what = topic.rpartition(".")
+        device = self.dispatcher.devices.get(name)
+        if device is not None and what in ("state", "reading"):
+            self._publish(self.topics.device(name, "state"), state_payload(device.kind, data), retain=True)
+
+    # -- what arrives -----------------------------------------------------------------------------
+    def _route(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+        if topic == self.topics.rpc:
+            self._request(message, payload)
+        elif self.config.discovery_prefix and topic == f"{self.config.discovery_prefix}/status":
+            if payload.strip() == b"online":
+                log.info("MQTT: Home Assistant is online: announcing the devices again")
+                self._announce()
+        else:
+            name = self.topics.commanded_device(topic)
+            if name is not None:
+                self._command(name, payload, message.retain)
+
+    def _command(self, name: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            log.warning("MQTT: ignored a retained command on %s (%s): a command the broker replays never runs; "
+                        "clear it with an empty retained message", self.topics.device(name, "set"), _short(payload))
+            return
+        if self._closing:
+            log.warning("MQTT: ignored a command for %s: shutting down", name)
+            return
+        device = self.dispatcher.devices.get(name)
+        if device is None:
+            log.warning("MQTT: ignored a command for %s: no such device", _short(name.encode()))
+            return
+        try:
+            action, params = command(device.kind, payload)
+        except BadCommand as exc:
+            log.warning("MQTT: ignored a malformed command for %s (%s): %s", name, _short(payload), exc)
+            return
+        task = self._spawn(self._act(name, action, params))
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+
+    async def _act(self, name: str, action: str, params: dict[str, Any]) -> None:
+        """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
+        request = jsonrpc.Request(f"{name}.{action}", params, 0)
+        text = await self.dispatcher.handle_text(self.session, jsonrpc.Message((request,), batch=False))
+        if text is None:  # pragma: no cover - a request with an id always gets a reply
+            return
+        attributes, event = outcome(action, orjson.loads(text))
+        if attributes["error"] is not None:
+            log.warning("MQTT: %s %s failed: %s", name, action, attributes["error"].get("message"))
+        encoded = orjson.dumps(attributes)
+        self._attributes[name] = encoded
+        self._publish(self.topics.device(name, "attributes"), encoded, retain=True)
+        self._publish(self.topics.device(name, "event"), orjson.dumps(event), retain=False)
+
+    def _request(self, message: aiomqtt.Message, payload: bytes) -> None:
+        """A JSON-RPC request or batch on the rpc topic; answered on its response topic, if any."""
+        if message.retain:
+            log.warning("MQTT: ignored a retained request on %s: a replayed request never runs", self.topics.rpc)
+            return
+        properties = message.properties
+        respond = getattr(properties, "ResponseTopic", None) or None
+        correlation = getattr(properties, "CorrelationData", None)
+        if respond is not None and not self._may_answer_on(respond):
+            log.warning("MQTT: refused an rpc request whose response topic is one of pictl's or Home Assistant's, "
+                        "or a wildcard")
+            return
+        if len(payload) > self.max_payload:
+            too_big = InvalidRequest(f"request too large: {len(payload)} > {self.max_payload} bytes")
+            self._reply(respond, correlation, message.qos, jsonrpc.dumps_bytes(jsonrpc.error(None, too_big)))
+            return
+        decoded = jsonrpc.decode(payload, self.dispatcher.max_batch)
+        now = self.dispatcher.answer_now(self.session, decoded)
+        if isinstance(now, bytes):
+            self._reply(respond, correlation, message.qos, now)
+        if now is not NOT_NOW:
+            return
+        self._spawn(self._answer(decoded, respond, correlation, message.qos))
+
+    def _may_answer_on(self, topic: str) -> bool:
+        """A reply never lands on our own topics (a command, a state) or on discovery topics."""
+        ours = [f"{self.topics.base}/"]
+        if self.config.discovery_prefix:
+            ours.append(f"{self.config.discovery_prefix}/")
+        return not ("+" in topic or "#" in topic or any(topic.startswith(prefix) for prefix in ours))
+
+    async def _answer(self, decoded: jsonrpc.Message, respond: str | None, correlation: bytes | None,
+                      qos: int) -> None:
+        text = await self.dispatcher.handle_text(self.session, decoded)
+        if text is not None:
+            self._reply(respond, correlation, qos, text.encode())
+
+    def _reply(self, respond: str | None, correlation: bytes | None, qos: int, reply: bytes) -> None:
+        if respond is None:
+            return  # no response topic: a notification, executed and never answered
+        properties = None
+        if correlation is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation
+        self._publish(respond, reply, retain=False, qos=min(qos, 1), properties=properties)
