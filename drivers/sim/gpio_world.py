@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
+from drivers.sim.recent import Recent
+
 log = logging.getLogger(__name__)
 
 
@@ -26,10 +28,17 @@ class WorldPin(MockPin):
     whose level as an input can be forced by the world (a closed contact holds
     the line whatever the pull resistor says)."""
 
+    states: list[object]  # gpiozero's record of every change (PinState tuples), bounded here
+
     def __init__(self, factory: MockFactory, info: object) -> None:
         self.on_output: Callable[[bool], None] | None = None  # set by a Linkage
         self.forced: bool | None = None  # electrical level the world holds, or None
         super().__init__(factory, info)
+        self.states = Recent(self.states)
+
+    def clear_states(self) -> None:
+        super().clear_states()
+        self.states = Recent(self.states)
 
     def _set_state(self, value: float) -> None:
         super()._set_state(value)

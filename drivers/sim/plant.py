@@ -67,7 +67,7 @@ class SimDevice:
     active: set[str] = field(default_factory=set)  # faults currently injected
 
 
-HISTORY_LENGTH = 4096  # records kept per device and kind (outputs, positions)
+HISTORY_LENGTH = 1000  # records kept per device and kind (outputs, positions): minutes of a busy soak
 
 
 @dataclass
