@@ -151,15 +151,26 @@ class SoakDaemon(Daemon):
         self.reloads: list[tuple[float, float]] = []  # (SIGHUP sent, "config reloaded" seen), monotonic
         self.tracebacks: list[str] = []
         self.errors: list[str] = []  # ERROR lines (a refused reload would be one)
+        self.safety_failures_logged = 0
+        self._safety_line = False  # the line before was one: its traceback follows
         self._reloaded = asyncio.Event()
 
     def _line(self, line: str) -> None:
+        after_safety = self._safety_line
+        self._safety_line = False
         if "config reloaded from" in line:
             self._reloaded.set()
         elif "Traceback" in line:
-            self.tracebacks.append(line.strip())
+            if not after_safety:  # a safety failure's own traceback is part of its report
+                self.tracebacks.append(line.strip())
         elif " ERROR " in line or line.startswith("ERROR"):
-            self.errors.append(line.strip())
+            if line.rstrip().endswith("FAILED"):  # door, switch and setpoint recovery (their log lines)
+                # An output that could not be put back (a Modbus unit gone silent): the daemon
+                # must say so, loudly. Counted, not a broken invariant.
+                self.safety_failures_logged += 1
+                self._safety_line = True
+            else:
+                self.errors.append(line.strip())
 
     async def reload(self) -> None:
         """SIGHUP, and wait for the daemon to say it applied the file."""
@@ -687,6 +698,7 @@ class Soak:
             "duration_s": self.args.duration,
             "clients": self.args.clients,
             "requests": len(self.calls),
+            "safety failures logged by the daemon": self.daemon.safety_failures_logged,
             "actions": outcomes,
             **self.counts,
             "invariants broken": {name: self.violations.counts.get(name, 0) for name in INVARIANTS}
