@@ -122,15 +122,41 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
 
 
-def check_config(path: str) -> int:
-    from controller.security.secrets import SecretHash, slow_tokens_warning
+def _load_config(path: str, **options: Any) -> Any:
+    """The validated config, or None after printing every problem (``FILE:LINE: message``)."""
     from controller.service import configfile
 
     try:
-        loaded = configfile.load(path)
+        return configfile.load(path, **options)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def _log_to_stderr(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def _listen(text: str | None, command: str) -> tuple[str | None, int | None] | None:
+    """``--listen HOST:PORT`` (no option: (None, None)), or None after saying what is wrong."""
+    from controller.settings.sections import parse_listen
+
+    if not text:
+        return None, None
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        print(f"pictl {command}: --listen: {exc}", file=sys.stderr)
+        return None
+
+
+def check_config(path: str) -> int:
+    from controller.security.secrets import SecretHash, slow_tokens_warning
+
+    loaded = _load_config(path)
+    if loaded is None:
         return EXIT_USAGE
     warning = slow_tokens_warning([t.name for t in loaded.tokens if isinstance(t.verifier, SecretHash)])
     if warning:
@@ -167,43 +193,28 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from controller.service import configfile
     from controller.service.daemon import Daemon
     from controller.service.supervision import serve_until_signalled
     from controller.settings.mqtt import MqttUnusable
-    from controller.settings.sections import parse_listen
     from controller.settings.wamp import MissingExtra
     from drivers.gpio import GpioUnavailable
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    _log_to_stderr(args.log_level)
     # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
     faulthandler.enable()
-    try:
-        cfg = configfile.load(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    cfg = _load_config(args.config)
+    listen = _listen(args.listen, "serve")
+    if cfg is None or listen is None:
         return EXIT_USAGE
-    host = port = None
-    if args.listen:
-        try:
-            host, port = parse_listen(args.listen)
-        except ValueError as exc:
-            print(f"pictl: --listen: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    host, port = listen
     daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port)
     try:
         asyncio.run(serve_until_signalled(daemon))
-    except (GpioUnavailable, MqttUnusable) as exc:
+    except (GpioUnavailable, MqttUnusable, MissingExtra) as exc:
         logging.getLogger("pictl").error("%s", exc)
         return 1
     except ssl.SSLError as exc:
         logging.getLogger("pictl").error("TLS certificate or key unusable: %s", exc.reason or exc)
-        return 1
-    except MissingExtra as exc:
-        logging.getLogger("pictl").error("%s", exc)
         return 1
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen on %s:%s: %s", daemon.host, daemon.port,
@@ -213,13 +224,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def aggregate(args: argparse.Namespace) -> int:
-    from controller.service import configfile
-    from controller.settings.sections import parse_listen
     from controller.settings.wamp import check_url, read_ticket
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    _log_to_stderr(args.log_level)
     if (why := check_url(args.wamp)) is not None:
         print(f"pictl aggregate: --wamp: {why}", file=sys.stderr)
         return EXIT_USAGE
@@ -235,22 +242,16 @@ def aggregate(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     cfg = None
     if args.config:
-        try:
-            cfg = configfile.load(args.config, devices_required=False)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
+        cfg = _load_config(args.config, devices_required=False)
+        if cfg is None:
             return EXIT_USAGE
     elif args.listen:
         print("pictl aggregate: the panel needs tokens: --config FILE (its [auth] tables)", file=sys.stderr)
         return EXIT_USAGE
-    host = port = None
-    if args.listen:
-        try:
-            host, port = parse_listen(args.listen)
-        except ValueError as exc:
-            print(f"pictl aggregate: --listen: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    listen = _listen(args.listen, "aggregate")
+    if listen is None:
+        return EXIT_USAGE
+    host, port = listen
     try:
         from controller.doors import aggregate as fleet
     except ImportError as exc:

@@ -18,15 +18,15 @@ from typing import Any, Protocol
 from controller.settings.reader import Document, Table
 from controller.wire.protocol import RESERVED_NAMES
 from drivers.base import Coupling, PointSpec
-from drivers.gpio import GpioInputSpec, GpioOutputSpec
 from drivers.modbus_spec import ModbusPointSpec
 from drivers.registry import POINT_DRIVERS, SpecContext
 from drivers.serial_sensor import SerialSensorSpec, read_sensor
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-OutputSpec = GpioOutputSpec | ModbusPointSpec
-InputSpec = GpioInputSpec | ModbusPointSpec
+# A point's spec on whichever bus reads it (GPIO, Modbus, or any bus in drivers/registry.py).
+OutputSpec = PointSpec
+InputSpec = PointSpec
 
 
 @dataclass(frozen=True)
@@ -82,20 +82,19 @@ class Loader:
         return spec
 
     def output_point(self, parent: Table, key: str, required: bool = True) -> OutputSpec | None:
-        t = parent.table(key, required=required)
-        driver = None if t is None else self._driver(t)
-        if t is None or driver is None:
-            return None
-        spec = POINT_DRIVERS[driver].read_output(t, self.context)
-        return spec if isinstance(spec, (GpioOutputSpec, ModbusPointSpec)) else None
+        return self._point(parent, key, required, output=True)
 
     def input_point(self, parent: Table, key: str, required: bool = True) -> InputSpec | None:
+        return self._point(parent, key, required, output=False)
+
+    def _point(self, parent: Table, key: str, required: bool, *, output: bool) -> PointSpec | None:
+        """The spec of point table *key*, read by the driver its key names (any registered bus)."""
         t = parent.table(key, required=required)
         driver = None if t is None else self._driver(t)
         if t is None or driver is None:
             return None
-        spec = POINT_DRIVERS[driver].read_input(t, self.context)
-        return spec if isinstance(spec, (GpioInputSpec, ModbusPointSpec)) else None
+        reader = POINT_DRIVERS[driver].read_output if output else POINT_DRIVERS[driver].read_input
+        return reader(t, self.context)
 
     def serial_sensor(self, t: Table) -> SerialSensorSpec | None:
         """The serial keys of a sensor device: port, framing, pattern, units, request, stale_after."""

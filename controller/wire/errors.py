@@ -18,7 +18,11 @@ class RpcError(Exception):
     """
 
     code = p.INTERNAL_ERROR
-    name = p.ERROR_NAMES[code]  # used as the metrics "outcome" label
+    name = p.ERROR_NAMES[code]  # used as the metrics "outcome" label; a subclass's follows from its code
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = p.ERROR_NAMES.get(cls.code, cls.name)
 
     def __init__(self, message: str | None = None, **data: Any) -> None:
         super().__init__(message or self.name.replace("_", " "))
@@ -34,49 +38,39 @@ class RpcError(Exception):
 
 class ParseError(RpcError):
     code = p.PARSE_ERROR
-    name = p.ERROR_NAMES[code]
 
 
 class InvalidRequest(RpcError):
     code = p.INVALID_REQUEST
-    name = p.ERROR_NAMES[code]
 
 
 class MethodNotFound(RpcError):
     code = p.METHOD_NOT_FOUND
-    name = p.ERROR_NAMES[code]
 
 
 class InvalidParams(RpcError):
     code = p.INVALID_PARAMS
-    name = p.ERROR_NAMES[code]
 
 
 class InternalError(RpcError):
     code = p.INTERNAL_ERROR
-    name = p.ERROR_NAMES[code]
 
 
 class Unauthorized(RpcError):
     code = p.UNAUTHORIZED
-    name = p.ERROR_NAMES[code]
 
 
 class NotConfirmed(RpcError):
     code = p.NOT_CONFIRMED
-    name = p.ERROR_NAMES[code]
 
 
 class Busy(RpcError):
     code = p.BUSY
-    name = p.ERROR_NAMES[code]
 
 
 class Unavailable(RpcError):
     code = p.UNAVAILABLE
-    name = p.ERROR_NAMES[code]
 
 
 class RateLimited(RpcError):
     code = p.RATE_LIMITED
-    name = p.ERROR_NAMES[code]
