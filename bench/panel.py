@@ -25,7 +25,7 @@ from playwright.async_api import async_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller.doors.static import StaticFiles  # noqa: E402
+from controller.http.static import StaticFiles  # noqa: E402
 
 PICTL = str(Path(sys.executable).parent / "pictl")
 CHROMIUM = "/usr/bin/chromium"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from websockets.asyncio.client import connect  # noqa: E402
 
-from controller.doors.crossbar import CrossbarRouter, free_port  # noqa: E402
+from tests.crossbar import CrossbarRouter, free_port  # noqa: E402
 
 REALM = "realm1"
 
@@ -42,7 +42,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def joined(url: str) -> Any:
     """An autobahn session on the router (the benchmark's caller)."""
-    from controller.doors.wamp import component
+    from controller.bridges.wamp.bridge import component
 
     comp = component(url, REALM)
     ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

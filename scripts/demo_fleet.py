@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller.doors.crossbar import CrossbarRouter, crossbar_executable, free_port  # noqa: E402
+from tests.crossbar import CrossbarRouter, crossbar_executable, free_port  # noqa: E402
 
 REALM = "realm1"
 READY_DEADLINE_S = 60.0

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from controller.doors.crossbar import crossbar_executable
 from tests.conftest import ROOT
+from tests.crossbar import crossbar_executable
 from tests.test_panel import BROWSER_MISSING, CHROMIUM, CHROMIUM_ARGS, Browser, async_playwright, open_panel
 
 MISSING = BROWSER_MISSING or (None if crossbar_executable() is not None else "crossbar is not installed")
@@ -56,7 +56,7 @@ def fleet() -> Iterator[Any]:
 
 
 async def test_one_panel_drives_every_node_and_shows_a_killed_node_as_down(fleet: Any, chromium: Browser) -> None:
-    from controller.doors.wamp import component
+    from controller.bridges.wamp.bridge import component
 
     panel = await open_panel(chromium, fleet.panel_url, viewport={"width": 1600, "height": 1000})
     page = panel.page

@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from controller.doors.http_guard import Front, Guard, Refusal, split_host
-from controller.doors.peer import ForwardingError, TrustedProxies, parse_address
-from controller.doors.refusals import RefusalLog
+from controller.http.guard import Front, Guard, Refusal, split_host
+from controller.http.peer import ForwardingError, TrustedProxies, parse_address
+from controller.http.refusals import RefusalLog
 from controller.rpc.metrics import Metrics
 from controller.security.auth import Authenticator
 from controller.security.policy import LockoutConfig, Role, Token
@@ -327,7 +327,7 @@ async def test_metrics_bearer_failures_count_and_lock_out(tmp_path: Path) -> Non
 # -- refusals are logged without flooding --------------------------------------------------------
 
 async def test_refusals_log_one_line_per_reason_per_window_with_the_count(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="controller.doors.refusals")
+    caplog.set_level(logging.WARNING, logger="controller.http.refusals")
     metrics = Metrics()
     refusals = RefusalLog(metrics.ws_refused, "handshake", window_s=0.2)
     for i in range(50):

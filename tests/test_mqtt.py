@@ -272,7 +272,7 @@ async def test_an_offline_fan_is_unavailable_and_its_command_says_so(daemon: Dae
 
 async def test_retained_and_malformed_commands_never_run(daemon: Daemon, watcher: Watcher,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "controller.doors.mqtt")
+    caplog.set_level(logging.WARNING, "controller.bridges.mqtt.bridge")
     start = watcher.mark()
     await send(watcher.client, f"{NODE}/door/set", "OPEN", retain=True)
     for bad in (b"WIGGLE", b"\xff\xfe", b"OPEN" * 40, b""):
@@ -292,7 +292,7 @@ async def test_retained_and_malformed_commands_never_run(daemon: Daemon, watcher
 
 async def test_a_retained_open_replayed_on_connect_never_opens_the_door(broker: Mosquitto, watcher: Watcher,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "controller.doors.mqtt")
+    caplog.set_level(logging.WARNING, "controller.bridges.mqtt.bridge")
     await send(watcher.client, f"{NODE}/door/set", "OPEN", retain=True)  # left on the broker by someone
     d = await start_daemon(broker.url)
     try:
@@ -425,7 +425,7 @@ async def test_rpc_runs_confirmed_actions_with_the_configured_role(daemon: Daemo
 async def test_rpc_replies_never_land_on_pictl_or_discovery_topics(daemon: Daemon, requester: Requester,
                                                                    watcher: Watcher,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "controller.doors.mqtt")
+    caplog.set_level(logging.WARNING, "controller.bridges.mqtt.bridge")
     start = watcher.mark()
     for target in (f"{NODE}/door/set", "homeassistant/cover/pi01/door/config", "test/+/x"):
         props = Properties(PacketTypes.PUBLISH)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.doors.mqtt_discovery import (
+from controller.bridges.mqtt.discovery import (
     EVENT_TYPES,
     UNKNOWN,
     BadCommand,

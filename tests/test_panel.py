@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from controller.devices.base import Action, Device, Outcome, Param
-from controller.doors.static import PANEL_DIR, StaticFiles
+from controller.http.static import PANEL_DIR, StaticFiles
 from controller.security.policy import Role
 from controller.service.daemon import Daemon
 from controller.settings.devices import DeviceConfig

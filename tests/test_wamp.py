@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.doors.crossbar import CrossbarRouter, crossbar_executable
 from controller.service import configfile
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
 from controller.settings.wamp import WampConfig
 from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, Client, http_get, open_client
+from tests.crossbar import CrossbarRouter, crossbar_executable
 
 MISSING = None if crossbar_executable() is not None else "crossbar is not installed (make crossbar)"
 if MISSING and os.environ.get("CI"):
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 from autobahn.asyncio.wamp import ApplicationSession  # noqa: E402
 from autobahn.wamp.exception import ApplicationError  # noqa: E402
 
-from controller.doors.aggregate import Aggregator, FleetPanel  # noqa: E402
-from controller.doors.wamp import component  # noqa: E402
+from controller.bridges.wamp.bridge import component  # noqa: E402
+from controller.fleet.aggregator import Aggregator, FleetPanel  # noqa: E402
 
 REALM = "realm1"
 TICKET_ID, TICKET = "pi-ticketed", "a-long-enough-ticket-for-the-test"
@@ -272,7 +272,7 @@ async def test_a_node_killed_mid_call_cancels_the_caller_and_the_door_ends_safe(
 
 async def test_a_caller_that_vanishes_mid_call_does_not_cut_the_action_short(
         router: CrossbarRouter, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="controller.doors.wamp")
+    caplog.set_level(logging.INFO, logger="controller.bridges.wamp.bridge")
     audit = tmp_path / "audit.jsonl"
     async with running_node(node_config(router, "n8", extra=f'\n[audit]\nfile = "{audit}"\n')) as node:
         moving = door_moved(node)

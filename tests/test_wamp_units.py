@@ -92,8 +92,8 @@ def test_the_fleet_config_is_a_config_without_devices() -> None:
 def test_every_json_rpc_error_becomes_its_pictl_error_uri_and_back() -> None:
     from autobahn.wamp.exception import ApplicationError
 
-    from controller.doors.aggregate import rpc_error
-    from controller.doors.wamp import application_error
+    from controller.bridges.wamp.bridge import application_error
+    from controller.fleet.aggregator import rpc_error
     from controller.wire import errors
 
     wire = errors.Busy("door is busy with earlier actions", device="door").to_wire()
@@ -115,7 +115,7 @@ def test_every_json_rpc_error_becomes_its_pictl_error_uri_and_back() -> None:
 
 # -- the fleet view's bookkeeping -------------------------------------------------------------------
 def test_the_fleet_view_follows_events_and_asks_for_a_resync_on_a_gap() -> None:
-    from controller.doors.aggregate import FleetView
+    from controller.fleet.aggregator import FleetView
 
     view = FleetView()
     seen: list[tuple[str, str]] = []

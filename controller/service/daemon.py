@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from controller.devices import registry as kinds
 from controller.devices.base import Device
 from controller.devices.wiring import PointBus, Wiring
-from controller.doors.web import Server
+from controller.http.server import Server
 from controller.rpc.dispatch import Dispatcher
 from controller.rpc.events import EventBus
 from controller.rpc.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
@@ -31,8 +31,8 @@ from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
 
 if TYPE_CHECKING:  # imported at run time only when [mqtt] / [wamp] is configured (aiomqtt, autobahn)
-    from controller.doors.mqtt import MqttBridge
-    from controller.doors.wamp import WampBridge
+    from controller.bridges.mqtt.bridge import MqttBridge
+    from controller.bridges.wamp.bridge import WampBridge
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ class Daemon:
     """One running pictl: devices, the plant (when simulated), the listener."""
 
     def __init__(self, config: Config, *, simulate: bool = False, host: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, time_scale: float = 1.0) -> None:
         self.config = config
         self.simulate = simulate
+        self.time_scale = time_scale  # the simulated plant's clock: 0.1 runs its physics ten times faster
         self.host = host or config.server.host
         self.port = config.server.port if port is None else port
         self.plant: Plant | None = None
@@ -106,7 +107,7 @@ class Daemon:
             self._warn_slow_tokens()
             await self.server.start()
             if self.config.mqtt is not None:
-                from controller.doors.mqtt import MqttBridge  # aiomqtt: only when configured
+                from controller.bridges.mqtt.bridge import MqttBridge  # aiomqtt: only when configured
 
                 self.mqtt = MqttBridge(self.config.mqtt, self.dispatcher,
                                        max_payload=self.config.server.max_frame_bytes)
@@ -126,7 +127,7 @@ class Daemon:
         """Join the WAMP router in the background (autobahn only now: the optional extra)."""
         assert self.config.wamp is not None and self.dispatcher is not None
         try:
-            from controller.doors.wamp import WampBridge
+            from controller.bridges.wamp.bridge import WampBridge
         except ImportError as exc:
             raise MissingExtra(f"[wamp] needs the wamp extra: pip install 'pictl[wamp]' ({exc})") from None
         self.wamp = WampBridge(self.config.wamp, self.dispatcher, roles=self.config.roles)
@@ -166,7 +167,7 @@ class Daemon:
         config = self.config
         if self.simulate:
             # The plant's servers and terminals, and the config rewritten to reach them.
-            self.plant, config = await start_plant(self.config, loop)
+            self.plant, config = await start_plant(self.config, loop, time_scale=self.time_scale)
             factory = self.plant.gpio_factory
         else:
             factory = load_pin_factory(self.config.gpio_factory)

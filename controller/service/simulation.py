@@ -39,10 +39,11 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
     return dataclasses.replace(device, **changed) if changed else device  # type: ignore[arg-type]  # spec fields
 
 
-async def start_plant(config: Config, loop: asyncio.AbstractEventLoop) -> tuple[Plant, Config]:
+async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,
+                      time_scale: float = 1.0) -> tuple[Plant, Config]:
     """The whole plant, started and at rest (doors closed, loads off), and *config* rewritten
-    to reach it."""
-    plant = Plant(loop)
+    to reach it. *time_scale* multiplies every simulated duration (tests run the plant faster)."""
+    plant = Plant(loop, time_scale=time_scale)
     try:
         links = {kind: await far.open_links(plant, dict(config.links(kind))) for kind, far in FAR_SIDES.items()}
         devices = {name: await simulate(plant, device) for name, device in config.devices.items()}

@@ -1,5 +1,5 @@
 """``[server] trusted_proxies`` and ``allowed_hosts``: who may speak for clients, which names the
-daemon answers to (used by controller/doors/peer.py and controller/doors/http_guard.py)."""
+daemon answers to (used by controller/http/peer.py and controller/http/guard.py)."""
 
 from __future__ import annotations
 

@@ -87,8 +87,11 @@ class History:
 class Plant:
     """The far side of the buses for a whole configuration."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, time_scale: float = 1.0) -> None:
         self.loop = loop
+        # Every simulated duration (travel, feedback, a sensor's line interval) is multiplied by this:
+        # tests choose 0.1 and wait a tenth as long; the demo runs at 1.0, the timings README gives.
+        self.time_scale = time_scale
         self.gpio_factory = make_factory()  # hand this to the GPIO driver
         self.devices: dict[str, SimDevice] = {}
         self.modbus: dict[str, SimModbusServer] = {}  # link name -> its simulated server
@@ -113,7 +116,8 @@ class Plant:
         """A plugged-in terminal emitting *line()* every *period* s, with an ``unplugged`` fault."""
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="pictl-sim-")
-        sensor = SimSerialSensor(self.loop, os.path.join(self._dir, f"usb-pictl-sim-{device}"), line, period)
+        sensor = SimSerialSensor(self.loop, os.path.join(self._dir, f"usb-pictl-sim-{device}"), line,
+                                 period * self.time_scale)
         sensor.plug()
         self.serial[device] = sensor
         self.add_fault(device, "unplugged", UnplugFault(sensor))
@@ -141,7 +145,7 @@ class Plant:
             energised=energised,
             target=self.gpio_factory.pin(input_pin),
             level_when_on=level_when_on,
-            delay_s=delay_s,
+            delay_s=delay_s * self.time_scale,
         )
         linkage.record = self.recorder(device)
         linkage.place(initially_on)

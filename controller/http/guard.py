@@ -9,7 +9,7 @@ validated values or a :class:`Refusal` to answer with:
   ``Sec-WebSocket-Key``, ``Sec-WebSocket-Version``): 400. A second ``Origin`` is a
   known trick against origin checks; the first one is not "the" origin.
   ``X-Forwarded-For`` may repeat (HAProxy adds its own line), and only counts
-  from a trusted proxy (:mod:`controller.doors.peer`).
+  from a trusted proxy (:mod:`controller.http.peer`).
 - no ``Host``, or one that is not ``name[:port]``: 400.
 - a ``Host`` the daemon does not answer to: 421 on every route. DNS rebinding
   needs a name the attacker controls that resolves to the Pi; the daemon only
@@ -30,7 +30,7 @@ from http import HTTPStatus
 
 from websockets.http11 import Request
 
-from controller.doors.peer import Client, ForwardingError, TrustedProxies
+from controller.http.peer import Client, ForwardingError, TrustedProxies
 from controller.settings.front import HOST_NAME
 
 SINGLETONS = ("Host", "Origin", "Authorization", "Sec-WebSocket-Key", "Sec-WebSocket-Version")

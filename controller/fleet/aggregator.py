@@ -36,8 +36,8 @@ from autobahn.wamp.types import SubscribeOptions
 from prometheus_client import Gauge
 
 from controller import __version__
-from controller.doors.wamp import Link, component
-from controller.doors.web import Server
+from controller.bridges.wamp.bridge import Link, component
+from controller.http.server import Server
 from controller.rpc.dispatch import Dispatcher
 from controller.rpc.events import EventBus
 from controller.rpc.metrics import Metrics

@@ -12,7 +12,7 @@ WebSocket call, because it is a JSON-RPC request to the same :class:`Dispatcher`
 - ``PREFIX/NODE/rpc``: MQTT 5 request/response. The reply on the request's
   response topic, with its correlation data, is the WebSocket's reply byte for byte.
 - Every event of the bus is mirrored to ``PREFIX/NODE/events/<topic>``.
-- Home Assistant discovery (see :mod:`controller.doors.mqtt_discovery`) is
+- Home Assistant discovery (see :mod:`controller.bridges.mqtt.discovery`) is
   published on every connect and when Home Assistant says it is back online.
 
 aiomqtt 2.x does not reconnect by itself: :meth:`MqttBridge._run` does, with a
@@ -44,10 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from prometheus_client import Gauge
 
 from controller import __version__
-from controller.devices.base import Device
-from controller.devices.sensor import Sensor
-from controller.devices.setpoint import Setpoint
-from controller.doors.mqtt_discovery import (
+from controller.bridges.mqtt.discovery import (
     OFFLINE,
     ONLINE,
     BadCommand,
@@ -58,6 +55,9 @@ from controller.doors.mqtt_discovery import (
     outcome,
     state_payload,
 )
+from controller.devices.base import Device
+from controller.devices.sensor import Sensor
+from controller.devices.setpoint import Setpoint
 from controller.rpc.dispatch import NOT_NOW, Dispatcher
 from controller.security.auth import RateBucket, Session
 from controller.security.policy import Token

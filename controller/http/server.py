@@ -1,7 +1,7 @@
 """One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it
-(/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.doors.static`).
+(/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.http.static`).
 
-Every request is first judged by :mod:`controller.doors.http_guard` (duplicated
+Every request is first judged by :mod:`controller.http.guard` (duplicated
 headers 400, unknown ``Host`` 421, malformed ``Authorization`` 401; the client
 address behind a trusted proxy). The handshake is then checked in
 ``process_request`` before any upgrade: the ``Origin`` (403), the lockout (429),
@@ -28,9 +28,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
-from controller.doors.http_guard import Front, Guard, Refusal
-from controller.doors.refusals import RefusalLog
-from controller.doors.static import StaticFiles
+from controller.http.guard import Front, Guard, Refusal
+from controller.http.refusals import RefusalLog
+from controller.http.static import StaticFiles
 from controller.rpc.dispatch import Dispatcher, NotNow, binary_frame_error
 from controller.security.auth import Session
 from controller.wire.jsonrpc import Message, decode
