@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo demo-fleet crossbar test lint check-config bench bench-quick soak scale clean install uninstall
+.PHONY: demo demo-building demo-fleet crossbar test lint check-config bench bench-quick soak scale clean install uninstall
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -25,6 +25,16 @@ demo: $(STAMP)
 	@echo "  stop with Ctrl-C"
 	@echo
 	$(BIN)/pictl serve --config config/demo.toml --simulate
+
+# The rest of the building: a lock, a garage opener, a blind, inputs, a meter, a 1-Wire thermometer.
+demo-building: $(STAMP)
+	@echo
+	@echo "pictl building demo: entrance lock, garage, blind, bell, window, meter, boiler_temp on ws://127.0.0.1:8766/ws"
+	@echo "  try, in another terminal:  $(BIN)/pictl call entrance.unlock --url ws://127.0.0.1:8766/ws --token demo-admin"
+	@echo "  wall panel: http://127.0.0.1:8766/ (token demo-panel)"
+	@echo "  stop with Ctrl-C"
+	@echo
+	$(BIN)/pictl serve --config config/building.toml --simulate
 
 # The fleet: a Crossbar router, three simulated nodes and the aggregator, one wall panel for all.
 demo-fleet: $(STAMP) crossbar
