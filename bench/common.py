@@ -24,9 +24,14 @@ class Daemon:
     """``pictl serve --simulate`` on *config* as a child process; its log is read as it goes and
     each line offered to *on_line*."""
 
-    def __init__(self, config: Path, on_line: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: Path, on_line: Callable[[str], None] | None = None, *,
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None,
+                 listen: str = "127.0.0.1:0") -> None:
         self.config = config
         self.on_line = on_line
+        self.launcher = launcher or [PICTL]  # argv before "serve": the pictl script, or bench/traced.py
+        self.env = env  # added to the environment (PYTHONMALLOC, MALLOC_ARENA_MAX, ...)
+        self.listen = listen
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.ready_s = 0.0  # spawn to the "serving" line
@@ -35,8 +40,8 @@ class Daemon:
     async def start(self) -> float:
         t0 = time.perf_counter()
         self.proc = await asyncio.create_subprocess_exec(
-            PICTL, "serve", "--config", str(self.config), "--simulate", "--listen", "127.0.0.1:0",
-            stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+            *self.launcher, "serve", "--config", str(self.config), "--simulate", "--listen", self.listen,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, **self.env} if self.env else None)
         assert self.proc.stderr is not None
         while True:
             line = (await asyncio.wait_for(self.proc.stderr.readline(), 60)).decode()
