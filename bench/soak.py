@@ -195,11 +195,11 @@ class Soak:
                   file=sys.stderr)
             admin, chaos, collector = [await self.admin() for _ in range(3)]  # one each: a recv() per link
             await self.until_online(admin)
-            fds_before = self.daemon.fds()
             self.started = self.record.started = time.monotonic()
             self.stop_at = self.started + self.args.duration
             if self.bridge:
                 await self.bridge.start(self)
+            fds_before = self.daemon.fds()  # with the bridge's own links open
             clients = [Client(self, i) for i in range(self.args.clients)]
             workers = [asyncio.create_task(c.run()) for c in clients]
             watchers = [asyncio.create_task(self.chaos(chaos)), asyncio.create_task(self.sample()),
@@ -295,7 +295,7 @@ class Soak:
         v = self.violations
         by_key = {e["params"].get("request_key"): e for e in audit
                   if isinstance(e.get("params"), dict) and e["params"].get("request_key")}
-        sent_keys = {c.key for c in self.calls if c.key}
+        sent_keys = {c.key for c in self.calls if c.key} | (self.bridge.request_keys() if self.bridge else set())
         for key, entry in by_key.items():
             if key not in sent_keys:
                 v.add("unaudited", {"audit entry for a call nobody sent": entry})

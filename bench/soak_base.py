@@ -101,6 +101,9 @@ class BridgeHook(Protocol):
     def check(self, audit: list[dict[str, Any]]) -> dict[str, Any]:
         """Its invariants against the plant's record and the audit trail; its counts for the report."""
 
+    def request_keys(self) -> set[str]:
+        """The request_keys of the calls it sent (the audit trail may name them)."""
+
     async def close(self) -> None:
         """Stop everything it started (always called)."""
 

@@ -1,0 +1,349 @@
+"""The MQTT bridge in the chaos soak (``bench/soak.py --bridge mqtt``), and its checks (bench/partition.py
+reuses them).
+
+Starts its own Mosquitto (Debian's, as tests/mosquitto.py does) and gives the daemon an ``[mqtt]``
+table (node ``soak``, keepalive 5 s, reconnect backoff capped at 0.5 s). While the soak's 50
+WebSocket clients run, it
+
+- watches ``pictl/soak/#`` with a client of its own that reconnects at once after a loss (a Home
+  Assistant that is always there), keeping the view a newcomer would get: the node's and every
+  device's availability and state;
+- commands the door, the light and the fan over ``pictl/soak/<device>/set`` (one command at a time
+  per device, each waiting for its outcome);
+- restarts the broker every 8-14 s (killed or terminated in turn, away 0.3-2 s, back on the same
+  port with nothing retained: ``persistence false``).
+
+Invariants (added to the soak's):
+
+- mqtt command without outcome: a command the daemon received (its audit trail has it, under the
+  token ``mqtt:soak``) for which neither an event (``.../event``) nor a new outcome
+  (``.../attributes``, retained, republished on every reconnect) arrived;
+- mqtt command lost: a command sent while the broker and the bridge were steady (outside each
+  restart, from 0.2 s before the broker went until the view converged again) that never reached
+  the daemon. Commands sent inside those windows may be dropped by the broker (the bridge connects
+  with a clean start, by design: a command queued while pictl was away is never replayed later);
+  they are counted, and a dropped command must have moved nothing (the audit has no entry for it);
+- unobserved state: a ``.../state`` the plant never had in the 1.5 s before it arrived (door
+  ``open``/``closed`` and switches ``ON``/``OFF`` against the position; door ``opening``/``closing``
+  against the relay);
+- slow convergence: after each restart, the view a newcomer gets (node online, every device's
+  availability and state) does not equal the daemon's own ``system.status`` within 2 s of the
+  broker being back; at the end, once the plant settled, it must equal it exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import orjson
+from soak_base import PlantRecord, Soaked, Violations, audit_span, rpc
+from websockets.asyncio.client import ClientConnection
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from controller.bridges.mqtt.discovery import state_payload  # noqa: E402
+from tests.mosquitto import Mosquitto  # noqa: E402
+
+NODE = "soak"
+COMMANDS = {"door": [b"OPEN", b"CLOSE"], "light": [b"ON", b"OFF", b"TOGGLE"], "fan": [b"ON", b"OFF", b"TOGGLE"]}
+ACTION = {b"OPEN": "open", b"CLOSE": "close", b"ON": "on", b"OFF": "off", b"TOGGLE": "toggle"}
+KINDS = {"door": "door", "light": "switch", "fan": "switch"}
+CONVERGE_S = 2.0  # the view equals the daemon's within this after a restart
+OUTCOME_DEADLINE_S = 20.0  # a command's outcome: its timeout twice (queue, confirmation) and a reconnect
+STATE_WINDOW_S = 1.5  # a published state was the plant's at some moment this long before it arrived
+# A published state payload -> (the plant record it is checked against, the level it names).
+DOOR_STATES = {"open": ("positions", True), "closed": ("positions", False), "opening": ("outputs", True),
+               "closing": ("outputs", False)}
+SWITCH_STATES = {"ON": ("positions", True), "OFF": ("positions", False)}
+
+
+@dataclass
+class Command:
+    device: str
+    payload: bytes
+    sent: float  # monotonic
+    outcome: dict[str, Any] | None = None  # the event or attributes that ended it
+    outcome_at: float | None = None
+
+
+@dataclass
+class Restart:
+    down: float  # monotonic: the broker stopped
+    up: float = 0.0  # listening again
+    converged: float | None = None  # the view equalled the daemon's
+
+
+@dataclass
+class Seen:
+    at: float
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass
+class Observer:
+    """One MQTT client on ``pictl/<node>/#`` that reconnects at once; keeps every message and the
+    view a newcomer would get."""
+
+    host: str
+    port: int
+    node: str
+    seen: list[Seen] = field(default_factory=list)
+    view: dict[str, bytes] = field(default_factory=dict)  # topic -> last payload (since the last connect)
+    latest: dict[str, bytes] = field(default_factory=dict)  # topic -> last payload ever seen
+    client: aiomqtt.Client | None = None  # while connected
+    connected_at: float = 0.0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        while True:
+            client = aiomqtt.Client(self.host, self.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5)
+            try:
+                async with client:
+                    await client.subscribe(f"pictl/{self.node}/#", qos=1)
+                    self.view.clear()  # what the broker holds now arrives (retained) after this
+                    self.client, self.connected_at = client, time.monotonic()
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        now = time.monotonic()
+                        self.seen.append(Seen(now, message.topic.value, payload, message.retain))
+                        self.view[message.topic.value] = self.latest[message.topic.value] = payload
+                        self.changed.set()
+            except aiomqtt.MqttError:
+                pass
+            finally:
+                self.client = None
+            await asyncio.sleep(0.05)  # the broker is away: try again soon
+
+    def differences(self, status: dict[str, Any]) -> list[str]:
+        """What the view says that the daemon's ``system.status`` does not (empty: converged)."""
+        base = f"pictl/{self.node}"
+        out = []
+        if self.client is None:
+            return ["not connected"]
+        if self.view.get(f"{base}/availability") != b"online":
+            out.append(f"node availability {self.view.get(f'{base}/availability')!r}")
+        for name, device in status["devices"].items():
+            want = b"online" if device["online"] else b"offline"
+            got = self.view.get(f"{base}/{name}/availability")
+            if got != want:
+                out.append(f"{name} availability {got!r}, daemon {want!r}")
+            if name in KINDS:
+                state = state_payload(KINDS[name], device["state"] or {}).encode()
+                got = self.view.get(f"{base}/{name}/state")
+                if got != state:
+                    out.append(f"{name} state {got!r}, daemon {state!r}")
+        return out
+
+
+class MqttHook:
+    name = "mqtt"
+
+    def __init__(self, *, restart_every: tuple[float, float] = (8.0, 14.0), node: str = NODE) -> None:
+        self.restart_every = restart_every
+        self.node = node
+        self.broker: Mosquitto | None = None
+        self.observer: Observer | None = None
+        self.commands: list[Command] = []
+        self.restarts: list[Restart] = []
+        self.counts: dict[str, int] = {"broker restarts": 0, "commands sent": 0, "commands refused by the client "
+                                       "(broker away)": 0}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.soak: Soaked | None = None
+        self.status_link: ClientConnection | None = None
+        self.rng = random.Random(11)
+        self.final_differences: list[str] | None = None
+        self.stopping = False
+        self.restarting = False  # between stopping the broker and measuring the convergence
+
+    # -- the hook ----------------------------------------------------------------------------------
+    async def prepare(self, workdir: Path) -> str:
+        self.broker = Mosquitto(workdir)
+        await self.broker.start()
+        return (f'\n[mqtt]\nurl = "mqtt://127.0.0.1:{self.broker.port}"\nnode = "{self.node}"\nrole = "admin"\n'
+                "keepalive = 5\nbackoff_max = 0.5\n")
+
+    async def start(self, soak: Soaked) -> None:
+        assert self.broker is not None
+        self.soak = soak
+        self.status_link = await soak.admin()
+        self.observer = Observer("127.0.0.1", self.broker.port, self.node)
+        self.tasks = [asyncio.create_task(self.observer.run())]
+        await self.until_converged(time.monotonic(), 30.0, 0.0)  # the bridge has announced everything
+        self.tasks += [asyncio.create_task(self.command(device)) for device in COMMANDS]
+        self.tasks.append(asyncio.create_task(self.chaos()))
+
+    async def finish(self) -> None:
+        self.stopping = True  # commands and a restart under way complete (with their outcome, its convergence)
+        if not self.restarting:
+            self.tasks[-1].cancel()
+        await asyncio.gather(*self.tasks[1:], return_exceptions=True)  # the observer stays
+        at = time.monotonic()
+        got = await self.until_converged(at, 10.0, 0.0)
+        assert self.soak is not None and self.status_link is not None
+        self.final_differences = [] if got is not None else self.observer.differences(
+            await rpc(self.status_link, "system.status")) if self.observer else ["no observer"]
+
+    def check(self, audit: list[dict[str, Any]]) -> dict[str, Any]:
+        assert self.soak is not None
+        return self.check_against(self.soak.violations, self.soak.record, audit)
+
+    def request_keys(self) -> set[str]:
+        return set()  # a command on .../set carries none
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.broker is not None:
+            await self.broker.stop()
+
+    # -- load and chaos ----------------------------------------------------------------------------
+    async def command(self, device: str) -> None:
+        """One command at a time on *device*, each waiting for its outcome (or its deadline)."""
+        assert self.observer is not None
+        topic = f"pictl/{self.node}/{device}/set"
+        base = f"pictl/{self.node}/{device}"
+        rng = random.Random(device)
+        while not self.stopping:
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
+            client = self.observer.client
+            if client is None:
+                self.counts["commands refused by the client (broker away)"] += 1
+                continue
+            payload = rng.choice(COMMANDS[device])
+            last_attributes = self.observer.latest.get(f"{base}/attributes")
+            mark = len(self.observer.seen)
+            cmd = Command(device, payload, time.monotonic())
+            try:
+                await client.publish(topic, payload, qos=1)
+            except aiomqtt.MqttError:
+                self.counts["commands refused by the client (broker away)"] += 1
+                continue
+            self.commands.append(cmd)
+            self.counts["commands sent"] += 1
+            deadline = cmd.sent + OUTCOME_DEADLINE_S
+            while cmd.outcome is None and time.monotonic() < deadline:
+                for seen in self.observer.seen[mark:]:
+                    if seen.topic == f"{base}/event" or (seen.topic == f"{base}/attributes"
+                                                         and seen.payload not in (last_attributes, b"")):
+                        cmd.outcome, cmd.outcome_at = orjson.loads(seen.payload), seen.at
+                        break
+                mark = len(self.observer.seen) if cmd.outcome is None else mark
+                self.observer.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.observer.changed.wait(), 0.5)
+
+    async def chaos(self) -> None:
+        assert self.broker is not None
+        kill = False
+        while True:
+            await asyncio.sleep(self.rng.uniform(*self.restart_every))
+            if self.stopping:
+                return
+            self.restarting = True
+            restart = Restart(time.monotonic())
+            self.restarts.append(restart)
+            await self.broker.stop(kill=kill)
+            kill = not kill
+            await asyncio.sleep(self.rng.uniform(0.3, 2.0))
+            await self.start_broker()
+            restart.up = time.monotonic()
+            self.counts["broker restarts"] += 1
+            restart.converged = await self.until_converged(restart.up, 15.0, restart.down)
+            self.restarting = False
+
+    async def start_broker(self) -> None:
+        assert self.broker is not None
+        for _ in range(50):
+            try:
+                await self.broker.start()
+                return
+            except RuntimeError:  # the port is not free again yet
+                await asyncio.sleep(0.1)
+        raise RuntimeError("mosquitto would not start again")
+
+    async def until_converged(self, since: float, limit: float, reconnected_after: float) -> float | None:
+        """When the observer's view (connected after *reconnected_after*) first equalled the
+        daemon's status (None: not within *limit* of *since*)."""
+        assert self.observer is not None and self.status_link is not None
+        while time.monotonic() < since + limit:
+            before = time.monotonic()
+            fresh = self.observer.client is not None and self.observer.connected_at > reconnected_after
+            if fresh and not self.observer.differences(await rpc(self.status_link, "system.status")):
+                return before
+            await asyncio.sleep(0.05)  # comparing two views the way an operator would: by looking again
+        return None
+
+    # -- invariants --------------------------------------------------------------------------------
+    def check_against(self, v: Violations, record: PlantRecord, audit: list[dict[str, Any]]) -> dict[str, Any]:
+        """The invariants, against *record* (one node's plant) and its *audit* trail."""
+        assert self.observer is not None
+        counts = dict(self.counts)
+        mine = [e for e in audit if e.get("token") == f"mqtt:{self.node}"]
+        spans = {d: sorted((audit_span(e), e) for e in mine if e["method"].startswith(d + "."))
+                 for d in COMMANDS}
+        away = [(r.down - 0.2, (r.converged or r.up + 15.0)) for r in self.restarts]
+        ended = dropped = 0
+        for cmd in self.commands:
+            until = cmd.outcome_at or cmd.sent + OUTCOME_DEADLINE_S
+            audited = [e for (start, end), e in spans[cmd.device] if cmd.sent - 0.01 <= start and end <= until + 0.01
+                       and e["method"] == f"{cmd.device}.{ACTION[cmd.payload]}"]
+            if cmd.outcome is not None:
+                ended += 1
+                if cmd.outcome.get("action") != ACTION[cmd.payload]:
+                    v.add("mqtt outcome for another action", {"sent": cmd.payload, "outcome": cmd.outcome})
+                continue
+            if audited:
+                v.add("mqtt command without outcome", {"device": cmd.device, "payload": cmd.payload,
+                                                       "audit": audited[0]})
+            elif any(a <= cmd.sent <= b for a, b in away):
+                dropped += 1  # the broker or the bridge was away: dropped by design (clean start)
+            else:
+                v.add("mqtt command lost", {"device": cmd.device, "payload": cmd.payload,
+                                            "soak s": round(cmd.sent - record.started, 3)})
+        counts["commands that ended in an event or outcome"] = ended
+        counts["commands dropped while the broker or the bridge was away"] = dropped
+        self.check_states(v, record, counts)
+        late = [round((r.converged - r.up) if r.converged else float("inf"), 3) for r in self.restarts
+                if r.up]
+        for restart, delay in zip([r for r in self.restarts if r.up], late, strict=True):
+            if delay > CONVERGE_S:
+                v.add("slow convergence", {"after the restart at soak s": round(restart.down - record.started, 1),
+                                           "converged after s": delay})
+        counts["convergence after each restart, s"] = late
+        if self.final_differences:
+            v.add("final view differs", self.final_differences)
+        return counts
+
+    def check_states(self, v: Violations, record: PlantRecord, counts: dict[str, int]) -> None:
+        assert self.observer is not None
+        checked = 0
+        for seen in self.observer.seen:
+            head, _, leaf = seen.topic.rpartition("/")
+            device = head.rpartition("/")[2]
+            if leaf != "state" or device not in KINDS or seen.at < record.started:
+                continue
+            shown = (DOOR_STATES if KINDS[device] == "door" else SWITCH_STATES).get(seen.payload.decode())
+            if shown is None:
+                continue  # unknown ("None"): claims nothing
+            checked += 1
+            kind, level = shown
+            if not record.had(device, kind, level, seen.at - STATE_WINDOW_S, seen.at):
+                v.add("unobserved state", {"device": device, "published": seen.payload.decode(),
+                                           "retained": seen.retain, "soak s": round(seen.at - record.started, 3),
+                                           **record.context(device, seen.at, seen.at)})
+        counts["published states checked against the plant"] = checked
+
+
+def bridge() -> MqttHook:
+    return MqttHook()
