@@ -34,8 +34,8 @@ offending record of each):
   reported always).
 
 ``--bridge mqtt`` and ``--bridge wamp`` (bench/soak_mqtt.py, bench/soak_wamp.py; any
-``module:factory`` of a :class:`soak_base.BridgeHook` too) add a bridge: its own broker or router,
-restarted during the run, its own load and its own invariants.
+``module:factory`` of a :class:`soak_base.BridgeHook` too; both at once is what CI runs) add a
+bridge: its own broker or router, restarted during the run, its own load and its own invariants.
 
 Memory: ``--samples FILE`` writes the RSS samples (TSV), ``--chart PNG`` draws them (matplotlib,
 the bench extra); ``--tracemalloc DIR`` runs the daemon under bench/traced.py, which writes the
@@ -150,13 +150,13 @@ def write_config(path: Path, audit: Path, variant: int, extra: str = "") -> None
 # -- the soak ----------------------------------------------------------------------------------------
 
 class Soak:
-    def __init__(self, args: argparse.Namespace, bridge: BridgeHook | None, workdir: Path | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, bridges: list[BridgeHook], workdir: Path | None = None) -> None:
         self.args = args
-        self.bridge = bridge
+        self.bridges = bridges
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="pictl-soak-"))
         self.config = self.workdir / "pictl.toml"
         self.audit = self.workdir / "audit.jsonl"
-        self.extra = ""  # the bridge's config section
+        self.extra = ""  # the bridges' config sections
         launcher = None
         if args.tracemalloc or args.malloc == "trim":
             out = args.tracemalloc or self.workdir / "rss"
@@ -185,10 +185,10 @@ class Soak:
 
     async def run(self) -> int:
         fds_before = fds_after = 0
-        bridge_counts: dict[str, Any] = {}
+        bridge_counts: dict[str, dict[str, Any]] = {}
         try:
-            if self.bridge:
-                self.extra = await self.bridge.prepare(self.workdir)
+            for bridge in self.bridges:
+                self.extra += await bridge.prepare(self.workdir)
             write_config(self.config, self.audit, 0, self.extra)
             ready_s = await self.daemon.start()
             print(f"pictl ready in {ready_s * 1000:.0f} ms at {self.daemon.url}; work dir {self.workdir}",
@@ -197,8 +197,8 @@ class Soak:
             await self.until_online(admin)
             self.started = self.record.started = time.monotonic()
             self.stop_at = self.started + self.args.duration
-            if self.bridge:
-                await self.bridge.start(self)
+            for bridge in self.bridges:
+                await bridge.start(self)
             fds_before = self.daemon.fds()  # with the bridge's own links open
             clients = [Client(self, i) for i in range(self.args.clients)]
             workers = [asyncio.create_task(c.run()) for c in clients]
@@ -214,19 +214,19 @@ class Soak:
             await admin.close()
             admin = await self.admin()  # a fresh link: the idle one may have been closed under load
             await self.settle(admin)
-            if self.bridge:
-                await self.bridge.finish()
+            for bridge in self.bridges:
+                await bridge.finish()
             await self.record.fetch(admin)
             fds_after = await self.fds_settled(fds_before)
             audit = read_audit(self.audit)
             self.check(audit, fds_before, fds_after)
-            if self.bridge:
-                bridge_counts = self.bridge.check(audit)
+            for bridge in self.bridges:
+                bridge_counts[bridge.name] = bridge.check(audit)
         finally:
             for ws in self.admins:
                 await ws.close()
-            if self.bridge:
-                await self.bridge.close()
+            for bridge in self.bridges:
+                await bridge.close()
             await self.daemon.stop()
         return self.report(fds_before, fds_after, bridge_counts)
 
@@ -295,7 +295,7 @@ class Soak:
         v = self.violations
         by_key = {e["params"].get("request_key"): e for e in audit
                   if isinstance(e.get("params"), dict) and e["params"].get("request_key")}
-        sent_keys = {c.key for c in self.calls if c.key} | (self.bridge.request_keys() if self.bridge else set())
+        sent_keys = {c.key for c in self.calls if c.key}.union(*(b.request_keys() for b in self.bridges))
         for key, entry in by_key.items():
             if key not in sent_keys:
                 v.add("unaudited", {"audit entry for a call nobody sent": entry})
@@ -338,7 +338,7 @@ class Soak:
         return slope(points) * 3600 / 1024
 
     # -- report ------------------------------------------------------------------------------------
-    def report(self, fds_before: int, fds_after: int, bridge_counts: dict[str, Any]) -> int:
+    def report(self, fds_before: int, fds_after: int, bridge_counts: dict[str, dict[str, Any]]) -> int:
         actions = [c for c in self.calls if "." in c.method and c.device in (*SAFE, "hall_temp")
                    and not c.method.endswith(".state")]
         outcomes: dict[str, int] = {}
@@ -373,7 +373,7 @@ class Soak:
             "open fds max under load": max((s[2] for s in self.samples), default=None),
             "action overhead ms p50/p99": p50_p99(self.record.overheads),
             "system.ping ms p50/p99 under load": p50_p99(self.pings),
-            **({"bridge": bridge_counts} if bridge_counts else {}),
+            **bridge_counts,
         }
         print(json.dumps(out, indent=2))
         self.write_samples()
@@ -407,7 +407,7 @@ class Soak:
             ax.axvline(self.warmup_s / 60, color="grey", ls="--", lw=1, label="end of warm-up")
             growth = self.rss_growth_mb_h()
             ax.set(xlabel="minutes", ylabel="MiB", title=f"pictl RSS under the chaos soak ({self.args.clients} "
-                   f"clients{', bridge ' + self.args.bridge if self.args.bridge else ''}): "
+                   f"clients{''.join(', ' + b.name for b in self.bridges)}): "
                    f"{'n/a' if growth is None else f'{growth:+.2f}'} MB/hour after warm-up")
             ax.legend(fontsize=8)
             fig.tight_layout()
@@ -426,7 +426,8 @@ def main() -> int:
     ap.add_argument("--max-rss-growth", type=float, default=1.0, help="MB per hour, checked on runs >= 300 s")
     ap.add_argument("--warmup", type=float, help="seconds before RSS growth is fitted (default: 300 on runs of "
                     "10 minutes or more, else a fifth of the run)")
-    ap.add_argument("--bridge", help="mqtt, wamp, or module:factory of a BridgeHook to soak with the daemon")
+    ap.add_argument("--bridge", action="append", default=[],
+                    help="mqtt, wamp, or module:factory of a BridgeHook to soak with the daemon (repeatable)")
     ap.add_argument("--samples", help="write the RSS samples (seconds, KiB, fds) to this TSV file")
     ap.add_argument("--chart", help="draw RSS over time into this PNG (matplotlib: the bench extra)")
     ap.add_argument("--tracemalloc", type=Path, help="run the daemon under bench/traced.py, writing its "
@@ -435,8 +436,7 @@ def main() -> int:
     ap.add_argument("--malloc", choices=sorted(MALLOC), help="run the daemon with another allocator setting")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the chaos schedule as it ran")
     args = ap.parse_args()
-    bridge = load_bridge(args.bridge) if args.bridge else None
-    return asyncio.run(Soak(args, bridge).run())
+    return asyncio.run(Soak(args, [load_bridge(b) for b in args.bridge]).run())
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ class PlantRecord:
     async def fetch(self, ws: ClientConnection) -> None:
         """The plant's record since what we hold (a device being rebuilt by a reload is skipped)."""
         for device, held in self.history.items():
-            since = max((r[-1][0] for r in held.values() if r), default=self.started - 1.0)
+            since = max((r[-1][0] for r in held.values() if r), default=0.0)  # first: the levels at start too
             try:
                 got = await rpc(ws, "sim.timeline", {"device": device, "since": since})
             except RuntimeError:

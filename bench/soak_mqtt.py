@@ -34,7 +34,9 @@ Invariants (added to the soak's):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import logging
 import random
 import sys
 import time
@@ -53,6 +55,8 @@ from controller.bridges.mqtt.discovery import state_payload  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
 
 NODE = "soak"
+QUIET = logging.getLogger("soak.observer")
+QUIET.setLevel(logging.CRITICAL)
 COMMANDS = {"door": [b"OPEN", b"CLOSE"], "light": [b"ON", b"OFF", b"TOGGLE"], "fan": [b"ON", b"OFF", b"TOGGLE"]}
 ACTION = {b"OPEN": "open", b"CLOSE": "close", b"ON": "on", b"OFF": "off", b"TOGGLE": "toggle"}
 KINDS = {"door": "door", "light": "switch", "fan": "switch"}
@@ -106,7 +110,8 @@ class Observer:
 
     async def run(self) -> None:
         while True:
-            client = aiomqtt.Client(self.host, self.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5)
+            client = aiomqtt.Client(self.host, self.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5,
+                                    logger=QUIET)  # the broker going away is the point
             try:
                 async with client:
                     await client.subscribe(f"pictl/{self.node}/#", qos=1)
@@ -148,10 +153,13 @@ class Observer:
 class MqttHook:
     name = "mqtt"
 
-    def __init__(self, *, restart_every: tuple[float, float] = (8.0, 14.0), node: str = NODE) -> None:
-        self.restart_every = restart_every
+    def __init__(self, *, restart_every: tuple[float, float] | None = (8.0, 14.0), node: str = NODE) -> None:
+        self.restart_every = restart_every  # None: no restarts of its own (bench/partition.py cuts links)
         self.node = node
-        self.broker: Mosquitto | None = None
+        self.broker: Mosquitto | None = None  # its own broker (the soak), or None when attached to one
+        self.host, self.port = "127.0.0.1", 0  # where the observer reaches the broker
+        self.away: list[tuple[float, float]] = []  # spans in which the broker or the bridge was unreachable
+        self.hold_until = 0.0  # a command's outcome is waited for at least until then (a link is cut)
         self.observer: Observer | None = None
         self.commands: list[Command] = []
         self.restarts: list[Restart] = []
@@ -169,18 +177,21 @@ class MqttHook:
     async def prepare(self, workdir: Path) -> str:
         self.broker = Mosquitto(workdir)
         await self.broker.start()
-        return (f'\n[mqtt]\nurl = "mqtt://127.0.0.1:{self.broker.port}"\nnode = "{self.node}"\nrole = "admin"\n'
-                "keepalive = 5\nbackoff_max = 0.5\n")
+        self.port = self.broker.port
+        return config_section(f"mqtt://127.0.0.1:{self.broker.port}", self.node)
+
+    def attach(self, host: str, port: int) -> None:
+        """Watch a broker someone else runs (bench/partition.py)."""
+        self.host, self.port = host, port
 
     async def start(self, soak: Soaked) -> None:
-        assert self.broker is not None
         self.soak = soak
         self.status_link = await soak.admin()
-        self.observer = Observer("127.0.0.1", self.broker.port, self.node)
+        self.observer = Observer(self.host, self.port, self.node)
         self.tasks = [asyncio.create_task(self.observer.run())]
         await self.until_converged(time.monotonic(), 30.0, 0.0)  # the bridge has announced everything
         self.tasks += [asyncio.create_task(self.command(device)) for device in COMMANDS]
-        self.tasks.append(asyncio.create_task(self.chaos()))
+        self.tasks.append(asyncio.create_task(self.chaos()))  # the last task (finish() lets a restart end)
 
     async def finish(self) -> None:
         self.stopping = True  # commands and a restart under way complete (with their outcome, its convergence)
@@ -221,7 +232,6 @@ class MqttHook:
                 self.counts["commands refused by the client (broker away)"] += 1
                 continue
             payload = rng.choice(COMMANDS[device])
-            last_attributes = self.observer.latest.get(f"{base}/attributes")
             mark = len(self.observer.seen)
             cmd = Command(device, payload, time.monotonic())
             try:
@@ -232,19 +242,21 @@ class MqttHook:
             self.commands.append(cmd)
             self.counts["commands sent"] += 1
             deadline = cmd.sent + OUTCOME_DEADLINE_S
-            while cmd.outcome is None and time.monotonic() < deadline:
+            while cmd.outcome is None and time.monotonic() < max(deadline, self.hold_until):
                 for seen in self.observer.seen[mark:]:
-                    if seen.topic == f"{base}/event" or (seen.topic == f"{base}/attributes"
-                                                         and seen.payload not in (last_attributes, b"")):
-                        cmd.outcome, cmd.outcome_at = orjson.loads(seen.payload), seen.at
-                        break
+                    if seen.topic in (f"{base}/event", f"{base}/attributes") and seen.payload:
+                        outcome = orjson.loads(seen.payload)
+                        if outcome.get("action") == ACTION[payload]:
+                            cmd.outcome, cmd.outcome_at = outcome, seen.at
+                            break
                 mark = len(self.observer.seen) if cmd.outcome is None else mark
                 self.observer.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.observer.changed.wait(), 0.5)
 
     async def chaos(self) -> None:
-        assert self.broker is not None
+        if self.broker is None or self.restart_every is None:
+            return
         kill = False
         while True:
             await asyncio.sleep(self.rng.uniform(*self.restart_every))
@@ -260,6 +272,7 @@ class MqttHook:
             restart.up = time.monotonic()
             self.counts["broker restarts"] += 1
             restart.converged = await self.until_converged(restart.up, 15.0, restart.down)
+            self.away.append((restart.down - 0.2, restart.converged or restart.up + 15.0))
             self.restarting = False
 
     async def start_broker(self) -> None:
@@ -289,29 +302,33 @@ class MqttHook:
         """The invariants, against *record* (one node's plant) and its *audit* trail."""
         assert self.observer is not None
         counts = dict(self.counts)
-        mine = [e for e in audit if e.get("token") == f"mqtt:{self.node}"]
-        spans = {d: sorted((audit_span(e), e) for e in mine if e["method"].startswith(d + "."))
-                 for d in COMMANDS}
-        away = [(r.down - 0.2, (r.converged or r.up + 15.0)) for r in self.restarts]
-        ended = dropped = 0
-        for cmd in self.commands:
-            until = cmd.outcome_at or cmd.sent + OUTCOME_DEADLINE_S
-            audited = [e for (start, end), e in spans[cmd.device] if cmd.sent - 0.01 <= start and end <= until + 0.01
-                       and e["method"] == f"{cmd.device}.{ACTION[cmd.payload]}"]
-            if cmd.outcome is not None:
-                ended += 1
-                if cmd.outcome.get("action") != ACTION[cmd.payload]:
-                    v.add("mqtt outcome for another action", {"sent": cmd.payload, "outcome": cmd.outcome})
-                continue
-            if audited:
-                v.add("mqtt command without outcome", {"device": cmd.device, "payload": cmd.payload,
-                                                       "audit": audited[0]})
-            elif any(a <= cmd.sent <= b for a, b in away):
+        mine = sorted((audit_span(e), e) for e in audit if e.get("token") == f"mqtt:{self.node}")
+        # Every command the node ran ends in an event or an outcome published after it: the event
+        # (not retained) may be lost with a link, the outcome (retained) is published again on reconnect.
+        ended = {d: sorted(seen.at for seen in self.observer.seen if seen.payload and seen.topic in (
+            f"pictl/{self.node}/{d}/event", f"pictl/{self.node}/{d}/attributes")) for d in COMMANDS}
+        for (_start, end), entry in mine:
+            device = entry["method"].partition(".")[0]
+            after = ended.get(device, [])
+            if bisect.bisect_left(after, end - 0.005) == len(after):
+                v.add("mqtt command without outcome", {"node": self.node, "audit": entry})
+        counts["commands the node ran"] = len(mine)
+        # Every command sent reached the node (the latest unmatched one sent before each audit entry
+        # is its command), unless a link on its way was down.
+        unmatched = sorted(self.commands, key=lambda c: c.sent)
+        for (start, _end), entry in mine:
+            for i in range(len(unmatched) - 1, -1, -1):
+                cmd = unmatched[i]
+                if cmd.sent <= start + 0.01 and entry["method"] == f"{cmd.device}.{ACTION[cmd.payload]}":
+                    del unmatched[i]
+                    break
+        dropped = 0
+        for cmd in unmatched:
+            if any(a <= cmd.sent <= b for a, b in self.away):
                 dropped += 1  # the broker or the bridge was away: dropped by design (clean start)
             else:
-                v.add("mqtt command lost", {"device": cmd.device, "payload": cmd.payload,
-                                            "soak s": round(cmd.sent - record.started, 3)})
-        counts["commands that ended in an event or outcome"] = ended
+                v.add("mqtt command lost", {"node": self.node, "device": cmd.device, "payload": cmd.payload,
+                                            "s into the run": round(cmd.sent - record.started, 3)})
         counts["commands dropped while the broker or the bridge was away"] = dropped
         self.check_states(v, record, counts)
         late = [round((r.converged - r.up) if r.converged else float("inf"), 3) for r in self.restarts
@@ -338,11 +355,19 @@ class MqttHook:
                 continue  # unknown ("None"): claims nothing
             checked += 1
             kind, level = shown
-            if not record.had(device, kind, level, seen.at - STATE_WINDOW_S, seen.at):
+            # A message published while a link was down arrives when it is back: it may be that old.
+            stalled = [a for a, b in self.away if a <= seen.at <= b + 5.0]
+            since = min([seen.at, *stalled]) - STATE_WINDOW_S
+            if not record.had(device, kind, level, since, seen.at):
                 v.add("unobserved state", {"device": device, "published": seen.payload.decode(),
                                            "retained": seen.retain, "soak s": round(seen.at - record.started, 3),
                                            **record.context(device, seen.at, seen.at)})
         counts["published states checked against the plant"] = checked
+
+
+def config_section(url: str, node: str) -> str:
+    """The daemon's [mqtt] table: reconnects within half a second, a dead link noticed in 7.5 s."""
+    return f'\n[mqtt]\nurl = "{url}"\nnode = "{node}"\nrole = "admin"\nkeepalive = 5\nbackoff_max = 0.5\n'
 
 
 def bridge() -> MqttHook:

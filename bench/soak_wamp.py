@@ -42,6 +42,7 @@ from typing import Any
 
 from soak_base import (
     IDS,
+    MONO_TO_WALL,
     SAFE,
     TOKENS,
     Call,
@@ -49,6 +50,7 @@ from soak_base import (
     Soaked,
     Violations,
     rpc,
+    wall,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -143,16 +145,20 @@ def fleet_differences(fleet: dict[str, Any], node_status: dict[str, Any], node: 
 class WampHook:
     name = "wamp"
 
-    def __init__(self, *, restart_every: tuple[float, float] = (12.0, 18.0), callers: int = 3) -> None:
-        self.restart_every = restart_every
+    def __init__(self, *, restart_every: tuple[float, float] | None = (12.0, 18.0), callers: int = 3,
+                 node: str = NODE) -> None:
+        self.restart_every = restart_every  # None: no restarts of its own (bench/partition.py cuts links)
         self.callers = callers
-        self.router: CrossbarRouter | None = None
+        self.node = node
+        self.router: CrossbarRouter | None = None  # its own router (the soak), or None when attached
         self.aggregator: Aggregator | None = None
+        self.owns_aggregator = True
         self.soak: Soaked | None = None
         self.node_link: ClientConnection | None = None
         self.fleet_link: ClientConnection | None = None
         self.calls: list[Call] = []
-        self.states: list[tuple[float, str, str]] = []  # (arrived, device, state) from the fleet's events
+        # From the fleet's events: (arrived, device, state, since: when the node saw it begin), monotonic.
+        self.states: list[tuple[float, str, str, float | None]] = []
         self.restarts: list[Restart] = []
         self.counts: dict[str, int] = {"router restarts": 0}
         self.tasks: list[asyncio.Task[None]] = []
@@ -164,15 +170,19 @@ class WampHook:
     async def prepare(self, workdir: Path) -> str:
         self.router = CrossbarRouter(realm=REALM, workdir=str(workdir / "crossbar"))
         await asyncio.to_thread(self.router.start)
-        return (f'\n[wamp]\nurl = "{self.router.url}"\nrealm = "{REALM}"\nnode = "{NODE}"\nrole = "admin"\n'
-                "max_retry_delay = 1.0\n")
+        return config_section(self.router.url, self.node)
+
+    def attach(self, aggregator: Aggregator) -> None:
+        """Use an aggregator someone else runs (bench/partition.py)."""
+        self.aggregator, self.owns_aggregator = aggregator, False
 
     async def start(self, soak: Soaked) -> None:
-        assert self.router is not None
         self.soak = soak
         self.node_link = await soak.admin()
-        self.aggregator = Aggregator(self.router.url, f"127.0.0.1:{free_port()}")
-        await self.aggregator.start()
+        if self.aggregator is None:
+            assert self.router is not None
+            self.aggregator = Aggregator(self.router.url, f"127.0.0.1:{free_port()}")
+            await self.aggregator.start()
         self.fleet_link = await self.fleet()
         if await self.until_converged(time.monotonic(), 30.0) is None:
             raise RuntimeError("the fleet view never showed the node")
@@ -195,7 +205,7 @@ class WampHook:
         if got is None:
             assert self.fleet_link is not None and self.node_link is not None
             self.final_differences = fleet_differences(await rpc(self.fleet_link, "system.status"),
-                                                       await rpc(self.node_link, "system.status"), NODE)
+                                                       await rpc(self.node_link, "system.status"), self.node)
 
     def check(self, audit: list[dict[str, Any]]) -> dict[str, Any]:
         assert self.soak is not None
@@ -210,7 +220,7 @@ class WampHook:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.fleet_link is not None:
             await self.fleet_link.close()
-        if self.aggregator is not None:
+        if self.aggregator is not None and self.owns_aggregator:
             await self.aggregator.stop()
         if self.router is not None:
             await asyncio.to_thread(self.router.close)
@@ -229,7 +239,7 @@ class WampHook:
                 self.calls.append(call)
                 ident = next(IDS)
                 try:
-                    await ws.send(json.dumps({"jsonrpc": "2.0", "id": ident, "method": f"{NODE}.{device}.{action}",
+                    await ws.send(json.dumps({"jsonrpc": "2.0", "id": ident, "method": f"{self.node}.{device}.{action}",
                                               "params": params}))
                     async with asyncio.timeout(CALL_DEADLINE_S):
                         while True:
@@ -250,21 +260,23 @@ class WampHook:
         """The fleet panel's state events for the node's devices."""
         ws = await self.fleet()
         try:
-            await rpc(ws, "events.subscribe", {"topics": [f"{NODE}.*"]})
+            await rpc(ws, "events.subscribe", {"topics": [f"{self.node}.*"]})
             async for frame in ws:
                 message = json.loads(frame)
                 if message.get("method") != "event":
                     continue
                 topic = message["params"]["topic"]
-                match = re.fullmatch(rf"{NODE}\.(\w+)\.state", topic)
+                match = re.fullmatch(rf"{self.node}\.(\w+)\.state", topic)
                 if match and match.group(1) in SAFE:
-                    self.states.append((time.monotonic(), match.group(1),
-                                        str(message["params"]["data"].get("state"))))
+                    data = message["params"]["data"]
+                    since = wall(data["since"]) - MONO_TO_WALL if isinstance(data.get("since"), str) else None
+                    self.states.append((time.monotonic(), match.group(1), str(data.get("state")), since))
         finally:
             await ws.close()
 
     async def chaos(self) -> None:
-        assert self.router is not None
+        if self.router is None or self.restart_every is None:
+            return
         while True:
             await asyncio.sleep(self.rng.uniform(*self.restart_every))
             if self.stopping:
@@ -286,7 +298,7 @@ class WampHook:
         while time.monotonic() < since + limit:
             before = time.monotonic()
             fleet = await rpc(self.fleet_link, "system.status")
-            if not fleet_differences(fleet, await rpc(self.node_link, "system.status"), NODE):
+            if not fleet_differences(fleet, await rpc(self.node_link, "system.status"), self.node):
                 return before
             await asyncio.sleep(0.05)  # comparing two views the way an operator would: by looking again
         return None
@@ -322,12 +334,15 @@ class WampHook:
             outcomes[label] = outcomes.get(label, 0) + 1
         out["calls through the fleet"] = outcomes
         checked = 0
-        for at, device, state in self.states:
+        for at, device, state, since in self.states:
             shown = SHOWN_STATE.get(state)
             if shown is None or at < record.started:
                 continue
             checked += 1
-            if not record.had(device, shown[0], shown[1], at - STATE_WINDOW_S, at):
+            # The state names when the node saw it begin: the plant had it then (it may arrive much
+            # later, after a link came back). Without that time: shortly before it arrived.
+            start, end = (since - STATE_WINDOW_S, since + 0.05) if since is not None else (at - STATE_WINDOW_S, at)
+            if not record.had(device, shown[0], shown[1], start, end):
                 v.add("unobserved state", {"fleet event": f"{device} {state}",
                                            "soak s": round(at - record.started, 3), **record.context(device, at, at)})
         out["fleet state events checked against the plant"] = checked
@@ -339,9 +354,14 @@ class WampHook:
         out["convergence after each restart, s"] = late
         if self.final_differences:
             v.add("final view differs", self.final_differences)
-        for line in self.aggregator.errors if self.aggregator else []:
+        for line in self.aggregator.errors if self.aggregator and self.owns_aggregator else []:
             v.add("aggregator error logged", line)
         return out
+
+
+def config_section(url: str, node: str) -> str:
+    """The daemon's [wamp] table: rejoins within a second of the router being back."""
+    return f'\n[wamp]\nurl = "{url}"\nrealm = "{REALM}"\nnode = "{node}"\nrole = "admin"\nmax_retry_delay = 1.0\n'
 
 
 def bridge() -> WampHook:

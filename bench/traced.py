@@ -33,7 +33,8 @@ from pathlib import Path
 
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 FILTERS = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-           tracemalloc.Filter(False, "<unknown>")]
+           tracemalloc.Filter(False, "<unknown>"),
+           tracemalloc.Filter(False, __file__, all_frames=True)]  # this thread's own (linecache, snapshots)
 
 
 def rss_kib() -> int:
