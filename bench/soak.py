@@ -38,8 +38,9 @@ offending record of each):
 bridge: its own broker or router, restarted during the run, its own load and its own invariants.
 
 Memory: ``--samples FILE`` writes the RSS samples (TSV), ``--chart PNG`` draws them (matplotlib,
-the bench extra); ``--tracemalloc DIR`` runs the daemon under bench/traced.py, which writes the
-top growers by traceback every ``--trace-every`` seconds; ``--malloc`` runs it with another
+the bench extra); ``--watch DIR`` runs the daemon under bench/traced.py, which writes RSS, Python's
+allocated blocks and the objects by type every ``--trace-every`` seconds (and, with
+``--trace-frames N``, tracemalloc's top growers by traceback); ``--malloc`` runs it with another
 allocator setting (``malloc``: PYTHONMALLOC=malloc; ``arena2``: MALLOC_ARENA_MAX=2; ``trim``:
 malloc_trim after each sample, through bench/traced.py) to tell fragmentation from a leak.
 """
@@ -95,6 +96,7 @@ class SoakDaemon(Daemon):
 
     def __init__(self, config: Path, launcher: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         super().__init__(config, self._line, launcher=launcher, env=env)
+        self.log = config.with_suffix(".log").open("w", buffering=1)  # kept with the config on failure
         self.reloads: list[tuple[float, float]] = []  # (SIGHUP sent, "config reloaded" seen), monotonic
         self.tracebacks: list[str] = []
         self.errors: list[str] = []  # ERROR lines (a refused reload would be one)
@@ -103,6 +105,8 @@ class SoakDaemon(Daemon):
         self._reloaded = asyncio.Event()
 
     def _line(self, line: str) -> None:
+        if "controller.security.audit" not in line:  # the audit has its own file
+            self.log.write(line)
         after_safety = self._safety_line
         self._safety_line = False
         if "config reloaded from" in line:
@@ -158,11 +162,11 @@ class Soak:
         self.audit = self.workdir / "audit.jsonl"
         self.extra = ""  # the bridges' config sections
         launcher = None
-        if args.tracemalloc or args.malloc == "trim":
-            out = args.tracemalloc or self.workdir / "rss"
+        if args.watch or args.malloc == "trim":
+            out = args.watch or self.workdir / "watch"
             launcher = [sys.executable, str(ROOT / "bench" / "traced.py"), "--out", str(out),
                         "--every", str(args.trace_every), "--baseline", str(self.warmup_s),
-                        "--frames", "12" if args.tracemalloc else "0", "--"]
+                        "--frames", str(args.trace_frames), "--"]
         self.daemon = SoakDaemon(self.config, launcher, MALLOC.get(args.malloc or ""))
         self.violations = Violations()
         self.record = PlantRecord(self.violations)
@@ -385,7 +389,7 @@ class Soak:
                 print(f"  {what}: {json.dumps(record, default=str)[:2000]}", file=sys.stderr)
             print(f"config and audit trail kept in {self.workdir}", file=sys.stderr)
             return 1
-        if not self.args.tracemalloc:
+        if not self.args.watch:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return 0
 
@@ -430,9 +434,11 @@ def main() -> int:
                     help="mqtt, wamp, or module:factory of a BridgeHook to soak with the daemon (repeatable)")
     ap.add_argument("--samples", help="write the RSS samples (seconds, KiB, fds) to this TSV file")
     ap.add_argument("--chart", help="draw RSS over time into this PNG (matplotlib: the bench extra)")
-    ap.add_argument("--tracemalloc", type=Path, help="run the daemon under bench/traced.py, writing its "
-                    "top growers by traceback into this directory")
-    ap.add_argument("--trace-every", type=float, default=60.0, help="seconds between tracemalloc snapshots")
+    ap.add_argument("--watch", type=Path, help="run the daemon under bench/traced.py, writing into this directory "
+                    "its RSS, allocated blocks and objects by type (and with --trace-frames, tracemalloc's top "
+                    "growers by traceback) every --trace-every seconds")
+    ap.add_argument("--trace-frames", type=int, default=0, help="tracemalloc traceback depth (0: no tracemalloc)")
+    ap.add_argument("--trace-every", type=float, default=60.0, help="seconds between samples inside the daemon")
     ap.add_argument("--malloc", choices=sorted(MALLOC), help="run the daemon with another allocator setting")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the chaos schedule as it ran")
     args = ap.parse_args()

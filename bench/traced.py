@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -65,7 +66,8 @@ def watch(out: Path, every: float, baseline_after: float, limit: int) -> None:
     previous: tracemalloc.Snapshot | None = None
     trim = os.environ.get("PICTL_TRACE_TRIM") == "1"
     with (out / "rss.tsv").open("w") as tsv:
-        tsv.write("seconds\trss_kib\ttraced_kib\trss_after_trim_kib\n")
+        tsv.write("seconds\trss_kib\ttraced_kib\trss_after_trim_kib\tallocated_blocks\tgc_objects\n")
+    counted: Counter[str] | None = None  # objects by type at the baseline
     for n in range(1_000_000):
         time.sleep(every)
         gc.collect()
@@ -76,10 +78,22 @@ def watch(out: Path, every: float, baseline_after: float, limit: int) -> None:
         if trim:
             malloc_trim()
         elapsed = time.monotonic() - started
+        objects = gc.get_objects()
         with (out / "rss.tsv").open("a") as tsv:
-            tsv.write(f"{elapsed:.0f}\t{rss}\t{traced if tracing else ''}\t{rss_kib() if trim else ''}\n")
-        if snapshot is None:
+            tsv.write(f"{elapsed:.0f}\t{rss}\t{traced if tracing else ''}\t{rss_kib() if trim else ''}\t"
+                      f"{sys.getallocatedblocks()}\t{len(objects)}\n")
+        if snapshot is None:  # no tracing: objects the collector tracks, counted by type
+            now = Counter(type(o).__qualname__ for o in objects)
+            del objects
+            if counted is None and elapsed >= baseline_after:
+                counted = now
+            if counted is not None:
+                grown = sorted(((c - counted.get(k, 0), k, c) for k, c in now.items()), reverse=True)[:limit]
+                (out / f"types-{n:04d}.txt").write_text(f"# {elapsed:.0f} s: objects by type, growth since the "
+                                                        f"baseline\n" + "".join(f"{d:+8d}  {k}  (now {c})\n"
+                                                                                 for d, k, c in grown))
             continue
+        del objects
         if baseline is None and elapsed >= baseline_after:
             baseline = snapshot
         parts = [f"# {elapsed:.0f} s: RSS {rss} KiB, traced {traced} KiB"]

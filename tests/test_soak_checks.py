@@ -23,7 +23,8 @@ from soak_base import MONO_TO_WALL, Call
 @pytest.fixture
 def checker(tmp_path: Path) -> soak.Soak:
     args = argparse.Namespace(duration=60.0, clients=1, max_rss_growth=1.0, warmup=None, bridge=[],
-                              verbose=False, tracemalloc=None, malloc=None, trace_every=60.0)
+                              verbose=False, watch=None, malloc=None, trace_every=60.0,
+                              trace_frames=0)
     s = soak.Soak(args, [], workdir=tmp_path)
     s.started = s.record.started = 100.0
     return s
