@@ -9,9 +9,12 @@ import re
 import resource
 import signal
 import statistics
+import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,3 +116,25 @@ def slope(points: list[tuple[float, float]]) -> float:
     my = sum(y for _, y in points) / n
     sxx = sum((x - mx) ** 2 for x, _ in points)
     return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+
+
+def unpack(rev: str, into: Path) -> Path | None:
+    """The tree at *rev*, from this repository's git history; None when git cannot give it."""
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], check=True,
+                                 capture_output=True, timeout=120).stdout
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(into, filter="data")
+        else:  # our own repository's history: trusted
+            tar.extractall(into)
+    return into
+
+
+def tree_launcher(tree: Path) -> list[str]:
+    """argv that runs the ``pictl`` of an unpacked *tree* (its own CLI module, wherever it lived)."""
+    cli = "controller.service.cli" if (tree / "controller" / "service" / "cli.py").exists() else "controller.cli"
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); from {cli} import main; "
+            "sys.exit(main())"]  # argparse reads sys.argv[1:]: what follows -c's code

@@ -206,9 +206,9 @@ class Soak:
             fds_before = self.daemon.fds()  # with the bridge's own links open
             clients = [Client(self, i) for i in range(self.args.clients)]
             workers = [asyncio.create_task(c.run()) for c in clients]
-            watchers = [asyncio.create_task(self.chaos(chaos)), asyncio.create_task(self.sample()),
-                        asyncio.create_task(self.collect(collector))]
-            results = await asyncio.gather(*workers, return_exceptions=True)
+            chaos_task = asyncio.create_task(self.chaos(chaos))
+            watchers = [asyncio.create_task(self.sample()), asyncio.create_task(self.collect(collector))]
+            results = await asyncio.gather(*workers, chaos_task, return_exceptions=True)
             for r in results:
                 if isinstance(r, BaseException):
                     self.violations.add("client crashed", repr(r))
@@ -253,6 +253,8 @@ class Soak:
         rng = random.Random(7)
         variant = 0
         for step in itertools.count():
+            if time.monotonic() > self.stop_at:
+                return  # between steps: a fault is never left injected, a reload never left half-timed
             await asyncio.sleep(rng.uniform(1.0, 2.0))
             device, fault = FAULTS[step % len(FAULTS)]
             await rpc(admin, "sim.fault", {"device": device, "fault": fault})

@@ -51,7 +51,6 @@ from websockets.asyncio.client import ClientConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from controller.bridges.mqtt.discovery import state_payload  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
 
 NODE = "soak"
@@ -67,6 +66,16 @@ STATE_WINDOW_S = 1.5  # a published state was the plant's at some moment this lo
 DOOR_STATES = {"open": ("positions", True), "closed": ("positions", False), "opening": ("outputs", True),
                "closing": ("outputs", False)}
 SWITCH_STATES = {"ON": ("positions", True), "OFF": ("positions", False)}
+
+
+def state_payload(kind: str, state: dict[str, Any]) -> str:
+    """The retained state payload the contract gives a door's or a switch's state (README, MQTT)."""
+    shown = state.get("state")
+    if kind == "door":
+        if shown == "moving":  # commanded, not yet observed: the actuator says which way
+            return "opening" if state.get("actuator") else "closing"
+        return shown if shown in ("open", "closed") else "None"
+    return {"on": "ON", "off": "OFF"}.get(shown or "", "None")
 
 
 @dataclass

@@ -308,7 +308,7 @@ class HttpServer:
                     if isinstance(answer, Answer):  # answered inline: no task for the common case
                         reply = answer.frame()
                         if reply is not None:
-                            await ws.send(reply, text=True)
+                            await self._reply(ws, reply)
                         continue
                     work: Awaitable[Answer] | None = answer
                 else:
@@ -324,6 +324,10 @@ class HttpServer:
                 guard.cancel()
             ws.session = None  # frames still in flight keep the session for as long as they run
             self._count_open(-1)
+
+    async def _reply(self, ws: ServerConnection, reply: str | bytes) -> None:
+        self.ctx.events.flush(ws)  # events queued for it go first: they happened before the reply
+        await ws.send(reply, text=True)
 
     def _count_open(self, delta: int) -> None:
         self.open_connections += delta
@@ -341,7 +345,7 @@ class HttpServer:
             reply = binary_frame_error() if work is None else (await work).frame()
             if reply is not None:
                 try:
-                    await ws.send(reply, text=True)
+                    await self._reply(ws, reply)
                 except ConnectionClosed:
                     log.info("reply to %s dropped: client disconnected", session.peer)
         except Exception:
