@@ -101,25 +101,20 @@ class SoakDaemon(Daemon):
         self.tracebacks: list[str] = []
         self.errors: list[str] = []  # ERROR lines (a refused reload would be one)
         self.safety_failures_logged = 0
-        self._safety_line = False  # the line before was one: its traceback follows
         self._reloaded = asyncio.Event()
 
     def _line(self, line: str) -> None:
         if "controller.security.audit" not in line:  # the audit has its own file
             self.log.write(line)
-        after_safety = self._safety_line
-        self._safety_line = False
         if "config reloaded from" in line:
             self._reloaded.set()
         elif "Traceback" in line:
-            if not after_safety:  # a safety failure's own traceback is part of its report
-                self.tracebacks.append(line.strip())
+            self.tracebacks.append(line.strip())  # a driver's known failure is one line: this is something else
         elif " ERROR " in line or line.startswith("ERROR"):
-            if line.rstrip().endswith("FAILED"):  # door, switch and setpoint recovery (their log lines)
-                # An output that could not be put back (a Modbus unit gone silent): the daemon
-                # must say so, loudly. Counted, not a broken invariant.
+            if "safe value FAILED" in line:
+                # An output that could not be put back (a Modbus unit gone silent): the daemon says
+                # so in one line and keeps the write pending. Counted, not a broken invariant.
                 self.safety_failures_logged += 1
-                self._safety_line = True
             else:
                 self.errors.append(line.strip())
 
@@ -197,7 +192,7 @@ class Soak:
             ready_s = await self.daemon.start()
             print(f"pictl ready in {ready_s * 1000:.0f} ms at {self.daemon.url}; work dir {self.workdir}",
                   file=sys.stderr)
-            admin, chaos, collector = [await self.admin() for _ in range(3)]  # one each: a recv() per link
+            admin, chaos, collector, safe = [await self.admin() for _ in range(4)]  # one each: a recv() per link
             await self.until_online(admin)
             self.started = self.record.started = time.monotonic()
             self.stop_at = self.started + self.args.duration
@@ -207,7 +202,8 @@ class Soak:
             clients = [Client(self, i) for i in range(self.args.clients)]
             workers = [asyncio.create_task(c.run()) for c in clients]
             chaos_task = asyncio.create_task(self.chaos(chaos))
-            watchers = [asyncio.create_task(self.sample()), asyncio.create_task(self.collect(collector))]
+            watchers = [asyncio.create_task(self.sample()), asyncio.create_task(self.collect(collector)),
+                        asyncio.create_task(self.record.watch_safe_writes(safe))]
             results = await asyncio.gather(*workers, chaos_task, return_exceptions=True)
             for r in results:
                 if isinstance(r, BaseException):

@@ -144,6 +144,8 @@ class PlantRecord:
             d: {"outputs": [], "positions": []} for d in devices}
         self.started = 0.0  # moves before this are not checked
         self.reloads: list[tuple[float, float]] = []  # spans in which a reload may put outputs safe
+        # device -> spans in which the daemon itself wrote a pending safe state (its <device>.safe events)
+        self.late_safe: dict[str, list[tuple[float, float]]] = {}
         self.overheads: list[float] = []  # ms from the plant's position change to the client holding the result
 
     async def fetch(self, ws: ClientConnection) -> None:
@@ -230,9 +232,21 @@ class PlantRecord:
         self.violations.add("unsafe failure", {"call": dataclasses.asdict(call), **self.context(device, call.sent,
                                                                                                    call.replied)})
 
+    async def watch_safe_writes(self, ws: ClientConnection) -> None:
+        """Follow ``<device>.safe`` events: a pending safe state the daemon writes by itself when the
+        bus is back moves an output with no call around it (the write precedes its event)."""
+        await rpc(ws, "events.subscribe", {"topics": ["*.safe"]})
+        async for frame in ws:
+            event = json.loads(frame).get("params") or {}
+            device = str(event.get("topic", "")).rpartition(".")[0]
+            if (event.get("data") or {}).get("outcome") == "written_late":
+                now = time.monotonic()
+                self.late_safe.setdefault(device, []).append((now - 2.0, now))
+
     def check_moves(self, audit: list[dict[str, Any]]) -> None:
         """Every output change the plant recorded falls inside an audited action call on that
-        device (or a reload, which closes a rebuilt device to safe)."""
+        device (or a reload, which closes a rebuilt device to safe, or the daemon writing a safe
+        state that was pending)."""
         windows: dict[str, list[tuple[float, float]]] = {d: [] for d in self.history}
         for entry in audit:
             device, _, _action = entry["method"].partition(".")
@@ -241,7 +255,7 @@ class PlantRecord:
             windows[device].append(audit_span(entry))
         reloads = [(s - TOLERANCE_S, e + TOLERANCE_S) for s, e in self.reloads]
         for device, records in self.history.items():
-            spans = sorted(windows[device] + reloads)
+            spans = sorted(windows[device] + reloads + self.late_safe.get(device, []))
             starts = [s for s, _ in spans]
             reach = list(itertools.accumulate((e for _, e in spans), max))  # furthest end so far
             for t, value in records["outputs"]:

@@ -32,6 +32,9 @@ HTTP_REFUSALS = ("unauthorized", "locked_out", "bad_request", "misdirected")
 CONFIRM_BUCKETS = tuple(float(f"{2 ** (k / 5):.4g}") for k in range(-40, 31))
 # What an action's failure is counted under (the error's name); each exists from the start.
 FAILURE_REASONS = ("not_confirmed", "busy", "unavailable", "invalid_params")
+# A safe-state write (a failed action's recovery): done at once, kept pending (its bus away), or
+# done later, when the bus came back. Each exists from the start.
+SAFE_WRITE_OUTCOMES = ("written", "pending", "written_late")
 
 
 class Metrics:
@@ -59,6 +62,8 @@ class Metrics:
                                      ["device"], registry=r)
         self.external_changes = Counter("pictl_external_changes", "State changes no call commanded",
                                         ["device"], registry=r)
+        self.safe_writes = Counter("pictl_safe_writes", "Safe-state writes after a failed action, by outcome",
+                                   ["device", "outcome"], registry=r)
         self.device_events = Counter("pictl_device_events", "A kind's own events (an alarm, a press), by name",
                                      ["device", "event"], registry=r)
         self.auth_failures = Counter("pictl_auth_failures", "Refused tokens (handshake, session.auth, /metrics)",
@@ -80,6 +85,8 @@ class Metrics:
             self.action_confirm.labels(device, action)
             for reason in FAILURE_REASONS:
                 self.action_failures.labels(device, action, reason)
+        for outcome in SAFE_WRITE_OUTCOMES:
+            self.safe_writes.labels(device, outcome)
 
     def device_removed(self, device: str, actions: Iterable[str]) -> None:
         """Drop a removed device's series (a reload), so they do not linger as stale zeros."""
@@ -87,6 +94,8 @@ class Metrics:
             _forget(self.action_confirm, device, action)
             for reason in FAILURE_REASONS:
                 _forget(self.action_failures, device, action, reason)
+        for outcome in SAFE_WRITE_OUTCOMES:
+            _forget(self.safe_writes, device, outcome)
 
     def action_failed(self, device: str, action: str, reason: str) -> None:
         self.action_failures.labels(device, action, reason).inc()
@@ -127,10 +136,20 @@ class _Live(Collector):
 
 
 def device_online_family(devices: dict[str, Any]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily("pictl_device_online", "1 while the device answers, 0 when offline",
-                               labels=["device"])
-    for name, device in devices.items():
-        family.add_metric([name], 1.0 if device.online else 0.0)
+    return _device_flags("pictl_device_online", "1 while the device answers, 0 when offline", devices,
+                         lambda device: device.online)
+
+
+def safe_pending_family(devices: dict[str, Any]) -> GaugeMetricFamily:
+    return _device_flags("pictl_safe_pending", "1 while a device's safe state waits for its bus to come back",
+                         devices, lambda device: device.safe_pending)
+
+
+def _device_flags(name: str, documentation: str, devices: dict[str, Any],
+                  flag: Callable[[Any], bool]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=["device"])
+    for device_name, device in devices.items():
+        family.add_metric([device_name], 1.0 if flag(device) else 0.0)
     return family
 
 
