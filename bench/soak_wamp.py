@@ -3,8 +3,9 @@ checks (bench/partition.py reuses them).
 
 Starts its own Crossbar router (from .venv-crossbar, tests/crossbar.py) and gives the daemon a
 ``[wamp]`` table (node ``soak``, rejoin backoff capped at 1 s), then ``pictl aggregate`` with
-config/fleet.toml as a child process: the fleet view, whose wall panel WebSocket is a front door of
-its own (it does not go through the router). While the soak's 50 WebSocket clients run, it
+config/fleet.toml (and ``--max-retry-delay 1``) as a child process: the fleet view, whose wall
+panel WebSocket is a front door of its own (it does not go through the router). While the soak's
+50 WebSocket clients run, it
 
 - calls the node's actions through the fleet panel (``soak.door.open``, ... each with a
   ``request_key``): panel -> aggregator -> router -> node, and back;
@@ -98,7 +99,8 @@ class Aggregator:
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             *self.launcher, PICTL, "aggregate", "--wamp", self.router_url, "--realm", REALM, "--config",
-            str(ROOT / "config" / "fleet.toml"), "--listen", self.listen, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+            str(ROOT / "config" / "fleet.toml"), "--listen", self.listen, "--max-retry-delay", "1",
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT)
         self._reader = asyncio.get_running_loop().create_task(self._read())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -104,11 +104,13 @@ class FleetPanel:
         method = f"{node}.{device}.{action}"
         cap = described.get("max_timeout")
         limit = float(cap) if isinstance(cap, (int, float)) else DEFAULT_CALL_TIMEOUT_S
+        own = described.get("timeout")  # what the node applies when the call names none
+        usual = min(float(own), limit) if isinstance(own, (int, float)) and own > 0 else limit
 
         async def run(session: Session, params: dict[str, Any]) -> Any:
             started = time.monotonic()
             asked = params.get("timeout")
-            timeout = min(float(asked), limit) if isinstance(asked, (int, float)) and asked > 0 else limit
+            timeout = min(float(asked), limit) if isinstance(asked, (int, float)) and asked > 0 else usual
             try:
                 result = await self.aggregator.call(node, f"{device}.{action}", params, 2 * timeout + CALL_SLACK_S)
             except errors.RpcError as err:
@@ -179,10 +181,10 @@ class FleetPanel:
 
 
 async def serve(url: str, realm: str, config: Config | None, *, host: str | None = None, port: int | None = None,
-                authid: str | None = None, ticket: str | None = None) -> None:
+                authid: str | None = None, ticket: str | None = None, max_retry_delay: float = 10.0) -> None:
     """``pictl aggregate``: run the aggregator (and the panel when *config* gives it tokens) until
     SIGTERM or SIGINT."""
-    aggregator = Aggregator(url, realm, authid=authid, ticket=ticket)
+    aggregator = Aggregator(url, realm, authid=authid, ticket=ticket, max_retry_delay=max_retry_delay)
     panel = FleetPanel(aggregator, config, host=host, port=port) if config is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -59,6 +59,20 @@ from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
+
+class _BrokerAwayIsNotAnError(logging.Filter):
+    """paho logs a lost socket ("failed to receive on socket: [Errno 104] Connection reset by peer")
+    at ERROR: a broker restarting is what the bridge reconnects from, and says so itself (WARNING)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+PAHO_LOG = log.getChild("paho")  # what aiomqtt and paho say about the connection
+PAHO_LOG.addFilter(_BrokerAwayIsNotAnError())
+
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
 PENDING_WARNING = 500  # aiomqtt warns past this many unacknowledged publishes (an announce sends ~30)
 GOODBYE_TIMEOUT = 2.0  # at shutdown: how long the final "offline" may take to reach the broker
@@ -156,7 +170,7 @@ class MqttBridge:
             timeout=10.0,
             tls_context=tls,
             socket_options=[NODELAY],
-            logger=log,
+            logger=PAHO_LOG,
         )
         client.pending_calls_threshold = PENDING_WARNING
         return client

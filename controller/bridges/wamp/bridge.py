@@ -181,6 +181,11 @@ class WampBridge:
                      "?" if details is None else details.caller)
             task.add_done_callback(lambda t: _log_orphan(method, t))
             raise
+        if reply is not None and "error" in reply and _link_gone(details):
+            # The router link went while it ran: nobody to answer. autobahn skips a result then,
+            # but would try to send an error on the closed link (and log a traceback).
+            log.info("%s ended after the router link went: %s", method, reply["error"].get("message"))
+            return None
         return _unwrap(reply)
 
     # -- events -----------------------------------------------------------------------------------
@@ -213,6 +218,12 @@ def _unwrap(reply: dict[str, Any] | None) -> Any:
     if "error" in reply:
         raise application_error(reply["error"])
     return reply["result"]
+
+
+def _link_gone(details: CallDetails | None) -> bool:
+    """The session this call came in on has lost its transport (autobahn's own test, ``_transport``)."""
+    session = getattr(getattr(details, "registration", None), "session", None)
+    return session is not None and getattr(session, "_transport", None) is None
 
 
 def _log_orphan(method: str, task: asyncio.Future[Answer]) -> None:
