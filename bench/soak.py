@@ -310,7 +310,7 @@ class Soak:
                     v.add("unaudited", {"confirmed result without an audit entry": dataclasses.asdict(call)})
                 self.record.check_confirmed(call, result)
             elif error is not None and error.get("code") == -32002:
-                self.record.check_safe(call, self.counts)
+                self.record.check_safe(call, self.counts, by_key.get(call.key))
         self.record.check_moves(audit)
         if fds_after != fds_before:
             v.add("fd leak", {"fds before the load": fds_before, "after": fds_after})

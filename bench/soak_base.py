@@ -210,12 +210,15 @@ class PlantRecord:
             if moved and device != "fan":  # the fan's coil has no travel: nothing to time
                 self.overheads.append((end - moved[-1]) * 1000)
 
-    def check_safe(self, call: Call, counts: dict[str, int]) -> None:
+    def check_safe(self, call: Call, counts: dict[str, int], audited: dict[str, Any] | None = None) -> None:
         """After a -32002 the output is at its safe level: it was put there during the call, or it
-        was there all along; or the error says plainly that nobody knows (a link cut mid-way)."""
+        was there all along; or the error says plainly that nobody knows (a link cut mid-way).
+        The call ends when the daemon answered (its audit entry, when there is one): the next
+        action on the device may run before the reply reaches the client."""
         assert call.replied is not None and call.reply is not None
         device, safe = call.device, SAFE[call.device]
-        writes = self.during(device, "outputs", call.sent, call.replied)
+        end = audit_span(audited)[1] if audited is not None else call.replied
+        writes = self.during(device, "outputs", call.sent, end)
         if any(v == safe for _, v in writes):
             return
         if not writes and self.level_at(device, "outputs", call.sent) == safe:
