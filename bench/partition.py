@@ -144,7 +144,8 @@ class Partition:
         self.broker = Mosquitto(self.workdir, MQTT_PORT, host="0.0.0.0", launcher=self.broker_host.run)
         self.router: CrossbarRouter | None = None
         self.router_url = f"ws://{self.router_host.data}:{WAMP_PORT}/ws"
-        self.aggregator = Aggregator(self.router_url, f"{self.agg_host.mgmt}:{PANEL_PORT}", list(self.agg_host.run))
+        self.aggregator = Aggregator(self.router_url, f"{self.agg_host.mgmt}:{PANEL_PORT}", list(self.agg_host.run),
+                                     log=self.workdir / "aggregator.log")
         self.nodes = [Node(h, self.workdir, self.violations, self.broker_host, self.router_url) for h in node_hosts]
         self.cuts: list[Cut] = []
         self.tasks: list[asyncio.Task[None]] = []

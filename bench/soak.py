@@ -110,7 +110,7 @@ class SoakDaemon(Daemon):
             self._reloaded.set()
         elif "Traceback" in line:
             self.tracebacks.append(line.strip())  # a driver's known failure is one line: this is something else
-        elif " ERROR " in line or line.startswith("ERROR"):
+        elif " ERROR " in line or " CRITICAL " in line or line.startswith("ERROR"):
             if "safe value FAILED" in line:
                 # An output that could not be put back (a Modbus unit gone silent): the daemon says
                 # so in one line and keeps the write pending. Counted, not a broken invariant.

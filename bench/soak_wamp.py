@@ -31,6 +31,7 @@ Invariants (added to the soak's):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -84,10 +85,12 @@ class Restart:
 class Aggregator:
     """``pictl aggregate`` as a child process, its log kept: ERROR lines and tracebacks are findings."""
 
-    def __init__(self, router_url: str, listen: str, launcher: list[str] | None = None) -> None:
+    def __init__(self, router_url: str, listen: str, launcher: list[str] | None = None,
+                 log: Path | None = None) -> None:
         self.router_url = router_url
         self.listen = listen
         self.launcher = launcher or []  # e.g. ip netns exec NAME
+        self.log = log  # its whole log is written here
         self.proc: asyncio.subprocess.Process | None = None
         self.errors: list[str] = []
         self._reader: asyncio.Task[None] | None = None
@@ -114,9 +117,13 @@ class Aggregator:
 
     async def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        while line := (await self.proc.stderr.readline()).decode(errors="replace"):
-            if " ERROR " in line or "Traceback" in line:
-                self.errors.append(line.strip())
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(self.log.open("w", buffering=1)) if self.log else None
+            while line := (await self.proc.stderr.readline()).decode(errors="replace"):
+                if out is not None and "controller.security.audit" not in line:
+                    out.write(line)
+                if " ERROR " in line or " CRITICAL " in line or "Traceback" in line:
+                    self.errors.append(line.strip())
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -183,7 +190,8 @@ class WampHook:
         self.node_link = await soak.admin()
         if self.aggregator is None:
             assert self.router is not None
-            self.aggregator = Aggregator(self.router.url, f"127.0.0.1:{free_port()}")
+            self.aggregator = Aggregator(self.router.url, f"127.0.0.1:{free_port()}",
+                                         log=self.router.workdir.parent / "aggregator.log")
             await self.aggregator.start()
         self.fleet_link = await self.fleet()
         if await self.until_converged(time.monotonic(), 30.0) is None:

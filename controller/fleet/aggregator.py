@@ -217,18 +217,19 @@ class Aggregator:
                 raise rpc_error(error, node, method) from None
             why = f"the link to the router failed during {method} ({type(error).__name__})"
         else:
-            _abandon(call, session)
+            _abandon(call)
             why = f"the router link went during {method}" if lost.done() else \
                 f"no answer from node {node} within {timeout:.0f} s"
         raise errors.NotConfirmed(why, expected=method.rpartition(".")[2], observed="unknown",
                                   recovery=f"outcome unknown: re-read {node}'s state")
 
 
-def _abandon(call: asyncio.Future[Any], session: ApplicationSession) -> None:
-    """Give up a call: cancelled through the router while the session can still tell it (CANCEL),
-    else left to end by itself (autobahn's canceller cannot send on a session whose link is gone)."""
-    if session.is_attached() and getattr(session, "_transport", None) is not None:
-        call.cancel()
+def _abandon(call: asyncio.Future[Any]) -> None:
+    """Give up waiting for a call, without cancelling it: the router answers it in the end (the
+    node's reply, or an error when the node's session goes), and autobahn must still be expecting
+    that answer. A CANCEL sent first made Crossbar answer twice (at the cancel and when the node's
+    session went); autobahn takes an answer to a call it forgot for a protocol error and drops the
+    whole session, every node with it."""
     call.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" noise
 
 
