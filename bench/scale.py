@@ -339,6 +339,7 @@ class Curve:
     daemon: Daemon
     path: Path
     subs: Subscribers | None = None
+    probe: Probe | None = None
     driver: ClientConnection | None = None
     idle: list[float] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -357,14 +358,16 @@ async def events(subscriber_counts: list[int], rates: list[int], seconds: float,
             for code, launcher in codes.items():
                 curve = curves[code] = Curve(*await started(outputs_config(switches), launcher))
                 curve.subs = await asyncio.to_thread(Subscribers, curve.daemon.url, n)
-                curve.idle = await round_trips(curve.daemon.url, PING, 1000)  # subscribers there, no events
+                curve.probe = await asyncio.to_thread(Probe, curve.daemon.url)
+                curve.idle = await asyncio.to_thread(curve.probe.run, min(5.0, 2 * seconds))  # subscribers, no events
                 curve.driver = await connect(curve.daemon.url, additional_headers=ADMIN, compression=None)
             for rate in rates:
                 for code, curve in curves.items():
                     if curve.done:
                         continue
-                    assert curve.subs is not None and curve.driver is not None
-                    row = await event_round(curve.daemon, curve.driver, curve.subs, rate, seconds, switches)
+                    assert curve.subs is not None and curve.driver is not None and curve.probe is not None
+                    row = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, rate, seconds,
+                                            switches)
                     curve.rows.append(row)
                     print(f"  events to {n}, {code}: {row}", file=sys.stderr, flush=True)
                     slow = row["ping_ms_p90"] > SLOW_P90_MS
@@ -378,6 +381,8 @@ async def events(subscriber_counts: list[int], rates: list[int], seconds: float,
                     await curve.driver.close()
                 if curve.subs is not None:
                     await asyncio.to_thread(curve.subs.close)
+                if curve.probe is not None:
+                    await asyncio.to_thread(curve.probe.close)
                 await stopped(curve.daemon, curve.path)
         for code, curve in curves.items():
             out[code][str(n)] = summary(curve, n)
@@ -402,25 +407,62 @@ def summary(curve: Curve, n: int) -> dict[str, Any]:
     }
 
 
-async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscribers, rate: int, seconds: float,
-                      switches: int) -> dict[str, Any]:
+PROBE = r"""
+# system.ping every 10 ms on a connection of its own, in a process of its own (the toggles' driver
+# would otherwise delay the probe's own reads): "run SECONDS" on stdin, the round trips (ms) back.
+import asyncio, json, sys, time
+from websockets.asyncio.client import connect
+
+async def main(url):
+    async with connect(url, additional_headers={"Authorization": "Bearer demo-admin"}, compression=None) as ws:
+        loop = asyncio.get_running_loop()
+        print("ready", flush=True)
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            stop, out = time.monotonic() + float(line.split()[1]), []
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                await ws.send('{"jsonrpc":"2.0","id":1,"method":"system.ping"}')
+                await ws.recv()
+                out.append((time.perf_counter() - t) * 1000)
+                await asyncio.sleep(0.01)  # a probe, not a load of its own
+            print(json.dumps(out), flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+class Probe:
+    """The ping probe in a child process; ``run(seconds)`` pings for that long, returns the round trips."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the probe did not start")
+
+    def run(self, seconds: float) -> list[float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"run {seconds}\n")
+        self.proc.stdin.flush()
+        return [float(x) for x in json.loads(self.proc.stdout.readline())]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscribers, probe: Probe, rate: int,
+                      seconds: float, switches: int) -> dict[str, Any]:
     """Toggle the switches round-robin at *rate* toggles per second (each toggle is one state
-    event) for *seconds*, pinging on a probe connection meanwhile."""
+    event) for *seconds*, pinging on the probe's connection meanwhile."""
     before = await asyncio.to_thread(subs.count)
     seq0 = await seq(daemon.url)
     c0 = daemon.cpu_s()
     t0 = time.monotonic()
     stop = t0 + seconds
-    pings: list[float] = []
-
-    async def probe() -> None:
-        async with connect(daemon.url, additional_headers=ADMIN, compression=None) as ws:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                await ws.send(PING)
-                await ws.recv()
-                pings.append((time.perf_counter() - t) * 1000)
-                await asyncio.sleep(0.01)  # a probe every 10 ms, not a load of its own
+    pinging = asyncio.ensure_future(asyncio.to_thread(probe.run, seconds))
 
     async def drive() -> None:
         sent = 0
@@ -444,7 +486,8 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
         await reader
         await drain()
 
-    await asyncio.gather(probe(), drive())
+    await drive()
+    pings = await pinging
     elapsed = time.monotonic() - t0
     cpu = (daemon.cpu_s() - c0) / elapsed * 100
     published = (await seq(daemon.url) - seq0) / elapsed
