@@ -307,7 +307,11 @@ async def main(args: argparse.Namespace) -> int:
     assert task is not None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)  # the finally clauses remove the namespaces
-    return await partition.run()
+    try:
+        return await partition.run()
+    except asyncio.CancelledError:
+        print("bench/partition.py: stopped (SIGTERM); namespaces and processes removed", file=sys.stderr)
+        return 1
 
 
 def missing() -> str | None:
