@@ -83,7 +83,7 @@ def entity_of(device: Device) -> Entity:
         return Entity(device.name, device.kind, unit=cfg.unit, minimum=cfg.min, maximum=cfg.max,
                       step=abs(cfg.output.at.scale) or None)
     if isinstance(device, Sensor):
-        return Entity(device.name, device.kind, values=tuple((k, v.unit) for k, v in device.source.values.items()))
+        return Entity(device.name, device.kind, values=tuple((k, q.unit) for k, q in device.quantities.items()))
     return Entity(device.name, device.kind)
 
 
