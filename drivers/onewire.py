@@ -125,6 +125,16 @@ def parse_w1_slave(text: str) -> float:
     return celsius
 
 
+def read_once(path: str) -> str:
+    """The file's text from one read() (it blocks while the sensor converts): the kernel makes the
+    whole file at once, so a second read could only ever meet the next conversion."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, MAX_FILE).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+
+
 class OneWireThermometer(ThreadedSource):
     """A DS18B20 (or kin) read from its ``w1_slave`` file every ``interval`` seconds."""
 
@@ -144,8 +154,7 @@ class OneWireThermometer(ThreadedSource):
             self._beat_now()
             started = time.monotonic()
             try:
-                with open(self.spec.path, "rb") as file:  # blocks while the sensor converts
-                    text = file.read(MAX_FILE).decode("ascii", errors="replace")
+                text = read_once(self.spec.path)
             except OSError as exc:
                 self._counts["missing"] += 1
                 if not missing:
