@@ -21,13 +21,16 @@ thread, pipe or directory behind.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import logging
 import math
 import os
 import select
 import shutil
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 CONVERSION_S = 0.75  # a DS18B20's 12-bit conversion: how long a read of w1_slave blocks
 POWER_ON = bytes((0x50, 0x05, 0x4B, 0x46, 0x7F, 0xFF, 0x0C, 0x10))  # the scratchpad before any conversion
-READER_GONE_S = 1.0  # how long an answer waits for its reader to close the pipe before the next
+READER_GONE_S = 1.0  # how long an answer waits for its reader to take it
 
 
 def crc8(data: bytes) -> int:
@@ -86,6 +89,7 @@ class SimThermometer:
         self._present = threading.Event()  # the sensor is on the bus
         self._stop = threading.Event()
         self._lock = threading.Lock()  # plug/unplug against the thread's open
+        self._generation = 0  # counts unplugs: a pipe opened before one is not the sensor's any more
         self._thread = threading.Thread(target=self._serve, name=f"sim 1-Wire {sensor_id}", daemon=True)
         self._thread.start()
 
@@ -111,6 +115,7 @@ class SimThermometer:
             if not self.present:
                 return
             self._present.clear()
+            self._generation += 1  # an answer being prepared for the old pipe is never given
             gone = f"{self.path}.gone"
             os.rename(self.path, gone)  # no new open finds it; whoever waits in open() is freed below
             _wake(gone, os.O_RDONLY)  # the thread, waiting for a reader
@@ -137,39 +142,65 @@ class SimThermometer:
             self._present.wait()
             if self._stop.is_set():
                 return
+            generation = self._generation
             try:
                 fd = os.open(self.path, os.O_WRONLY)  # blocks until a reader opens it
             except OSError:  # unplugged meanwhile
                 self._stop.wait(0.01)
                 continue
             try:
-                self._answer(fd)
+                self._answer(fd, generation)
             finally:
                 os.close(fd)
 
-    def _answer(self, fd: int) -> None:
-        if self._stop.wait(self.conversion_s) or not self.present:
-            return  # closing without a word: the reader gets an empty file
-        self.answers += 1
+    def _answer(self, fd: int, generation: int) -> None:
+        if self._stop.wait(self.conversion_s) or generation != self._generation:
+            return  # unplugged while converting: the reader gets an empty file
+        number = self.answers + 1
         if self._power_on:
-            self._power_on = False
             text = w1_slave_text(POWER_ON + bytes((crc8(POWER_ON),)))
         else:
             pad = bytearray(scratchpad(self.temperature()))
-            if self.crc_fault and self.answers % 2 == 0:
+            if self.crc_fault and number % 2 == 0:
                 pad[0] ^= 0x04  # a bit flipped on the wire: the CRC no longer matches
             text = w1_slave_text(bytes(pad))
-        if self._half_written:
-            self._half_written -= 1
+        half = self._half_written > 0
+        if half:
             text = text[: len(text) * 2 // 3]  # stops inside the second line
+        if self._give(fd, text):  # an answer nobody took did not happen: the next reader gets it
+            self.answers = number
+            self._power_on = False
+            self._half_written -= half
+
+    def _give(self, fd: int, text: bytes) -> bool:
+        """Write *text* and close as soon as the reader has taken it, so that a reader opening after
+        the close waits for the next answer, never for the rest of this one. (A driver that reopens
+        within a millisecond of its read can still meet this writer and read an empty file: only
+        when its interval is shorter than a conversion.) False when no reader took it."""
         try:
             os.write(fd, text)
         except BrokenPipeError:
-            return  # the reader gave up
-        # Wait for the reader to close before the next open, so two answers never share one read.
+            return False
         poller = select.poll()
-        poller.register(fd, select.POLLERR)
-        poller.poll(READER_GONE_S * 1000)
+        poller.register(fd, select.POLLERR)  # set once every reader has closed
+        deadline = time.monotonic() + READER_GONE_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if not _unread(fd):
+                return True
+            if poller.poll(0):
+                return False  # its reader left without reading
+            time.sleep(0.001)
+        return False
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to a pipe that its reader has not taken yet."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return 0
+    return count[0]
 
 
 def _wake(fifo: str, flags: int) -> None:
