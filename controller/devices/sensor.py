@@ -84,8 +84,8 @@ def _meanings_fit(t: Table, quantities: dict[str, Quantity]) -> bool:
             report("state_class", f"must be one of {', '.join(HA_STATE_CLASSES)}")
             fits = False
         elif q.device_class in TOTALS and q.state_class == "measurement":
-            report("state_class", f"a {q.device_class} value accumulates: total or total_increasing (the "
-                   "Energy dashboard takes total_increasing)")
+            report("state_class", f"{q.device_class} accumulates: total or total_increasing (the Energy "
+                   "dashboard takes total_increasing)")
             fits = False
     return fits
 
