@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.base import InputPoint, Observation, OutputPoint, PointError, PointUnavailable, ReadingListener
+from drivers.base import InputPoint, Listeners, Observation, OutputPoint, PointError, PointUnavailable, ReadingListener
 from drivers.modbus_spec import ModbusAddress, ModbusPointSpec, ModbusSensorSpec, describe, is_number
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class ModbusMeter:
         self.values: dict[str, InputPoint] = {
             name: MeterValue(f"{device}.{name}", link, value.at, value.quantity.unit, spec.max_gap, self)
             for name, value in spec.values.items()}
-        self._listeners: list[ReadingListener] = []
+        self._listeners: Listeners[[dict[str, float], float]] = Listeners(f"{device} readings")
         self.closed = False  # its device closed it: the link forgets it
 
     @property
@@ -199,21 +199,14 @@ class ModbusMeter:
         return [p for p in self.values.values() if isinstance(p, MeterValue)]
 
     def listen_readings(self, listener: ReadingListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self._listeners.add(listener)
 
     def round_done(self, started: float) -> None:
         """A poll round that began at *started* (monotonic) is over: announce it if it read us."""
         points = self.points
         if self.closed or not all(p.online and p.read_at is not None and p.read_at >= started for p in points):
             return
-        values = {name: point.value for name, point in self.values.items()}
-        at = time.time()
-        for listener in tuple(self._listeners):
-            try:
-                listener(values, at)
-            except Exception:
-                log.exception("reading listener failed on %s", next(iter(self.values.values())).name)
+        self._listeners.emit({name: point.value for name, point in self.values.items()}, time.time())
 
     def close(self) -> None:
         self.closed = True

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.base import InputPoint, Observation, Point, PointUnavailable, ReadingListener
+from drivers.base import InputPoint, Listeners, Observation, Point, PointUnavailable, ReadingListener
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ThreadedSource:
         self.owner: str | None = device  # the device this bus exists for
         self.stale_after = stale_after  # no valid reading for this long: offline
         self.values: dict[str, InputPoint] = {k: SensorValue(f"{device}.{k}", k, u) for k, u in units.items()}
-        self._listeners: list[ReadingListener] = []
+        self._listeners: Listeners[[dict[str, float], float]] = Listeners(f"{name} readings")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -103,8 +103,7 @@ class ThreadedSource:
 
     def listen_readings(self, listener: ReadingListener) -> Callable[[], None]:
         """Call *listener(values, at)* on the loop for every valid reading; returns the undo."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self._listeners.add(listener)
 
     # -- lifecycle (loop thread) ------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,11 +163,7 @@ class ThreadedSource:
         for point in self.values.values():  # a valid reading: the sensor is there (optional values too)
             point.set_online(True)
         self._arm_stale()
-        for listener in tuple(self._listeners):
-            try:
-                listener(values, at)
-            except Exception:
-                log.exception("reading listener failed on %s", self.name)
+        self._listeners.emit(values, at)
 
     def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop

@@ -543,7 +543,8 @@ def test_check_config_prints_every_problem_on_its_own_line(tmp_path, capsys):
         f"{path}:1: colour: unknown field",
         f"{path}:9: auth.tokens.ops.role: no role named 'root' in [auth.roles]",
         f"{path}:14: devices.door.relay.colour: unknown field",
-        f"{path}:19: devices.light.kind: unknown device kind 'toaster' (known: door, sensor, setpoint, switch)",
+        f"{path}:19: devices.light.kind: unknown device kind 'toaster' "
+        "(known: door, input, sensor, setpoint, switch)",
     ]
 
 

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from controller.devices.base import Action, Device
+from controller.devices.outward import HaEntity, number_payload, sensor_fields
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, Loader
 from controller.settings.reader import Table
@@ -108,7 +111,7 @@ class Sensor(Device):
         self.quantities = config.quantities  # value name -> unit, device_class, state_class
         self._at: float | None = None  # wall-clock time of the last valid reading
         super().__init__(config, list(source.values.values()))
-        self._unlisten = source.listen_readings(self._on_reading)
+        self._unlisten.append(source.listen_readings(self._on_reading))  # taken back by close()
 
     def reading(self) -> dict[str, Any]:
         values = self.source.values
@@ -121,6 +124,35 @@ class Sensor(Device):
 
     def state(self) -> dict[str, Any]:
         return self.reading()
+
+    # -- outward --------------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        """One Home Assistant sensor per value, with its unit, device_class and state_class (as
+        configured, else as far as its unit tells them); several values share one JSON state."""
+        values = self.source.values
+        if len(values) == 1:
+            (name,) = values
+            return [HaEntity("sensor", self._ha_fields(name), topics={"state_topic": "state"})]
+        return [HaEntity("sensor", {**self._ha_fields(name), "value_template": f"{{{{ value_json.{name} }}}}"},
+                         topics={"state_topic": "state"}, key=name)
+                for name in values]
+
+    def _ha_fields(self, name: str) -> dict[str, Any]:
+        q = self.quantities[name]
+        fields = sensor_fields(q.unit)
+        if q.device_class is not None:
+            fields["device_class"] = q.device_class
+        if q.state_class is not None:
+            fields["state_class"] = q.state_class
+        return fields
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        if "values" in state:  # several named values: one JSON object
+            return orjson.dumps(state["values"]).decode()
+        return number_payload(state.get("value"))
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "reading", "buttons": []}  # readings arrive by themselves: nothing to press
 
     def _on_observation(self, obs: Observation) -> None:
         """Readings go out as readings (``<device>.reading``), not as state changes."""
@@ -137,9 +169,6 @@ class Sensor(Device):
             raise self.unavailable()
         return self.reading()
 
-    def close(self) -> None:
-        self._unlisten()
-        super().close()
 
 
 def build(config: SensorConfig, wiring: Wiring) -> Sensor:
