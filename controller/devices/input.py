@@ -26,7 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from controller.devices.base import Device
+from controller.devices.outward import UNKNOWN, HaEntity, MqttMessage
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, InputSpec, Loader
 from controller.settings.reader import Table
@@ -177,6 +180,32 @@ class Input(Device):
         self.press, self.last_press = gesture, time.time()
         self._emit("press", {"press": gesture})
         self._publish_if_changed()
+
+    # -- outward --------------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        """A ``binary_sensor`` with the configured class; a button adds an ``event`` entity (class
+        ``button``) whose events are its presses."""
+        sensor = {"payload_on": "ON", "payload_off": "OFF"}
+        if self.cfg.device_class is not None:
+            sensor["device_class"] = self.cfg.device_class
+        entities = [HaEntity("binary_sensor", sensor, topics={"state_topic": "state"}, attributes=False)]
+        if self.cfg.button:
+            entities.append(HaEntity("event", {"device_class": "button", "event_types": list(PRESSES)},
+                                     topics={"state_topic": "press"}, key="press", attributes=False))
+        return entities
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        return {"on": "ON", "off": "OFF"}.get(state.get("state", ""), UNKNOWN)
+
+    def mqtt_messages(self, what: str, data: dict[str, Any]) -> list[MqttMessage]:
+        if what == "press":  # an event entity's payload, never retained: a press happens once
+            return [MqttMessage("press", orjson.dumps({"event_type": data.get("press")}).decode(), retain=False)]
+        return super().mqtt_messages(what, data)
+
+    def panel(self) -> dict[str, Any]:
+        facts = [{"field": "last_press", "as": "time", "label": "Last press"},
+                 {"field": "press", "as": "text", "label": "Press"}] if self.cfg.button else []
+        return {"proof": "line", "buttons": [], "facts": facts}
 
     async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         raise AssertionError("an input has no actions")  # dispatch finds none to call
