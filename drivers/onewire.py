@@ -45,6 +45,7 @@ W1_DIR = "/sys/bus/w1/devices"  # where the kernel lists 1-Wire slaves
 SENSOR_ID = re.compile(r"(10|22|28|3b|42)-[0-9a-f]{12}")  # families: DS18S20, DS1822, DS18B20, MAX31850, DS28EA00
 POWER_ON_MILLI = 85000  # a DS18B20's scratchpad before its first conversion
 RANGE_C = (-55.0, 125.0)  # what the sensors measure
+CONVERSION_S = 0.75  # a 12-bit conversion: how long one read of w1_slave may block
 MAX_FILE = 256  # a w1_slave file is about 80 bytes; more is not one
 _CRC_LINE = re.compile(r"((?:[0-9a-f]{2} ){9}): crc=[0-9a-f]{2} (YES|NO)", re.IGNORECASE)
 _T_LINE = re.compile(r"((?:[0-9a-f]{2} ){9})t=(-?[0-9]+)", re.IGNORECASE)
@@ -85,7 +86,8 @@ def read_sensor(t: SpecTable) -> OneWireSpec | None:
         sensor_id = None
     w1_dir = t.string("w1_dir", default=W1_DIR)
     interval = t.number("interval", default=5.0, high=3600.0)
-    stale_after = t.number("stale_after", default=3 * (interval or 5.0), high=86400.0)
+    # A read itself takes up to a conversion: three reads' worth, however short the interval.
+    stale_after = t.number("stale_after", default=3 * max(interval or 5.0, CONVERSION_S), high=86400.0)
     if interval is not None and stale_after is not None and stale_after <= interval:
         t.problem("stale_after", f"must be longer than interval ({interval:g} s), or every reading is stale")
         stale_after = None

@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, PANEL, Client, http_get, open_client, until
+from tests.conftest import ADMIN, PANEL, ROOT, Client, http_get, open_client, until
 from tests.mosquitto import MOSQUITTO, Mosquitto
 from tests.test_mqtt import Watcher
+from tests.test_panel import Browser, browser, needs_browser, open_panel, panel_url  # noqa: F401 - a fixture
 
 PROMTOOL = shutil.which("promtool")
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
@@ -210,3 +211,30 @@ async def test_prometheus_exports_inputs_and_every_sensor_value_in_its_base_unit
     elif os.environ.get("CI"):
         pytest.fail("promtool missing: .ci/run installs the Debian package prometheus")
     assert json.dumps(reading)  # (a reading never holds NaN: it would not be valid JSON for the panel)
+
+
+@needs_browser
+async def test_the_panel_shows_inputs_with_their_last_press_and_meters_with_units(
+        building: tuple[Daemon, Mosquitto | None], browser: Browser) -> None:  # noqa: F811 - the fixture
+    daemon, _ = building
+    panel = await open_panel(browser, panel_url(daemon), token=ADMIN)  # 800x480, a 7" screen
+    await panel.live()
+    await panel.state("bell", "off")
+    await panel.state("window", "on")
+    meter = panel.tile("meter")
+    await panel.page.wait_for_selector(f'{meter} .value dl.values dd:has-text("kWh")', timeout=5000)
+    rows = await panel.page.eval_on_selector_all(f"{meter} .value dl.values > *", "els => els.map(e => e.textContent)")
+    assert rows[0::2] == ["Voltage", "Power", "Energy", "Gain"]
+    assert [r.split()[-1] for r in rows[1::2]] == ["V", "W", "kWh", "dB"]
+    await panel.page.wait_for_selector(f'{panel.tile("boiler_temp")} .value:has-text("°C")', timeout=5000)
+    async with open_client(daemon.url, ADMIN) as ws:
+        admin = Client(ws)
+        await press_once(admin, daemon)
+        await admin.close()
+    await panel.page.wait_for_selector(f'{panel.tile("bell")} .facts dd:has-text("Single")', timeout=5000)
+    assert "ago" in await panel.page.locator(f'{panel.tile("bell")} .facts dd').first.inner_text()  # last press
+    assert await panel.page.locator(f'{panel.tile("bell")} button').count() == 0  # read-only: nothing to press
+    assert await panel.page.evaluate("document.scrollingElement.scrollHeight <= innerHeight")
+    if os.environ.get("PICTL_PANEL_SCREENSHOT"):
+        await panel.page.screenshot(path=str(ROOT / "docs" / "panel-inputs-meters-800x480.png"))
+    assert panel.errors == []
