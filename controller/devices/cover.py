@@ -58,7 +58,9 @@ class CoverConfig(DeviceConfig):
 
 def read_config(name: str, t: Table, loader: Loader) -> CoverConfig | None:
     up = loader.binary_output(t, "up")
+    reported = len(t.doc.problems)
     down = loader.binary_output(t, "down")
+    down_said = len(t.doc.problems) > reported  # e.g. its GPIO line is already claimed (by up)
     open_endstop = loader.input_point(t, "open_endstop", required=False)
     closed_endstop = loader.input_point(t, "closed_endstop", required=False)
     travel_s = t.number("travel_s", high=3600.0)
@@ -71,7 +73,8 @@ def read_config(name: str, t: Table, loader: Loader) -> CoverConfig | None:
                              "a run to an end takes that long at worst")
         return None
     if up is not None and up == down:
-        t.problem("down", "must be another output than up")
+        if not down_said:  # a bus without line claims (a Modbus coil): say it here
+            t.problem("down", "must be another output than up")
         return None
     if up is None or down is None or None in (travel_s, reverse_delay_s) or None in common.values() \
             or (t.has("open_endstop") and open_endstop is None) or (t.has("closed_endstop") and closed_endstop is None):

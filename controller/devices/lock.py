@@ -111,7 +111,8 @@ class Lock(Device):
     def state(self) -> dict[str, Any]:
         locked = self.locked()
         return {"state": "unknown" if locked is None else "locked" if locked else "unlocked",
-                "door": self.door(), "relock_at": None if self.relock_at is None else iso(self.relock_at),
+                "door": self.door(), "relock_at": None if self.relock_at is None or locked is not False
+                else iso(self.relock_at),
                 "alarm": self.alarm, "since": iso(self.changed_at)}
 
     def _on_observation(self, obs: Observation) -> None:
@@ -188,12 +189,12 @@ class Lock(Device):
 
     async def _lock(self, timeout: float, started: float) -> Outcome:
         self._cancel_relock()
-        self.relock_at = None  # the window closes now, confirmed or not
-        if self.locked() and bool(self.strike.value) != self._unlock_level:
-            self._relocked()
-            return Outcome("locked", False, self._evidence(self.monitor or self.strike, "locked"))
-        obs = await self._drive(unlock=False, timeout=timeout, started=started)
-        self._relocked()
+        try:
+            if self.locked() and bool(self.strike.value) != self._unlock_level:
+                return Outcome("locked", False, self._evidence(self.monitor or self.strike, "locked"))
+            obs = await self._drive(unlock=False, timeout=timeout, started=started)
+        finally:
+            self._relocked()  # the window is over, confirmed or not
         return Outcome("locked", True, self._evidence_of(obs, "locked"))
 
     async def _drive(self, *, unlock: bool, timeout: float, started: float) -> Observation:
@@ -268,7 +269,6 @@ class Lock(Device):
         if self.relock_at is None:
             return  # a call relocked while this waited for the queue
         self._relocking = True
-        self.relock_at = None  # published with the strike's move, as one change
         try:
             await self._drive(unlock=False, timeout=self.cfg.timeout, started=time.monotonic())
         except NotConfirmed as exc:
@@ -279,7 +279,7 @@ class Lock(Device):
         finally:
             self._relocking = False
             self._relock = None
-        self._relocked()
+            self._relocked()
 
     def _relocked(self) -> None:
         """The unlock window is over: the door left open now starts the held-open clock."""

@@ -26,7 +26,7 @@ from drivers.sim.plant import Plant
 
 log = logging.getLogger(__name__)
 
-LEAVE_S = 0.05  # a door or gate leaves its limit switch this long after it starts moving
+LEAVE = 0.05  # a door leaves its limit switch once it has gone this part of its travel
 MONITOR_S = 0.05  # a strike's latch (and its monitor switch) follows the relay
 VISITOR_AFTER_S = 0.3  # after each unlock, a visitor opens the door...
 VISITOR_OPEN_S = 1.0  # ...and closes it again this much later
@@ -265,7 +265,7 @@ class Opener(Travel):
     """A single-button garage door opener with a closed and an open limit switch.
 
     A press starts a still door the other way from its last run, or stops a moving one; a door
-    leaves its limit switch ``LEAVE_S`` after it starts. Faults: ``obstacle`` (a closing door
+    leaves its limit switch once it has gone ``LEAVE`` of its travel. Faults: ``obstacle`` (a closing door
     reverses part way and runs back open), ``no_power`` (presses do nothing; a moving door stops),
     ``reversed`` (the opener's memory points the wrong way for the next start).
     """
@@ -302,7 +302,7 @@ class Opener(Travel):
             return  # driven into the limit it rests on: nothing moves, but its memory flipped
         self.run(direction)
         if self.limit is not None:
-            self.later("leave", LEAVE_S, self._leave)
+            self.later("leave", LEAVE * self.travel_s, self._leave)
         if direction == "closing" and "obstacle" in self.active:
             self.later("obstacle", self.at * OBSTACLE_AT * self.travel_s, self._obstacle)
         self.record_position()
