@@ -1,5 +1,5 @@
 """The doors of config/building.toml end to end: a real WebSocket, the panel's token, the plant's record
-over ``sim.timeline``, and the metrics families (CONTRACT section 10)."""
+over ``sim.timeline``, and the metrics families (README, "The building demo")."""
 
 from __future__ import annotations
 

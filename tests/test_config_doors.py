@@ -109,7 +109,7 @@ def test_each_mistake_is_one_problem_at_its_line(old: str, new: str, line: int, 
 
 
 def test_building_toml_holds_the_doors_as_the_contract_gives_them() -> None:
-    """CONTRACT section 10: the entrance lock, the garage opener and the blind, with the demo's timings."""
+    """README "The building demo": the entrance lock, the garage opener and the blind, with the demo's timings."""
     cfg = config.load(str(ROOT / "config" / "building.toml"))
     lock, garage, blind = cfg.devices["entrance"], cfg.devices["garage"], cfg.devices["blind"]
     assert (lock.kind, garage.kind, blind.kind) == ("lock", "garage", "cover")

@@ -287,7 +287,8 @@ class Device:
     def interrupted(self, action: str, by: str, word: str, started: float) -> NotConfirmed:
         """-32002 for a call that an interrupting one (*by*) stopped or superseded; kinds may say
         more (what was expected, what their cleanup did)."""
-        return self.not_confirmed(action, self.state().get("state"), started, f"{word} by {by}")
+        return self.not_confirmed(action, self.state().get("state"), started, f"{word} by {by}",
+                                  why=f"({word} by {by})")
 
     async def run_own(self, work: Callable[[], Awaitable[None]], cause: str, timeout: float) -> None:
         """Work a kind starts by itself (an automatic relock) in the device's queue like an action,
@@ -308,12 +309,13 @@ class Device:
         raise NotImplementedError
 
     def not_confirmed(self, expected: Any, observed: Any, started: float, recovery: str,
-                      evidence: dict[str, Any] | None = None) -> NotConfirmed:
-        """-32002; *evidence* says what was actually read (a read-back, an exception reply)."""
+                      evidence: dict[str, Any] | None = None, why: str = "within the deadline") -> NotConfirmed:
+        """-32002; *evidence* says what was actually read (a read-back, an exception reply); *why*
+        ends the message when it was not the deadline ("stopped by garage.stop")."""
         elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
         extra = {} if evidence is None else {"evidence": evidence}
         return NotConfirmed(
-            f"{self.name} did not become {expected} within the deadline",
+            f"{self.name} did not become {expected} {why}",
             device=self.name, expected=expected, observed=observed, elapsed_ms=elapsed_ms, recovery=recovery,
             **extra,
         )

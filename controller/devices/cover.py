@@ -333,7 +333,7 @@ class Cover(Device):
     def _failed(self, expected: Any, started: float, why: str) -> NotConfirmed:
         """-32002 once both relays were released: ``recovery`` says how that went, and why."""
         return self.not_confirmed(expected, self.state()["state"], started, f"{self._last_release}; {why}",
-                                  {"position": _percent(self.position())})
+                                  {"position": _percent(self.position())}, why=f"({why})")
 
     def interrupted(self, action: str, by: str, word: str, started: float) -> NotConfirmed:
         return self._failed({"open": "open", "close": "closed"}.get(action, action), started, f"{word} by {by}")

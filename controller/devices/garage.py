@@ -333,7 +333,8 @@ class Garage(Device):
         return {"source": "travel-time", "value": word, "estimated": True, "at": iso(time.time()), "pulses": pulses}
 
     def _failed(self, target: str, started: float, why: str, observed: str | None = None) -> NotConfirmed:
-        return self.not_confirmed(target, observed or self._word(), started, f"{self._released}; {why}")
+        return self.not_confirmed(target, observed or self._word(), started, f"{self._released}; {why}",
+                                  why=f"({why})")
 
     def interrupted(self, action: str, by: str, word: str, started: float) -> NotConfirmed:
         expected = {"open": "open", "close": "closed"}.get(action, action)

@@ -1,7 +1,7 @@
 """Machines at the far side of several GPIO lines: a strike with its door, a garage opener, a motor.
 
-A door kind's contact follows its relay (one :class:`drivers.sim.gpio_world.Linkage`); the kinds of
-CONTRACT section 10 need more: a strike whose monitor follows the relay and whose door a visitor
+A door kind's contact follows its relay (one :class:`drivers.sim.gpio_world.Linkage`); the lock,
+garage and cover kinds need more: a strike whose monitor follows the relay and whose door a visitor
 opens, a single-button opener that remembers which way it last ran, a motor driven by two relays
 that stops at its ends. Kinds describe them with a :class:`drivers.base.Mechanism`; the GPIO far
 side builds the machine named by its ``model`` here, on the plant's mock pins.
@@ -9,7 +9,7 @@ side builds the machine named by its ``model`` here, on the plant's mock pins.
 Every machine listens to its output lines, keeps its physical state, moves its input lines from
 timers on the event loop (every duration multiplied by the plant's time scale), tells the plant's
 record every output change (a device with several outputs: all of them by their config names, in
-each entry) and every position change, and offers the faults the contract gives its kind.
+each entry) and every position change, and offers its faults (README, "The building demo").
 """
 
 from __future__ import annotations
