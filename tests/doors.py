@@ -28,7 +28,7 @@ class Events:
     def __init__(self, daemon: Daemon) -> None:
         self.seen: list[tuple[str, str, dict[str, Any]]] = []  # (device, what, data)
         self._changed = asyncio.Event()
-        for device in daemon.dispatcher.devices.values():
+        for device in daemon.devices.values():
             device.listen(self._on_event)
 
     def _on_event(self, device: Device, what: str, data: dict[str, Any]) -> None:
@@ -63,7 +63,7 @@ async def running(devices: str, time_scale: float = 1.0) -> AsyncIterator[Daemon
 
 
 def device(daemon: Daemon, name: str) -> Any:
-    return daemon.dispatcher.devices[name]
+    return daemon.devices[name]
 
 
 async def call(daemon: Daemon, name: str, action: str, **params: Any) -> dict[str, Any]:

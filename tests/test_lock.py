@@ -19,7 +19,7 @@ monitor = { gpio = 27, pull = "up" }
 door_contact = { gpio = 22, pull = "up" }
 hold_s = 2.0
 held_open_s = 0.05
-timeout = 0.3
+timeout = 0.1
 
 [devices.side]
 kind = "lock"

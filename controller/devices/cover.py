@@ -17,6 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.devices.base import Action, Device, Outcome, Param, evidence_of
+from controller.devices.outward import (
+    UNKNOWN,
+    BadCommand,
+    HaEntity,
+    MqttMessage,
+    number_payload,
+    parse_number,
+    word_command,
+)
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.settings.reader import Table
@@ -37,6 +46,8 @@ log = logging.getLogger(__name__)
 
 OVERRUN = 1.5  # an endstop not reached within this many travel times is a failure
 OPEN, CLOSED = 1.0, 0.0
+WORDS = ("open", "closed", "opening", "closing", "stopped")  # its states, as Home Assistant's cover has them
+COMMANDS = {"OPEN": "open", "CLOSE": "close", "STOP": "stop"}
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,39 @@ class Cover(Device):
         elif self._moving is None and self._at in (OPEN, CLOSED):
             self._at = None  # an endstop let go while the motor was still: moved by hand, or the switch failed
         super()._on_observation(obs)
+
+    # -- outward ---------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        return [HaEntity("cover", {
+            "payload_open": "OPEN", "payload_close": "CLOSE", "payload_stop": "STOP",
+            **{f"state_{word}": word for word in WORDS}, "position_open": 100, "position_closed": 0,
+            "optimistic": False, "retain": False,
+        }, topics={"state_topic": "state", "command_topic": "set", "position_topic": "position",
+                   "set_position_topic": "set_position"})]
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        word = state.get("state")
+        return str(word) if word in WORDS else UNKNOWN
+
+    def mqtt_messages(self, what: str, data: dict[str, Any]) -> list[MqttMessage]:
+        messages = super().mqtt_messages(what, data)
+        if what == "state":
+            messages.append(MqttMessage("position", number_payload(data.get("position")), retain=True))
+        return messages
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        if leaf == "set_position":
+            position = parse_number(text)
+            if not 0 <= position <= 100:
+                raise BadCommand("a position is 0 (closed) to 100 (open)")
+            return "set_position", {"position": position}
+        return word_command(COMMANDS, self.kind, text)
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "endstop", "buttons": ["open", "close", "stop"],
+                "controls": [{"action": "set_position", "param": "position", "type": "range", "min": 0, "max": 100,
+                              "step": 1, "label": "Position"}],
+                "facts": [{"field": "position", "as": "percent", "label": "Position"}]}
 
     # -- actions ---------------------------------------------------------------------------
     def check_action_params(self, action: str, params: dict[str, Any]) -> None:

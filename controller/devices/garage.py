@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.devices.base import Action, Device, Outcome, evidence_of
+from controller.devices.outward import UNKNOWN, HaEntity, word_command
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.settings.reader import Table
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 OVERRUN = 1.5  # a limit not reached within this many travel times is a failure
 OPPOSITE = {"open": "closed", "closed": "open"}
+WORDS = ("open", "closed", "opening", "closing", "stopped")  # its states, as Home Assistant's cover has them
+COMMANDS = {"OPEN": "open", "CLOSE": "close", "STOP": "stop"}
 TOWARDS = {"open": "opening", "closed": "closing"}
 
 
@@ -168,6 +171,23 @@ class Garage(Device):
         if self._motion is not None and time.monotonic() - self._motion_at < OVERRUN * self.cfg.travel_s:
             self._settle = asyncio.get_running_loop().call_later(
                 OVERRUN * self.cfg.travel_s - (time.monotonic() - self._motion_at), self._settled)
+
+    # -- outward ---------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        return [HaEntity("cover", {
+            "device_class": "garage", "payload_open": "OPEN", "payload_close": "CLOSE", "payload_stop": "STOP",
+            **{f"state_{word}": word for word in WORDS}, "optimistic": False, "retain": False,
+        }, topics={"state_topic": "state", "command_topic": "set"})]
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        word = state.get("state")
+        return str(word) if word in WORDS else UNKNOWN
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        return word_command(COMMANDS, self.kind, text)
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "limit contact", "buttons": ["open", "close", "stop"]}
 
     # -- actions ---------------------------------------------------------------------------
     async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:

@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from controller.devices.base import Action, Device, Outcome, Param, evidence_of
+from controller.devices.outward import UNKNOWN, HaEntity, MqttMessage, word_command
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.settings.reader import Table
@@ -32,6 +35,9 @@ from drivers.base import (
 )
 
 log = logging.getLogger(__name__)
+
+COMMANDS = {"LOCK": "lock", "UNLOCK": "unlock", "OPEN": "unlock"}  # Home Assistant's lock payloads
+ALARMS = ("forced", "held_open", "cleared")
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ class Lock(Device):
         return {"state": "unknown" if locked is None else "locked" if locked else "unlocked",
                 "door": self.door(), "relock_at": None if self.relock_at is None or locked is not False
                 else iso(self.relock_at),
-                "alarm": self.alarm, "since": iso(self.changed_at)}
+                "alarm": self.alarm, "jammed": self.failed, "since": iso(self.changed_at)}
 
     def _on_observation(self, obs: Observation) -> None:
         if self.door_contact is not None and obs.point == self.door_contact.name:
@@ -149,6 +155,44 @@ class Lock(Device):
             self._raise("held_open")
             self._publish_if_changed()
 
+    # -- outward ---------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        entities = [
+            HaEntity("lock", {"payload_lock": "LOCK", "payload_unlock": "UNLOCK", "payload_open": "OPEN",
+                              "state_locked": "LOCKED", "state_unlocked": "UNLOCKED", "state_jammed": "JAMMED",
+                              "optimistic": False, "retain": False},
+                     topics={"state_topic": "state", "command_topic": "set"}),
+            HaEntity("event", {"event_types": list(ALARMS)}, topics={"state_topic": "alarm"}, key="alarm",
+                     attributes=False),
+        ]
+        if self.door_contact is not None:
+            entities.append(HaEntity("binary_sensor", {"device_class": "door", "payload_on": "open",
+                                                       "payload_off": "closed"},
+                                     topics={"state_topic": "door"}, key="door", attributes=False))
+        return entities
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        if state.get("jammed"):
+            return "JAMMED"  # the last call could not move the strike
+        return {"locked": "LOCKED", "unlocked": "UNLOCKED"}.get(state.get("state"), UNKNOWN)  # type: ignore[arg-type]
+
+    def mqtt_messages(self, what: str, data: dict[str, Any]) -> list[MqttMessage]:
+        if what == "alarm":
+            return [MqttMessage("alarm", orjson.dumps({"event_type": data.get("alarm")}), retain=False)]
+        messages = super().mqtt_messages(what, data)
+        if what == "state" and self.door_contact is not None:
+            messages.append(MqttMessage("door", data.get("door") or UNKNOWN, retain=True))
+        return messages
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        return word_command(COMMANDS, self.kind, text)
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "monitor" if self.monitor is not None else "read-back", "buttons": ["unlock", "lock"],
+                "facts": [{"field": "relock_at", "as": "countdown", "label": "Relocks in"},
+                          {"field": "alarm", "as": "alarm", "label": "Alarm"},
+                          *([{"field": "door", "as": "text", "label": "Door"}] if self.door_contact else [])]}
+
     # -- actions ---------------------------------------------------------------------------
     def check_action_params(self, action: str, params: dict[str, Any]) -> None:
         if "hold_s" not in params:
@@ -167,6 +211,7 @@ class Lock(Device):
                 outcome = await self._unlock(float(params.get("hold_s", self.cfg.hold_s)), timeout, started)
         except NotConfirmed:
             self.failed = True
+            self._publish_if_changed()  # jammed, as this call's doing
             raise
         self.failed = False
         self._publish_if_changed()  # relock_at is part of the state: published as this call's doing
