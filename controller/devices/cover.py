@@ -126,6 +126,7 @@ class Cover(Device):
         self._at_time = time.monotonic()  # ...at this monotonic time
         self._moving: str | None = None  # the motion the estimate runs with since then
         self._last_release = "both relays released"  # what the latest release did, for recovery
+        self._endstop_was: dict[str, bool] = {}  # each endstop's last value, by point name
         self._reference: Observation | None = None  # the last endstop seen (what estimates start from)
         self._released = {"up": 0.0, "down": 0.0}  # monotonic time each relay was last released
         self._halted_by_interrupt = False  # a movement's cleanup released a running motor
@@ -176,10 +177,12 @@ class Cover(Device):
         if obs.point in (self.up.name, self.down.name):
             # A relay changed: the estimate restarts from where the cover is now, with the new motion.
             self._at, self._at_time, self._moving = self._position_at(obs.mono), obs.mono, self._motion()
-        elif obs.value:
-            self._at, self._at_time, self._reference = self._endstop_end(), obs.mono, obs
-        elif self._moving is None and self._at in (OPEN, CLOSED):
-            self._at = None  # an endstop let go while the motor was still: moved by hand, or the switch failed
+        else:
+            was, self._endstop_was[obs.point] = self._endstop_was.get(obs.point), bool(obs.value)
+            if obs.value:
+                self._at, self._at_time, self._reference = self._endstop_end(), obs.mono, obs
+            elif was and self._moving is None:
+                self._at = None  # an endstop let go while the motor was still: moved by hand, or the switch failed
         super()._on_observation(obs)
 
     # -- outward ---------------------------------------------------------------------------

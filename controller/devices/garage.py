@@ -116,6 +116,7 @@ class Garage(Device):
         self._pressed_at = -1e9  # monotonic time of the last press
         self._released = "pulse relay released"  # what the latest release did, for recovery
         self._settle: asyncio.TimerHandle | None = None  # re-evaluates the state when a run must be over
+        self._at_limit: dict[str, bool] = {}  # each contact's last value: leaving is active -> inactive
         super().__init__(config, [p for p in (pulse, closed_contact, open_contact) if p is not None])
 
     # -- state -----------------------------------------------------------------------------
@@ -148,9 +149,10 @@ class Garage(Device):
         for end, point in self.contacts.items():
             if point is None or obs.point != point.name:
                 continue
+            was, self._at_limit[end] = self._at_limit.get(end), bool(obs.value)
             if obs.value:  # arrived at a limit
                 self._set_motion(None, rest=None)
-            else:  # left it: whoever pressed the button
+            elif was:  # left it: whoever pressed the button
                 self._set_motion(TOWARDS[OPPOSITE[end]], rest=None, at=obs.mono)
         super()._on_observation(obs)
 

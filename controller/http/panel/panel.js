@@ -54,7 +54,7 @@
   };
   const wsUrl = () => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
   const VERBS = { open: "open", close: "close", on: "turn on", off: "turn off", toggle: "toggle", set: "set",
-    unlock: "unlock", lock: "lock", stop: "stop", set_position: "move" };
+    set_position: "move" };
   const PROGRESS = { open: "Opening…", close: "Closing…", on: "Switching on…", off: "Switching off…",
     toggle: "Switching…", unlock: "Unlocking…", lock: "Locking…", stop: "Stopping…", set_position: "Moving…" };
   const DONE = { open: "Opened", close: "Closed", on: "Switched on", off: "Switched off", toggle: "Switched",
