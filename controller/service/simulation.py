@@ -8,8 +8,8 @@ serial sensor, mock pins linked through delays for GPIO. The drivers are
 pointed at them by a rewritten config (host/port of each link, port of each
 sensor): driver code never knows it is simulated.
 
-The plant's controls (``sim.fault``, ``sim.clear``, ``sim.timeline``) are registered here too,
-with the dispatcher, only when the daemon runs simulated.
+The plant's controls (``sim.fault``, ``sim.clear``, ``sim.timeline``, ``sim.input``) are
+registered here too, with the dispatcher, only when the daemon runs simulated.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from controller.security.auth import Session
 from controller.settings.devices import DeviceConfig
 from controller.settings.load import Config
 from controller.wire.errors import InvalidParams, refuse_unknown_params
+from drivers.base import Mechanism, PointSpec
 from drivers.sim.farsides import FAR_SIDES
 from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)
+
+MAX_BOUNCES = 20  # a contact that chatters more than this is broken, not bouncing
 
 
 async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
@@ -39,6 +42,9 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
     rewritten = {field: await FAR_SIDES[spec.bus_kind].claim(plant, device.name, spec)
                  for field, spec in specs.items()}
     for coupling in device.couplings():
+        if isinstance(coupling, Mechanism):
+            machine(plant, device.name, specs, coupling)
+            continue
         output, input = specs[coupling.output], specs[coupling.input]
         coupled = output.bus_kind == input.bus_kind \
             and FAR_SIDES[output.bus_kind].couple(plant, device.name, output, input, coupling)
@@ -47,6 +53,17 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
                      coupling.input)
     changed = {field: spec for field, spec in rewritten.items() if spec is not specs[field]}
     return dataclasses.replace(device, **changed) if changed else device  # type: ignore[arg-type]  # spec fields
+
+
+def machine(plant: Plant, device: str, specs: dict[str, PointSpec], mechanism: Mechanism) -> None:
+    """The machine *mechanism* describes at the far side of its points' bus (they must share one)."""
+    wired = {role: specs[field] for role, field in mechanism.points}
+    buses = {spec.bus_kind for spec in wired.values()}
+    far = FAR_SIDES[buses.pop()] if len(buses) == 1 else None
+    build = getattr(far, "machine", None)
+    if build is None or not build(plant, device, wired, mechanism):
+        log.info("%s: no simulated %s for these points (several buses, or one without machines)", device,
+                 mechanism.model)
 
 
 async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,
@@ -65,8 +82,8 @@ async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,
 
 def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[str, Device],
                          audit: AuditTrail) -> list[Callable[[], None]]:
-    """``sim.fault``, ``sim.clear`` and ``sim.timeline``: the plant's controls, admin only, offered
-    only under ``--simulate`` (README, *Methods*)."""
+    """``sim.fault``, ``sim.clear``, ``sim.timeline`` and ``sim.input``: the plant's controls, admin
+    only, offered only under ``--simulate`` (README, *Methods*)."""
 
     def device_param(params: dict[str, Any]) -> str:
         device = params.get("device")
@@ -113,5 +130,23 @@ def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="device") from None
 
+    def input_level(session: Session, params: dict[str, Any]) -> Any:
+        """Set the far side of an input device's line, as a finger on a button would (the device's
+        debounce applies as on a real pin); ``bounces`` makes the contact chatter first."""
+        refuse_unknown_params("sim.input", params, ("device", "active", "bounces"))
+        device = device_param(params)
+        active, bounces = params.get("active"), params.get("bounces", 0)
+        if not isinstance(active, bool):
+            raise InvalidParams("active must be true or false", param="active")
+        if isinstance(bounces, bool) or not isinstance(bounces, int) or not 0 <= bounces <= MAX_BOUNCES:
+            raise InvalidParams(f"bounces must be an integer from 0 to {MAX_BOUNCES}", param="bounces")
+        try:
+            plant.set_input(device, active, bounces)
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="device") from None
+        audit.record(session, "sim.input", params, "ok", 0.0)
+        return {"device": device, "active": active}
+
     return [dispatcher.register(f"sim.{name}", handler, instant=True, admin_only=True)
-            for name, handler in (("fault", fault), ("clear", clear), ("timeline", timeline))]
+            for name, handler in (("fault", fault), ("clear", clear), ("timeline", timeline),
+                                  ("input", input_level))]

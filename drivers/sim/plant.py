@@ -26,6 +26,7 @@ from typing import Protocol
 
 from drivers.sim.gpio_world import Linkage, make_factory
 from drivers.sim.modbus_world import SimModbusServer
+from drivers.sim.onewire_world import CrcFault, MissingFault, SimThermometer, SimW1Bus
 from drivers.sim.serial_world import SimSerialSensor, UnplugFault
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ class JamFault:
         self.linkage.free()
 
 
+class Machine(Protocol):
+    """A far-side machine that several points of one device belong to (a strike, a motor)."""
+
+    moved_at: deque[float]  # monotonic times its inputs moved
+
+    def stop(self) -> None:
+        """Freeze: no timer of its fires after this."""
+
+
 @dataclass
 class SimDevice:
     """One simulated device: its linkages and the faults it can suffer."""
@@ -65,8 +75,11 @@ class SimDevice:
     undo: list[Callable[[], None]] = field(default_factory=list)  # other physics to take out with it
     faults: dict[str, Fault] = field(default_factory=dict)  # fault name -> what it does
     active: set[str] = field(default_factory=set)  # faults currently injected
+    machines: list[Machine] = field(default_factory=list)  # machines of several points (drivers/sim/motion_world)
 
 
+
+BOUNCE_S = 0.002  # a contact's chatter: one edge every 2 ms until it settles
 HISTORY_LENGTH = 1000  # records kept per device and kind (outputs, positions): minutes of a busy soak
 
 
@@ -98,6 +111,8 @@ class Plant:
         self.serial: dict[str, SimSerialSensor] = {}  # device name -> its simulated terminal
         self._dir: str | None = None  # holds the serial symlinks
         self.histories: dict[str, History] = {}  # device name -> its record; survives a reload's relink
+        self.w1: SimW1Bus | None = None  # the simulated /sys/bus/w1/devices, made with its first thermometer
+        self.inputs: dict[str, list[Callable[[bool], None]]] = {}  # device -> its input lines' far-side levers
 
     def add_fault(self, device: str, name: str, fault: Fault) -> None:
         """Let *device* suffer *fault* under the name *name* (``sim.fault``)."""
@@ -122,6 +137,41 @@ class Plant:
         self.serial[device] = sensor
         self.add_fault(device, "unplugged", UnplugFault(sensor))
         return sensor
+
+    def onewire_thermometer(self, device: str, sensor_id: str) -> SimThermometer:
+        """A DS18B20 on the simulated 1-Wire bus, with ``crc`` and ``missing`` faults."""
+        if self.w1 is None:
+            self.w1 = SimW1Bus(self.time_scale)
+        sensor = self.w1.thermometer(device, sensor_id)
+        self.add_fault(device, "crc", CrcFault(sensor))
+        self.add_fault(device, "missing", MissingFault(sensor))
+        w1 = self.w1
+        self.on_unlink(device, lambda: w1.remove(device))
+        return sensor
+
+    def add_input(self, device: str, lever: Callable[[bool], None]) -> None:
+        """*lever(active)* puts one of *device*'s input lines at its active or inactive level."""
+        self.inputs.setdefault(device, []).append(lever)
+
+        def forget() -> None:
+            self.inputs.pop(device, None)
+
+        self.on_unlink(device, forget)
+
+    def set_input(self, device: str, active: bool, bounces: int = 0) -> None:
+        """Put *device*'s input line at its active (or inactive) level, as a hand on a button or a
+        window would; with *bounces*, the contact chatters that many times (every BOUNCE_S of the
+        plant's time) before it settles."""
+        levers = self.inputs.get(device, [])
+        if len(levers) != 1:
+            raise UnknownFault(f"{device} has {'no' if not levers else 'more than one'} simulated input line")
+        (lever,) = levers
+        if not bounces:
+            lever(active)
+            return
+        for i in range(2 * bounces + 1):  # active, inactive, ... active: ends where it was asked to
+            level = active if i % 2 == 0 else not active
+            self.loop.call_later(i * BOUNCE_S * self.time_scale, lever, level)
 
     def link(
         self,
@@ -152,6 +202,13 @@ class Plant:
         self.devices.setdefault(device, SimDevice(device)).linkages[fault] = linkage
         self.add_fault(device, fault, JamFault(linkage))
         return linkage
+
+    def add_machine(self, device: str, machine: Machine) -> None:
+        """Put *machine* in the world as *device*'s far side; it is frozen when the device is
+        unlinked or the plant stops."""
+        sim = self.devices.setdefault(device, SimDevice(device))
+        sim.machines.append(machine)
+        sim.undo.append(machine.stop)
 
     def on_unlink(self, device: str, undo: Callable[[], None]) -> None:
         """Call *undo* when *device* is taken out of the world (physics other than linkages)."""
@@ -199,7 +256,8 @@ class Plant:
         sim = self.devices.get(device)
         if sim is None:
             raise UnknownFault(f"{device} is not simulated with physics")
-        return sorted(t for linkage in sim.linkages.values() for t in linkage.moved_at)[-last:]
+        moves: list[Linkage | Machine] = [*sim.linkages.values(), *sim.machines]
+        return sorted(t for moving in moves for t in moving.moved_at)[-last:]
 
     def recorder(self, device: str) -> Callable[[str, object], None]:
         """What a far side calls with ("output" or "position", value) when *device* changes."""
@@ -222,6 +280,8 @@ class Plant:
         for sim in self.devices.values():
             for linkage in sim.linkages.values():
                 linkage.jam()
+            for machine in sim.machines:
+                machine.stop()
 
     async def aclose(self) -> None:
         """Stop everything: linkages, servers, terminals; remove the symlink directory."""
@@ -230,6 +290,9 @@ class Plant:
             await sensor.aclose()
         for server in self.modbus.values():
             await server.aclose()
+        if self.w1 is not None:
+            await asyncio.to_thread(self.w1.close)  # joins its threads
+            self.w1 = None
         self.serial.clear()
         self.modbus.clear()
         if self._dir is not None:
