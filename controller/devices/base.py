@@ -7,18 +7,13 @@ base class owns what every kind shares: the per-device FIFO queue, the
 ``timeout`` parameter, the online check, timing, and state-change
 notification. See :mod:`controller.devices.registry` for the registry.
 
-Safe states that come back: a kind's recovery writes its safe level through
-:meth:`Device.write_safe`. When the bus cannot carry that write (a Modbus unit
-that stopped answering, a port gone), it is kept pending: written first when
-the device is back online, before any new command runs, and until then every
-kind's state says ``"safe_pending": true`` (the base adds it; kinds never
-do), with a ``<device>.safe`` event when it is kept pending and when it is written late.
+A kind's recovery writes its safe levels through :meth:`Device.write_safe`
+(:mod:`controller.devices.safe`: a write its bus cannot carry is kept pending).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
@@ -27,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from controller.devices.outward import UNKNOWN, BadCommand, HaEntity, MqttMessage
+from controller.devices.safe import SafeStates
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
 from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable, refuse_unknown_params
-from controller.wire.owned import OwnedTasks
 from drivers.base import Listeners, Observation, OutputPoint, Point, PointError, PointUnavailable
 
 log = logging.getLogger(__name__)
@@ -88,26 +83,11 @@ def evidence_of(obs: Observation | None, shown: Any, source: str | None = None) 
     return out
 
 
-class Device:
+class Device(SafeStates):
     """A named thing with actions that are confirmed by observation."""
 
     kind: ClassVar[str] = ""
     actions: ClassVar[dict[str, Action]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every kind's ``state()`` says ``"safe_pending": true`` while a safe write waits for its bus."""
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("state")
-        if own is None or getattr(own, "_says_pending", False):
-            return
-
-        @functools.wraps(own)
-        def state(self: Device) -> dict[str, Any]:
-            shown = own(self)
-            return {**shown, "safe_pending": True} if self._safe_pending else shown
-
-        state._says_pending = True  # type: ignore[attr-defined]
-        cls.state = state  # type: ignore[method-assign]
 
     def __init__(self, config: DeviceConfig, points: Sequence[Point]) -> None:
         self.config = config
@@ -125,8 +105,7 @@ class Device:
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
         self.retired = False  # closed by a config reload: calls still queued fail as unavailable
-        self._safe_pending: dict[str, tuple[OutputPoint, Any]] = {}  # point name -> (point, its safe value)
-        self._pending_writes = OwnedTasks(f"{config.name} pending safe writes")
+        self._init_safe_states()
         self._unlisten = [undo for point in points  # taken back when the device closes
                           for undo in (point.listen(self._on_observation), point.listen_health(self._on_point_health))]
 
@@ -138,11 +117,6 @@ class Device:
     @property
     def online(self) -> bool:
         return all(p.online for p in self.points)
-
-    @property
-    def safe_pending(self) -> bool:
-        """A safe write waits for its bus (the state says so too)."""
-        return bool(self._safe_pending)
 
     def offline_since(self) -> float | None:
         times = [p.offline_since for p in self.points if not p.online and p.offline_since is not None]
@@ -189,8 +163,8 @@ class Device:
         else:
             log.warning("%s is offline: %s", self.name, point.offline_reason or "no reason given")
         self._emit("status", self.status())
-        if online and self._safe_pending and not self.retired:
-            self._pending_writes.spawn(self._safe_first())  # before anything else is asked of it
+        if online:
+            self._back_online()  # pending safe writes first, before anything else is asked of it
 
     def _on_observation(self, obs: Observation) -> None:
         self._publish_if_changed()
@@ -366,51 +340,6 @@ class Device:
         except TimeoutError:
             raise self.not_confirmed(expected, "no read-back before the deadline", started, await recover()) from None
 
-    # -- safe states that come back -------------------------------------------------------
-    async def write_safe(self, output: OutputPoint, value: Any) -> Observation | str:
-        """Write *output*'s safe *value* (a failed action's recovery): the read-back, or what went
-        wrong. A failed write is kept pending (see the module's docstring); a driver's known failure
-        is one log line, anything else is logged with its traceback."""
-        try:
-            obs = await output.write(value)
-        except PointError as exc:
-            failure = exc.observed
-            log.error("%s: writing %s's safe value FAILED (%s); kept pending: written first when it answers again",
-                      self.name, output.name, failure)
-        except Exception:
-            failure = "an unexpected error (logged)"
-            log.exception("%s: writing %s's safe value FAILED; kept pending", self.name, output.name)
-        else:
-            if self._safe_pending.pop(output.name, None) is not None:
-                self._emit("safe", {"point": output.name, "outcome": "written_late"})
-            return obs
-        self._safe_pending[output.name] = (output, value)
-        self._emit("safe", {"point": output.name, "outcome": "pending", "observed": failure})
-        return failure
-
-    async def _safe_first(self) -> None:
-        """Back online with safe writes pending: write them now, ahead of any command (the queue)."""
-        async with self._queue:
-            if self._safe_pending and not self.retired:
-                await self._write_pending()
-
-    async def _write_pending(self) -> bool:
-        """The pending safe writes, in the order they failed (the queue is held); True once none is left."""
-        for name, (output, value) in list(self._safe_pending.items()):
-            try:
-                await output.write(value)
-            except PointError as exc:
-                log.warning("%s: %s's safe value still not written (%s)", self.name, name, exc.observed)
-                return False
-            except Exception:
-                log.exception("%s: writing %s's pending safe value failed", self.name, name)
-                return False
-            del self._safe_pending[name]
-            log.info("%s: %s's safe value written now that it answers again", self.name, name)
-            self._emit("safe", {"point": name, "outcome": "written_late"})
-        self._publish_if_changed("auto")  # the state no longer says safe_pending
-        return True
-
     def unavailable(self) -> Unavailable:
         """-32004 for a device whose bus went down under an action."""
         since = self.offline_since()
@@ -479,7 +408,7 @@ class Device:
         self._publish_if_changed()
 
     def close(self) -> None:
-        self._pending_writes.cancel()
+        self._stop_safe_states()
         for undo in self._unlisten:
             undo()
         self._unlisten.clear()
