@@ -71,6 +71,8 @@ from soak_base import (
     Call,
     PlantRecord,
     Violations,
+    clock_drift_ms,
+    note_clock,
     read_audit,
     rpc,
 )
@@ -270,6 +272,7 @@ class Soak:
 
     async def sample(self) -> None:
         while True:
+            note_clock()
             self.samples.append((time.monotonic(), self.daemon.rss_kib(), self.daemon.fds()))
             await asyncio.sleep(2.0)
 
@@ -375,6 +378,7 @@ class Soak:
             "open fds max under load": max((s[2] for s in self.samples), default=None),
             "action overhead ms p50/p99": p50_p99(self.record.overheads),
             "system.ping ms p50/p99 under load": p50_p99(self.pings),
+            "wall clock slewed against monotonic, ms": clock_drift_ms(),
             **bridge_counts,
         }
         print(json.dumps(out, indent=2))

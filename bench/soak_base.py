@@ -27,7 +27,8 @@ TOKENS = {"admin": "demo-admin", "panel": "demo-panel"}
 SAFE = {"door": False, "light": False, "fan": False}  # output levels a failure must leave
 SHOWN = {"open": True, "closed": False, "on": True, "off": False}  # result state -> plant position
 TOLERANCE_S = 0.003  # audit times are wall-clock milliseconds; the plant's are monotonic
-MONO_TO_WALL = time.time() - time.monotonic()  # both clocks are system-wide: one offset serves
+MONO_TO_WALL = time.time() - time.monotonic()  # both clocks are system-wide: one offset serves...
+OFFSETS: list[tuple[float, float]] = []  # ...unless the wall clock is slewed: (monotonic, its offset), as sampled
 IDS = itertools.count(1)  # request ids, unique across the run
 OUTCOME_UNKNOWN = "outcome unknown"  # what a -32002's recovery says when nobody can tell whether it moved
 
@@ -124,13 +125,34 @@ def wall(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def note_clock() -> None:
+    """Sample the wall clock's offset from the monotonic one (the soak does every 2 s)."""
+    OFFSETS.append((time.monotonic(), time.time() - time.monotonic()))
+
+
+def to_monotonic(stamp: str) -> float:
+    """A wall-clock ISO stamp (the daemon's audit, a state's since) on the monotonic clock, with the
+    offset sampled nearest to it (NTP may slew the wall clock by milliseconds over an hour)."""
+    at = wall(stamp)
+    if not OFFSETS:
+        return at - MONO_TO_WALL
+    i = bisect.bisect_left(OFFSETS, (at - MONO_TO_WALL, 0.0))
+    near = min(OFFSETS[max(0, i - 1):i + 1], key=lambda o: abs(o[0] + o[1] - at))
+    return at - near[1]
+
+
+def clock_drift_ms() -> float:
+    """How far the sampled offsets spread (0: the wall clock kept step with the monotonic one)."""
+    return round((max(o for _, o in OFFSETS) - min(o for _, o in OFFSETS)) * 1000, 3) if OFFSETS else 0.0
+
+
 def read_audit(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def audit_span(entry: dict[str, Any]) -> tuple[float, float]:
     """An audit entry's call, monotonic (start, end), widened by the audit clock's resolution."""
-    end = wall(entry["time"]) - MONO_TO_WALL + 0.001  # the time is truncated to the millisecond
+    end = to_monotonic(entry["time"]) + 0.001  # the time is truncated to the millisecond
     return end - entry["elapsed_ms"] / 1000 - TOLERANCE_S, end + TOLERANCE_S
 
 
@@ -224,10 +246,16 @@ class PlantRecord:
         if not writes and self.level_at(device, "outputs", call.sent) == safe:
             return
         recovery = str(call.reply.get("error", {}).get("data", {}).get("recovery", ""))
-        if not writes and "FAILED" in recovery:
-            # The device did not answer (a Modbus unit gone silent): nothing reached it, and the
-            # error says the output could not be made safe. Honest, and counted.
+        if "kept pending" in recovery:
+            # The device did not answer (a Modbus unit gone silent; perhaps after taking the command,
+            # its reply lost): the error says the output could not be made safe and that the safe
+            # write is pending. Left unsafe, it must come back to safe later (the run ends with every
+            # device answering again).
             counts["failures that said the output could not be made safe"] += 1
+            after = self.during(device, "outputs", end, float("inf"))
+            if self.level_at(device, "outputs", end) != safe and not any(v == safe for _, v in after):
+                self.violations.add("pending safe write never written", {
+                    "call": dataclasses.asdict(call), **self.context(device, call.sent, end)})
             return
         if OUTCOME_UNKNOWN in recovery:
             counts["outcome unknown (said so)"] = counts.get("outcome unknown (said so)", 0) + 1

@@ -44,7 +44,6 @@ from typing import Any
 
 from soak_base import (
     IDS,
-    MONO_TO_WALL,
     SAFE,
     TOKENS,
     Call,
@@ -52,7 +51,7 @@ from soak_base import (
     Soaked,
     Violations,
     rpc,
-    wall,
+    to_monotonic,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -279,7 +278,7 @@ class WampHook:
                 match = re.fullmatch(rf"{self.node}\.(\w+)\.state", topic)
                 if match and match.group(1) in SAFE:
                     data = message["params"]["data"]
-                    since = wall(data["since"]) - MONO_TO_WALL if isinstance(data.get("since"), str) else None
+                    since = to_monotonic(data["since"]) if isinstance(data.get("since"), str) else None
                     self.states.append((time.monotonic(), match.group(1), str(data.get("state")), since))
         finally:
             await ws.close()

@@ -94,3 +94,17 @@ def test_a_failure_that_leaves_the_output_energised_is_unsafe(checker: soak.Soak
     checker.violations.counts.clear()
     checker.record.check_safe(call("light.on", "k", 100.0, 101.0, error=error), checker.counts)
     assert checker.violations.total() == 0
+
+
+def test_a_safe_write_kept_pending_must_come_back(checker: soak.Soak) -> None:
+    error = {"code": -32002, "message": "x", "data": {"recovery": "returning the output to its safe state FAILED "
+                                                                  "(no reply within 0.5 s); kept pending: ..."}}
+    checker.record.history["fan"]["outputs"] = [(100.1, True)]  # the unit took the command, then fell silent
+    checker.record.check_safe(call("fan.on", "k", 100.0, 101.0, error=error), checker.counts)
+    assert checker.violations.counts == {"pending safe write never written": 1}
+
+    checker.violations.counts.clear()
+    checker.record.history["fan"]["outputs"].append((103.0, False))  # it answers again: the pending write
+    checker.record.check_safe(call("fan.on", "k", 100.0, 101.0, error=error), checker.counts)
+    assert checker.violations.total() == 0
+    assert checker.counts["failures that said the output could not be made safe"] == 2

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 1013  # "try again later": reconnect and resume with since_seq
 MAX_PATTERNS = 64  # per connection
 MAX_PATTERN_LENGTH = 128
-WRITES_PER_TURN = 32  # connections written per turn of the event loop: what a reply may wait behind
+WRITES_PER_TURN = 16  # connections written per turn of the event loop: what a reply may wait behind
 # A batch starts at most this long per connection after the last one started (10 ms after a batch
 # to 1,000): under a stream of events each connection gets one write of several, not one per event.
 BATCH_SPACING_S = 10e-6
