@@ -77,10 +77,11 @@ def watch(out: Path, every: float, baseline_after: float, limit: int) -> None:
         rss = rss_kib()
         if trim:
             malloc_trim()
+        trimmed = rss_kib() if trim else ""  # before the object list below takes its own memory
         elapsed = time.monotonic() - started
         objects = gc.get_objects()
         with (out / "rss.tsv").open("a") as tsv:
-            tsv.write(f"{elapsed:.0f}\t{rss}\t{traced if tracing else ''}\t{rss_kib() if trim else ''}\t"
+            tsv.write(f"{elapsed:.0f}\t{rss}\t{traced if tracing else ''}\t{trimmed}\t"
                       f"{sys.getallocatedblocks()}\t{len(objects)}\n")
         if snapshot is None:  # no tracing: objects the collector tracks, counted by type
             now = Counter(type(o).__qualname__ for o in objects)
