@@ -63,6 +63,9 @@ class Subscription:
     patterns: set[str] = field(default_factory=set)
 
 
+Pending = bytes | list[bytes]  # what one connection has queued: a frame, or several in order
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int
@@ -82,8 +85,10 @@ class EventBus:
         self._recent: deque[Event] = deque(maxlen=buffer_size)  # for since_seq resumes
         self._subs: dict[ServerConnection, Subscription] = {}
         self._routes: dict[str, list[ServerConnection]] = {}  # topic -> subscribers, rebuilt on change
-        self._outbox: dict[ServerConnection, list[bytes]] = {}  # frames not yet written, per connection
-        self._writing: dict[ServerConnection, list[bytes]] = {}  # the batch being written, turn by turn
+        # Frames not yet written, per connection: one frame as it is, several in a list (one frame
+        # is the common case, and bytes are no work for the cyclic collector: 1,000 lists a batch were).
+        self._outbox: dict[ServerConnection, Pending] = {}
+        self._writing: dict[ServerConnection, Pending] = {}  # the batch being written, turn by turn
         self._order: list[ServerConnection] = []  # the batch's connections, in the order they are written
         self._scheduled = False  # a turn of writing is due on the loop
         self._next_batch = 0.0  # loop time before which no new batch starts
@@ -115,9 +120,11 @@ class EventBus:
         for ws in targets:
             pending = outbox.get(ws)
             if pending is None:
-                outbox[ws] = [wire]
-            else:
+                outbox[ws] = wire
+            elif isinstance(pending, list):
                 pending.append(wire)
+            else:
+                outbox[ws] = [pending, wire]
         if not self._scheduled:
             self._scheduled = True
             loop = asyncio.get_running_loop()
@@ -149,11 +156,11 @@ class EventBus:
         else:
             self._scheduled = False
 
-    def _write(self, ws: ServerConnection, frames: list[bytes]) -> None:
+    def _write(self, ws: ServerConnection, frames: Pending) -> None:
         transport = ws.transport
         if transport is None or transport.is_closing() or ws.protocol.state is not State.OPEN:
             return
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        data = frames if isinstance(frames, bytes) else b"".join(frames)
         if transport.get_write_buffer_size() + len(data) > self.max_pending_bytes:
             self._cut_off(ws)
         else:
@@ -165,12 +172,10 @@ class EventBus:
 
     def flush(self, ws: ServerConnection) -> None:
         """Write what *ws* has pending now, before anything else is sent on it (a reply)."""
-        frames = self._writing.pop(ws, None)
-        later = self._outbox.pop(ws, None)
-        if later is not None:
-            frames = later if frames is None else frames + later
-        if frames is not None:
-            self._write(ws, frames)
+        first, later = self._writing.pop(ws, None), self._outbox.pop(ws, None)
+        pending = later if first is None else first if later is None else [*_frames(first), *_frames(later)]
+        if pending is not None:
+            self._write(ws, pending)
 
     def _cut_off(self, ws: ServerConnection) -> None:
         log.warning("closing a subscriber that fell %d bytes behind", ws.transport.get_write_buffer_size())
@@ -227,6 +232,10 @@ class EventBus:
         self._writing.pop(ws, None)
         if self._subs.pop(ws, None) is not None:
             self._routes.clear()
+
+
+def _frames(pending: Pending) -> list[bytes]:
+    return [pending] if isinstance(pending, bytes) else pending
 
 
 def _matches(patterns: set[str], topic: str) -> bool:
