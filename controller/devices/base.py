@@ -21,7 +21,15 @@ from typing import Any, ClassVar
 from controller.devices.outward import UNKNOWN, BadCommand, HaEntity, MqttMessage
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
-from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable, refuse_unknown_params
+from controller.wire.errors import (
+    DISCONNECTED,
+    Busy,
+    Dropped,
+    InvalidParams,
+    NotConfirmed,
+    Unavailable,
+    refuse_unknown_params,
+)
 from drivers.base import Listeners, Observation, OutputPoint, Point, PointError, PointUnavailable
 
 log = logging.getLogger(__name__)
@@ -201,10 +209,14 @@ class Device:
         if not self.online:
             raise self.unavailable()
 
-    async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def run(self, action: str, params: dict[str, Any], timeout: float,
+                  wanted: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
 
-        Raises Busy, Unavailable or NotConfirmed; the result is the confirmed result README's *Methods* describes.
+        *wanted* is asked once the queue is ours, before anything is commanded: False (the caller
+        has gone) drops the action unstarted (:class:`Dropped`). Once started, an action finishes.
+        Raises Busy, Unavailable, NotConfirmed or Dropped; the result is the confirmed result
+        README's *Methods* describes.
         """
         try:
             async with asyncio.timeout(timeout):
@@ -212,6 +224,8 @@ class Device:
         except TimeoutError:
             raise Busy(f"{self.name} is busy with earlier actions", device=self.name) from None
         try:
+            if wanted is not None and not wanted():
+                raise Dropped(DISCONNECTED)
             self.check_online()  # it may have gone offline while we queued
             self._busy_action = action
             started = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +91,9 @@ class Sensor(Device):
         self.changed_at = at
         self.publish_reading(self.reading())
 
-    async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """No queue: reading the last value never waits for hardware."""
+    async def run(self, action: str, params: dict[str, Any], timeout: float,
+                  wanted: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """No queue: reading the last value never waits for hardware (nor starts anything to drop)."""
         self.check_online()
         if self._at is None:
             raise self.unavailable()

@@ -14,12 +14,16 @@ the connection caps (503, 429), then an ``Authorization: Bearer`` header if sent
 (401). Every refusal is counted in ``pictl_ws_refused_total{reason}`` and
 logged at most once per reason per 10 s. Each text frame that must wait is
 handled in a task owned by the server, not by the connection, so a client that
-goes away does not abort its action.
+goes away does not abort its action; but nothing of a connection that has ended
+or is ending starts any more (its session is :attr:`Session.gone`): neither the
+frames websockets still hands over from its buffer, nor an action waiting in a
+device's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -34,14 +38,16 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from controller.http.guard import Front, Guard, Refusal
 from controller.http.refusals import RefusalLog
 from controller.http.static import StaticFiles
-from controller.rpc.dispatch import Answer, binary_frame_error
+from controller.rpc.dispatch import MAX_INFLIGHT, Answer, binary_frame_error
 from controller.runtime.context import Context
 from controller.security.auth import Session
 from controller.settings.sections import ServerConfig
+from controller.wire.errors import DISCONNECTED
 from controller.wire.jsonrpc import decode
 from controller.wire.owned import OwnedTasks
 from drivers.base import Listeners
@@ -49,7 +55,6 @@ from drivers.base import Listeners
 log = logging.getLogger(__name__)
 
 AUTH_GRACE_S = 10.0  # a connection silent about auth for this long is closed
-MAX_INFLIGHT_PER_CONNECTION = 32  # frames being handled at once; more waits (TCP back-pressure)
 CLOSE_POLICY = 1008  # WebSocket close code: policy violation
 
 
@@ -91,6 +96,11 @@ def tls_context(files: tuple[str, str] | None) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(*files)
     return context
+
+
+def _open(ws: ServerConnection | None) -> bool:
+    """Whether a connection can still carry a reply: OPEN, and its transport not closing."""
+    return ws is not None and ws.protocol.state is State.OPEN and not ws.transport.is_closing()
 
 
 class Connection(ServerConnection):
@@ -295,17 +305,27 @@ class HttpServer:
         assert isinstance(ws, Connection)  # serve() makes ours (create_connection)
         session = ws.session
         assert session is not None  # the handshake check admitted it with one
-        session.events_to = weakref.ref(ws)  # events.subscribe sends on it (no ws -> session -> ws cycle)
-        slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
+        reference = weakref.ref(ws)  # no ws -> session -> ws cycle
+        session.events_to = reference  # events.subscribe sends on it
+        session.link_open = lambda: _open(reference())
+        slots = asyncio.Semaphore(MAX_INFLIGHT)
         guard = None
         self._count_open(+1)
         if not session.authenticated:
             guard = asyncio.get_running_loop().call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
         try:
             async for frame in ws:
+                # websockets hands over frames it buffered before the peer went (FIN, RST) or before
+                # the daemon closed the connection (1011, 1013): none of them may start anything.
+                await slots.acquire()
+                if session.gone:
+                    slots.release()
+                    self.ctx.metrics.rpc_dropped.labels(DISCONNECTED).inc()
+                    continue
                 if isinstance(frame, str):
                     answer = self.dispatcher.call(session, decode(frame, self.dispatcher.max_batch))
                     if isinstance(answer, Answer):  # answered inline: no task for the common case
+                        slots.release()
                         reply = answer.frame()
                         if reply is not None:
                             await ws.send(reply, text=True)
@@ -313,7 +333,6 @@ class HttpServer:
                     work: Awaitable[Answer] | None = answer
                 else:
                     work = None  # a binary frame: answered with an error
-                await slots.acquire()
                 self.tasks.spawn(self._frame(ws, session, work, slots))
         except ConnectionClosed:
             pass
@@ -339,11 +358,9 @@ class HttpServer:
                      slots: asyncio.Semaphore) -> None:
         try:
             reply = binary_frame_error() if work is None else (await work).frame()
-            if reply is not None:
-                try:
+            if reply is not None and not session.gone:  # nobody to answer: the outcome is in the audit
+                with contextlib.suppress(ConnectionClosed):
                     await ws.send(reply, text=True)
-                except ConnectionClosed:
-                    log.info("reply to %s dropped: client disconnected", session.peer)
         except Exception:
             log.exception("frame handling failed for %s", session.peer)
         finally:

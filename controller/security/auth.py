@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
 from controller.security.policy import LockoutConfig, Role, Token
@@ -76,8 +76,15 @@ class Session:
     # connection -> session -> connection cycle); None for a front door that publishes every event
     # on its own topics (MQTT, WAMP).
     events_to: Callable[[], object | None] | None = None
-    # The connection has closed: requests of it that have not started are dropped.
+    # The connection has ended: requests of it that have not started are dropped (see :attr:`gone`).
     closed: bool = False
+    # The front door's own test that its link still stands (a WebSocket still OPEN, not closing): a
+    # peer that sent FIN or RST, or that the daemon is closing, is gone before the door's loop sees it.
+    link_open: Callable[[], bool] | None = None
+    # Device -> this session's actions waiting or running on it (capped per device by the dispatcher's
+    # action handler); shared by the per-call copies of :meth:`for_call`.
+    queued: dict[str, int] = field(default_factory=dict)
+    inflight: int = 0  # this session's messages being answered (capped by the dispatcher)
 
     @classmethod
     def for_service(cls, who: str, role: Role, *, peer: str, address: str) -> Session:
@@ -88,6 +95,18 @@ class Session:
         if role.rate is not None:
             session.bucket = RateBucket(role.rate, role.burst or 1)
         return session
+
+    def for_call(self) -> Session:
+        """A copy for one call of a front door whose calls end on their own (a WAMP caller that leaves
+        cancels only its call): same token, role, rate bucket and per-device count, its own ``closed``."""
+        return replace(self, closed=False, link_open=None, inflight=0)
+
+    @property
+    def gone(self) -> bool:
+        """The caller has gone (or is going): work of it that has not started must not start."""
+        if not self.closed and self.link_open is not None and not self.link_open():
+            self.closed = True
+        return self.closed
 
     @property
     def authenticated(self) -> bool:

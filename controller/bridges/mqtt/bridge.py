@@ -170,6 +170,7 @@ class MqttBridge:
             try:
                 async with client:
                     self._client = client
+                    self.session = self._new_session()  # this connection's: closed when it drops
                     self.connected.set(1)
                     self.connects += 1
                     log.info("MQTT: connected to %s as node %s", where, self.config.node)
@@ -185,6 +186,7 @@ class MqttBridge:
                 log.exception("MQTT: the link to %s failed; reconnecting", where)
             finally:
                 self._client = None
+                self.session.closed = True  # its commands not started yet are dropped: nobody hears their outcome
                 self.ready.clear()
                 self.connected.set(0)
             await asyncio.sleep(backoff.next())
@@ -327,12 +329,12 @@ class MqttBridge:
         except BadCommand as exc:
             log.warning("MQTT: ignored a malformed command on %s (%s): %s", where, _short(payload), exc)
             return
-        self._commands.spawn(self._act(name, action, params))
+        self._commands.spawn(self._act(self.session, name, action, params))
 
-    async def _act(self, name: str, action: str, params: dict[str, Any]) -> None:
+    async def _act(self, session: Session, name: str, action: str, params: dict[str, Any]) -> None:
         """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
-        reply = (await settled(self.dispatcher.call(self.session, request(f"{name}.{action}", params)))).reply
-        if reply is None:  # pragma: no cover - a request with an id always gets a reply
+        reply = (await settled(self.dispatcher.call(session, request(f"{name}.{action}", params)))).reply
+        if reply is None:  # dropped unstarted: the connection it came on is gone
             return
         attributes, event = outcome(action, reply)
         if attributes["error"] is not None:

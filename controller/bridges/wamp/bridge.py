@@ -71,6 +71,7 @@ class WampBridge:
         self.connected = Gauge("pictl_wamp_connected", "1 while joined to the WAMP router",
                                registry=ctx.metrics.registry)
         self.tasks: set[asyncio.Task[Answer]] = set()  # calls in progress, owned here
+        self._calls: set[Session] = set()  # the sessions of those calls: marked gone when the link drops
         self._sessions: OrderedDict[int | None, Session] = OrderedDict()  # per disclosed caller
         self._registrations: dict[str, Registration] = {}  # uri -> registration, this session's
         self._registering = asyncio.Lock()
@@ -132,6 +133,8 @@ class WampBridge:
                         self._endpoint(method), uri, options=RegisterOptions(details_arg=DETAILS_ARG))
 
     def _lost(self) -> None:
+        for session in self._calls:  # no caller can hear an answer any more: what waits is dropped
+            session.closed = True
         self.ready.clear()
         self.connected.set(0)
         self._registrations.clear()
@@ -158,26 +161,35 @@ class WampBridge:
             if args:
                 raise ApplicationError(error_uri("invalid_params"), "params go as keyword arguments",
                                        code=INVALID_PARAMS, data=None)
-            answer = self.dispatcher.call(self._session(details), request(method, kwargs))
+            session = self._session(details).for_call()
+            answer = self.dispatcher.call(session, request(method, kwargs))
             if not isinstance(answer, Answer):
-                return self._wait(method, answer, details)  # a coroutine: autobahn awaits it
+                return self._wait(method, answer, details, session)  # a coroutine: autobahn awaits it
             return _unwrap(answer.reply)  # ping, state, status: answered here, no task
 
         return endpoint
 
     async def call(self, method: str, params: dict[str, Any], details: CallDetails | None = None) -> Any:
         """Run *method* through the dispatcher in a task of our own: the caller may go away."""
-        return await self._wait(method, settled(self.dispatcher.call(self._session(details),
-                                                                     request(method, params))), details)
+        session = self._session(details).for_call()
+        return await self._wait(method, settled(self.dispatcher.call(session, request(method, params))), details,
+                                session)
 
-    async def _wait(self, method: str, answer: Awaitable[Answer], details: CallDetails | None) -> Any:
+    async def _wait(self, method: str, answer: Awaitable[Answer], details: CallDetails | None,
+                    session: Session) -> Any:
+        """Each call runs under its own copy of the caller's session: a caller that leaves (the router
+        cancels the invocation) or a link that drops marks it gone, so a call still waiting for its
+        device is dropped; one already running finishes, is audited and published."""
         task = asyncio.ensure_future(answer)
         self.tasks.add(task)
+        self._calls.add(session)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _: self._calls.discard(session))
         try:
             reply = (await asyncio.shield(task)).reply
         except asyncio.CancelledError:
-            log.info("WAMP caller of %s went away (%s); the call carries on", method,
+            session.closed = True
+            log.info("WAMP caller of %s went away (%s); the call carries on if it has started", method,
                      "?" if details is None else details.caller)
             task.add_done_callback(lambda t: _log_orphan(method, t))
             raise
@@ -218,6 +230,12 @@ def _unwrap(reply: dict[str, Any] | None) -> Any:
 def _log_orphan(method: str, task: asyncio.Future[Answer]) -> None:
     if task.cancelled():
         return
-    reply = task.result().reply or {} if task.exception() is None else {"error": {"message": str(task.exception())}}
-    outcome = "ok" if "result" in reply else reply["error"].get("message")
+    if task.exception() is not None:
+        outcome = str(task.exception())
+    else:
+        reply = task.result().reply
+        if reply is None:
+            log.info("%s was dropped unstarted: its WAMP caller left", method)
+            return
+        outcome = "ok" if "result" in reply else reply["error"].get("message")
     log.info("%s finished after its WAMP caller left: %s", method, outcome)

@@ -1,0 +1,137 @@
+"""Hostile round two (issue 21): what a client that floods, leaves, stalls or lies costs the daemon.
+
+Each test plays one attack on the simulated plant and measures it as the benchmark does
+(bench/hostile.py): relay switches from the plant's own record, metrics, log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.service import configfile
+from controller.service.daemon import Daemon
+from tests.conftest import DEMO, DEMO_GPIO_TEXT, Client, gpio_demo, http_get, open_client
+
+SCALE = 0.3  # the plant's clock: the door travels in 0.09 s
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Daemon]:
+    d = Daemon(gpio_demo(), simulate=True, host="127.0.0.1", port=0, time_scale=SCALE)
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+async def sample(daemon: Daemon, name: str, **labels: str) -> float:
+    _status, _headers, body = await http_get(daemon, "/metrics")
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise AssertionError(f"{name}{labels} not served")
+
+
+def switches(daemon: Daemon, device: str, since: float) -> list[bool]:
+    """The device's output changes after *since*, as the plant recorded them."""
+    assert daemon.plant is not None
+    return [on for _, on in daemon.plant.history(device, since)["outputs"]]
+
+
+async def until_no_connections(daemon: Daemon) -> None:
+    server = daemon.server
+    assert server is not None
+    done = asyncio.Event()
+    undo = server.on_connections(lambda: server.open_connections == 0 and done.set())
+    try:
+        if server.open_connections:
+            async with asyncio.timeout(5):
+                await done.wait()
+    finally:
+        undo()
+
+
+# -- 1. a gone client moves nothing --------------------------------------------------------------
+FLOOD = [json.dumps({"jsonrpc": "2.0", "id": i, "method": "door.open" if i % 2 == 0 else "door.close"})
+         for i in range(40)]
+
+
+@pytest.mark.parametrize("ending", ["fin", "rst", "daemon closes (1013)"])
+async def test_a_client_that_floods_a_door_and_goes_moves_it_once(node: Daemon, ending: str) -> None:
+    since = time.monotonic()
+    door = node.devices["door"]
+    started = door.relay.expect(lambda v: v is True)
+    async with open_client(node.url) as ws:
+        for frame in FLOOD:
+            await ws.send(frame)
+        if ending == "fin":
+            ws.transport.write_eof()
+        else:
+            await started.wait(5)  # the first open runs, the rest is in the daemon's hands
+            if ending == "rst":
+                ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                                 struct.pack("ii", 1, 0))
+                ws.transport.abort()
+            else:  # as the event bus cuts off a subscriber that does not read (it never answers the close)
+                assert node.server is not None
+                closing = asyncio.ensure_future(node.server.close_sessions(lambda s: True, 1013, "too slow"))
+        if ending != "daemon closes (1013)":
+            await until_no_connections(node)
+        assert node.server is not None
+        assert await node.server.tasks.wait(5)
+        ws.transport.abort()
+    if ending == "daemon closes (1013)":
+        await closing
+    # Only the action already running finished: the door opened, nothing after it moved the relay.
+    assert switches(node, "door", since) == [True]
+    assert door.state()["state"] == "open"
+    assert await sample(node, "pictl_rpc_dropped_total", reason="disconnected") >= 1
+    assert await sample(node, "pictl_rpc_requests_total", method="door.close", outcome="dropped") >= 1
+
+
+async def test_a_connected_flood_is_refused_busy_beyond_one_waiting_action(node: Daemon) -> None:
+    since = time.monotonic()
+    async with open_client(node.url) as ws:
+        client = Client(ws)
+        replies = await asyncio.gather(*(client.request("door.open" if i % 2 == 0 else "door.close")
+                                         for i in range(20)))
+        await client.close()
+    ok = [r for r in replies if "result" in r]
+    busy = [r for r in replies if r.get("error", {}).get("code") == -32003]
+    assert len(ok) == 2 and len(busy) == 18  # one running, one waiting; the rest told at once
+    assert busy[0]["error"]["data"] == {"device": "door"}
+    assert switches(node, "door", since) == [True, False]
+
+
+async def test_a_wamp_caller_that_leaves_drops_the_call_still_waiting_for_its_device() -> None:
+    with socket.socket() as s:  # a router nobody runs: the node keeps trying to join in the background
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = DEMO_GPIO_TEXT + f'\n[wamp]\nurl = "ws://127.0.0.1:{port}/ws"\nrealm = "r"\nnode = "pi01"\nrole = "admin"\n'
+    daemon = Daemon(configfile.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0, time_scale=SCALE)
+    await daemon.start()
+    try:
+        assert daemon.wamp is not None
+        since = time.monotonic()
+        started = daemon.devices["door"].relay.expect(lambda v: v is True)
+        # What autobahn does with two invocations from the router; the second's caller then leaves.
+        opening = asyncio.ensure_future(daemon.wamp._endpoint("door.open")())
+        closing = asyncio.ensure_future(daemon.wamp._endpoint("door.close")())
+        await started.wait(5)
+        closing.cancel()
+        assert (await opening)["state"] == "open"
+        assert await daemon.wamp.drain(5)
+        assert switches(daemon, "door", since) == [True]
+        assert await sample(daemon, "pictl_rpc_dropped_total", reason="disconnected") == 1
+    finally:
+        await daemon.stop()

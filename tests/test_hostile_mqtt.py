@@ -1,0 +1,84 @@
+"""Hostile round two (issue 21) through a real Mosquitto: a broker link that drops, floods, oversized
+messages, replies aimed at pictl's own topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from controller.service import configfile
+from controller.service.daemon import Daemon
+from tests import test_mqtt
+from tests.conftest import DEMO, DEMO_GPIO_TEXT
+from tests.mosquitto import MOSQUITTO, Mosquitto
+from tests.test_hostile import sample, switches
+
+MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
+if MISSING and os.environ.get("CI"):
+    pytest.fail(f"MQTT tests cannot run: {MISSING}; .ci/run installs it", pytrace=False)
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+NODE = "pictl/pi01"
+broker = test_mqtt.broker  # the same fixture: a Mosquitto of the test's own on a free port
+AUTOMATION = '\n[auth.roles.automation]\nallow = ["door.*", "light.*", "*.state", "system.ping"]\n'
+
+
+@pytest.fixture
+async def node(broker: Mosquitto) -> AsyncIterator[Daemon]:
+    text = (DEMO_GPIO_TEXT + AUTOMATION + f'\n[mqtt]\nurl = "{broker.url}"\nnode = "pi01"\nrole = "automation"\n'
+            'keepalive = 5\nbackoff_max = 0.5\n')
+    d = Daemon(configfile.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0)
+    await d.start()
+    try:
+        assert d.mqtt is not None
+        async with asyncio.timeout(5):
+            await d.mqtt.ready.wait()
+        yield d
+    finally:
+        await d.stop()
+
+
+@pytest.fixture
+async def ha(broker: Mosquitto) -> AsyncIterator[aiomqtt.Client]:
+    """A client on the broker: Home Assistant, a script, an attacker."""
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        yield client
+
+
+async def rpc(client: aiomqtt.Client, payload: bytes | str, reply_to: str = "answers/1", timeout: float = 5.0) -> bytes:
+    """One MQTT 5 request on the node's rpc topic, and the reply on *reply_to*."""
+    await client.subscribe(reply_to, qos=1)
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = reply_to
+    properties.CorrelationData = b"c1"
+    await client.publish(f"{NODE}/rpc", payload, qos=1, properties=properties)
+    async with asyncio.timeout(timeout):
+        async for message in client.messages:
+            if message.topic.value == reply_to:
+                assert isinstance(message.payload, bytes)
+                return message.payload
+    raise AssertionError("no reply")
+
+
+# -- 1. a broker link that drops ------------------------------------------------------------------
+async def test_a_command_waiting_when_the_broker_link_drops_never_runs(node: Daemon, broker: Mosquitto) -> None:
+    since = time.monotonic()
+    started = node.devices["door"].relay.expect(lambda v: v is True)
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as ha:
+        await ha.publish(f"{NODE}/door/set", "OPEN", qos=1)
+        await ha.publish(f"{NODE}/door/set", "CLOSE", qos=1)
+        await rpc(ha, '{"jsonrpc": "2.0", "id": 1, "method": "system.ping"}')  # in order: the CLOSE has arrived
+    await started.wait(5)
+    await broker.stop(kill=True)  # the broker dies while the open runs and the close waits
+    assert node.mqtt is not None
+    assert await node.mqtt._commands.wait(5)
+    assert switches(node, "door", since) == [True]  # the open finished; the close nobody can hear never ran
+    assert node.devices["door"].state()["state"] == "open"
+    assert await sample(node, "pictl_rpc_dropped_total", reason="disconnected") == 1
