@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -135,3 +136,24 @@ async def test_a_wamp_caller_that_leaves_drops_the_call_still_waiting_for_its_de
         assert await sample(daemon, "pictl_rpc_dropped_total", reason="disconnected") == 1
     finally:
         await daemon.stop()
+
+
+# -- 2. a deadline is judged on what was observed ------------------------------------------------
+async def test_a_stalled_loop_does_not_turn_an_observed_change_into_a_failure(node: Daemon) -> None:
+    light = node.devices["light"]
+    loop = asyncio.get_running_loop()
+
+    def stall(obs: Any) -> None:  # once the output is written, the loop stalls past the deadline
+        if obs.value is True:
+            loop.call_soon(time.sleep, 0.3)
+
+    undo = light.output.listen(stall)
+    async with open_client(node.url) as ws:
+        client = Client(ws)
+        reply = await client.request("light.on", {"timeout": 0.1})
+        undo()
+        await client.close()
+    # The lamp's feedback arrived (stamped) while the loop was stalled: it proves the action.
+    assert "result" in reply, reply
+    assert reply["result"]["state"] == "on" and reply["result"]["evidence"]["source"] == "light.feedback"
+    assert light.state()["state"] == "on"
