@@ -63,7 +63,7 @@ def _action_handler(device: Device, action: str, metrics: Metrics, audit: AuditT
             timeout = device.check_params(action, action_params)
             key = check_key(params["request_key"]) if "request_key" in params else None
             device.check_online()
-            with _one_more(session, device.name):
+            with _one_more(session, device.name, capped=not device.actions[action].interrupts):
                 if key is None:
                     outcome = await device.run(action, action_params, timeout, wanted)
                 else:
@@ -89,10 +89,11 @@ def _action_handler(device: Device, action: str, metrics: Metrics, audit: AuditT
 
 
 @contextlib.contextmanager
-def _one_more(session: Session, device: str) -> Iterator[None]:
-    """Count one more action of *session* on *device* while it waits and runs; -32003 past the cap."""
+def _one_more(session: Session, device: str, capped: bool) -> Iterator[None]:
+    """Count one more action of *session* on *device* while it waits and runs; -32003 past the cap
+    (unless it is not *capped*: an interrupting action such as ``stop`` never waits, so never queues)."""
     queued = session.queued.get(device, 0)
-    if queued >= MAX_QUEUED_PER_DEVICE:
+    if capped and queued >= MAX_QUEUED_PER_DEVICE:
         raise Busy(f"{device} already has {queued} actions of this connection running or waiting: wait for "
                    "their answers", device=device)
     session.queued[device] = queued + 1
