@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.rpc.dispatch import MAX_INFLIGHT, Answer, request, settled
+from controller.runtime.context import build_context
+from controller.security.auth import Session
 from controller.service import configfile
 from controller.service.daemon import Daemon
 from tests.conftest import DEMO, DEMO_GPIO_TEXT, Client, gpio_demo, http_get, open_client
@@ -157,3 +160,24 @@ async def test_a_stalled_loop_does_not_turn_an_observed_change_into_a_failure(no
     assert "result" in reply, reply
     assert reply["result"]["state"] == "on" and reply["result"]["evidence"]["source"] == "light.feedback"
     assert light.state()["state"] == "on"
+
+
+async def test_a_session_has_at_most_32_messages_in_flight_past_which_it_is_refused_at_once() -> None:
+    ctx = build_context(gpio_demo())
+    release = asyncio.Event()
+
+    async def slow(session: Session, params: dict[str, Any]) -> Any:
+        await release.wait()
+        return "done"
+
+    ctx.dispatcher.register("test.slow", slow)
+    session = Session.for_service("mqtt:pi01", ctx.auth.roles["admin"], peer="mqtt", address="mqtt")
+    calls = [ctx.dispatcher.call(session, request("test.slow")) for _ in range(MAX_INFLIGHT + 1)]
+    *held, refused = calls
+    assert isinstance(refused, Answer) and refused.reply is not None
+    assert refused.reply["error"]["code"] == -32005
+    release.set()
+    answers = await asyncio.gather(*(settled(c) for c in held))
+    assert all(a.reply == {"jsonrpc": "2.0", "id": 0, "result": "done"} for a in answers)
+    assert session.inflight == 0  # every answer gave its slot back
+    await ctx.aclose()

@@ -18,6 +18,10 @@ command payload asks for (:meth:`Device.mqtt_command`).
 - Home Assistant discovery (see :mod:`controller.bridges.mqtt.discovery`) is
   published on every connect and when Home Assistant says it is back online.
 
+What arrives is bounded: the Maximum Packet Size announced in CONNECT keeps oversized messages on
+the broker; commands coalesce per device (one running, the latest waiting); rpc requests are capped
+in flight by the dispatcher; commands of a connection that dropped are dropped with it.
+
 aiomqtt 2.x does not reconnect by itself: :meth:`MqttBridge._run` does, with a
 capped backoff, and republishes availability, discovery and state each time.
 The node's last will marks it offline when the link dies without a goodbye.
@@ -53,13 +57,18 @@ from controller.rpc.dispatch import Answer, request, settled
 from controller.runtime.context import Context
 from controller.security.auth import Session
 from controller.wire import jsonrpc
-from controller.wire.errors import InvalidRequest
+from controller.wire.errors import DISCONNECTED, SUPERSEDED, InvalidRequest
 from controller.wire.owned import OwnedTasks
 from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
+# Announced to the broker as our Maximum Packet Size (MQTT 5): the largest request we take, plus room
+# for its topic and properties (response topic, correlation data). A compliant broker (Mosquitto 2)
+# drops anything larger instead of sending it: it never reaches this process's memory.
+PACKET_HEADROOM = 4096
+INCOMING_QUEUE = 1000  # messages read from the broker and not yet routed; past it aiomqtt drops (and we log)
 PENDING_WARNING = 500  # aiomqtt warns past this many unacknowledged publishes (an announce sends ~30)
 GOODBYE_TIMEOUT = 2.0  # at shutdown: how long the final "offline" may take to reach the broker
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle + delayed ACK cost ~40 ms per hop (LIBRARIES.md)
@@ -83,8 +92,10 @@ class MqttBridge:
         self.config = config = ctx.config.mqtt
         self.dispatcher = ctx.dispatcher
         self.topics = Topics(config.topic_prefix, config.node)
-        # A bigger rpc request is refused, as the WebSocket refuses a frame.
+        # A bigger rpc request is refused, as the WebSocket refuses a frame (and never sent to us at all
+        # by a broker that honours the Maximum Packet Size we announce).
         self.max_payload = ctx.config.server.max_frame_bytes
+        self.max_packet = self.max_payload + PACKET_HEADROOM
         self.session = self._new_session()
         self.connected = Gauge("pictl_mqtt_connected", "1 while the MQTT bridge is connected to its broker",
                                registry=ctx.metrics.registry)
@@ -97,6 +108,10 @@ class MqttBridge:
         self._announced: dict[str, set[str]] = {}  # device -> its discovery config topics on the broker
         self._attributes: dict[str, bytes] = {}  # device -> its last outcome, republished on reconnect
         self._subscribed: set[str] = set()  # command leaves subscribed on this connection
+        # Commands on .../set, per device: at most one of ours running (or waiting for the device) and
+        # the latest one behind it. A burst coalesces to its last word, never reorders, costs no task.
+        self._driving: set[str] = set()  # devices with a command of ours in the dispatcher
+        self._next: dict[str, tuple[Session, str, dict[str, Any]]] = {}  # device -> the command after it
         self._untap: Callable[[], None] | None = None
         self._closing = False
 
@@ -157,9 +172,16 @@ class MqttBridge:
             tls_context=tls,
             socket_options=[NODELAY],
             logger=log,
+            properties=self._connect_properties(),
+            max_queued_incoming_messages=INCOMING_QUEUE,
         )
         client.pending_calls_threshold = PENDING_WARNING
         return client
+
+    def _connect_properties(self) -> Properties:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.MaximumPacketSize = self.max_packet
+        return properties
 
     async def _run(self) -> None:
         """Connect, serve, and on any loss reconnect after a delay doubling up to backoff_max."""
@@ -187,6 +209,9 @@ class MqttBridge:
             finally:
                 self._client = None
                 self.session.closed = True  # its commands not started yet are dropped: nobody hears their outcome
+                for _ in range(len(self._next)):
+                    self.ctx.metrics.rpc_dropped.labels(DISCONNECTED).inc()
+                self._next.clear()
                 self.ready.clear()
                 self.connected.set(0)
             await asyncio.sleep(backoff.next())
@@ -329,9 +354,28 @@ class MqttBridge:
         except BadCommand as exc:
             log.warning("MQTT: ignored a malformed command on %s (%s): %s", where, _short(payload), exc)
             return
-        self._commands.spawn(self._act(self.session, name, action, params))
+        if name in self._next:
+            del self._next[name]  # the command that waited is replaced: the user's last word wins
+            self.ctx.metrics.rpc_dropped.labels(SUPERSEDED).inc()
+        if device.actions[action].interrupts:  # a STOP never waits its turn: it interrupts what runs
+            self._commands.spawn(self._act(name, self.session, action, params))
+        elif name in self._driving:  # one runs: this one waits behind it
+            self._next[name] = (self.session, action, params)
+        else:
+            self._driving.add(name)
+            self._commands.spawn(self._drive(name, (self.session, action, params)))
 
-    async def _act(self, session: Session, name: str, action: str, params: dict[str, Any]) -> None:
+    async def _drive(self, name: str, command: tuple[Session, str, dict[str, Any]]) -> None:
+        """Run *name*'s commands one at a time: this one, then the latest that arrived meanwhile."""
+        try:
+            next_command: tuple[Session, str, dict[str, Any]] | None = command
+            while next_command is not None:
+                await self._act(name, *next_command)
+                next_command = self._next.pop(name, None)
+        finally:
+            self._driving.discard(name)
+
+    async def _act(self, name: str, session: Session, action: str, params: dict[str, Any]) -> None:
         """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
         reply = (await settled(self.dispatcher.call(session, request(f"{name}.{action}", params)))).reply
         if reply is None:  # dropped unstarted: the connection it came on is gone
