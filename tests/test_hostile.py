@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import struct
 import time
@@ -181,3 +182,62 @@ async def test_a_session_has_at_most_32_messages_in_flight_past_which_it_is_refu
     assert all(a.reply == {"jsonrpc": "2.0", "id": 0, "result": "done"} for a in answers)
     assert session.inflight == 0  # every answer gave its slot back
     await ctx.aclose()
+
+
+# -- 4. connections count from the accept ---------------------------------------------------------
+async def slow_socket(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that connects and never sends its request."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def dropped(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    """Whether the server closed this connection (EOF or reset) within *timeout*."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_slow_handshakes_count_toward_the_caps_from_the_accept_and_time_out_counted() -> None:
+    text = DEMO_GPIO_TEXT.replace('listen = "127.0.0.1:8765"\n', 'listen = "127.0.0.1:8765"\nmax_connections = 4\n'
+                                  "max_connections_per_address = 2\nhandshake_timeout = 0.3\n")
+    daemon = Daemon(configfile.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0)
+    await daemon.start()
+    writers = []
+    try:
+        assert daemon.server is not None
+        port = daemon.server.port
+        per_address = daemon.server.admission.max_per_address  # 2 + a spare of 4
+        held = [await slow_socket(port, "127.0.0.2") for _ in range(per_address)]
+        over = await slow_socket(port, "127.0.0.2")
+        assert await dropped(over[0]), "one slow connection too many from one address is closed at once"
+        limit = daemon.server.admission.limit  # 4 + a spare of 16
+        held += [await slow_socket(port, f"127.0.1.{n // 2}") for n in range(limit - per_address)]
+        crowd = await slow_socket(port, "127.0.2.1")
+        assert await dropped(crowd[0]), "past the total, a new connection is closed at once"
+        writers = [w for _, w in (*held, over, crowd)]
+        # Nobody completed a request: each held one is dropped at the handshake timeout, counted.
+        assert all(await asyncio.gather(*(dropped(r) for r, _ in held)))
+        assert await sample(daemon, "pictl_ws_refused_total", reason="handshake_timeout") == len(held)
+        assert await sample(daemon, "pictl_ws_refused_total", reason="too_many_from_address") == 1
+        assert await sample(daemon, "pictl_ws_refused_total", reason="too_many_connections") == 1
+        async with open_client(daemon.url) as ws:  # the house is free again
+            assert await Client(ws).call("system.ping") == {"pong": True}
+    finally:
+        for w in writers:
+            w.close()
+        await daemon.stop()
+
+
+async def test_running_out_of_descriptors_logs_one_line_per_window(node: Daemon,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    for _ in range(50):  # what asyncio reports on each accept() that hits EMFILE
+        loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                     "exception": OSError(24, "Too many open files")})
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "Too many open files" in lines[0].getMessage() and not lines[0].exc_info
+    assert await sample(node, "pictl_ws_refused_total", reason="out_of_descriptors") == 50

@@ -30,7 +30,7 @@ import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
@@ -40,7 +40,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from controller.http.admission import Admission
 from controller.http.guard import Front, Guard, Refusal
+from controller.http.peer import parse_address
 from controller.http.refusals import RefusalLog
 from controller.http.static import StaticFiles
 from controller.rpc.dispatch import MAX_INFLIGHT, Answer, binary_frame_error
@@ -104,9 +106,21 @@ def _open(ws: ServerConnection | None) -> bool:
 
 
 class Connection(ServerConnection):
-    """A WebSocket connection of ours: websockets' own, with its session as typed state."""
+    """A WebSocket connection of ours: websockets' own, with its session as typed state, counted by
+    its listener's :class:`Admission` from accept to close."""
 
     session: Session | None = None  # set by the handshake check once the connection is admitted
+    gate: ClassVar[Admission | None] = None  # the listener's count (each listener serves a subclass)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.gate is not None:
+            self.gate.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.gate is not None:
+            self.gate.closed(self)
+        super().connection_lost(exc)
 
 
 class HttpServer:
@@ -132,6 +146,9 @@ class HttpServer:
         self.max_per_address = server.max_connections_per_address
         self.apply(server)
         self.per_address: dict[str, int] = {}  # open (or opening) WebSocket connections by address
+        self.handshake_timeout = server.handshake_timeout
+        self.admission = Admission(self.ws_refusals, self._trusted, max_connections=self.max_connections,
+                                   max_per_address=self.max_per_address, handshake_timeout=self.handshake_timeout)
         self.tasks = OwnedTasks("frame")  # frames being answered, owned here: a client that leaves aborts none
         self.open_connections = 0  # WebSocket connections past the handshake
         self._connections_changed = Listeners[[]]("connection count")
@@ -168,13 +185,18 @@ class HttpServer:
         """The open WebSocket connections."""
         return [ws for ws in self._ws.connections if isinstance(ws, Connection)] if self._ws is not None else []
 
+    def _trusted(self, address: str) -> bool:
+        return self.guard.proxies.trusts(parse_address(address))
+
     async def start(self) -> None:
+        self.admission.start()
         self._ws = await serve(
             self._handle,
             self.host,
             self.port,
             process_request=self._process_request,
-            create_connection=Connection,
+            create_connection=type("Connection", (Connection,), {"gate": self.admission}),
+            open_timeout=self.handshake_timeout + 1.0,  # ours (Admission) ends a slow one first, and counts it
             compression=None,  # no permessage-deflate: a compression bomb costs memory
             max_size=self.max_frame_bytes,  # larger frames close with 1009
             ssl=self.tls,
@@ -377,6 +399,7 @@ class HttpServer:
         return await self.tasks.wait(timeout)
 
     async def close(self) -> None:
+        self.admission.close()
         self.ws_refusals.close()
         self.http_refusals.close()
         if self._ws is not None:

@@ -24,7 +24,7 @@ prometheus_client.disable_created_metrics()  # no *_created series: noise for an
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Why a handshake or request was refused: fixed vocabularies, all exported from the start.
 WS_REFUSALS = ("origin", "unauthorized", "locked_out", "too_many_connections", "too_many_from_address",
-               "bad_request", "misdirected")
+               "bad_request", "misdirected", "handshake_timeout", "out_of_descriptors")
 HTTP_REFUSALS = ("unauthorized", "locked_out", "bad_request", "misdirected")
 # Confirmation times: five buckets per doubling (each bound 1.149x the last) from 3.9 ms to 64 s.
 # histogram_quantile interpolates linearly inside a bucket, so its answer is off by at most half a
