@@ -241,3 +241,26 @@ async def test_running_out_of_descriptors_logs_one_line_per_window(node: Daemon,
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and "Too many open files" in lines[0].getMessage() and not lines[0].exc_info
     assert await sample(node, "pictl_ws_refused_total", reason="out_of_descriptors") == 50
+
+
+# -- 5. a reload that rebuilds a device publishes its state ----------------------------------------
+async def test_a_reload_that_rebuilds_a_device_publishes_its_state_to_every_front_door(node: Daemon) -> None:
+    tapped: list[dict[str, Any]] = []  # what the MQTT and WAMP bridges are given
+    node.ctx.events.tap(tapped.append)
+    async with open_client(node.url) as ws:
+        client = Client(ws)
+        await client.call("events.subscribe", {"topics": ["*.state"]})
+        await client.call("door.open")
+        await client.call("light.on")
+        # Both devices' settings change: each is rebuilt from what its points read, outputs safe.
+        text = DEMO_GPIO_TEXT.replace("timeout = 2.0", "timeout = 2.5").replace("timeout = 1.0", "timeout = 1.5")
+        await node.apply(configfile.loads(text, str(DEMO)))
+        seen: dict[str, dict[str, Any]] = {}
+        async with asyncio.timeout(5):
+            while len(seen) < 2:
+                event = (await client.other.get())["params"]
+                if event["data"].get("cause") == "reload":
+                    seen[event["topic"]] = event["data"]
+        await client.close()
+    assert seen["door.state"]["state"] == "closed" and seen["light.state"]["state"] == "off"
+    assert {e["topic"] for e in tapped if e["data"].get("cause") == "reload"} == {"door.state", "light.state"}
