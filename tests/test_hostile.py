@@ -264,3 +264,18 @@ async def test_a_reload_that_rebuilds_a_device_publishes_its_state_to_every_fron
         await client.close()
     assert seen["door.state"]["state"] == "closed" and seen["light.state"]["state"] == "off"
     assert {e["topic"] for e in tapped if e["data"].get("cause") == "reload"} == {"door.state", "light.state"}
+
+
+# -- 6. what a peer can make the daemon log is throttled -----------------------------------------
+async def test_failed_logins_from_many_addresses_log_one_line_per_window_with_the_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    ctx = build_context(gpio_demo())
+    for i in range(300):
+        await ctx.auth.login(Session(peer=f"10.1.{i // 250}.{i % 250}:40000", address=f"10.1.{i // 250}.{i % 250}"),
+                             "not-a-token-of-ours")
+    lines = [r.getMessage() for r in caplog.records if "authentication" in r.getMessage()]
+    assert len(lines) == 1 and "10.1.0.0" in lines[0]
+    await ctx.aclose()  # the window's count is written when it closes
+    summary = [r.getMessage() for r in caplog.records if "authentication" in r.getMessage()][-1]
+    assert "299 more failed authentication(s)" in summary and "10.1.1.49" in summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -123,3 +124,23 @@ async def test_a_command_flood_coalesces_to_the_last_word_in_bounded_tasks(node:
     assert superseded + ran == len(words)  # every word either ran or was replaced by a later one
     attributes = json.loads(node.mqtt._attributes["light"])
     assert (attributes["action"], attributes["confirmed"]) == ("on", True)  # the outcome the user sees is their last
+
+
+# -- 6. what a peer on the broker can make the daemon log is throttled ------------------------------
+async def test_a_flood_of_malformed_commands_and_client_warnings_logs_one_line_each_per_window(
+        node: Daemon, ha: aiomqtt.Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    await asyncio.gather(*(ha.publish(f"{NODE}/door/set", "WIGGLE", qos=1) for _ in range(200)))
+    await rpc(ha, '{"jsonrpc": "2.0", "id": 1, "method": "system.ping"}')  # in order: all 200 handled
+    assert node.mqtt is not None and node.mqtt._client is not None
+    client_log = node.mqtt._client._logger  # the logger the bridge gave aiomqtt
+    for n in range(100):  # what aiomqtt says when publishes pile up
+        client_log.warning("There are %d pending publish calls.", 501 + n)
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("controller")]  # not the test's client
+    assert sum("malformed command" in line for line in ours) == 1
+    assert sum("pending publish calls" in line for line in ours) == 1
+    await node.stop()  # the windows close: their counts are written
+    text = caplog.text
+    assert "ignored 199 more message(s) (malformed)" in text
+    assert "99 more warning(s) (pending_publishes)" in text and "There are 600 pending" in text
+    assert node.devices["door"].state()["state"] == "closed"

@@ -285,7 +285,8 @@ async def test_retained_and_malformed_commands_never_run(daemon: Daemon, watcher
     assert json.loads(seen[0][1])["action"] == "close" and json.loads(seen[0][1])["changed"] is False
     assert not pin_level(daemon, 17)
     text = caplog.text
-    assert "ignored a retained command" in text and text.count("ignored a malformed command") == 4
+    # One line per reason per 10 s (issue 21): the other three malformed ones are counted in the next.
+    assert "ignored a retained command" in text and text.count("ignored a malformed command") == 1
     assert "no such device" in text
     await send(watcher.client, f"{NODE}/door/set", b"", retain=True)  # clear the retained message
 
@@ -434,7 +435,7 @@ async def test_rpc_replies_never_land_on_pictl_or_discovery_topics(daemon: Daemo
         await requester.client.publish(f"{NODE}/rpc", '{"jsonrpc":"2.0","id":1,"method":"door.state"}', qos=1,
                                        properties=props)
     await requester.ask('{"jsonrpc":"2.0","id":2,"method":"system.ping"}')  # a probe: handled after those
-    assert caplog.text.count("refused an rpc request") == 3
+    assert caplog.text.count("an rpc request whose response topic") == 1  # one line per 10 s, the rest counted
     assert not [m for m in watcher.seen[start:] if b'"result"' in m.payload]  # no reply went anywhere
 
 

@@ -52,6 +52,7 @@ from controller.settings.sections import ServerConfig
 from controller.wire.errors import DISCONNECTED
 from controller.wire.jsonrpc import decode
 from controller.wire.owned import OwnedTasks
+from controller.wire.throttle import ThrottledLog
 from drivers.base import Listeners
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,9 @@ class HttpServer:
         self.guard = Guard(tls=self.tls is not None)
         self.ws_refusals = RefusalLog(ctx.metrics.ws_refused, "handshake")
         self.http_refusals = RefusalLog(ctx.metrics.http_refused, "request")
+        self.closings = ThrottledLog(log, "closing the connection of {peer} ({reason}): {detail}",
+                                     "closed {count} more connection(s) ({reason}) in the last {window:.0f} s; "
+                                     "latest {latest}", level=logging.INFO)
         self.allowed_origins: frozenset[str] = frozenset()  # browser origins admitted besides our own
         self.metrics_tokens: frozenset[str] = frozenset()  # token names that may scrape; empty: open
         self.auth_timeout = server.auth_timeout  # unauthenticated connections are closed after this long
@@ -373,7 +377,7 @@ class HttpServer:
 
     def _close_if_anonymous(self, ws: Connection, session: Session) -> None:
         if not session.authenticated:
-            log.info("closing %s: no authentication within %.0f s", session.peer, self.auth_timeout)
+            self.closings.note("no_authentication", session.peer, f"no authentication within {self.auth_timeout:g} s")
             self.tasks.spawn(ws.close(CLOSE_POLICY, "authentication timeout"))
 
     async def _frame(self, ws: Connection, session: Session, work: Awaitable[Answer] | None,
@@ -400,6 +404,7 @@ class HttpServer:
 
     async def close(self) -> None:
         self.admission.close()
+        self.closings.close()
         self.ws_refusals.close()
         self.http_refusals.close()
         if self._ws is not None:

@@ -27,6 +27,7 @@ from fnmatch import fnmatchcase
 
 from controller.security.policy import LockoutConfig, Role, Token
 from controller.security.secrets import SecretDigest, SecretHash, fingerprint
+from controller.wire.throttle import ThrottledLog
 
 log = logging.getLogger(__name__)
 VERIFIED_CACHE = 256  # secrets remembered after a successful check
@@ -165,6 +166,10 @@ class Authenticator:
         self.slow_checks = 0  # PBKDF2 runs so far (legacy tokens only)
         self._decisions: dict[tuple[str, str], bool] = {}  # (role, method) -> allowed; methods come from config
         self._hasher: ThreadPoolExecutor | None = None  # one thread: legacy checks never take more than a core
+        # Failed logins and lockouts: a peer makes as many as it likes, the journal gets a line per 10 s.
+        self.failures_log = ThrottledLog(log, "failed authentication from {peer} ({reason}): {detail}",
+                                         "{count} more failed authentication(s) ({reason}) in the last "
+                                         "{window:.0f} s; latest from {latest}")
         self.update(tokens, roles)
 
     def update(self, tokens: tuple[Token, ...], roles: dict[str, Role]) -> None:
@@ -207,6 +212,7 @@ class Authenticator:
         return found
 
     def close(self) -> None:
+        self.failures_log.close()
         if self._hasher is not None:
             self._hasher.shutdown(wait=False, cancel_futures=True)
             self._hasher = None
@@ -254,8 +260,8 @@ class Authenticator:
         if entry.count >= self.lockout.lockout_after:
             entry.locked_until = now + self.lockout.lockout_s
             self.lockouts += 1
-            log.warning("locking out %s for %.0f s after %d failed authentications", address,
-                        self.lockout.lockout_s, entry.count)
+            self.failures_log.note("locked_out", address, f"locked out for {self.lockout.lockout_s:.0f} s after "
+                                   f"{entry.count} failed authentications")
             return 0.0
         over = entry.count - self.lockout.slowdown_after
         return 0.0 if over < 0 else min(5.0, 0.25 * 2**over)
@@ -289,7 +295,7 @@ class Authenticator:
         verdict = await self.attempt(session.address, secret)
         if verdict.token is None:
             if not verdict.locked_s:
-                log.warning("failed authentication from %s", session.peer)
+                self.failures_log.note("bad_token", session.peer, "no token has that secret")
             return verdict
         token = verdict.token
         session.token = token

@@ -59,9 +59,17 @@ from controller.security.auth import Session
 from controller.wire import jsonrpc
 from controller.wire.errors import DISCONNECTED, SUPERSEDED, InvalidRequest
 from controller.wire.owned import OwnedTasks
+from controller.wire.protocol import ERROR_NAMES
+from controller.wire.throttle import ThrottledFilter, ThrottledLog
 from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
+CLIENT_LOG = logging.getLogger(__name__ + ".client")  # aiomqtt's and paho's lines: their warnings throttled
+LINK_LINES = ("MQTT: {peer}: {detail}", "MQTT: {count} more time(s) ({reason}) in the last {window:.0f} s; "
+              "latest {latest}")
+# aiomqtt's warnings a flood causes, by message template -> the reason they are counted under
+CLIENT_WARNINGS = {"There are %d pending publish calls.": "pending_publishes",
+                   "Message queue is full. Discarding message.": "queue_full"}
 
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
 # Announced to the broker as our Maximum Packet Size (MQTT 5): the largest request we take, plus room
@@ -114,6 +122,19 @@ class MqttBridge:
         self._next: dict[str, tuple[Session, str, dict[str, Any]]] = {}  # device -> the command after it
         self._untap: Callable[[], None] | None = None
         self._closing = False
+        # What a peer on the broker can make us log at will: one line per reason per 10 s, with the count.
+        self.ignored = ThrottledLog(log, "MQTT: ignored {detail} on {peer} ({reason})",
+                                    "MQTT: ignored {count} more message(s) ({reason}) in the last {window:.0f} s; "
+                                    "latest on {latest}")
+        self.failed = ThrottledLog(log, "MQTT: a command on {peer} failed ({reason}): {detail}",
+                                   "MQTT: {count} more command(s) failed ({reason}) in the last {window:.0f} s; "
+                                   "latest on {latest}")
+        self.link_log = ThrottledLog(log, *LINK_LINES)  # a broker that accepts and drops us ten times a second
+        self.link_info = ThrottledLog(log, *LINK_LINES, level=logging.INFO)
+        self.client_log = ThrottledLog(log, "MQTT client ({reason}): {detail}",
+                                       "MQTT client: {count} more warning(s) ({reason}) in the last {window:.0f} s; "
+                                       "latest {latest}")
+        self._client_filter = ThrottledFilter(self.client_log, CLIENT_WARNINGS, "aiomqtt")
 
     def _new_session(self) -> Session:
         return Session.for_service(f"mqtt:{self.config.node}", self.ctx.auth.roles[self.config.role],
@@ -123,6 +144,7 @@ class MqttBridge:
     async def start(self) -> None:
         """Start connecting (in the background: a broker that is down does not stop the daemon)."""
         self._untap = self.ctx.events.tap(self._on_event)
+        CLIENT_LOG.addFilter(self._client_filter)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt-bridge")
 
     async def close(self, timeout: float) -> None:
@@ -144,6 +166,9 @@ class MqttBridge:
                 await self._runner
         self._tasks.cancel()
         self.connected.set(0)
+        for throttled in (self.ignored, self.failed, self.link_log, self.link_info, self.client_log):
+            throttled.close()
+        CLIENT_LOG.removeFilter(self._client_filter)
 
     def config_applied(self) -> None:
         """After a reload: the role may have changed, devices come and go (a removed one is
@@ -171,7 +196,7 @@ class MqttBridge:
             timeout=10.0,
             tls_context=tls,
             socket_options=[NODELAY],
-            logger=log,
+            logger=CLIENT_LOG,
             properties=self._connect_properties(),
             max_queued_incoming_messages=INCOMING_QUEUE,
         )
@@ -195,15 +220,15 @@ class MqttBridge:
                     self.session = self._new_session()  # this connection's: closed when it drops
                     self.connected.set(1)
                     self.connects += 1
-                    log.info("MQTT: connected to %s as node %s", where, self.config.node)
+                    self.link_info.note("connected", where, f"connected as node {self.config.node}")
                     backoff.reset()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 if self._client is not None:
-                    log.warning("MQTT: lost the broker at %s (%s); reconnecting", where, exc)
+                    self.link_log.note("lost", where, f"lost the broker ({exc}); reconnecting")
                 else:
-                    log.warning("MQTT: cannot reach the broker at %s (%s); retrying in %.1f s", where, exc,
-                                backoff.upcoming)
+                    self.link_log.note("unreachable", where, f"cannot reach the broker ({exc}); retrying in "
+                                       f"{backoff.upcoming:.1f} s")
             except Exception:  # a bug must not end the bridge for good: log it and connect again
                 log.exception("MQTT: the link to %s failed; reconnecting", where)
             finally:
@@ -323,7 +348,7 @@ class MqttBridge:
             self._request(message, payload)
         elif self.config.discovery_prefix and topic == f"{self.config.discovery_prefix}/status":
             if payload.strip() == b"online":
-                log.info("MQTT: Home Assistant is online: announcing the devices again")
+                self.link_info.note("announced", topic, "Home Assistant is online: announcing the devices again")
                 self._announce()
         else:
             found = self.topics.command(topic)
@@ -333,15 +358,15 @@ class MqttBridge:
     def _command(self, name: str, leaf: str, payload: bytes, retained: bool) -> None:
         where = self.topics.device(_short(name.encode(), 64), leaf)
         if retained:
-            log.warning("MQTT: ignored a retained command on %s (%s): a command the broker replays never runs; "
-                        "clear it with an empty retained message", where, _short(payload))
+            self.ignored.note("retained", where, f"a retained command {_short(payload)} (a command the broker "
+                              "replays never runs; clear it with an empty retained message)")
             return
         if self._closing:
-            log.warning("MQTT: ignored a command on %s: shutting down", where)
+            self.ignored.note("shutting_down", where, "a command while shutting down")
             return
         device = self.ctx.devices.get(name)
         if device is None:
-            log.warning("MQTT: ignored a command on %s: no such device", where)
+            self.ignored.note("unknown_device", where, "a command for no such device")
             return
         try:
             if len(payload) > MAX_COMMAND_BYTES:
@@ -352,7 +377,7 @@ class MqttBridge:
                 raise BadCommand("not ASCII text") from None
             action, params = device.mqtt_command(leaf, text)
         except BadCommand as exc:
-            log.warning("MQTT: ignored a malformed command on %s (%s): %s", where, _short(payload), exc)
+            self.ignored.note("malformed", where, f"a malformed command {_short(payload)} ({exc})")
             return
         if name in self._next:
             del self._next[name]  # the command that waited is replaced: the user's last word wins
@@ -382,7 +407,9 @@ class MqttBridge:
             return
         attributes, event = outcome(action, reply)
         if attributes["error"] is not None:
-            log.warning("MQTT: %s %s failed: %s", name, action, attributes["error"].get("message"))
+            error = attributes["error"]
+            self.failed.note(ERROR_NAMES.get(error.get("code"), "error"), self.topics.device(name, "set"),
+                             f"{action}: {error.get('message')}")
         encoded = orjson.dumps(attributes)
         self._attributes[name] = encoded
         self._publish(self.topics.device(name, "attributes"), encoded, retain=True)
@@ -391,14 +418,16 @@ class MqttBridge:
     def _request(self, message: aiomqtt.Message, payload: bytes) -> None:
         """A JSON-RPC request or batch on the rpc topic; answered on its response topic, if any."""
         if message.retain:
-            log.warning("MQTT: ignored a retained request on %s: a replayed request never runs", self.topics.rpc)
+            self.ignored.note("retained_request", self.topics.rpc, "a retained request (a replayed request never "
+                              "runs)")
             return
         properties = message.properties
         respond = getattr(properties, "ResponseTopic", None) or None
         correlation = getattr(properties, "CorrelationData", None)
         if respond is not None and not self._may_answer_on(respond):
-            log.warning("MQTT: refused an rpc request whose response topic is one of pictl's or Home Assistant's, "
-                        "or a wildcard")
+            self.ignored.note("reply_topic", self.topics.rpc, f"an rpc request whose response topic "
+                              f"{_short(respond.encode(), 64)} is under pictl's or Home Assistant's prefix, "
+                              "or a wildcard")
             return
         if len(payload) > self.max_payload:
             too_big = InvalidRequest(f"request too large: {len(payload)} > {self.max_payload} bytes")

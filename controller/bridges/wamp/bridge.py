@@ -40,6 +40,7 @@ from controller.rpc.dispatch import Answer, request, settled  # noqa: E402
 from controller.runtime.context import Context  # noqa: E402
 from controller.security.auth import Session  # noqa: E402
 from controller.wire.protocol import ERROR_NAMES, INTERNAL_ERROR, INVALID_PARAMS  # noqa: E402
+from controller.wire.throttle import ThrottledLog  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class WampBridge:
                                registry=ctx.metrics.registry)
         self.tasks: set[asyncio.Task[Answer]] = set()  # calls in progress, owned here
         self._calls: set[Session] = set()  # the sessions of those calls: marked gone when the link drops
+        # Callers that leave mid-call, as often as they like: one line per reason per 10 s, with the count.
+        self.orphans = ThrottledLog(log, "{detail}", "WAMP: {count} more call(s) ({reason}) in the last "
+                                    "{window:.0f} s; latest {latest}", level=logging.INFO)
         self._sessions: OrderedDict[int | None, Session] = OrderedDict()  # per disclosed caller
         self._registrations: dict[str, Registration] = {}  # uri -> registration, this session's
         self._registering = asyncio.Lock()
@@ -189,11 +193,25 @@ class WampBridge:
             reply = (await asyncio.shield(task)).reply
         except asyncio.CancelledError:
             session.closed = True
-            log.info("WAMP caller of %s went away (%s); the call carries on if it has started", method,
-                     "?" if details is None else details.caller)
-            task.add_done_callback(lambda t: _log_orphan(method, t))
+            caller = "?" if details is None else str(details.caller)
+            self.orphans.note("caller_left", caller,
+                              f"WAMP caller of {method} went away ({caller}); the call carries on if it has started")
+            task.add_done_callback(lambda t: self._log_orphan(method, caller, t))
             raise
         return _unwrap(reply)
+
+    def _log_orphan(self, method: str, caller: str, task: asyncio.Future[Answer]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            outcome = str(task.exception())
+        else:
+            reply = task.result().reply
+            if reply is None:
+                self.orphans.note("dropped", caller, f"{method} was dropped unstarted: its WAMP caller left")
+                return
+            outcome = "ok" if "result" in reply else reply["error"].get("message")
+        self.orphans.note("finished", caller, f"{method} finished after its WAMP caller left: {outcome}")
 
     # -- events -----------------------------------------------------------------------------------
     def _publish(self, event: dict[str, Any]) -> None:
@@ -215,6 +233,7 @@ class WampBridge:
 
     async def stop(self) -> None:
         self._untap()
+        self.orphans.close()
         await self.link.stop()
         self.connected.set(0)
 
@@ -227,15 +246,3 @@ def _unwrap(reply: dict[str, Any] | None) -> Any:
     return reply["result"]
 
 
-def _log_orphan(method: str, task: asyncio.Future[Answer]) -> None:
-    if task.cancelled():
-        return
-    if task.exception() is not None:
-        outcome = str(task.exception())
-    else:
-        reply = task.result().reply
-        if reply is None:
-            log.info("%s was dropped unstarted: its WAMP caller left", method)
-            return
-        outcome = "ok" if "result" in reply else reply["error"].get("message")
-    log.info("%s finished after its WAMP caller left: %s", method, outcome)
