@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.rpc.dispatch import MAX_INFLIGHT, Answer, request, settled
 from controller.runtime.context import build_context
-from controller.security.auth import Session
+from controller.security.auth import LOCKED_ADDRESSES, TRACKED_ADDRESSES, Authenticator, Session
+from controller.security.policy import LockoutConfig
 from controller.service import configfile
 from controller.service.daemon import Daemon
 from tests.conftest import DEMO, DEMO_GPIO_TEXT, Client, gpio_demo, http_get, open_client
@@ -279,3 +280,23 @@ async def test_failed_logins_from_many_addresses_log_one_line_per_window_with_th
     await ctx.aclose()  # the window's count is written when it closes
     summary = [r.getMessage() for r in caplog.records if "authentication" in r.getMessage()][-1]
     assert "299 more failed authentication(s)" in summary and "10.1.1.49" in summary
+
+
+# -- 7. a flood of newcomers cannot release a locked-out address -----------------------------------
+async def test_a_flood_of_new_addresses_cannot_evict_a_locked_out_one() -> None:
+    auth = Authenticator((), {}, LockoutConfig(slowdown_after=100, lockout_after=3, lockout_s=60.0))
+    for _ in range(3):
+        await auth.attempt("192.0.2.66", "guess")
+    assert auth.locked_for("192.0.2.66") > 0
+    for i in range(TRACKED_ADDRESSES + 10):  # one failure each from more addresses than the table holds
+        await auth.attempt(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "guess")
+    assert auth.locked_for("192.0.2.66") > 0
+    assert (await auth.attempt("192.0.2.66", "guess")).locked_s > 0  # still refused without a check
+    assert len(auth._failures) <= TRACKED_ADDRESSES  # the newcomers paid: the least recent were forgotten
+    # Even locking out more addresses than the locked table holds releases none of the first.
+    for i in range(LOCKED_ADDRESSES):
+        for _ in range(3):
+            await auth.attempt(f"172.16.{i // 256}.{i % 256}", "guess")
+    assert auth.locked_for("192.0.2.66") > 0 and auth.locked_for("172.16.0.0") > 0
+    assert auth.locked_for(f"172.16.{(LOCKED_ADDRESSES - 1) // 256}.{(LOCKED_ADDRESSES - 1) % 256}") > 0
+    auth.close()
