@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 from controller.service import configfile
 from controller.service.daemon import Daemon
 from tests import test_mqtt
-from tests.conftest import DEMO, DEMO_GPIO_TEXT
+from tests.conftest import DEMO, DEMO_GPIO_TEXT, open_client
 from tests.mosquitto import MOSQUITTO, Mosquitto
 from tests.test_hostile import sample, switches
 
@@ -143,4 +143,31 @@ async def test_a_flood_of_malformed_commands_and_client_warnings_logs_one_line_e
     text = caplog.text
     assert "ignored 199 more message(s) (malformed)" in text
     assert "99 more warning(s) (pending_publishes)" in text and "There are 600 pending" in text
+    assert node.devices["door"].state()["state"] == "closed"
+
+
+# -- 8. replies stay off pictl's topics; client names in errors are cut ---------------------------------
+async def test_no_reply_lands_on_another_nodes_topics_and_long_parameter_names_are_cut(
+        node: Daemon, ha: aiomqtt.Client) -> None:
+    await ha.subscribe("pictl/#", qos=1)
+    await ha.subscribe("answers/#", qos=1)
+    for reply_to in ("pictl/pi02/door/set", "pictl", "homeassistant/cover/pi02/door/config", "answers/ok"):
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = reply_to
+        await ha.publish(f"{NODE}/rpc", '{"jsonrpc": "2.0", "id": 1, "method": "system.ping"}', qos=1,
+                         properties=properties)
+    async with asyncio.timeout(5):
+        async for message in ha.messages:  # in order: a reply to the first three would come before this one
+            if message.topic.value == "answers/ok" or b'"pong"' in bytes(message.payload or b""):
+                break
+    assert message.topic.value == "answers/ok"
+    # A 10 KB parameter name is cut in the error, like a method name: over MQTT and over the WebSocket.
+    request = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "door.open", "params": {"x" * 10_000: 1}})
+    over_mqtt = await rpc(ha, request, reply_to="answers/long")
+    async with open_client(node.url) as ws:
+        await ws.send(request)
+        over_ws = await ws.recv()
+    assert over_mqtt == (over_ws.encode() if isinstance(over_ws, str) else over_ws)
+    error = json.loads(over_mqtt)["error"]
+    assert error["code"] == -32602 and len(over_mqtt) < 1000 and "x" * 41 not in over_mqtt.decode()
     assert node.devices["door"].state()["state"] == "closed"

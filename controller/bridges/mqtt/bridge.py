@@ -440,11 +440,14 @@ class MqttBridge:
             self._tasks.spawn(self._answer(answer, respond, correlation, message.qos))
 
     def _may_answer_on(self, topic: str) -> bool:
-        """A reply never lands on our own topics (a command, a state) or on discovery topics."""
-        ours = [f"{self.topics.base}/"]
+        """A reply never lands under pictl's prefix (this node's topics, and any other node's: a reply on
+        ``pictl/pi02/door/set`` would be a command to another Pi), under the discovery prefix, on a
+        wildcard or on a broker's ``$`` topic."""
+        ours = [self.config.topic_prefix]
         if self.config.discovery_prefix:
-            ours.append(f"{self.config.discovery_prefix}/")
-        return not ("+" in topic or "#" in topic or any(topic.startswith(prefix) for prefix in ours))
+            ours.append(self.config.discovery_prefix)
+        return not ("+" in topic or "#" in topic or topic.startswith("$") or not topic
+                    or any(topic == prefix or topic.startswith(f"{prefix}/") for prefix in ours))
 
     async def _answer(self, answer: Awaitable[Answer], respond: str | None, correlation: bytes | None,
                       qos: int) -> None:
