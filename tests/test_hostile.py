@@ -214,19 +214,22 @@ async def test_slow_handshakes_count_toward_the_caps_from_the_accept_and_time_ou
         per_address = daemon.server.admission.max_per_address  # 2 + a spare of 4
         held = [await slow_socket(port, "127.0.0.2") for _ in range(per_address)]
         over = await slow_socket(port, "127.0.0.2")
+        writers = [w for _, w in (*held, over)]
         assert await dropped(over[0]), "one slow connection too many from one address is closed at once"
         limit = daemon.server.admission.limit  # 4 + a spare of 16
         held += [await slow_socket(port, f"127.0.1.{n // 2}") for n in range(limit - per_address)]
-        crowd = await slow_socket(port, "127.0.2.1")
-        assert await dropped(crowd[0]), "past the total, a new connection is closed at once"
-        writers = [w for _, w in (*held, over, crowd)]
-        # Nobody completed a request: each held one is dropped at the handshake timeout, counted.
-        assert all(await asyncio.gather(*(dropped(r) for r, _ in held)))
-        assert await sample(daemon, "pictl_ws_refused_total", reason="handshake_timeout") == len(held)
-        assert await sample(daemon, "pictl_ws_refused_total", reason="too_many_from_address") == 1
-        assert await sample(daemon, "pictl_ws_refused_total", reason="too_many_connections") == 1
-        async with open_client(daemon.url) as ws:  # the house is free again
+        writers += [w for _, w in held[per_address:]]
+        # A house full of slow handshakes from many addresses: a real client still gets in, and the
+        # oldest unfinished handshake is the one that makes room.
+        async with open_client(daemon.url) as ws:
             assert await Client(ws).call("system.ping") == {"pong": True}
+        # None of the slow ones completed a request: each is dropped at the handshake timeout or, the
+        # oldest, to make room (on a loaded machine it may have timed out first), and counted.
+        assert all(await asyncio.gather(*(dropped(r) for r, _ in held)))
+        timeouts = await sample(daemon, "pictl_ws_refused_total", reason="handshake_timeout")
+        evicted = await sample(daemon, "pictl_ws_refused_total", reason="too_many_connections")
+        assert timeouts + evicted == len(held) and evicted <= 1
+        assert await sample(daemon, "pictl_ws_refused_total", reason="too_many_from_address") == 1
     finally:
         for w in writers:
             w.close()

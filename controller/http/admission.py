@@ -14,7 +14,10 @@ connection's ``connection_made``) until :meth:`Admission.closed` (``connection_l
   each names, once its request is read (the handshake check);
 - a connection whose request, or upgrade, is not done within ``handshake_timeout`` is dropped.
 
-Past a cap a connection is closed at once, before anything is read. Each refusal is counted in
+Past the per-address cap a new connection is closed at once, before anything is read. At the total
+cap, the oldest connection that has not sent its request yet makes room (a real client sends it at
+once and is then never dropped this way: slow sockets from many addresses cannot lock it out); only
+a house full of connections that did send theirs refuses the newcomer. Each refusal is counted in
 ``pictl_ws_refused_total{reason}`` (``too_many_connections``, ``too_many_from_address``,
 ``handshake_timeout``) and logged at most once per reason per 10 s. If descriptors run out anyway
 (something else holds them), asyncio's accept() failure is logged the same way, not as one
@@ -27,6 +30,7 @@ import asyncio
 import logging
 import os
 import resource
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -48,6 +52,7 @@ class Transported(Protocol):
 
     transport: asyncio.Transport
     protocol: Any
+    request: Any  # the HTTP request once it has arrived, else None
 
 
 def descriptors_in_use() -> int | None:
@@ -72,6 +77,7 @@ class Admission:
         self.transports = 0  # accepted and not yet closed
         self.by_peer: dict[str, int] = {}  # direct peer address -> its transports
         self._deadlines: dict[int, asyncio.TimerHandle] = {}  # id(connection) -> its handshake deadline
+        self._opening: OrderedDict[int, Transported] = OrderedDict()  # not yet past the handshake, oldest first
         self._peers: dict[int, str | None] = {}  # id(connection) -> the address it is counted under
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous_handler: Any = None
@@ -118,17 +124,35 @@ class Admission:
         if counted is not None:
             self.by_peer[counted] = self.by_peer.get(counted, 0) + 1
         peer = address or "?"
-        if self.transports > self.limit:
-            self.refusals.refused("too_many_connections", peer, f"{self.limit} connections open or opening")
-            transport.abort()
-        elif counted is not None and self.by_peer[counted] > self.max_per_address:
+        if counted is not None and self.by_peer[counted] > self.max_per_address:
             self.refusals.refused("too_many_from_address", peer,
                                   f"{self.max_per_address} connections open or opening from this address "
                                   "(closed at once)")
             transport.abort()
-        else:
-            loop = asyncio.get_running_loop()
-            self._deadlines[key] = loop.call_later(self.handshake_timeout, self._expired, connection, peer)
+            return
+        if self.transports > self.limit and not self._make_room():
+            self.refusals.refused("too_many_connections", peer, f"{self.limit} connections open")
+            transport.abort()
+            return
+        self._opening[key] = connection
+        loop = asyncio.get_running_loop()
+        self._deadlines[key] = loop.call_later(self.handshake_timeout, self._expired, connection, peer)
+
+    def _make_room(self) -> bool:
+        """Drop the oldest connection that has not even sent its request, for a newcomer; False when none
+        has. A client that sent its request (a real one does at once) is never dropped this way."""
+        while self._opening:
+            key, oldest = self._opening.popitem(last=False)
+            if oldest.request is None and not oldest.transport.is_closing():
+                self.refusals.refused("too_many_connections", self._peer_of(key),
+                                      f"{self.limit} connections open: the oldest unfinished handshake "
+                                      "made room for a newcomer")
+                oldest.transport.abort()
+                return True
+        return False
+
+    def _peer_of(self, key: int) -> str:
+        return self._peers.get(key) or "?"
 
     def closed(self, connection: Transported) -> None:
         """The connection is gone, however it ended."""
@@ -136,6 +160,7 @@ class Admission:
         handle = self._deadlines.pop(key, None)
         if handle is not None:
             handle.cancel()
+        self._opening.pop(key, None)
         if key not in self._peers:
             return
         counted = self._peers.pop(key)
@@ -149,6 +174,7 @@ class Admission:
 
     def _expired(self, connection: Transported, peer: str) -> None:
         self._deadlines.pop(id(connection), None)
+        self._opening.pop(id(connection), None)
         if connection.protocol.state is State.CONNECTING and not connection.transport.is_closing():
             self.refusals.refused("handshake_timeout", peer,
                                   f"no complete request within {self.handshake_timeout:g} s")
