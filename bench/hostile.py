@@ -221,7 +221,10 @@ async def stall(tree: Path | None, work: Path, quick: bool) -> Figures:
                               == a.get("error", {}).get("data", {}).get("observed")]
             state = (await call(watch, "light.state"))["result"]["state"]
             await watch.close()
-            return {"commands": len(words), "sent_per_s": rate, "switches": len(moved),
+            metrics = await asyncio.to_thread(_metrics, run.url)
+            dropped = {reason: metrics.get(f"pictl_rpc_dropped_total{{'reason': '{reason}'}}")
+                       for reason in ("superseded", "overflow")}
+            return {"commands": len(words), "dropped": dropped, "sent_per_s": rate, "switches": len(moved),
                     "not_confirmed_but_observed": len(false_failures),
                     "outcomes": {o: sum(a.get("outcome") == o for a in audits)
                                  for o in sorted({a.get("outcome") for a in audits})},

@@ -15,6 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from controller.bridges.mqtt.bridge import Backlog
 from controller.service import configfile
 from controller.service.daemon import Daemon
 from tests import test_mqtt
@@ -118,12 +119,20 @@ async def test_a_command_flood_coalesces_to_the_last_word_in_bounded_tasks(node:
     moved = switches(node, "light", since)
     assert moved[-1] is True and len(moved) < len(words) // 10  # coalesced: the lamp did not follow every word
     assert max(tasks, default=0) <= 1  # one command of the lamp in flight at any time, whatever the burst
-    superseded = await sample(node, "pictl_rpc_dropped_total", reason="superseded")
+    replaced = sum([await sample(node, "pictl_rpc_dropped_total", reason=r) for r in ("superseded", "overflow")])
     ran = sum([await sample(node, "pictl_rpc_requests_total", method=f"light.{a}", outcome="ok")
                for a in ("on", "off")])
-    assert superseded + ran == len(words)  # every word either ran or was replaced by a later one
+    assert replaced >= 1 and replaced + ran == len(words)  # every word either ran or gave way to a later one
     attributes = json.loads(node.mqtt._attributes["light"])
     assert (attributes["action"], attributes["confirmed"]) == ("on", True)  # the outcome the user sees is their last
+
+
+async def test_a_full_backlog_of_received_messages_drops_the_oldest_never_the_last_word() -> None:
+    dropped: list[int] = []
+    backlog = type("Counted", (Backlog,), {"dropped": staticmethod(lambda: dropped.append(1))})(maxsize=3)
+    for word in ("ON", "OFF", "ON", "OFF", "ON"):
+        backlog.put_nowait(word)  # type: ignore[arg-type]  # aiomqtt puts its Message objects
+    assert [backlog.get_nowait() for _ in range(3)] == ["ON", "OFF", "ON"] and len(dropped) == 2
 
 
 # -- 6. what a peer on the broker can make the daemon log is throttled ------------------------------

@@ -88,7 +88,8 @@ class Dropped(Exception):
 
 DISCONNECTED = "disconnected"  # why a request is dropped: its caller has gone
 SUPERSEDED = "superseded"  # a newer command for the same device replaced it while it waited
-DROP_REASONS = (DISCONNECTED, SUPERSEDED)
+OVERFLOW = "overflow"  # a front door's backlog of received messages was full: the oldest went (MQTT)
+DROP_REASONS = (DISCONNECTED, SUPERSEDED, OVERFLOW)
 
 
 NAME_LIMIT = 128  # a client's method name echoed in an error: at most this many characters

@@ -57,7 +57,7 @@ from controller.rpc.dispatch import Answer, request, settled
 from controller.runtime.context import Context
 from controller.security.auth import Session
 from controller.wire import jsonrpc
-from controller.wire.errors import DISCONNECTED, SUPERSEDED, InvalidRequest
+from controller.wire.errors import DISCONNECTED, OVERFLOW, SUPERSEDED, InvalidRequest
 from controller.wire.owned import OwnedTasks
 from controller.wire.protocol import ERROR_NAMES
 from controller.wire.throttle import ThrottledFilter, ThrottledLog
@@ -76,13 +76,28 @@ BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config'
 # for its topic and properties (response topic, correlation data). A compliant broker (Mosquitto 2)
 # drops anything larger instead of sending it: it never reaches this process's memory.
 PACKET_HEADROOM = 4096
-INCOMING_QUEUE = 1000  # messages read from the broker and not yet routed; past it aiomqtt drops (and we log)
+BACKLOG = 1000  # messages read from the broker and not yet routed; past it the oldest is dropped
 PENDING_WARNING = 500  # aiomqtt warns past this many unacknowledged publishes (an announce sends ~30)
 GOODBYE_TIMEOUT = 2.0  # at shutdown: how long the final "offline" may take to reach the broker
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle + delayed ACK cost ~40 ms per hop (LIBRARIES.md)
 # retainAsPublished: a command published with the retain flag keeps it even live, so it is
 # recognised and ignored whether the broker replays it now or later.
 COMMAND_OPTIONS = SubscribeOptions(qos=1, retainAsPublished=True)
+
+
+class Backlog(asyncio.Queue["aiomqtt.Message"]):
+    """aiomqtt's queue of received messages, bounded the other way round: when it is full the *oldest*
+    message goes, not the newest, so a burst keeps its last word (the command a user sent last)."""
+
+    @staticmethod
+    def dropped() -> None:
+        """Told of each message dropped (a bridge's subclass counts it)."""
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        if self.full():
+            self.get_nowait()
+            self.dropped()
+        super().put_nowait(item)
 
 
 def _short(payload: bytes, limit: int = 40) -> str:
@@ -135,6 +150,8 @@ class MqttBridge:
                                        "MQTT client: {count} more warning(s) ({reason}) in the last {window:.0f} s; "
                                        "latest {latest}")
         self._client_filter = ThrottledFilter(self.client_log, CLIENT_WARNINGS, "aiomqtt")
+        overflow = ctx.metrics.rpc_dropped.labels(OVERFLOW)
+        self._backlog = type("Backlog", (Backlog,), {"dropped": staticmethod(overflow.inc)})
 
     def _new_session(self) -> Session:
         return Session.for_service(f"mqtt:{self.config.node}", self.ctx.auth.roles[self.config.role],
@@ -198,7 +215,8 @@ class MqttBridge:
             socket_options=[NODELAY],
             logger=CLIENT_LOG,
             properties=self._connect_properties(),
-            max_queued_incoming_messages=INCOMING_QUEUE,
+            max_queued_incoming_messages=BACKLOG,
+            queue_type=self._backlog,
         )
         client.pending_calls_threshold = PENDING_WARNING
         return client
