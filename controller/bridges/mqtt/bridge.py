@@ -82,7 +82,12 @@ GOODBYE_TIMEOUT = 2.0  # at shutdown: how long the final "offline" may take to r
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle + delayed ACK cost ~40 ms per hop (LIBRARIES.md)
 # retainAsPublished: a command published with the retain flag keeps it even live, so it is
 # recognised and ignored whether the broker replays it now or later.
-COMMAND_OPTIONS = SubscribeOptions(qos=1, retainAsPublished=True)
+RPC_OPTIONS = SubscribeOptions(qos=1, retainAsPublished=True)
+# Commands at QoS 0: on a clean session QoS 1 adds no delivery guarantee over TCP, but it puts the
+# broker's per-client window in the way (Mosquitto: 20 in flight, then 1,000 queued, then it drops
+# the *newest*): a flood faster than the Pi reads would lose the user's last command at the broker.
+# At QoS 0 everything reaches the bridge, whose own backlog drops the oldest (Backlog).
+COMMAND_OPTIONS = SubscribeOptions(qos=0, retainAsPublished=True)
 
 
 class Backlog(asyncio.Queue["aiomqtt.Message"]):
@@ -261,7 +266,7 @@ class MqttBridge:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._subscribed.clear()  # a new connection (clean start): nothing is subscribed yet
-        await client.subscribe(self.topics.rpc, options=COMMAND_OPTIONS)
+        await client.subscribe(self.topics.rpc, options=RPC_OPTIONS)
         if self.config.discovery_prefix:
             await client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
         self._announce()
