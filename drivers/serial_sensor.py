@@ -10,7 +10,10 @@ Nothing here blocks the loop.
   buffer never holds more than ``max_line`` bytes.
 - A line that does not match, is not UTF-8, or whose groups are not numbers
   is counted and skipped.
-- No valid reading for ``stale_after`` seconds: the values go offline.
+- No valid reading for ``stale_after`` seconds: the values go offline. That is
+  also the start-up grace: a sensor that has not yet had time to print its
+  first line is not offline (it has no value yet); one whose port cannot be
+  opened is, at once.
 - The port vanishes or a read raises (a USB adapter pulled): offline, close,
   and reopen the *same path* with a backoff doubling from 0.1 s to 1 s, as a
   ``/dev/serial/by-id`` symlink comes back when the adapter is plugged in.
@@ -198,9 +201,7 @@ class SerialSensor:
         self.owner: str | None = device  # the device this bus exists for
         self.values = {key: SerialValue(f"{device}.{key}", key, spec.units.get(key, "")) for key in spec.names}
         for point in self.values.values():
-            point.sensor = self
-        for point in self.values.values():
-            point.online, point.offline_since, point.offline_reason = False, time.time(), "no reading yet"
+            point.sensor = self  # online, without a value, until the port fails or stale_after passes
         self._listeners: list[ReadingListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -189,6 +189,22 @@ async def test_discovery_availability_and_state_are_retained_for_every_kind(daem
     assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
+async def test_a_sensor_starting_up_is_never_announced_offline(broker: Mosquitto, watcher: Watcher,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """hall_temp prints its first line about 0.5 s after the start: until then it is available with an
+    unknown value, so Home Assistant never shows it unavailable for no reason (issue 26)."""
+    caplog.set_level(logging.INFO, logger="controller")
+    d = await start_daemon(broker.url)
+    try:
+        first = await watcher.wait(lambda m: m.topic == f"{NODE}/hall_temp/state" and m.payload != b"None")
+        float(first.payload)
+        availability = [m.payload for m in watcher.seen if m.topic == f"{NODE}/hall_temp/availability"]
+        assert availability and set(availability) == {b"online"}, availability
+        assert not [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
+    finally:
+        await d.stop()
+
+
 async def test_no_mqtt_section_no_bridge_and_no_gauge() -> None:
     d = Daemon(config.load(str(DEMO)), simulate=True, host="127.0.0.1", port=0)
     await d.start()
