@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, http_get, open_client
+from tests.conftest import ADMIN, DEMO, ROOT, http_get, open_client
 from tests.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Mosquitto
 
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
@@ -201,6 +201,34 @@ async def test_a_sensor_starting_up_is_never_announced_offline(broker: Mosquitto
         availability = [m.payload for m in watcher.seen if m.topic == f"{NODE}/hall_temp/availability"]
         assert availability and set(availability) == {b"online"}, availability
         assert not [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
+    finally:
+        await d.stop()
+
+
+def readme_demo_config(broker_url: str) -> tuple[str, list[str]]:
+    """README's "Try it on the demo plant": the config its commands write, with *broker_url* for
+    127.0.0.1:1883, and the `pictl serve` command line."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**Try it on the demo plant**", 1)[1].split("\n**", 1)[0]
+    appended = block.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    [serve] = [line.split() for line in block.splitlines() if line.startswith(".venv/bin/pictl serve")]
+    assert "mqtt://127.0.0.1:1883" in appended
+    return DEMO.read_text() + appended.replace("mqtt://127.0.0.1:1883", broker_url) + "\n", serve
+
+
+async def test_the_readme_demo_config_runs_beside_make_demo(broker: Mosquitto, watcher: Watcher) -> None:
+    text, serve = readme_demo_config(broker.url)
+    listen = serve[serve.index("--listen") + 1]
+    assert serve[serve.index("--config") + 1] == "/tmp/demo-mqtt.toml" and "--simulate" in serve
+    demo = config.load(str(DEMO)).server
+    assert listen != f"{demo.host}:{demo.port}"  # beside make demo, not on its port
+    d = Daemon(config.loads(text, "/tmp/demo-mqtt.toml"), simulate=True, host="127.0.0.1", port=0)
+    await d.start()
+    try:
+        await watcher.on(f"{NODE}/door/state", b"closed")
+        await send(watcher.client, f"{NODE}/door/set", "OPEN")
+        await watcher.on(f"{NODE}/door/state", b"open")
+        assert (await watcher.on(f"{NODE}/door/attributes")).json()["confirmed"] is True
     finally:
         await d.stop()
 
