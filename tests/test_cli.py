@@ -272,15 +272,20 @@ async def test_watch_pretty_follows_changes_not_the_readings_unless_asked() -> N
         proc = await asyncio.create_subprocess_exec(PICTL, "watch", "--count", "2", *link,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None
-        async with asyncio.timeout(10):
-            assert "watching * except *.reading" in (await proc.stderr.readline()).decode()
-            for _ in range(3):  # readings go on while it watches
-                readings.append(asyncio.Event())
-                await readings[-1].wait()
-            async with Client(daemon.url, ADMIN) as c:
-                await c.call("door.open")
-            out = (await proc.stdout.read()).decode().splitlines()
-            assert await proc.wait() == 0
+        try:
+            async with asyncio.timeout(10):
+                assert "watching * except *.reading" in (await proc.stderr.readline()).decode()
+                for _ in range(3):  # readings go on while it watches
+                    readings.append(asyncio.Event())
+                    await readings[-1].wait()
+                async with Client(daemon.url, ADMIN) as c:
+                    await c.call("door.open")
+                out = (await proc.stdout.read()).decode().splitlines()
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         assert [line.split()[1] for line in out] == ["door.state", "door.state"], out
         assert "state=open" in out[1]
         code, out_all, _ = await run("watch", "*", "--count", "3", *link)
