@@ -37,7 +37,8 @@ from autobahn.asyncio.wamp import ApplicationSession  # noqa: E402
 from autobahn.wamp.exception import ApplicationError  # noqa: E402
 
 from controller.bridges.wamp.bridge import component  # noqa: E402
-from controller.fleet.aggregator import Aggregator, FleetPanel  # noqa: E402
+from controller.fleet.aggregator import Aggregator  # noqa: E402
+from controller.fleet.panel import FleetPanel  # noqa: E402
 
 REALM = "realm1"
 TICKET_ID, TICKET = "pi-ticketed", "a-long-enough-ticket-for-the-test"
@@ -104,7 +105,7 @@ def door_moved(daemon: Daemon) -> asyncio.Future[dict[str, Any]]:
         if event["topic"] == "door.state" and not future.done():
             future.set_result(event)
 
-    daemon.events.taps.append(tap)
+    daemon.ctx.events.tap(tap)
     return future
 
 
@@ -195,7 +196,7 @@ async def test_events_are_published_with_the_event_object_as_the_only_argument(r
         assert moving["topic"] == "door.state" and moving["data"]["state"] == "moving"
         assert opened["data"] == {**opened["data"], "state": "open", "cause": "rpc"}
         assert opened["seq"] == moving["seq"] + 1 and opened["time"].endswith("Z")
-        assert opened["seq"] == node.events.seq
+        assert opened["seq"] == node.ctx.events.seq
 
 
 async def test_two_nodes_have_their_own_uris_and_a_third_cannot_take_a_name(router: CrossbarRouter) -> None:
@@ -339,7 +340,7 @@ async def test_the_fleet_view_as_nodes_come_and_go(router: CrossbarRouter) -> No
                 assert result["confirmed"] is True and f1.devices["door"].state()["state"] == "open"
                 assert f2.devices["door"].state()["state"] == "open"  # untouched by f1's call
                 offline_at: list[float] = []
-                view.listeners.append(lambda node, what, data: offline_at.append(time.monotonic())
+                view.on_change(lambda node, what, data: offline_at.append(time.monotonic())
                                       if (node, what) == ("f2", "left") else None)
                 left_at = time.monotonic()
                 await f2.stop()  # a node that leaves...
@@ -377,4 +378,4 @@ async def test_the_bridge_rejoins_and_registers_again_after_a_router_restart(rou
                         "and follows its events again")
             assert (await wamp.call("pictl.fleet.status"))["nodes"]["n9"]["online"] is True
         assert await metric(node, "pictl_wamp_connected") == 1.0
-        assert panel.metrics.registry.get_sample_value("pictl_wamp_connected") == 1.0
+        assert panel.ctx.metrics.registry.get_sample_value("pictl_wamp_connected") == 1.0

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from controller.devices.outward import UNKNOWN, BadCommand, HaEntity, MqttMessage
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
-from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable
-from drivers.base import Observation, OutputPoint, Point, PointError, PointUnavailable
+from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable, refuse_unknown_params
+from drivers.base import Listeners, Observation, OutputPoint, Point, PointError, PointUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,14 @@ class Device:
         self.name = config.name
         self.points: list[Point] = list(points)  # everything this device reads or writes
         self._queue = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
-        self._listeners: list[DeviceListener] = []  # the event bus, metrics, tests
+        self._listeners: Listeners[[Device, str, dict[str, Any]]] = Listeners(f"{config.name} events")
         self._was_online = all(p.online for p in points)  # a sensor starts offline until its first reading
         self._busy_action: str | None = None  # the action holding the queue, if any
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
         self.retired = False  # closed by a config reload: calls still queued fail as unavailable
-        for point in points:
-            point.listen(self._on_observation)
-            point.listen_health(self._on_point_health)
+        self._unlisten = [undo for point in points  # taken back when the device closes
+                          for undo in (point.listen(self._on_observation), point.listen_health(self._on_point_health))]
 
     # -- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -113,16 +113,14 @@ class Device:
         times = [p.last.at for p in self.points if p.last is not None]
         return max(times) if times else None
 
-    def listen(self, listener: DeviceListener) -> None:
-        """Call *listener* (loop thread) for state changes, readings, status flips, discrepancies."""
-        self._listeners.append(listener)
+    def listen(self, listener: DeviceListener) -> Callable[[], None]:
+        """Call *listener* (loop thread) for state changes, readings, status flips, discrepancies and
+        a kind's own events (an alarm, a press); returns its unsubscribe."""
+        return self._listeners.add(listener)
 
     def _emit(self, what: str, data: dict[str, Any]) -> None:
-        for listener in tuple(self._listeners):
-            try:
-                listener(self, what, data)
-            except Exception:
-                log.exception("%s listener failed for %s", what, self.name)
+        """Tell the listeners; the runtime publishes it as the event ``<device>.<what>``."""
+        self._listeners.emit(self, what, data)
 
     def publish_reading(self, data: dict[str, Any]) -> None:
         """Kinds that produce readings (sensors) call this for every valid one."""
@@ -176,12 +174,7 @@ class Device:
     def check_params(self, action: str, params: dict[str, Any]) -> float:
         """Validate params for *action*; returns the effective timeout. Raises InvalidParams."""
         spec = self.actions[action]
-        unknown = sorted(set(params) - set(spec.params) - {"timeout"})
-        if unknown:
-            raise InvalidParams(
-                f"unknown parameter(s) for {self.name}.{action}: {', '.join(unknown)}",
-                unknown=unknown, allowed=sorted({"timeout", "request_key", *spec.params}),
-            )
+        refuse_unknown_params(f"{self.name}.{action}", params, ("timeout", "request_key", *spec.params))
         for name, param in spec.params.items():
             if param.required and name not in params:
                 raise InvalidParams(f"missing parameter {name!r}", param=name)
@@ -277,6 +270,37 @@ class Device:
         return Unavailable(f"{self.name} is offline", device=self.name,
                            since=None if since is None else iso(since))
 
+    # -- outward: how front doors show this kind (they never compare kind names) ----------------
+    def ha_entities(self) -> list[HaEntity]:
+        """The Home Assistant entities announced for this device over MQTT (none by default)."""
+        return []
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        """The retained ``state`` payload for a state object (``state()`` or an event's data)."""
+        return str(state.get("state", UNKNOWN)) if state.get("state") not in (None, "unknown") else UNKNOWN
+
+    def mqtt_messages(self, what: str, data: dict[str, Any]) -> list[MqttMessage]:
+        """What the device event ``<device>.<what>`` becomes on the broker (only observations: a
+        command's outcome goes to the attributes and event leaves, never to ``state``)."""
+        if what in ("state", "reading"):
+            return [MqttMessage("state", self.mqtt_state(data), retain=True)]
+        return []
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        """The (action, params) a command payload asks for; BadCommand when malformed."""
+        raise BadCommand(f"a {self.kind} takes no commands")
+
+    def panel(self) -> dict[str, Any]:
+        """What the wall panel draws (README, *The wall panel*): what confirms an action, a button per
+        action without required params, a box per required param, and extra lines (none here)."""
+        return {
+            "proof": "confirmation",
+            "buttons": [a for a, spec in self.actions.items() if not any(p.required for p in spec.params.values())],
+            "controls": [{"action": a, "param": name, "type": "number" if p.type == "number" else "text",
+                          "label": name}
+                         for a, spec in self.actions.items() for name, p in spec.params.items() if p.required],
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -293,6 +317,7 @@ class Device:
             },
             "timeout": self.config.timeout,
             "max_timeout": self.config.max_timeout,
+            "panel": self.panel(),
         }
 
     async def start(self) -> None:
@@ -306,6 +331,9 @@ class Device:
         self._publish_if_changed()
 
     def close(self) -> None:
+        for undo in self._unlisten:
+            undo()
+        self._unlisten.clear()
         for point in self.points:
             point.close()
 

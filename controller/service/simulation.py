@@ -7,6 +7,9 @@ does the rest: a real pymodbus server per Modbus link, a pseudo-terminal per
 serial sensor, mock pins linked through delays for GPIO. The drivers are
 pointed at them by a rewritten config (host/port of each link, port of each
 sensor): driver code never knows it is simulated.
+
+The plant's controls (``sim.fault``, ``sim.clear``, ``sim.timeline``) are registered here too,
+with the dispatcher, only when the daemon runs simulated.
 """
 
 from __future__ import annotations
@@ -14,11 +17,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from controller.devices.base import Device
+from controller.rpc.dispatch import Dispatcher
+from controller.security.audit import AuditTrail
+from controller.security.auth import Session
 from controller.settings.devices import DeviceConfig
 from controller.settings.load import Config
+from controller.wire.errors import InvalidParams, refuse_unknown_params
 from drivers.sim.farsides import FAR_SIDES
-from drivers.sim.plant import Plant
+from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +61,57 @@ async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,
         await plant.aclose()
         raise
     return plant, config.with_links(links, devices)
+
+
+def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[str, Device],
+                         audit: AuditTrail) -> list[Callable[[], None]]:
+    """``sim.fault``, ``sim.clear`` and ``sim.timeline``: the plant's controls, admin only, offered
+    only under ``--simulate`` (README, *Methods*)."""
+
+    def device_param(params: dict[str, Any]) -> str:
+        device = params.get("device")
+        if not isinstance(device, str) or device not in devices:
+            raise InvalidParams("device must name a configured device", param="device")
+        return device
+
+    def fault(session: Session, params: dict[str, Any]) -> Any:
+        refuse_unknown_params("sim.fault", params, ("device", "fault"))
+        device = device_param(params)
+        name = params.get("fault")
+        if not isinstance(name, str):
+            raise InvalidParams("fault must be a string", param="fault", faults=plant.faults(device))
+        try:
+            plant.inject(device, name)
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="fault", faults=plant.faults(device)) from None
+        audit.record(session, "sim.fault", params, "ok", 0.0)
+        return {"device": device, "faults": plant.active_faults(device)}
+
+    def clear(session: Session, params: dict[str, Any]) -> Any:
+        refuse_unknown_params("sim.clear", params, ("device",))
+        device = device_param(params)
+        try:
+            plant.clear(device)
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="device") from None
+        audit.record(session, "sim.clear", params, "ok", 0.0)
+        return {"device": device, "faults": plant.active_faults(device)}
+
+    def timeline(session: Session, params: dict[str, Any]) -> Any:
+        """When the simulated device physically moved (monotonic clock): for benchmarks and tests.
+        With ``since`` (monotonic seconds), also the plant's record of every output and position
+        change after it (bench/soak.py checks results and the audit trail against it)."""
+        refuse_unknown_params("sim.timeline", params, ("device", "since"))
+        device = device_param(params)
+        since = params.get("since")
+        if since is not None:
+            if isinstance(since, bool) or not isinstance(since, (int, float)):
+                raise InvalidParams("since must be a number (monotonic seconds)", param="since")
+            return {"device": device, **plant.history(device, float(since))}
+        try:
+            return {"device": device, "moved_at": plant.timeline(device)}
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="device") from None
+
+    return [dispatcher.register(f"sim.{name}", handler, instant=True, admin_only=True)
+            for name, handler in (("fault", fault), ("clear", clear), ("timeline", timeline))]
