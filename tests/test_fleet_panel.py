@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from controller.client import Client
+from controller.client import Client, Unauthorized
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, ROOT
+from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, ROOT
 from tests.crossbar import crossbar_executable
 from tests.test_panel import BROWSER_MISSING, CHROMIUM, CHROMIUM_ARGS, Browser, Page, async_playwright, open_panel
 
@@ -201,11 +201,21 @@ async def test_the_fleet_demo_survives_a_killed_node_and_its_wall_shows_a_dozen(
         assert "Opened — confirmed" in await panel.message("pi02.door", "ok")
         assert await page.locator(f'{panel.tile("pi01.door")}[data-state="closed"]').count() == 1
 
-        # pi03's door jams (a fault injected on pi03's own port, which the demo printed), a press waits for
-        # its contact, and the node is killed meanwhile: nobody can say whether the door moved.
+        # Through the fleet's own WebSocket, answers name the node's device as the fleet does, and the
+        # admin may reach a simulated node's faults: pi03's door jams.
+        fleet_url = demo.panel.replace("http://", "ws://") + "ws"
+        async with Client(fleet_url, token=ADMIN) as fleet:
+            switched = await fleet.call("pi01.light.on")
+            assert (switched["device"], switched["node"], switched["state"]) == ("pi01.light", "pi01", "on")
+            faulted = await fleet.call("pi03.sim.fault", device="door", fault="jammed")
+            assert (faulted["device"], faulted["node"], faulted["faults"]) == ("pi03.door", "pi03", ["jammed"])
+        async with Client(fleet_url, token=PANEL) as fleet:
+            with pytest.raises(Unauthorized):  # sim.* is the admin's, through the fleet as on the node
+                await fleet.call("pi03.sim.clear", device="door")
+
+        # A press on pi03's door waits for its contact, and the node is killed meanwhile: nobody can
+        # say whether the door moved.
         pi03_url, pi03_pid = demo.nodes["pi03"]
-        async with Client(pi03_url, token=ADMIN) as pi03:
-            await pi03.call("sim.fault", device="door", fault="jammed")
         await panel.press("pi03.door", "open")
         await page.wait_for_selector(f'{panel.tile("pi03.door")} button.working[data-action="open"]', timeout=2000)
         os.kill(pi03_pid, signal.SIGKILL)
