@@ -278,6 +278,61 @@ async def test_open_over_mqtt_is_confirmed_by_the_contact(daemon: Daemon, watche
     assert values[("pictl_action_confirm_seconds_count", (("action", "open"), ("device", "door")))] == 1.0
 
 
+async def quick_daemon(url: str) -> Daemon:
+    """The demo on the bridge with the plant at a tenth of its time and the door's deadline 0.3 s:
+    for tests that fail an action on purpose."""
+    door = 'open_when = "inactive"\ntimeout = '
+    text = config_text(url).replace(door + "2.0", door + "0.3")
+    assert "timeout = 0.3" in text
+    d = Daemon(config.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0, time_scale=0.1)
+    await d.start()
+    return d
+
+
+async def test_attributes_say_the_last_action_whoever_called_it(broker: Mosquitto, watcher: Watcher) -> None:
+    """A failed OPEN over MQTT, then a successful door.open over the WebSocket: the retained
+    attributes follow the WebSocket's outcome too, in order after the state it left (issue 26)."""
+    d = await quick_daemon(broker.url)
+    try:
+        await watcher.on(f"{NODE}/availability", b"online")
+        assert d.plant is not None
+        d.plant.inject("door", "jammed")
+        start = watcher.mark()
+        await send(watcher.client, f"{NODE}/door/set", "OPEN")
+        await watcher.on(f"{NODE}/door/event", since=start)
+        d.plant.clear("door")
+        start = watcher.mark()
+        async with open_client(d.url, ADMIN) as ws:
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "door.open"}))
+            assert json.loads(await ws.recv())["result"]["confirmed"] is True
+        attributes = (await watcher.on(f"{NODE}/door/attributes", since=start)).json()
+        assert (attributes["action"], attributes["confirmed"], attributes["error"]) == ("open", True, None)
+        assert attributes["evidence"]["source"] == "door.contact"
+        assert [t.rsplit("/", 1)[1] for t, _ in watcher.between(start, DOOR_TOPICS)] == [
+            "state", "state", "attributes"]  # opening, open, then the outcome; no command event: not MQTT's
+        async with Watcher(broker.port) as late:  # what Home Assistant reads when it starts now
+            retained = (await late.on(f"{NODE}/door/attributes")).json()
+        assert retained["confirmed"] is True and retained["error"] is None
+    finally:
+        await d.stop()
+
+
+async def test_a_switch_publishes_its_state_when_it_changes_only(broker: Mosquitto, watcher: Watcher) -> None:
+    """TOGGLE from off: the output moves ahead of the feedback (state still off), which must not
+    re-publish OFF before ON (issue 26)."""
+    d = await quick_daemon(broker.url)
+    try:
+        await watcher.on(f"{NODE}/light/state", b"OFF")
+        start = watcher.mark()
+        await send(watcher.client, f"{NODE}/light/set", "TOGGLE")
+        await watcher.on(f"{NODE}/light/event", since=start)
+        light = (f"{NODE}/light/state", f"{NODE}/light/attributes", f"{NODE}/light/event")
+        assert [(t.rsplit("/", 1)[1], p if t.endswith("state") else "") for t, p in watcher.between(start, light)] \
+            == [("state", "ON"), ("attributes", ""), ("event", "")]
+    finally:
+        await d.stop()
+
+
 async def test_a_jammed_door_keeps_its_observed_state_and_says_why(daemon: Daemon, watcher: Watcher) -> None:
     assert daemon.plant is not None
     daemon.plant.inject("door", "jammed")
