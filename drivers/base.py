@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, Protocol
 
@@ -270,6 +270,29 @@ class Coupling:
     active_when_on: bool  # the input's logical value while the output is on
     delay_s: float  # how long the world takes to follow
     fault: str  # the simulated fault that stops it following ("jammed")
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Physics a single :class:`Coupling` cannot express: a machine at the far side that several
+    of a device's points belong to (an electric strike with its monitor and its door, a garage
+    opener with its button and limit switches, a motor with an up and a down relay).
+
+    Kinds declare it among their couplings; the simulated plant builds the machine named by
+    ``model`` (``drivers/sim`` registers the models, each with its own faults). Nothing in a
+    driver uses it.
+    """
+
+    model: str  # the simulated machine: "strike", "opener", "motor"
+    points: tuple[tuple[str, str], ...]  # (the model's role, the config field holding it); unwired roles left out
+    settings: tuple[tuple[str, float | bool], ...] = ()  # durations in seconds (the plant scales them), switches
+
+    @classmethod
+    def wired(cls, model: str, roles: Iterable[tuple[str, str]], specs: Mapping[str, object],
+              **settings: float | bool) -> Mechanism:
+        """*model* on the (role, field) pairs of *roles* whose field is among *specs* (the device's
+        configured points)."""
+        return cls(model, tuple((role, key) for role, key in roles if key in specs), tuple(settings.items()))
 
 
 class PointSpec(Protocol):

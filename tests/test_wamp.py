@@ -27,6 +27,7 @@ from controller.settings.load import Config
 from controller.settings.wamp import WampConfig
 from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, Client, http_get, open_client
 from tests.crossbar import CrossbarRouter, crossbar_executable
+from tests.doors import HEAD
 
 MISSING = None if crossbar_executable() is not None else "crossbar is not installed (make crossbar)"
 if MISSING and os.environ.get("CI"):
@@ -356,6 +357,32 @@ async def test_the_fleet_view_as_nodes_come_and_go(router: CrossbarRouter) -> No
         f1.wamp.link.session._transport.transport.abort()
         await until(lambda: not view.nodes["f1"].online, LEAVE_S, "f1 is offline within 2 s")
         await until(lambda: view.nodes["f1"].online, JOIN_S, "f1 rejoins and is online again")
+
+
+async def test_the_doors_reach_the_router_and_the_fleet_with_no_code_of_their_own(router: CrossbarRouter) -> None:
+    """The kinds of config/building.toml's doors half (issue 22): called with keyword arguments, their
+    own events (a lock's alarm) published, their states in the fleet view, and no WAMP or fleet code
+    that names them."""
+    doors = HEAD + (
+        '[devices.entrance]\nkind = "lock"\nstrike = { gpio = 17 }\nmonitor = { gpio = 27, pull = "up" }\n'
+        'door_contact = { gpio = 22, pull = "up" }\n'
+        '[devices.blind]\nkind = "cover"\nup = { gpio = 5 }\ndown = { gpio = 6 }\n'
+        'closed_endstop = { gpio = 19, pull = "up" }\ntravel_s = 0.2\nreverse_delay_s = 0.05\n')
+    async with running_node(node_config(router, "d1", text=doors)) as node, fleet(router) as (aggregator, _), \
+            caller(router) as wamp:
+        alarms: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await wamp.subscribe(alarms.put_nowait, "pictl.d1.entrance.alarm")
+        result = await wamp.call("pictl.d1.blind.set_position", position=30)
+        assert result["evidence"]["estimated"] is True and result["state"] == "stopped"
+        assert node.plant is not None
+        node.plant.inject("entrance", "forced")
+        async with asyncio.timeout(5):
+            assert (await alarms.get())["data"] == {"alarm": "forced"}
+        view = aggregator.view
+        await until(lambda: "d1" in view.nodes and view.nodes["d1"].devices.get("blind", {}).get("state", {})
+                    .get("position") == 30, 5, "the blind's position reaches the fleet view")
+        entrance = view.nodes["d1"].devices["entrance"]
+        assert entrance["kind"] == "lock" and entrance["state"]["alarm"] == "forced"
 
 
 # Last: it restarts the module's router.

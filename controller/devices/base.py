@@ -47,6 +47,11 @@ class Action:
 
     description: str
     params: dict[str, Param] = field(default_factory=dict)
+    # "" (most actions): waits its turn in the device's queue. Otherwise the action never waits: it
+    # interrupts the one in progress (cancelled where it awaits, so its own cleanup runs) and every call
+    # queued before it, which fail -32002 with recovery "<interrupts> by <device>.<action>"
+    # ("stopped", "superseded").
+    interrupts: str = ""
 
 
 TIMEOUT_PARAM = Param("number", "seconds to wait for confirmation (capped by the device's max_timeout)")
@@ -88,6 +93,11 @@ class Device:
         self._listeners: Listeners[[Device, str, dict[str, Any]]] = Listeners(f"{config.name} events")
         self._was_online = all(p.online for p in points)  # a sensor starts offline until its first reading
         self._busy_action: str | None = None  # the action holding the queue, if any
+        self._busy_cause = "rpc"  # the cause published for changes while it holds the queue
+        self._holder: asyncio.Task[Any] | None = None  # the task performing that action
+        self._holder_interrupted: tuple[str, str] | None = None  # (by, word) once an interrupt cancelled it
+        self._epoch = 0  # +1 per interrupting call: a call queued in an older epoch was interrupted
+        self._last_interrupt = ("", "")  # (method, word) of the newest interrupting call
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
         self.retired = False  # closed by a config reload: calls still queued fail as unavailable
@@ -162,7 +172,7 @@ class Device:
         self.changed_at = time.time()
         if first:
             return
-        cause = "rpc" if self._busy_action is not None else "external"
+        cause = self._busy_cause if self._busy_action is not None else "external"
         self._emit("state", {**self.state(), "cause": cause})  # "since" is now the change time
         if cause == "external":
             found = self.discrepancy()
@@ -204,18 +214,36 @@ class Device:
     async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
 
-        Raises Busy, Unavailable or NotConfirmed; the result is the confirmed result README's *Methods* describes.
+        An action whose spec ``interrupts`` does not wait: it cancels the one in progress and every
+        call queued before it (see :attr:`Action.interrupts`). Raises Busy, Unavailable or
+        NotConfirmed; the result is the confirmed result README's *Methods* describes.
         """
+        word = self.actions[action].interrupts
+        if word:
+            self._interrupt(f"{self.name}.{action}", word)
+        epoch = self._epoch
+        await self._acquire(timeout)
+        task = asyncio.current_task()
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                await self._queue.acquire()
-        except TimeoutError:
-            raise Busy(f"{self.name} is busy with earlier actions", device=self.name) from None
-        try:
+            if epoch != self._epoch:  # interrupted while it waited: it never began
+                raise self.interrupted(action, *self._last_interrupt, started)
             self.check_online()  # it may have gone offline while we queued
             self._busy_action = action
-            started = time.monotonic()
-            outcome = await self._perform(action, params, timeout, started)
+            self._busy_cause = "rpc"
+            self._holder = task
+            try:
+                outcome = await self._perform(action, params, timeout, started)
+            except BaseException as exc:
+                by = self._holder_interrupted
+                if by is None or task is None:
+                    raise
+                self._holder = self._holder_interrupted = None
+                if task.uncancel() > 0 or not isinstance(exc, asyncio.CancelledError):
+                    raise  # cancelled from elsewhere too (shutdown), or the kind said more itself
+                raise self.interrupted(action, *by, started) from None
+            if self._holder_interrupted is not None and task is not None:
+                task.uncancel()  # the kind finished despite the interrupt (it caught the cancel itself)
             elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
             return {
                 "device": self.name,
@@ -227,21 +255,60 @@ class Device:
                 "evidence": outcome.evidence,
             }
         finally:
+            self._holder = self._holder_interrupted = None
             self._busy_action = None
             self._queue.release()
             self._publish_if_changed()
+
+    async def _acquire(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.acquire()
+        except TimeoutError:
+            raise Busy(f"{self.name} is busy with earlier actions", device=self.name) from None
+
+    def _interrupt(self, by: str, word: str) -> None:
+        """Cancel the action in progress (its cleanup runs where it awaits) and mark every call
+        queued until now as interrupted by *by*."""
+        self._epoch += 1
+        self._last_interrupt = (by, word)
+        holder = self._holder
+        if holder is not None and self._holder_interrupted is None:
+            self._holder_interrupted = (by, word)
+            holder.cancel()
+
+    def interrupted(self, action: str, by: str, word: str, started: float) -> NotConfirmed:
+        """-32002 for a call that an interrupting one (*by*) stopped or superseded; kinds may say
+        more (what was expected, what their cleanup did)."""
+        return self.not_confirmed(action, self.state().get("state"), started, f"{word} by {by}",
+                                  why=f"({word} by {by})")
+
+    async def run_own(self, work: Callable[[], Awaitable[None]], cause: str, timeout: float) -> None:
+        """Work a kind starts by itself (an automatic relock) in the device's queue like an action,
+        so it never overlaps one; the changes it makes are published with *cause*. Raises Busy."""
+        await self._acquire(timeout)
+        try:
+            self._busy_action = "(own)"
+            self._busy_cause = cause
+            await work()
+        finally:
+            self._publish_if_changed()
+            self._busy_action = None
+            self._busy_cause = "rpc"
+            self._queue.release()
 
     async def _perform(self, action: str, params: dict[str, Any], timeout: float,
                        started: float) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def not_confirmed(self, expected: Any, observed: Any, started: float, recovery: str,
-                      evidence: dict[str, Any] | None = None) -> NotConfirmed:
-        """-32002; *evidence* says what was actually read (a read-back, an exception reply)."""
+                      evidence: dict[str, Any] | None = None, why: str = "within the deadline") -> NotConfirmed:
+        """-32002; *evidence* says what was actually read (a read-back, an exception reply); *why*
+        ends the message when it was not the deadline ("stopped by garage.stop")."""
         elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
         extra = {} if evidence is None else {"evidence": evidence}
         return NotConfirmed(
-            f"{self.name} did not become {expected} within the deadline",
+            f"{self.name} did not become {expected} {why}",
             device=self.name, expected=expected, observed=observed, elapsed_ms=elapsed_ms, recovery=recovery,
             **extra,
         )
@@ -312,6 +379,7 @@ class Device:
                         for p, s in {"timeout": TIMEOUT_PARAM, "request_key": REQUEST_KEY_PARAM,
                                      **a.params}.items()
                     },
+                    **({"interrupts": a.interrupts} if a.interrupts else {}),  # never waits for a running action
                 }
                 for name, a in self.actions.items()
             },

@@ -27,6 +27,7 @@ from controller.security.auth import Session
 from controller.settings.devices import DeviceConfig
 from controller.settings.load import Config
 from controller.wire.errors import InvalidParams, refuse_unknown_params
+from drivers.base import Mechanism, PointSpec
 from drivers.sim.farsides import FAR_SIDES
 from drivers.sim.plant import Plant, UnknownFault
 
@@ -39,6 +40,9 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
     rewritten = {field: await FAR_SIDES[spec.bus_kind].claim(plant, device.name, spec)
                  for field, spec in specs.items()}
     for coupling in device.couplings():
+        if isinstance(coupling, Mechanism):
+            machine(plant, device.name, specs, coupling)
+            continue
         output, input = specs[coupling.output], specs[coupling.input]
         coupled = output.bus_kind == input.bus_kind \
             and FAR_SIDES[output.bus_kind].couple(plant, device.name, output, input, coupling)
@@ -47,6 +51,17 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
                      coupling.input)
     changed = {field: spec for field, spec in rewritten.items() if spec is not specs[field]}
     return dataclasses.replace(device, **changed) if changed else device  # type: ignore[arg-type]  # spec fields
+
+
+def machine(plant: Plant, device: str, specs: dict[str, PointSpec], mechanism: Mechanism) -> None:
+    """The machine *mechanism* describes at the far side of its points' bus (they must share one)."""
+    wired = {role: specs[field] for role, field in mechanism.points}
+    buses = {spec.bus_kind for spec in wired.values()}
+    far = FAR_SIDES[buses.pop()] if len(buses) == 1 else None
+    build = getattr(far, "machine", None)
+    if build is None or not build(plant, device, wired, mechanism):
+        log.info("%s: no simulated %s for these points (several buses, or one without machines)", device,
+                 mechanism.model)
 
 
 async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,

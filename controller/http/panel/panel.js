@@ -53,10 +53,15 @@
     return "panel-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   };
   const wsUrl = () => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-  const VERBS = { open: "open", close: "close", on: "turn on", off: "turn off", toggle: "toggle", set: "set" };
+  const VERBS = { open: "open", close: "close", on: "turn on", off: "turn off", toggle: "toggle", set: "set",
+    set_position: "move" };
   const PROGRESS = { open: "Opening…", close: "Closing…", on: "Switching on…", off: "Switching off…",
-    toggle: "Switching…" };
-  const DONE = { open: "Opened", close: "Closed", on: "Switched on", off: "Switched off", toggle: "Switched" };
+    toggle: "Switching…", unlock: "Unlocking…", lock: "Locking…", stop: "Stopping…", set_position: "Moving…" };
+  const DONE = { open: "Opened", close: "Closed", on: "Switched on", off: "Switched off", toggle: "Switched",
+    unlock: "Unlocked", lock: "Locked", stop: "Stopped", set_position: "Moved" };
+  // An action whose describe says "interrupts" (a stop) never waits for the one in progress: its
+  // button stays pressable while the device is busy, and the call it interrupts is not reported here.
+  const interrupts = (d, action) => !!(d.actions[action] && d.actions[action].interrupts);
   // Each device says what the panel draws (system.describe's "panel": proof, buttons, controls, facts);
   // nothing here names a kind. While a command waits for its proof: "Opening, waiting for the contact".
   // A device only ever shows what was observed; "moving" (commanded, not yet seen) is said here.
@@ -329,6 +334,7 @@
           .filter(([action]) => !allowed || allowed.has(`${name}.${action}`))),
         state: prev ? prev.state : null, online: prev ? prev.online : true, since: null, reason: null,
         lastUpdate: prev ? prev.lastUpdate : null, note: null, busy: null, observed: prev ? prev.observed : null,
+        presses: prev ? prev.presses : 0,
       };
       // Nothing to press because the role may not: say so rather than show nothing.
       const drawn = [...buttonsOf(d), ...(face(d).controls || []).map((c) => c.action)];
@@ -362,6 +368,7 @@
       const b = el("button", "act", label || title(action));
       b.type = "button";
       b.dataset.action = action;
+      b.dataset.label = label || title(action);
       b.title = d.actions[action].description || action;
       b.addEventListener("click", () => press(d, action));
       return b;
@@ -458,10 +465,10 @@
     const current = d.state && d.state.state;
     for (const button of e.actions.querySelectorAll("button")) {
       const action = button.dataset.action;
-      button.disabled = !d.online || !!d.busy;
+      button.disabled = !d.online || (!!d.busy && !interrupts(d, action));
       button.setAttribute("aria-pressed", String((action === "open" && current === "open") ||
         (action === "close" && current === "closed") || action === current));
-      button.textContent = d.busy === action ? (PROGRESS[action] || "Working…") : title(action);
+      button.textContent = d.busy === action ? (PROGRESS[action] || "Working…") : button.dataset.label;
       button.classList.toggle("working", d.busy === action);
     }
     // Someone (this panel or another client) commanded the door and its contact has not followed yet.
@@ -475,7 +482,7 @@
 
   // -- actions ------------------------------------------------------------------------------------
   function press(d, action) {
-    if (d.busy) return;
+    if (d.busy && !interrupts(d, action)) return;
     const params = {};
     for (const [id, { input, type }] of Object.entries(d.el.inputs)) {
       const [a, param] = id.split(".");
@@ -489,9 +496,10 @@
     const key = randomKey();
     params.request_key = key;
     d.busy = action;
+    d.presses += 1; // a later press (an interruption) owns the tile's message
     d.note = { kind: "progress", text: waiting(d, action) };
     render(d);
-    const entry = { device: d.name, action, params, started: Date.now() };
+    const entry = { device: d.name, action, params, started: Date.now(), press: d.presses };
     st.inflight.set(key, entry);
     setTimeout(() => finish(key, entry, null, { code: 0, message: "" }), ACTION_GIVE_UP_MS);
     send(key, entry);
@@ -518,7 +526,7 @@
     if (!st.inflight.has(key)) return;
     st.inflight.delete(key);
     const d = st.devices.get(entry.device);
-    if (!d) return;
+    if (!d || (entry.press !== undefined && entry.press !== d.presses)) return; // interrupted by a later press
     d.busy = null;
     if (result) {
       if (result.state !== undefined && d.state && typeof d.state === "object" && "state" in d.state) {
