@@ -175,7 +175,7 @@ async def test_a_sensor_that_has_not_had_time_to_read_is_not_offline(rig: Rig) -
     from controller.wire.errors import Unavailable
 
     device = Sensor(SensorConfig(name="hall", kind="sensor", timeout=1.0, max_timeout=30.0,
-                                 serial=rig.sensor.spec), rig.sensor)
+                                 source=rig.sensor.spec), rig.sensor)
     flips: list[bool] = []
     device.listen(lambda d, what, data: flips.append(d.online) if what == "status" else None)
     readings: list[dict] = []
