@@ -36,19 +36,18 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 DOCS = ROOT / "docs"
 OFFLINE_MS = 2000  # a node whose session leaves is offline within 2 s
 WALLS = ((1280, 800), (1920, 1080))
-# The nine more nodes of a twelve-node building: the demo's devices, all on simulated GPIO and a
-# serial terminal (no Modbus server each), so that they start in a few milliseconds in this process.
+# The nine more nodes of a twelve-node building: four devices each, all on simulated GPIO (no
+# Modbus server, no serial terminal), so that they start in a few milliseconds in this process.
 SMALL_NODE = DEMO_GPIO_TEXT + """
 [devices.fan]
 kind = "switch"
 output = { gpio = 5 }
 
-[devices.hall_temp]
-kind = "sensor"
-port = "/dev/ttyUSB0"
-pattern = '^T=(?P<temp>-?[0-9]+(?:\\.[0-9]+)?)$'
-units = { temp = "°C" }
-stale_after = 2.0
+[devices.window]
+kind = "input"
+input = { gpio = 20, pull = "up" }
+on_when = "inactive"
+device_class = "window"
 """
 
 

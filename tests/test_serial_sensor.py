@@ -192,11 +192,17 @@ async def test_a_sensor_that_has_not_had_time_to_read_is_not_offline(rig: Rig) -
 
 
 async def test_a_sensor_silent_from_the_start_is_offline_after_stale_after(rig: Rig) -> None:
-    await open_port(rig.sensor)
-    temp = rig.sensor.values["temp"]
-    assert temp.online
-    await until_health(temp, online=False)  # the rig says nothing: 0.5 s later
-    assert "no valid reading for 0.5 s" in (temp.offline_reason or "")
+    sensor = SerialSensor("quiet", make_spec(rig.far.path, stale_after=0.1))  # the rig says nothing
+    for point in sensor.points:
+        point.bind(asyncio.get_running_loop())
+    try:
+        await open_port(sensor)
+        temp = sensor.values["temp"]
+        assert temp.online
+        await until_health(temp, online=False)
+        assert "no valid reading for 0.1 s" in (temp.offline_reason or "")
+    finally:
+        await sensor.stop()
 
 
 async def test_a_reader_thread_stuck_in_a_call_says_the_sensor_is_wedged(rig: Rig) -> None:
