@@ -46,7 +46,6 @@ output = { gpio = 5 }
 [devices.window]
 kind = "input"
 input = { gpio = 20, pull = "up" }
-on_when = "inactive"
 device_class = "window"
 """
 
@@ -217,6 +216,9 @@ async def test_the_fleet_demo_survives_a_killed_node_and_its_wall_shows_a_dozen(
         pi03_url, pi03_pid = demo.nodes["pi03"]
         await panel.press("pi03.door", "open")
         await page.wait_for_selector(f'{panel.tile("pi03.door")} button.working[data-action="open"]', timeout=2000)
+        # The node is acting (its relay energised, the contact stuck): a kill before the call had
+        # reached it would make it "not offered", nothing done.
+        await page.wait_for_selector(f'{panel.tile("pi03.door")}[data-moving="opening"]', timeout=2000)
         os.kill(pi03_pid, signal.SIGKILL)
         text = await panel.message("pi03.door", "error", timeout=OFFLINE_MS)
         assert "did not open" in text and "outcome unknown" in text.lower()
