@@ -9,9 +9,12 @@ command payload asks for (:meth:`Device.mqtt_command`).
 
 - ``PREFIX/NODE/D/set`` (and any ``set_*`` leaf a device announces) runs the action the device
   reads in the payload; its outcome goes to ``.../attributes`` (retained) and ``.../event``.
+  ``.../attributes`` follows the audit trail: it says the device's last action whoever called it
+  (the WebSocket, WAMP, MQTT), and a command refused before it ran (its role, its rate).
   ``.../state`` is published only from observations (the event bus), so a jammed door never
-  shows ``open``. A retained command (one the broker replays) and a malformed one are logged and
-  never run.
+  shows ``open``, and only when it changes (a switch's output moving ahead of its feedback does
+  not re-publish ``OFF``). A retained command (one the broker replays) and a malformed one are
+  logged and never run.
 - ``PREFIX/NODE/rpc``: MQTT 5 request/response. The reply on the request's
   response topic, with its correlation data, is the WebSocket's reply byte for byte.
 - Every event of the bus is mirrored to ``PREFIX/NODE/events/<topic>``.
@@ -135,12 +138,15 @@ class MqttBridge:
         self._commands = OwnedTasks("mqtt command")  # actions in flight (waited for at shutdown)
         self._announced: dict[str, set[str]] = {}  # device -> its discovery config topics on the broker
         self._attributes: dict[str, bytes] = {}  # device -> its last outcome, republished on reconnect
+        self._retained: dict[str, str | bytes] = {}  # device topic -> what it holds on the broker (this connection)
+        self._audited: dict[str, int] = {}  # device -> actions audited so far (whoever called)
         self._subscribed: set[str] = set()  # command leaves subscribed on this connection
         # Commands on .../set, per device: at most one of ours running (or waiting for the device) and
         # the latest one behind it. A burst coalesces to its last word, never reorders, costs no task.
         self._driving: set[str] = set()  # devices with a command of ours in the dispatcher
         self._next: dict[str, tuple[Session, str, dict[str, Any]]] = {}  # device -> the command after it
         self._untap: Callable[[], None] | None = None
+        self._unaudit: Callable[[], None] | None = None
         self._closing = False
         # What a peer on the broker can make us log at will: one line per reason per 10 s, with the count.
         self.ignored = ThrottledLog(log, "MQTT: ignored {detail} on {peer} ({reason})",
@@ -167,6 +173,7 @@ class MqttBridge:
         """Start connecting (in the background: a broker that is down does not stop the daemon)."""
         self._untap = self.ctx.events.tap(self._on_event)
         CLIENT_LOG.addFilter(self._client_filter)
+        self._unaudit = self.ctx.audit.recorded.add(self._on_audited)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt-bridge")
 
     async def close(self, timeout: float) -> None:
@@ -176,6 +183,8 @@ class MqttBridge:
             log.warning("%d MQTT command(s) did not finish before shutdown", len(self._commands))
         if self._untap is not None:
             self._untap()
+        if self._unaudit is not None:
+            self._unaudit()
         client = self._client
         if client is not None:
             try:
@@ -314,6 +323,7 @@ class MqttBridge:
         """Discovery (and removal of what is gone), then each device's availability, state and
         last outcome, then the node's ``online``: Home Assistant shows fresh values only."""
         devices = self.ctx.devices
+        self._retained.clear()  # published afresh below: the new connection's broker holds it all
         entities = {name: device.ha_entities() for name, device in devices.items()}
         self._subscribe_commands({leaf for found in entities.values() for leaf in command_leaves(found)})
         if self.config.discovery_prefix:
@@ -342,8 +352,14 @@ class MqttBridge:
         self._publish(self.topics.availability, ONLINE, retain=True)
 
     def _publish_device(self, name: str, messages: list[MqttMessage]) -> None:
+        """A device's messages; a retained one only when it changes what the broker holds."""
         for message in messages:
-            self._publish(self.topics.device(name, message.leaf), message.payload, retain=message.retain)
+            topic = self.topics.device(name, message.leaf)
+            if message.retain:
+                if self._retained.get(topic) == message.payload:
+                    continue
+                self._retained[topic] = message.payload
+            self._publish(topic, message.payload, retain=message.retain)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         """Every event of the bus: mirrored, and each device's own messages (state, alarms) kept current."""
@@ -425,6 +441,7 @@ class MqttBridge:
 
     async def _act(self, name: str, session: Session, action: str, params: dict[str, Any]) -> None:
         """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
+        audited = self._audited.get(name, 0)
         reply = (await settled(self.dispatcher.call(session, request(f"{name}.{action}", params)))).reply
         if reply is None:  # dropped unstarted: the connection it came on is gone
             return
@@ -433,10 +450,28 @@ class MqttBridge:
             error = attributes["error"]
             self.failed.note(ERROR_NAMES.get(error.get("code"), "error"), self.topics.device(name, "set"),
                              f"{action}: {error.get('message')}")
+        if self._audited.get(name, 0) == audited:  # refused before it ran (role, rate): not audited
+            self._publish_attributes(name, attributes)
+        self._publish(self.topics.device(name, "event"), orjson.dumps(event), retain=False)
+
+    def _publish_attributes(self, name: str, attributes: dict[str, Any]) -> None:
         encoded = orjson.dumps(attributes)
         self._attributes[name] = encoded
         self._publish(self.topics.device(name, "attributes"), encoded, retain=True)
-        self._publish(self.topics.device(name, "event"), orjson.dumps(event), retain=False)
+
+    def _on_audited(self, session: Session, method: str, result: dict[str, Any] | None,
+                    error: dict[str, Any] | None) -> None:
+        """Every action that ran, through whichever front door (a command here, the WebSocket,
+        WAMP): its outcome is the device's last one."""
+        name, _, action = method.rpartition(".")
+        device = self.ctx.devices.get(name)
+        if device is None or action not in device.actions:
+            return  # sim.*, or a device this bridge does not serve
+        if result is None and error is None:
+            return  # dropped unstarted (its caller had gone): nothing happened, the last outcome stands
+        self._audited[name] = self._audited.get(name, 0) + 1
+        attributes, _ = outcome(action, {"error": error} if error is not None else {"result": result})
+        self._publish_attributes(name, attributes)
 
     def _request(self, message: aiomqtt.Message, payload: bytes) -> None:
         """A JSON-RPC request or batch on the rpc topic; answered on its response topic, if any."""
