@@ -85,6 +85,7 @@ async def test_a_command_waiting_when_the_broker_link_drops_never_runs(node: Dae
     assert switches(node, "door", since) == [True]  # the open finished; the close nobody can hear never ran
     assert node.devices["door"].state()["state"] == "open"
     assert await sample(node, "pictl_rpc_dropped_total", reason="disconnected") == 1
+    assert json.loads(node.mqtt._attributes["door"])["action"] == "open"  # the last outcome: what ran
 
 
 # -- 3. what the bridge accepts is bounded ---------------------------------------------------------
