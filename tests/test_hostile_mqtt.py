@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.bridges.mqtt.bridge import Backlog
+from controller.bridges.mqtt.intake import Backlog
 from controller.service import configfile
 from controller.service.daemon import Daemon
 from tests import test_mqtt

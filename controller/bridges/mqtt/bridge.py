@@ -22,7 +22,8 @@ command payload asks for (:meth:`Device.mqtt_command`).
   published on every connect and when Home Assistant says it is back online.
 
 What arrives is bounded: the Maximum Packet Size announced in CONNECT keeps oversized messages on
-the broker; commands coalesce per device (one running, the latest waiting); rpc requests are capped
+the broker; received messages and commands wait in :mod:`controller.bridges.mqtt.intake` (the
+oldest message goes first; one command per device runs, the latest waits); rpc requests are capped
 in flight by the dispatcher; commands of a connection that dropped are dropped with it.
 
 aiomqtt 2.x does not reconnect by itself: :meth:`MqttBridge._run` does, with a
@@ -55,6 +56,7 @@ from prometheus_client import Gauge
 
 from controller import __version__
 from controller.bridges.mqtt.discovery import OFFLINE, ONLINE, Topics, command_leaves, discovery, outcome
+from controller.bridges.mqtt.intake import Backlog, Commands
 from controller.devices.outward import MAX_COMMAND_BYTES, BadCommand, MqttMessage
 from controller.rpc.dispatch import Answer, request, settled
 from controller.runtime.context import Context
@@ -93,21 +95,6 @@ RPC_OPTIONS = SubscribeOptions(qos=1, retainAsPublished=True)
 COMMAND_OPTIONS = SubscribeOptions(qos=0, retainAsPublished=True)
 
 
-class Backlog(asyncio.Queue["aiomqtt.Message"]):
-    """aiomqtt's queue of received messages, bounded the other way round: when it is full the *oldest*
-    message goes, not the newest, so a burst keeps its last word (the command a user sent last)."""
-
-    @staticmethod
-    def dropped() -> None:
-        """Told of each message dropped (a bridge's subclass counts it)."""
-
-    def put_nowait(self, item: aiomqtt.Message) -> None:
-        if self.full():
-            self.get_nowait()
-            self.dropped()
-        super().put_nowait(item)
-
-
 def _short(payload: bytes, limit: int = 40) -> str:
     """A client's payload in a log line: bounded, never raw bytes."""
     text = payload[:limit].decode("utf-8", "backslashreplace")
@@ -143,8 +130,8 @@ class MqttBridge:
         self._subscribed: set[str] = set()  # command leaves subscribed on this connection
         # Commands on .../set, per device: at most one of ours running (or waiting for the device) and
         # the latest one behind it. A burst coalesces to its last word, never reorders, costs no task.
-        self._driving: set[str] = set()  # devices with a command of ours in the dispatcher
-        self._next: dict[str, tuple[Session, str, dict[str, Any]]] = {}  # device -> the command after it
+        self._waiting = Commands(self._act, self._commands,
+                                 ctx.metrics.rpc_dropped.labels(SUPERSEDED).inc)  # one running, the latest waiting
         self._untap: Callable[[], None] | None = None
         self._unaudit: Callable[[], None] | None = None
         self._closing = False
@@ -266,9 +253,7 @@ class MqttBridge:
             finally:
                 self._client = None
                 self.session.closed = True  # its commands not started yet are dropped: nobody hears their outcome
-                for _ in range(len(self._next)):
-                    self.ctx.metrics.rpc_dropped.labels(DISCONNECTED).inc()
-                self._next.clear()
+                self.ctx.metrics.rpc_dropped.labels(DISCONNECTED).inc(self._waiting.drop_waiting())
                 self.ready.clear()
                 self.connected.set(0)
             await asyncio.sleep(backoff.next())
@@ -418,26 +403,7 @@ class MqttBridge:
         except BadCommand as exc:
             self.ignored.note("malformed", where, f"a malformed command {_short(payload)} ({exc})")
             return
-        if name in self._next:
-            del self._next[name]  # the command that waited is replaced: the user's last word wins
-            self.ctx.metrics.rpc_dropped.labels(SUPERSEDED).inc()
-        if device.actions[action].interrupts:  # a STOP never waits its turn: it interrupts what runs
-            self._commands.spawn(self._act(name, self.session, action, params))
-        elif name in self._driving:  # one runs: this one waits behind it
-            self._next[name] = (self.session, action, params)
-        else:
-            self._driving.add(name)
-            self._commands.spawn(self._drive(name, (self.session, action, params)))
-
-    async def _drive(self, name: str, command: tuple[Session, str, dict[str, Any]]) -> None:
-        """Run *name*'s commands one at a time: this one, then the latest that arrived meanwhile."""
-        try:
-            next_command: tuple[Session, str, dict[str, Any]] | None = command
-            while next_command is not None:
-                await self._act(name, *next_command)
-                next_command = self._next.pop(name, None)
-        finally:
-            self._driving.discard(name)
+        self._waiting.submit(name, (self.session, action, params), interrupts=bool(device.actions[action].interrupts))
 
     async def _act(self, name: str, session: Session, action: str, params: dict[str, Any]) -> None:
         """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
