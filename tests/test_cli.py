@@ -17,7 +17,7 @@ from controller.client import Client, Unreachable
 from controller.service import configfile as config
 from controller.service.cli import parse_params
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, close_all, on_gpio_demo
+from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, TIME_SCALE, close_all, on_gpio_demo
 
 demo_config = on_gpio_demo()
 
@@ -324,7 +324,7 @@ async def test_cafile_trusts_a_private_ca_for_every_client(tmp_path: Path) -> No
     ca, cert, key = tls_files(tmp_path)
     text = DEMO_GPIO_TEXT.replace('listen = "127.0.0.1:8765"',
                                   f'listen = "127.0.0.1:0"\ntls_cert = "{cert}"\ntls_key = "{key}"')
-    daemon = Daemon(config.loads(text, str(tmp_path / "tls.toml")), simulate=True)
+    daemon = Daemon(config.loads(text, str(tmp_path / "tls.toml")), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         url = daemon.url

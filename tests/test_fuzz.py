@@ -27,6 +27,7 @@ from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.wire import jsonrpc
 from controller.wire.jsonrpc import Invalid, Request
+from tests.conftest import TIME_SCALE
 from tests.test_security import SECRETS, security_config
 
 RUNS: Counter[str] = Counter()  # examples actually run, reported by the last test
@@ -111,7 +112,7 @@ def serve_in_thread(cfg: config.Config) -> Iterator[Served]:
     holder: dict[str, Any] = {}
 
     async def main() -> None:
-        daemon = Daemon(cfg, simulate=True)
+        daemon = Daemon(cfg, simulate=True, time_scale=TIME_SCALE)
         await daemon.start()
         holder["served"] = Served(daemon, asyncio.get_running_loop())
         holder["stop"] = asyncio.Event()

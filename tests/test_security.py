@@ -18,7 +18,7 @@ from controller.security.policy import Role
 from controller.security.secrets import digest_secret
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import Client, open_client
+from tests.conftest import TIME_SCALE, Client, open_client
 
 SECRETS = {"root": "root-secret-1", "panel": "panel-secret-1", "viewer": "viewer-secret", "limited": "limited-sec"}
 
@@ -77,7 +77,7 @@ timeout = 1.0
 async def secure(tmp_path: Path):
     path = tmp_path / "secure.toml"
     path.write_text(security_config())
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     yield daemon
     await daemon.stop()
@@ -335,7 +335,7 @@ async def test_tls_serves_wss(tmp_path: Path) -> None:
                     "-out", str(cert)], check=True, capture_output=True, timeout=60)
     path = tmp_path / "tls.toml"
     path.write_text(security_config(f'tls_cert = "{cert.name}"\ntls_key = "{key.name}"'))
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         assert daemon.url.startswith("wss://")
