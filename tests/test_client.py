@@ -15,7 +15,7 @@ from controller import client as pictl
 from controller.client import Client, Event, SyncClient
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
-from tests.conftest import ADMIN, PANEL, TIME_SCALE, close_all, on_gpio_demo
+from tests.conftest import ADMIN, PANEL, close_all, on_gpio_demo, sim_daemon
 
 # Event counting: the demo sensor's steady readings would interleave their seq numbers.
 demo_config = on_gpio_demo()
@@ -110,7 +110,7 @@ async def test_a_dropped_link_reconnects_and_replays_what_was_missed(daemon: Dae
 
 
 async def test_a_restarted_daemon_gives_a_resync_marker_with_the_status(demo_config: Config) -> None:
-    first = Daemon(demo_config, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    first = sim_daemon(demo_config)
     await first.start()
     assert first.server is not None
     port = first.server.port
@@ -122,7 +122,7 @@ async def test_a_restarted_daemon_gives_a_resync_marker_with_the_status(demo_con
             await next_events(stream, 2)
             old_epoch = c.epoch
             await first.stop()
-            second = Daemon(demo_config, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=port)
+            second = sim_daemon(demo_config, port=port)
             await second.start()
             [marker] = await next_events(stream, 1, timeout=10)
             assert marker.is_resync and marker.topic == "resync"

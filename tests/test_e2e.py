@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, PANEL, TIME_SCALE, Client, http_get, open_client
+from tests.conftest import ADMIN, PANEL, Client, http_get, open_client, sim_daemon
 
 
 def pin_level(daemon: Daemon, pin: int) -> bool:
@@ -169,7 +169,7 @@ async def test_bad_params_are_refused_before_any_actuation(daemon: Daemon, admin
 async def test_timeout_is_capped_by_config(demo_config) -> None:
     light = dataclasses.replace(demo_config.devices["light"], max_timeout=0.3)
     capped = dataclasses.replace(demo_config, devices={**demo_config.devices, "light": light})
-    daemon = Daemon(capped, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(capped)
     await daemon.start()
     try:
         async with open_client(daemon.url) as ws:

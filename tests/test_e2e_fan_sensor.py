@@ -12,7 +12,7 @@ import pytest
 
 from controller.devices.base import Device
 from controller.service.daemon import Daemon
-from tests.conftest import TIME_SCALE, Client, until_online
+from tests.conftest import Client, sim_daemon, until_online
 
 
 async def first_reading(device: Device, timeout: float = 3.0) -> dict:
@@ -94,7 +94,7 @@ async def test_panel_may_not_read_the_sensor_or_switch_the_fan(daemon: Daemon, p
 
 async def test_stop_leaves_no_thread_socket_or_terminal_behind(demo_config) -> None:
     fds_before = set(os.listdir("/proc/self/fd"))
-    daemon = Daemon(demo_config, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(demo_config)
     await daemon.start()
     assert daemon.plant is not None
     modbus_port = daemon.plant.modbus["plant"].port

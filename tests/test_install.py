@@ -13,8 +13,7 @@ import pytest
 
 from controller.service import cli
 from controller.service import configfile as config
-from controller.service.daemon import Daemon
-from tests.conftest import ROOT, TIME_SCALE
+from tests.conftest import ROOT, sim_daemon
 
 EXAMPLE = ROOT / "config" / "example-pi.toml"
 
@@ -34,7 +33,7 @@ def test_example_pi_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_example_pi_config_runs_on_the_simulated_plant() -> None:
-    d = Daemon(config.load(str(EXAMPLE)), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    d = sim_daemon(config.load(str(EXAMPLE)))
     await d.start()
     try:
         assert {name: dev.state()["state"] for name, dev in d.devices.items()} == {

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
 from controller.settings.sections import AuditConfig, EventsConfig, MetricsConfig
-from tests.conftest import ADMIN, PANEL, TIME_SCALE, Client, http_get, on_gpio_demo, open_client
+from tests.conftest import ADMIN, PANEL, Client, http_get, on_gpio_demo, open_client, sim_daemon
 
 demo_config = on_gpio_demo()
 
@@ -41,7 +41,7 @@ async def events_until(client: Client, predicate: Any, timeout: float = 5.0) -> 
 
 
 async def started(config: Config) -> Daemon:
-    daemon = Daemon(config, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config)
     await daemon.start()
     return daemon
 

@@ -12,7 +12,7 @@ from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.wire.errors import InvalidParams, NotConfirmed, Unavailable
 from drivers.sim.modbus_world import SimModbusDevices
-from tests.conftest import TIME_SCALE, until_health
+from tests.conftest import sim_daemon, until_health
 
 CONFIG = """
 [modbus.plc]
@@ -59,7 +59,7 @@ async def plant(request) -> AsyncIterator[tuple[Daemon, SimModbusDevices]]:
     """The daemon on a simulated Modbus link: TCP, or RTU reached through socket:// (RTU framing)."""
     text = CONFIG if request.param == "tcp" else RTU
     assert text != CONFIG or request.param == "tcp"
-    daemon = Daemon(config.loads(text, "modbus.toml"), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config.loads(text, "modbus.toml"))
     await daemon.start()
     assert daemon.plant is not None
     assert daemon.plant.modbus["plc"].rtu is (request.param == "rtu")

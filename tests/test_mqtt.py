@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, TIME_SCALE, http_get, open_client
+from tests.conftest import ADMIN, DEMO, http_get, open_client, sim_daemon
 from tests.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Mosquitto
 
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
@@ -126,7 +126,7 @@ async def watcher(broker: Mosquitto) -> AsyncIterator[Watcher]:
 
 
 async def start_daemon(url: str, extra: str = "") -> Daemon:
-    d = Daemon(config.loads(config_text(url, extra), str(DEMO)), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    d = sim_daemon(config.loads(config_text(url, extra), str(DEMO)))
     await d.start()
     return d
 
@@ -190,7 +190,7 @@ async def test_discovery_availability_and_state_are_retained_for_every_kind(daem
 
 
 async def test_no_mqtt_section_no_bridge_and_no_gauge() -> None:
-    d = Daemon(config.load(str(DEMO)), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    d = sim_daemon(config.load(str(DEMO)))
     await d.start()
     try:
         assert d.mqtt is None
@@ -309,7 +309,7 @@ async def test_a_retained_open_replayed_on_connect_never_opens_the_door(broker: 
 
 async def test_the_role_applies_to_mqtt_commands(broker: Mosquitto, watcher: Watcher) -> None:
     text = config_text(broker.url).replace('"door.*", "light.*"', '"light.*"')
-    d = Daemon(config.loads(text, str(DEMO)), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    d = sim_daemon(config.loads(text, str(DEMO)))
     await d.start()
     try:
         await watcher.on(f"{NODE}/availability", b"online", since=watcher.mark())
@@ -326,7 +326,7 @@ async def test_mqtt_commands_are_rate_limited_and_audited_like_websocket_calls(
         broker: Mosquitto, watcher: Watcher, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "controller.security.audit")
     text = config_text(broker.url).replace('\n         "events.*"]', '\n         "events.*"]\nrate = 0.1\nburst = 1')
-    d = Daemon(config.loads(text, str(DEMO)), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    d = sim_daemon(config.loads(text, str(DEMO)))
     await d.start()
     try:
         await watcher.on(f"{NODE}/availability", b"online", since=watcher.mark())

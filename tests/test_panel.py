@@ -18,7 +18,7 @@ from controller.security.policy import Role
 from controller.service.daemon import Daemon
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
-from tests.conftest import ADMIN, PANEL, TIME_SCALE, Client, close_all, http_get, on_gpio_demo, open_client
+from tests.conftest import ADMIN, PANEL, Client, close_all, http_get, on_gpio_demo, open_client, sim_daemon
 
 demo_config = on_gpio_demo()
 
@@ -227,7 +227,7 @@ async def test_an_offline_device_is_greyed_with_since_when(daemon: Daemon, brows
 
 @needs_browser
 async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browser: Browser) -> None:
-    first = Daemon(demo_config, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    first = sim_daemon(demo_config)
     await first.start()
     assert first.server is not None
     port = first.server.port
@@ -257,7 +257,7 @@ async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browse
         await panel.state("door", "open")
         await first.stop()
         await page.wait_for_selector('#link[data-state="down"]', timeout=3000)
-        second = Daemon(demo_config, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=port)
+        second = sim_daemon(demo_config, port=port)
         await second.start()
         await panel.live(timeout=15000)
         await panel.state("door", "closed")  # the new run's truth, not the old run's last event
@@ -385,7 +385,7 @@ async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daem
 @needs_browser
 async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any, browser: Browser) -> None:
     roles = {**demo_config.roles, "panel": Role("panel", allow=("door.*", "session.*"))}  # no describe
-    daemon = Daemon(dataclasses.replace(demo_config, roles=roles), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(dataclasses.replace(demo_config, roles=roles))
     await daemon.start()
     try:
         panel = await open_panel(browser, panel_url(daemon))
@@ -398,8 +398,7 @@ async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any,
 @needs_browser
 async def test_only_the_buttons_the_role_may_press_are_shown(demo_config: Any, browser: Browser) -> None:
     guest = Role("panel", allow=demo_config.roles["panel"].allow, deny=("door.close", "light.toggle"))
-    daemon = Daemon(dataclasses.replace(demo_config, roles={**demo_config.roles, "panel": guest}), simulate=True, time_scale=TIME_SCALE,
-                    host="127.0.0.1", port=0)
+    daemon = sim_daemon(dataclasses.replace(demo_config, roles={**demo_config.roles, "panel": guest}))
     await daemon.start()
     try:
         panel = await open_panel(browser, panel_url(daemon))

@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from controller.security.policy import LockoutConfig
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
-from tests.conftest import ADMIN, PANEL, ROOT, TIME_SCALE, Client
+from tests.conftest import ADMIN, PANEL, ROOT, Client, sim_daemon
 from tests.test_front import sample
 
 SBIN = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"))
@@ -51,8 +51,7 @@ def tls_client() -> ssl.SSLContext:
 async def upstream(demo_config: Config) -> AsyncIterator[Daemon]:
     server = dataclasses.replace(demo_config.server, trusted_proxies=("127.0.0.1", "::1"),
                                  max_connections_per_address=4)
-    d = Daemon(dataclasses.replace(demo_config, server=server, lockout=LOCKOUT), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1",
-               port=0)
+    d = sim_daemon(dataclasses.replace(demo_config, server=server, lockout=LOCKOUT))
     await d.start()
     try:
         yield d

@@ -18,7 +18,7 @@ from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.service.reload import plan_reload
 from controller.settings.load import Config
-from tests.conftest import DEMO_GPIO_TEXT, ROOT, TIME_SCALE, Client, open_client
+from tests.conftest import DEMO_GPIO_TEXT, ROOT, TIME_SCALE, Client, open_client, sim_daemon
 
 DEMO_TEXT = DEMO_GPIO_TEXT
 PANEL_HASH = re.search(r'\[auth\.tokens\.demo-panel\]\nrole = "panel"\nhash = "([^"]+)"', DEMO_TEXT).group(1)
@@ -232,7 +232,7 @@ async def test_a_removed_sensor_takes_its_serial_port_and_thread_with_it(tmp_pat
     from drivers.serial_sensor import SerialSensor
 
     path, full = await full_demo(tmp_path)
-    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config.load(str(path)))
     await daemon.start()
     try:
         [port] = [b for b in daemon.buses if isinstance(b, SerialSensor)]
@@ -259,7 +259,7 @@ async def test_rebuilt_modbus_and_serial_devices_are_polled_and_simulated_again(
     from tests.conftest import until, until_online
 
     path, full = await full_demo(tmp_path)
-    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config.load(str(path)))
     await daemon.start()
     try:
         old_fan = daemon.devices["fan"]

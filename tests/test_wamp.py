@@ -25,7 +25,7 @@ from controller.service import configfile
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
 from controller.settings.wamp import WampConfig
-from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, TIME_SCALE, Client, http_get, open_client
+from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, Client, http_get, open_client, sim_daemon
 from tests.crossbar import CrossbarRouter, crossbar_executable
 
 MISSING = None if crossbar_executable() is not None else "crossbar is not installed (make crossbar)"
@@ -59,7 +59,7 @@ def node_config(router: CrossbarRouter, node: str, *, role: str = "admin", extra
 
 @contextlib.asynccontextmanager
 async def running_node(cfg: Config, wait: bool = True) -> AsyncIterator[Daemon]:
-    daemon = Daemon(cfg, simulate=True, time_scale=TIME_SCALE, host="127.0.0.1", port=0)
+    daemon = sim_daemon(cfg)
     await daemon.start()
     try:
         if wait:
