@@ -59,6 +59,11 @@ MODBUS_POLL_S = 0.1
 SENSOR_STALE_S = 0.5
 
 
+# `openssl req` arguments for a test key: an EC P-256 key is made in a millisecond (RSA 2048: a
+# CPU-second on a loaded machine); the TLS being tested is the same.
+NEW_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+
+
 def edit(text: str, old: str, new: str) -> str:
     """*text* with *old* replaced by *new*; fails loudly when *old* is not there (the demo changed)."""
     assert old in text, f"not in the config any more: {old!r}"

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, http_get, open_client, sim_daemon
+from tests.conftest import ADMIN, DEMO, NEW_KEY, http_get, open_client, sim_daemon
 from tests.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Mosquitto
 
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
@@ -531,7 +531,7 @@ async def test_the_last_will_marks_a_killed_daemon_offline(broker: Mosquitto, wa
 async def test_tls_and_a_password_from_a_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     cert, key = tmp_path / "broker.pem", tmp_path / "broker.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=broker",
+    subprocess.run(["openssl", "req", "-x509", *NEW_KEY, "-nodes", "-days", "1", "-subj", "/CN=broker",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     secret = "correct-horse-battery"

@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from controller.security.policy import LockoutConfig
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
-from tests.conftest import ADMIN, PANEL, ROOT, Client, sim_daemon
+from tests.conftest import ADMIN, NEW_KEY, PANEL, ROOT, Client, sim_daemon
 from tests.test_front import sample
 
 SBIN = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"))
@@ -97,7 +97,7 @@ def proxy(request: pytest.FixtureRequest, upstream: Daemon, tmp_path: Path) -> I
             pytest.fail(f"{name} is not installed (.ci/run installs it)")
         pytest.skip(f"{name} is not installed")
     assert upstream.server is not None
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+    subprocess.run(["openssl", "req", "-x509", *NEW_KEY, "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
                    check=True, capture_output=True, timeout=60)
     tls_port = free_port()

@@ -18,7 +18,7 @@ from controller.security.policy import Role
 from controller.security.secrets import digest_secret
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import TIME_SCALE, Client, open_client
+from tests.conftest import NEW_KEY, TIME_SCALE, Client, open_client
 
 SECRETS = {"root": "root-secret-1", "panel": "panel-secret-1", "viewer": "viewer-secret", "limited": "limited-sec"}
 
@@ -330,7 +330,7 @@ async def test_a_busy_refusal_is_not_remembered(secure: Daemon) -> None:
 
 async def test_tls_serves_wss(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+    subprocess.run(["openssl", "req", "-x509", *NEW_KEY, "-nodes", "-days", "1", "-subj",
                     "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
                     "-out", str(cert)], check=True, capture_output=True, timeout=60)
     path = tmp_path / "tls.toml"
