@@ -33,9 +33,14 @@ FRONT = 'trusted_proxies = ["127.0.0.1"]\nallowed_hosts = ["pictl.example"]'
 
 
 @pytest.fixture
-async def front(tmp_path: Path):
+def slowdown_after() -> int:
+    return 4  # security_config's: no failure is answered late before the lockout
+
+
+@pytest.fixture
+async def front(tmp_path: Path, slowdown_after: int):
     path = tmp_path / "front.toml"
-    path.write_text(security_config(FRONT))
+    path.write_text(security_config(FRONT, slowdown_after=slowdown_after))
     daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     yield daemon
@@ -286,6 +291,7 @@ async def test_a_wrong_secret_never_runs_a_slow_hash_when_tokens_are_digests() -
     assert auth.slow_checks == 0
 
 
+@pytest.mark.parametrize("slowdown_after", [2])
 async def test_session_auth_is_refused_in_a_batch_and_while_one_is_pending(front: Daemon) -> None:
     client = Client(await open_client(front.url, None))
     batch = [{"jsonrpc": "2.0", "id": i, "method": "session.auth", "params": {"token": f"guess-{i}"}}
