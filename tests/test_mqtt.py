@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, NEW_KEY, http_get, open_client, sim_daemon
+from tests.conftest import ADMIN, DEMO, NEW_KEY, TEST_TEXT, TIME_SCALE, http_get, open_client, sim_daemon
 from tests.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Mosquitto
 
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
@@ -35,6 +35,7 @@ if MISSING and os.environ.get("CI"):
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 PICTL = str(Path(sys.executable).parent / "pictl")
+FAST = ("--time-scale", str(TIME_SCALE))  # `pictl serve` on the tests' plant
 NODE = "pictl/pi01"
 DOOR_TOPICS = (f"{NODE}/door/state", f"{NODE}/door/attributes", f"{NODE}/door/event")
 AUTOMATION = """
@@ -45,7 +46,7 @@ allow = ["door.*", "light.*", "fan.*", "hall_temp.*", "*.state", "system.ping", 
 
 
 def config_text(url: str, extra: str = "") -> str:
-    return (DEMO.read_text() + AUTOMATION
+    return (TEST_TEXT + AUTOMATION
             + f'\n[mqtt]\nurl = "{url}"\nnode = "pi01"\nrole = "automation"\nkeepalive = 5\nbackoff_max = 0.5\n'
             + extra)
 
@@ -511,7 +512,7 @@ async def test_the_last_will_marks_a_killed_daemon_offline(broker: Mosquitto, wa
                                                           tmp_path: Path) -> None:
     path = tmp_path / "pictl.toml"
     path.write_text(config_text(broker.url))
-    proc = await asyncio.create_subprocess_exec(PICTL, "serve", "--config", str(path), "--simulate",
+    proc = await asyncio.create_subprocess_exec(PICTL, "serve", "--config", str(path), "--simulate", *FAST,
                                                 "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.DEVNULL)
     try:
@@ -566,7 +567,7 @@ async def test_an_unreadable_password_file_stops_serve_with_one_clear_line(tmp_p
     path = tmp_path / "pictl.toml"
     login = f'username = "pi01"\npassword_file = "{tmp_path / "mqtt.pass"}"\n'
     path.write_text(config_text("mqtt://127.0.0.1:9", login))
-    proc = await asyncio.create_subprocess_exec(PICTL, "serve", "--config", str(path), "--simulate", "--listen",
+    proc = await asyncio.create_subprocess_exec(PICTL, "serve", "--config", str(path), "--simulate", *FAST, "--listen",
                                                 "127.0.0.1:0", stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
