@@ -213,8 +213,8 @@ async def test_histogram_quantile_in_a_real_prometheus_lands_near_the_true_media
     await prometheus.until('pictl_action_confirm_seconds_count{device="light",action="on"}', 9)
     # rate() needs two scrapes in its window. (Prometheus' first scrape comes ~5 s after its start: its
     # target discovery sends updates every 5 s. That wait, not the plant, is this test's time.)
-    await prometheus.until('count_over_time(pictl_action_confirm_seconds_count{device="light",action="on"}[1m]) > bool 1',
-                           1)
+    light_on = 'pictl_action_confirm_seconds_count{device="light",action="on"}'
+    await prometheus.until(f"count_over_time({light_on}[1m]) > bool 1", 1)
     for (device, action), times in elapsed.items():
         (result,) = await prometheus.query(
             f'histogram_quantile(0.5, pictl_action_confirm_seconds_bucket{{device="{device}",action="{action}"}})')
