@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
@@ -27,6 +27,10 @@ from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
 from drivers.base import Point
+from tests.browser import BROWSER_MISSING, SharedChromium, async_playwright
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 # CI runs the fuzz suite on a fixed set of examples (the same every run); developers get fresh ones.
 settings.register_profile("ci", derandomize=True, database=None)
@@ -131,6 +135,26 @@ async def daemon(demo_config: Config, time_scale: float) -> AsyncIterator[Daemon
         yield d
     finally:
         await d.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[SharedChromium]:
+    """One headless Chromium for this test process (tests/browser.py), started when a test first needs it."""
+    shared = SharedChromium()
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+async def browser(chromium: SharedChromium) -> AsyncIterator[Browser]:
+    """That Chromium, through a Playwright on this test's loop; what the test opens is closed after it."""
+    assert async_playwright is not None, BROWSER_MISSING
+    async with async_playwright() as playwright:
+        connected = await playwright.chromium.connect_over_cdp(chromium.endpoint())
+        try:
+            yield connected
+        finally:
+            await connected.close()  # over CDP: closes this test's contexts and disconnects
 
 
 class Client:

@@ -8,14 +8,18 @@ import asyncio
 import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.browser import BROWSER_MISSING
 from tests.conftest import ROOT
 from tests.crossbar import crossbar_executable
-from tests.test_panel import BROWSER_MISSING, CHROMIUM, CHROMIUM_ARGS, Browser, async_playwright, open_panel
+from tests.test_panel import open_panel
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 MISSING = BROWSER_MISSING or (None if crossbar_executable() is not None else "crossbar is not installed")
 if MISSING and os.environ.get("CI"):
@@ -36,16 +40,6 @@ def demo_fleet() -> Any:
 
 
 @pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
 def fleet() -> Iterator[Any]:
     running = demo_fleet().Fleet(nodes=3)
     try:
@@ -55,10 +49,10 @@ def fleet() -> Iterator[Any]:
         running.stop()
 
 
-async def test_one_panel_drives_every_node_and_shows_a_killed_node_as_down(fleet: Any, chromium: Browser) -> None:
+async def test_one_panel_drives_every_node_and_shows_a_killed_node_as_down(fleet: Any, browser: Browser) -> None:
     from controller.bridges.wamp.bridge import component
 
-    panel = await open_panel(chromium, fleet.panel_url, viewport={"width": 1600, "height": 1000})
+    panel = await open_panel(browser, fleet.panel_url, viewport={"width": 1600, "height": 1000})
     page = panel.page
     await panel.live()
     for node in ("pi01", "pi02", "pi03"):

@@ -6,9 +6,8 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,27 +17,18 @@ from controller.security.policy import Role
 from controller.service.daemon import Daemon
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
+from tests.browser import BROWSER_MISSING
 from tests.conftest import ADMIN, PANEL, Client, close_all, http_get, on_gpio_demo, open_client, sim_daemon
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 demo_config = on_gpio_demo()
 
 
-CHROMIUM = os.environ.get("PICTL_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGE_WEIGHT_BUDGET = 40_000  # bytes of all panel files together
 FIRST_TILE_BUDGET_MS = 2000.0
 
-try:
-    from playwright.async_api import Browser, Page, async_playwright
-except ImportError:  # pragma: no cover - the test extra installs it
-    async_playwright = None  # type: ignore[assignment]
-
-BROWSER_MISSING = None
-if async_playwright is None:
-    BROWSER_MISSING = "playwright is not installed (pip install -e '.[test]')"
-elif not os.access(CHROMIUM, os.X_OK):
-    BROWSER_MISSING = f"{CHROMIUM} is missing (apt install chromium)"
 if BROWSER_MISSING and os.environ.get("CI"):
     pytest.fail(f"browser tests cannot run: {BROWSER_MISSING}; .ci/run installs both", pytrace=False)
 needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
@@ -102,17 +92,6 @@ def test_page_weight_is_within_budget() -> None:
 
 
 # -- in a real browser --------------------------------------------------------------------------------
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert async_playwright is not None
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
 class Panel:
     """One page on the daemon, recording console errors (CSP violations show up there)."""
 
@@ -159,7 +138,9 @@ def panel_url(daemon: Daemon) -> str:
     return f"http://127.0.0.1:{daemon.server.port}/"
 
 
+# The demo's door (0.3 s of travel): long enough to see the button working while it moves.
 @needs_browser
+@pytest.mark.parametrize("time_scale", [1.0])
 async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon), token=None)
     page = panel.page
@@ -173,7 +154,7 @@ async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, br
     await panel.state("door", "closed")
     assert await page.locator(f'{panel.tile("light")} button[data-action="toggle"]').count() == 1
     await panel.press("door", "open")
-    # Progress while the door travels (~0.3 s), then the confirmed state.
+    # Progress while the door travels, then the confirmed state.
     await page.wait_for_selector(f'{panel.tile("door")} button.working[data-action="open"]', timeout=2000)
     assert await page.locator(f'{panel.tile("door")} .value').inner_text() != "Open"
     await panel.state("door", "open")
@@ -198,7 +179,7 @@ async def test_a_jammed_door_shows_expected_and_observed_in_words(daemon: Daemon
     await panel.live()
     await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
     await panel.press("door", "open")
-    text = await panel.message("door", "error", timeout=6000)  # the demo door's deadline is 2 s
+    text = await panel.message("door", "error", timeout=6000)
     assert "door did not open — contact still closed" in text
     assert "Actuator released" in text
     await panel.state("door", "closed")
@@ -273,7 +254,9 @@ async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browse
             await second.stop()
 
 
+# The demo's door: its travel outlasts the dropped link, so the press's answer is really lost.
 @needs_browser
+@pytest.mark.parametrize("time_scale", [1.0])
 async def test_an_action_in_flight_across_a_reconnect_actuates_once(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     await panel.live()

@@ -12,7 +12,7 @@ from typing import Any
 
 from controller.service.daemon import Daemon
 from tests.conftest import ROOT, Client
-from tests.test_panel import Panel, browser, needs_browser, open_panel, panel_url  # noqa: F401 - browser: a fixture
+from tests.test_panel import Panel, needs_browser, open_panel, panel_url
 
 SIZES = ({"width": 800, "height": 480}, {"width": 390, "height": 844})
 DOCS = ROOT / "docs"
@@ -74,7 +74,7 @@ async def screenshot(panel: Panel, name: str) -> None:
 
 
 @needs_browser
-async def test_the_login_header_is_readable_over_the_token_question(daemon: Daemon, browser: Any) -> None:  # noqa: F811
+async def test_the_login_header_is_readable_over_the_token_question(daemon: Daemon, browser: Any) -> None:
     for size in SIZES:
         panel = await open_panel(browser, panel_url(daemon), token=None, viewport=size)
         await panel.page.wait_for_selector("#login:not([hidden])")
@@ -88,7 +88,7 @@ async def test_the_login_header_is_readable_over_the_token_question(daemon: Daem
 
 @needs_browser
 async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_moving(
-        daemon: Daemon, browser: Any, admin: Client) -> None:  # noqa: F811
+        daemon: Daemon, browser: Any, admin: Client) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     page = panel.page
     await panel.live()
@@ -123,7 +123,7 @@ async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_movin
 
 
 @needs_browser
-async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: Any, admin: Client) -> None:  # noqa: F811
+async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: Any, admin: Client) -> None:
     for method in ("door.open", "light.on", "fan.on"):
         await admin.call(method)
     for size in SIZES:
@@ -141,7 +141,7 @@ async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: A
 
 @needs_browser
 async def test_errors_do_not_move_other_tiles_read_only_tiles_say_so_and_nothing_scrolls(
-        daemon: Daemon, browser: Any, admin: Client) -> None:  # noqa: F811
+        daemon: Daemon, browser: Any, admin: Client) -> None:
     await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
     await admin.call("sim.fault", {"device": "light", "fault": "no_feedback"})
     for size in SIZES:
