@@ -44,8 +44,10 @@ demo-fleet: $(STAMP) crossbar
 crossbar:
 	PYTHON=$(PYTHON) scripts/crossbar-venv.sh
 
+# Four workers (pytest-xdist) even on two cores: most tests wait on sockets, timers and other processes.
+# Tests that share a module-wide router or build in the source tree are kept on one worker (xdist_group).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 --dist loadgroup
 
 bench: $(STAMP) crossbar
 	$(BIN)/python bench/run.py

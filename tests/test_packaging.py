@@ -9,7 +9,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
+
+# Both builds write into the source tree (build/, *.egg-info): under pytest-xdist, one worker runs them.
+pytestmark = pytest.mark.xdist_group("build-in-tree")
 
 
 def pip(*args: str) -> str:

@@ -31,7 +31,8 @@ from tests.crossbar import CrossbarRouter, crossbar_executable
 MISSING = None if crossbar_executable() is not None else "crossbar is not installed (make crossbar)"
 if MISSING and os.environ.get("CI"):
     pytest.fail(f"WAMP tests cannot run: {MISSING}; .ci/run installs it", pytrace=False)
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+# One router for the module (below): under pytest-xdist (`make test`) its tests all run on one worker.
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.xdist_group("crossbar")]
 
 from autobahn.asyncio.wamp import ApplicationSession  # noqa: E402
 from autobahn.wamp.exception import ApplicationError  # noqa: E402
