@@ -37,6 +37,19 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under ``--dist loadgroup`` (make test), tests marked ``xdist_group`` must carry their group in
+    their node id, which is how pytest-xdist keeps them on one worker. Some pytest releases silently
+    break that (pyproject.toml pins around it): fail loudly rather than run a module's shared router
+    on every worker."""
+    if not session.config.getoption("loadgroup", default=False):
+        return
+    ungrouped = [item.nodeid for item in session.items
+                 if any(True for _ in item.iter_markers("xdist_group")) and "@" not in item.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(f"pytest-xdist's grouping does not work with this pytest: {ungrouped[0]}")
+
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "demo.toml"
 DEMO_TEXT = DEMO.read_text()
