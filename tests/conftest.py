@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 from hypothesis import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -27,7 +28,7 @@ from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
 from drivers.base import Point
-from tests.browser import BROWSER_MISSING, SharedChromium, async_playwright
+from tests.browser import BROWSER_MISSING, CHROMIUM, CHROMIUM_ARGS, async_playwright
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -138,36 +139,6 @@ def on_gpio_demo() -> Any:
 def sim_daemon(cfg: Config, *, port: int = 0, time_scale: float = TIME_SCALE) -> Daemon:
     """A daemon on the simulated plant at the tests' time scale, on a free loopback port."""
     return Daemon(cfg, simulate=True, host="127.0.0.1", port=port, time_scale=time_scale)
-
-
-@pytest.fixture
-async def daemon(demo_config: Config, time_scale: float) -> AsyncIterator[Daemon]:
-    d = sim_daemon(demo_config, time_scale=time_scale)
-    await d.start()
-    try:
-        yield d
-    finally:
-        await d.stop()
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[SharedChromium]:
-    """One headless Chromium for this test process (tests/browser.py), started when a test first needs it."""
-    shared = SharedChromium()
-    yield shared
-    shared.close()
-
-
-@pytest.fixture
-async def browser(chromium: SharedChromium) -> AsyncIterator[Browser]:
-    """That Chromium, through a Playwright on this test's loop; what the test opens is closed after it."""
-    assert async_playwright is not None, BROWSER_MISSING
-    async with async_playwright() as playwright:
-        connected = await playwright.chromium.connect_over_cdp(chromium.endpoint())
-        try:
-            yield connected
-        finally:
-            await connected.close()  # over CDP: closes this test's contexts and disconnects
 
 
 class Client:
@@ -282,20 +253,67 @@ async def close_all(daemon: Daemon, code: int = 1012, reason: str = "service res
     await asyncio.gather(*(ws.close(code, reason) for ws in list(daemon.server._ws.connections)))
 
 
-@pytest.fixture
-async def admin(daemon: Daemon) -> AsyncIterator[Client]:
-    async with open_client(daemon.url) as ws:
-        client = Client(ws)
-        yield client
-        await client.close()
+def daemon_fixtures(loop_scope: str) -> tuple[Any, Any, Any]:
+    """The ``daemon`` (on the demo plant at the tests' time scale), ``admin`` and ``panel`` (clients
+    with those roles) fixtures, on the event loop of *loop_scope* (pytest-asyncio)."""
+
+    @pytest_asyncio.fixture(name="daemon", loop_scope=loop_scope)
+    async def daemon(demo_config: Config, time_scale: float) -> AsyncIterator[Daemon]:
+        d = sim_daemon(demo_config, time_scale=time_scale)
+        await d.start()
+        try:
+            yield d
+        finally:
+            await d.stop()
+
+    async def client(daemon: Daemon, token: str) -> AsyncIterator[Client]:
+        async with open_client(daemon.url, token) as ws:
+            linked = Client(ws)
+            yield linked
+            await linked.close()
+
+    @pytest_asyncio.fixture(name="admin", loop_scope=loop_scope)
+    async def admin(daemon: Daemon) -> AsyncIterator[Client]:
+        async for linked in client(daemon, ADMIN):
+            yield linked
+
+    @pytest_asyncio.fixture(name="panel", loop_scope=loop_scope)
+    async def panel(daemon: Daemon) -> AsyncIterator[Client]:
+        async for linked in client(daemon, PANEL):
+            yield linked
+
+    return daemon, admin, panel
 
 
-@pytest.fixture
-async def panel(daemon: Daemon) -> AsyncIterator[Client]:
-    async with open_client(daemon.url, PANEL) as ws:
-        client = Client(ws)
-        yield client
-        await client.close()
+daemon, admin, panel = daemon_fixtures("function")
+
+
+# Browser tests: one Playwright and one Chromium serve every browser test of a test process (each
+# pytest-xdist worker has its own), on the session's event loop. A module of browser tests marks its
+# async tests @on_browser_loop and says  daemon, admin, panel = daemon_fixtures("session")  so that
+# its tests, their daemons and their clients run on that loop too.
+on_browser_loop = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_chromium() -> AsyncIterator[Browser]:
+    assert async_playwright is not None, BROWSER_MISSING
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(shared_chromium: Browser) -> AsyncIterator[Browser]:
+    """The shared Chromium; the contexts (pages, storage) a test opens are closed after it."""
+    try:
+        yield shared_chromium
+    finally:
+        for context in list(shared_chromium.contexts):
+            await context.close()
 
 
 class NotifySocket:

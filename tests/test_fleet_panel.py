@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.browser import BROWSER_MISSING
-from tests.conftest import ROOT
+from tests.conftest import ROOT, on_browser_loop
 from tests.crossbar import crossbar_executable
 from tests.test_panel import open_panel
 
@@ -49,6 +49,7 @@ def fleet() -> Iterator[Any]:
         running.stop()
 
 
+@on_browser_loop  # the shared Chromium's (tests/conftest.py)
 async def test_one_panel_drives_every_node_and_shows_a_killed_node_as_down(fleet: Any, browser: Browser) -> None:
     from controller.bridges.wamp.bridge import component
 

@@ -18,12 +18,24 @@ from controller.service.daemon import Daemon
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
 from tests.browser import BROWSER_MISSING
-from tests.conftest import ADMIN, PANEL, Client, close_all, http_get, on_gpio_demo, open_client, sim_daemon
+from tests.conftest import (
+    ADMIN,
+    PANEL,
+    Client,
+    close_all,
+    daemon_fixtures,
+    http_get,
+    on_browser_loop,
+    on_gpio_demo,
+    open_client,
+    sim_daemon,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
 
 demo_config = on_gpio_demo()
+daemon, admin, panel = daemon_fixtures("session")  # on the shared Chromium's loop (tests/conftest.py)
 
 
 PAGE_WEIGHT_BUDGET = 40_000  # bytes of all panel files together
@@ -35,6 +47,7 @@ needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_M
 
 
 # -- the files, over plain HTTP -----------------------------------------------------------------------
+@on_browser_loop
 async def test_the_panel_is_served_at_root_with_types_caching_and_a_strict_policy(daemon: Daemon) -> None:
     status, headers, body = await http_get(daemon, "/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
@@ -56,6 +69,7 @@ async def test_the_panel_is_served_at_root_with_types_caching_and_a_strict_polic
     "/%2fetc%2fpasswd", "/panel/../server.py", "/static.py", "/server.py", "/panel.js/..", "/index.html%00.js",
     "/.\\..\\server.py", "/nowhere.html", "/PANEL.JS",
 ])
+@on_browser_loop
 async def test_nothing_outside_the_panel_folder_is_reachable(daemon: Daemon, path: str) -> None:
     status, _, body = await http_get(daemon, path)
     assert status == 404, (path, body[:80])
@@ -141,6 +155,7 @@ def panel_url(daemon: Daemon) -> str:
 # The demo's door (0.3 s of travel): long enough to see the button working while it moves.
 @needs_browser
 @pytest.mark.parametrize("time_scale", [1.0])
+@on_browser_loop
 async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon), token=None)
     page = panel.page
@@ -173,6 +188,7 @@ async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, br
 
 
 @needs_browser
+@on_browser_loop
 async def test_a_jammed_door_shows_expected_and_observed_in_words(daemon: Daemon, browser: Browser,
                                                                   admin: Client) -> None:
     panel = await open_panel(browser, panel_url(daemon))
@@ -190,6 +206,7 @@ async def test_a_jammed_door_shows_expected_and_observed_in_words(daemon: Daemon
 
 
 @needs_browser
+@on_browser_loop
 async def test_an_offline_device_is_greyed_with_since_when(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     await panel.live()
@@ -207,6 +224,7 @@ async def test_an_offline_device_is_greyed_with_since_when(daemon: Daemon, brows
 
 
 @needs_browser
+@on_browser_loop
 async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browser: Browser) -> None:
     first = sim_daemon(demo_config)
     await first.start()
@@ -257,6 +275,7 @@ async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browse
 # The demo's door: its travel outlasts the dropped link, so the press's answer is really lost.
 @needs_browser
 @pytest.mark.parametrize("time_scale", [1.0])
+@on_browser_loop
 async def test_an_action_in_flight_across_a_reconnect_actuates_once(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     await panel.live()
@@ -273,6 +292,7 @@ async def test_an_action_in_flight_across_a_reconnect_actuates_once(daemon: Daem
 
 
 @needs_browser
+@on_browser_loop
 async def test_first_tile_time_and_portrait_layout(daemon: Daemon, browser: Browser) -> None:
     started = time.perf_counter()
     panel = await open_panel(browser, panel_url(daemon))
@@ -330,6 +350,7 @@ class Gizmo(Device):
 
 
 @needs_browser
+@on_browser_loop
 async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daemon, browser: Browser) -> None:
     assert daemon.dispatcher is not None
     thermometer, gizmo = Thermometer(), Gizmo()
@@ -366,6 +387,7 @@ async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daem
 
 
 @needs_browser
+@on_browser_loop
 async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any, browser: Browser) -> None:
     roles = {**demo_config.roles, "panel": Role("panel", allow=("door.*", "session.*"))}  # no describe
     daemon = sim_daemon(dataclasses.replace(demo_config, roles=roles))
@@ -379,6 +401,7 @@ async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any,
 
 
 @needs_browser
+@on_browser_loop
 async def test_only_the_buttons_the_role_may_press_are_shown(demo_config: Any, browser: Browser) -> None:
     guest = Role("panel", allow=demo_config.roles["panel"].allow, deny=("door.close", "light.toggle"))
     daemon = sim_daemon(dataclasses.replace(demo_config, roles={**demo_config.roles, "panel": guest}))

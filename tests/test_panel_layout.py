@@ -11,8 +11,10 @@ import os
 from typing import Any
 
 from controller.service.daemon import Daemon
-from tests.conftest import ROOT, Client
+from tests.conftest import ROOT, Client, daemon_fixtures, on_browser_loop
 from tests.test_panel import Panel, needs_browser, open_panel, panel_url
+
+daemon, admin, panel = daemon_fixtures("session")  # on the shared Chromium's loop (tests/conftest.py)
 
 SIZES = ({"width": 800, "height": 480}, {"width": 390, "height": 844})
 DOCS = ROOT / "docs"
@@ -74,6 +76,7 @@ async def screenshot(panel: Panel, name: str) -> None:
 
 
 @needs_browser
+@on_browser_loop
 async def test_the_login_header_is_readable_over_the_token_question(daemon: Daemon, browser: Any) -> None:
     for size in SIZES:
         panel = await open_panel(browser, panel_url(daemon), token=None, viewport=size)
@@ -87,6 +90,7 @@ async def test_the_login_header_is_readable_over_the_token_question(daemon: Daem
 
 
 @needs_browser
+@on_browser_loop
 async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_moving(
         daemon: Daemon, browser: Any, admin: Client) -> None:
     panel = await open_panel(browser, panel_url(daemon))
@@ -123,6 +127,7 @@ async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_movin
 
 
 @needs_browser
+@on_browser_loop
 async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: Any, admin: Client) -> None:
     for method in ("door.open", "light.on", "fan.on"):
         await admin.call(method)
@@ -140,6 +145,7 @@ async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: A
 
 
 @needs_browser
+@on_browser_loop
 async def test_errors_do_not_move_other_tiles_read_only_tiles_say_so_and_nothing_scrolls(
         daemon: Daemon, browser: Any, admin: Client) -> None:
     await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
