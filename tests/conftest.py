@@ -38,6 +38,12 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` (seconds each, mostly waiting on other processes) run first: under
+    pytest-xdist one started last would finish the run alone. The same order on every worker."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Under ``--dist loadgroup`` (make test), tests marked ``xdist_group`` must carry their group in
     their node id, which is how pytest-xdist keeps them on one worker. Some pytest releases silently

@@ -89,6 +89,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     await stopped(server)
 
 
+@pytest.mark.long
 async def test_the_quick_start_as_the_readme_tells_it() -> None:
     """README's quick start on `make demo`'s own daemon (config/demo.toml, the plant at its real time):
     the door answers after its ~0.3 s of travel; jammed, it fails after the demo's 2 s deadline."""

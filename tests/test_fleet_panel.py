@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MISSING = BROWSER_MISSING or (None if crossbar_executable() is not None else "crossbar is not installed")
 if MISSING and os.environ.get("CI"):
     pytest.fail(f"the fleet panel test cannot run: {MISSING}; .ci/run installs what it needs", pytrace=False)
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.long]
 
 SCREENSHOT = ROOT / "docs" / "fleet-panel.png"
 OFFLINE_MS = 2000  # a node whose session leaves is offline within 2 s

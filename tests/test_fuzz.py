@@ -73,6 +73,7 @@ frames = (requests().map(json.dumps)
 
 # -- the codec -----------------------------------------------------------------------------------
 
+@pytest.mark.long
 @settings(max_examples=300, deadline=None)
 @given(frames | st.binary(max_size=200))
 def test_decode_never_raises_and_every_item_is_answerable(frame: str | bytes) -> None:
@@ -215,6 +216,7 @@ def exchange(url: str, token: str, frame: str) -> None:
             check_reply(texts[0], count, expected_id)
 
 
+@pytest.mark.long
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(frame=frames)
@@ -238,6 +240,7 @@ def invalid_action_params(draw: Any) -> dict[str, Any]:
     return params
 
 
+@pytest.mark.long
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["door.open", "door.close", "light.on", "light.off", "light.toggle"]),
        params=invalid_action_params())
@@ -253,6 +256,7 @@ def test_invalid_params_never_actuate_even_for_admin(served: Served, method: str
     assert served.relay_changes() == before
 
 
+@pytest.mark.long
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=st.binary(min_size=1, max_size=300))
 def test_binary_and_invalid_utf8_frames_do_not_hurt_the_daemon(served: Served, payload: bytes) -> None:

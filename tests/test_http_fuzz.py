@@ -138,6 +138,7 @@ def log_records() -> Iterator[Records]:
     root.setLevel(level)
 
 
+@pytest.mark.long
 def test_no_request_gets_a_5xx_or_a_traceback_and_the_daemon_serves_after(front_served: Served,
                                                                           log_records: Records) -> None:
     """The fuzz, then the after-check on what it left: one test, so that neither needs the other's leftovers."""

@@ -201,6 +201,7 @@ demo_config = on_gpio_demo()
 
 
 @needs_prometheus
+@pytest.mark.long
 async def test_histogram_quantile_in_a_real_prometheus_lands_near_the_true_median(
         daemon: Daemon, admin: Client, prometheus_for: Any) -> None:
     prometheus = await prometheus_for(daemon)

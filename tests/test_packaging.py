@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 # What is not the project's: a copy of the tree to build from leaves these out.
@@ -30,12 +32,14 @@ def pip(*args: str) -> str:
     return log
 
 
+@pytest.mark.long
 def test_an_editable_install_as_make_does_it_is_quiet(tmp_path: Path) -> None:
     pip("install", "-e", str(ROOT), "--target", str(tmp_path))  # --target: the test's venv is left alone
     (pth,) = tmp_path.glob("__editable__.pictl-*.pth")
     assert pth.read_text().strip() == str(ROOT)
 
 
+@pytest.mark.long
 def test_the_wheel_builds_without_warnings_and_carries_the_panel(tmp_path: Path) -> None:
     # From a copy: a build writes build/ and *.egg-info into its source tree, where the editable install
     # above (perhaps at the same time, on another pytest-xdist worker) writes too.

@@ -33,7 +33,8 @@ MISSING = None if crossbar_executable() is not None else "crossbar is not instal
 if MISSING and os.environ.get("CI"):
     pytest.fail(f"WAMP tests cannot run: {MISSING}; .ci/run installs it", pytrace=False)
 # One router for the module (below): under pytest-xdist (`make test`) its tests all run on one worker.
-pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.xdist_group("crossbar")]
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.xdist_group("crossbar"),
+              pytest.mark.long]
 
 from autobahn.asyncio.wamp import ApplicationSession  # noqa: E402
 from autobahn.wamp.exception import ApplicationError  # noqa: E402
