@@ -39,9 +39,11 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``long`` (seconds each, mostly waiting on other processes) run first: under
-    pytest-xdist one started last would finish the run alone. The same order on every worker."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+    """Tests marked ``long`` (seconds each, mostly waiting on other processes) run first, a group of
+    them (``xdist_group``: one worker runs it all) before the others: under pytest-xdist one started
+    last would finish the run alone. The same order on every worker."""
+    items.sort(key=lambda item: (item.get_closest_marker("long") is None,
+                                 item.get_closest_marker("xdist_group") is None))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
