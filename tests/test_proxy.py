@@ -31,7 +31,7 @@ SBIN = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbi
 TOOLS = {"nginx": shutil.which("nginx", path=SBIN), "haproxy": shutil.which("haproxy", path=SBIN)}
 NGINX_SITE = ROOT / "systemd" / "nginx-pictl.conf"
 HAPROXY_CFG = ROOT / "systemd" / "haproxy-pictl.cfg"
-LOCKOUT = LockoutConfig(slowdown_after=5, lockout_after=6, lockout_s=60)  # the demo's, made quick to reach
+LOCKOUT = LockoutConfig(slowdown_after=6, lockout_after=6, lockout_s=60)  # quick to reach; no slowed answers first
 
 
 def free_port() -> int:
