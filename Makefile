@@ -45,9 +45,11 @@ crossbar:
 	PYTHON=$(PYTHON) scripts/crossbar-venv.sh
 
 # Four workers (pytest-xdist) even on two cores: most tests wait on sockets, timers and other processes.
-# Tests that share a module-wide router or build in the source tree are kept on one worker (xdist_group).
+# Tests that share a module-wide router are kept on one worker (xdist_group); the few that measure the
+# event loop's latency run afterwards, alone.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 4 --dist loadgroup
+	$(BIN)/python -m pytest -n 4 --dist loadgroup -m "not alone"
+	$(BIN)/python -m pytest -m alone
 
 bench: $(STAMP) crossbar
 	$(BIN)/python bench/run.py

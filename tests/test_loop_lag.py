@@ -3,7 +3,11 @@ actions with fsync = true and rotation, leave the loop answering within 50 ms al
 
 A ticker task asks to wake every 5 ms and records how late it woke: a stall of the loop is a late
 wake-up, whatever on the loop caused it (time the process merely waited for a CPU on this shared
-machine is left out)."""
+machine is left out).
+
+The two measurements run alone (marked ``alone``: `make test` runs them after the parallel run): a
+thread holding the interpreter lock that waits for a CPU delays the loop too, and on two cores
+shared by four test workers that is the machine's doing, not the daemon's."""
 
 from __future__ import annotations
 
@@ -112,6 +116,7 @@ def many_secret_file_tokens(tmp_path: Path, n: int) -> str:
     return "\n".join(blocks)
 
 
+@pytest.mark.alone
 async def test_a_reload_with_many_secret_files_does_not_stall_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "many.toml"
     path.write_text(security_config())
@@ -135,6 +140,7 @@ async def test_a_reload_with_many_secret_files_does_not_stall_the_loop(tmp_path:
         await daemon.stop()
 
 
+@pytest.mark.alone
 async def test_audited_actions_with_fsync_and_rotation_do_not_stall_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "audit.toml"
     path.write_text(security_config())
