@@ -38,6 +38,7 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``long`` (seconds each, mostly waiting on other processes) run first, a group of
     them (``xdist_group``: one worker runs it all) before the others: under pytest-xdist one started
@@ -83,7 +84,6 @@ FAN_TIMEOUT_S = 0.4
 MODBUS_TIMEOUT_S = 0.2
 MODBUS_POLL_S = 0.1
 SENSOR_STALE_S = 0.5
-
 
 # `openssl req` arguments for a test key: an EC P-256 key is made in a millisecond (RSA 2048: a
 # CPU-second on a loaded machine); the TLS being tested is the same.
