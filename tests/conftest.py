@@ -75,13 +75,13 @@ PANEL = "demo-panel"
 TIME_SCALE = 0.1
 TRAVEL_S = door_kind.TRAVEL_S * TIME_SCALE  # a simulated door's travel in tests
 FEEDBACK_S = switch_kind.FEEDBACK_S * TIME_SCALE  # a simulated lamp's feedback in tests
-# The tests' own deadlines on that plant (the demo's are for people watching a demo): far above the
-# scaled travel, for a 2-core machine running four test workers (a door that travelled in 0.03 s was
-# seen confirmed after 0.5 s under load), yet half the demo's. A test that waits for a failure gives
-# its call a short timeout of its own. Distinct values, so a test can rewrite one of them.
-DOOR_TIMEOUT_S = 1.0
-LIGHT_TIMEOUT_S = 0.6
-FAN_TIMEOUT_S = 0.8
+# The tests' deadlines for a call that should succeed: far above the scaled travel, for a 2-core
+# machine running four test workers and more (under load a 0.03 s door was seen confirmed after 0.5 s,
+# a 0.005 s lamp after 0.63 s). A test that waits for a failure gives its call a short timeout of its
+# own. Distinct values, so a test can rewrite one of them.
+DOOR_TIMEOUT_S = 1.5
+LIGHT_TIMEOUT_S = 1.0
+FAN_TIMEOUT_S = 1.2
 MODBUS_TIMEOUT_S = 0.2
 MODBUS_POLL_S = 0.1
 SENSOR_STALE_S = 0.5
