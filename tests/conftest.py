@@ -117,6 +117,13 @@ TEST_TEXT = fast(DEMO_TEXT)  # the demo plant with the tests' deadlines
 TEST_GPIO_TEXT = fast(DEMO_GPIO_TEXT)
 
 
+def failing_fast(text: str) -> Config:
+    """A test config whose door and light give up after a third of their deadline: for a test whose
+    every action on them fails (jammed, no feedback) and that waits for the panel to say so."""
+    text = edit(text, f"timeout = {DOOR_TIMEOUT_S}", f"timeout = {DOOR_TIMEOUT_S / 3}")
+    return config.loads(edit(text, f"timeout = {LIGHT_TIMEOUT_S}", f"timeout = {LIGHT_TIMEOUT_S / 3}"), str(DEMO))
+
+
 @pytest.fixture
 def time_scale() -> float:
     """The plant's clock for the ``daemon`` fixture; a module may override this fixture."""

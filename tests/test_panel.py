@@ -21,9 +21,11 @@ from tests.browser import BROWSER_MISSING
 from tests.conftest import (
     ADMIN,
     PANEL,
+    TEST_GPIO_TEXT,
     Client,
     close_all,
     daemon_fixtures,
+    failing_fast,
     http_get,
     on_browser_loop,
     on_gpio_demo,
@@ -197,6 +199,7 @@ async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, br
 
 @needs_browser
 @on_browser_loop
+@pytest.mark.parametrize("demo_config", [failing_fast(TEST_GPIO_TEXT)], ids=["failing fast"])
 async def test_a_jammed_door_shows_expected_and_observed_in_words(daemon: Daemon, browser: Browser,
                                                                   admin: Client) -> None:
     panel = await open_panel(browser, panel_url(daemon))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from controller.service.daemon import Daemon
-from tests.conftest import ROOT, Client, daemon_fixtures, on_browser_loop
+from tests.conftest import ROOT, TEST_TEXT, Client, daemon_fixtures, failing_fast, on_browser_loop
 from tests.test_panel import Panel, needs_browser, open_panel, panel_url
 
 daemon, admin, panel = daemon_fixtures("session")  # on the shared Chromium's loop (tests/conftest.py)
@@ -149,6 +149,7 @@ async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: A
 @needs_browser
 @on_browser_loop
 @pytest.mark.long
+@pytest.mark.parametrize("demo_config", [failing_fast(TEST_TEXT)], ids=["failing fast"])
 async def test_errors_do_not_move_other_tiles_read_only_tiles_say_so_and_nothing_scrolls(
         daemon: Daemon, browser: Any, admin: Client) -> None:
     await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
