@@ -5,7 +5,7 @@ A ticker task asks to wake every 5 ms and records how late it woke: a stall of t
 wake-up, whatever on the loop caused it (time the process merely waited for a CPU on this shared
 machine is left out).
 
-The two measurements run alone (marked ``alone``: `make test` runs them after the parallel run): a
+The two measurements run alone (marked ``alone``: `make test` runs them before the parallel run): a
 thread holding the interpreter lock that waits for a CPU delays the loop too, and on two cores
 shared by four test workers that is the machine's doing, not the daemon's."""
 
