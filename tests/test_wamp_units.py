@@ -3,9 +3,12 @@ and `pictl aggregate`'s usage errors (issue 15). tests/test_wamp.py runs the rea
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,21 @@ def test_check_config_reads_a_wamp_table_without_importing_autobahn(tmp_path: Pa
     assert out.stdout.split()[-2:] == ["0", "False"], out.stderr
 
 
+@contextlib.contextmanager
+def logging_left_as_it_was() -> Iterator[None]:
+    """main() sets up logging for a process of its own (a stderr handler, the websockets library at
+    WARNING): undone after, or a later test in this process (tests/test_fuzz.py reads the library's
+    DEBUG lines) would depend on whether this one ran first."""
+    root, library = logging.getLogger(), logging.getLogger("websockets")
+    handlers, levels = list(root.handlers), (root.level, library.level)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        library.setLevel(levels[1])  # setLevel, not an assignment: it clears logging's level cache
+
+
 @pytest.mark.parametrize(("argv", "phrase"), [
     (["--wamp", "http://x", "--realm", "r"], "--wamp: 'http://x' is not a ws:// or wss:// URL"),
     (["--wamp", "ws://x/ws", "--realm", "r", "--listen", "127.0.0.1:0"], "the panel needs tokens"),
@@ -77,7 +95,8 @@ def test_check_config_reads_a_wamp_table_without_importing_autobahn(tmp_path: Pa
      "--listen: expected HOST:PORT"),
 ])
 def test_aggregate_usage_errors_exit_2(argv: list[str], phrase: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["aggregate", *argv]) == 2
+    with logging_left_as_it_was():
+        assert main(["aggregate", *argv]) == 2
     assert phrase in capsys.readouterr().err
 
 
