@@ -68,7 +68,7 @@ def test_polling_plan_coalesces_adjacent_addresses_per_device_and_table() -> Non
 
 
 # -- against the simulated server --------------------------------------------------------------
-TIMEOUT_S = 0.1  # each request's deadline; polls twice as often
+TIMEOUT_S = 0.2  # each request's deadline (a reconnect must fit in it on a loaded machine); polls twice as often
 def link_config(transport: str, port: int | str, **kw) -> ModbusLinkConfig:
     base = ModbusLinkConfig(name="plc", transport=transport, host="127.0.0.1" if transport == "tcp" else "",
                             port=port, baudrate=19200, bytesize=8, parity="E", stopbits=1, timeout=TIMEOUT_S,

@@ -18,7 +18,7 @@ CONFIG = """
 [modbus.plc]
 transport = "tcp"
 host = "192.0.2.10"
-timeout = 0.1
+timeout = 0.2
 poll_interval = 0.05
 offline_after = 2
 backoff_max = 0.2
