@@ -159,6 +159,25 @@ def test_the_fleet_view_follows_events_and_asks_for_a_resync_on_a_gap() -> None:
     assert json.dumps(view.snapshot())  # plain JSON, as published
 
 
+def test_a_change_made_while_the_fleet_reads_a_node_is_not_lost() -> None:
+    """Events that arrive between the node's registration and the end of reading its status are
+    held and applied after the picture when newer than it (the fleet once stayed stale)."""
+    from controller.fleet.view import EARLY_NODES, FleetView
+
+    view = FleetView()
+    closed = {"kind": "door", "online": True, "state": {"state": "closed"}, "last_update": None}
+    old = {"topic": "door.state", "seq": 3, "time": "t3", "data": {"state": "closed", "cause": "rpc"}}
+    new = {"topic": "door.state", "seq": 5, "time": "t5", "data": {"state": "open", "cause": "rpc"}}
+    assert view.event("pi01", old) is True and view.event("pi01", new) is True  # heard while reading it
+    assert "pi01" not in view.snapshot()["nodes"]  # an event alone makes no node
+    view.joined("pi01", 7, {"devices": {"door": {"kind": "door", "actions": {}}}},
+                {"devices": {"door": closed}, "seq": 4, "epoch": "e1"})  # read before seq 5 happened
+    assert view.nodes["pi01"].devices["door"]["state"] == {"state": "open"} and view.nodes["pi01"].seq == 5
+    for i in range(EARLY_NODES + 10):  # names off the router: what is held stays bounded
+        view.event(f"junk{i}", new)
+    assert len(view._early) == EARLY_NODES
+
+
 def test_a_changed_wamp_table_waits_for_a_restart() -> None:
     from controller.service.reload import plan_reload
 
