@@ -19,9 +19,9 @@ from controller.bridges.mqtt.intake import Backlog
 from controller.service import configfile
 from controller.service.daemon import Daemon
 from tests import test_mqtt
-from tests.conftest import DEMO, DEMO_GPIO_TEXT, open_client
+from tests.conftest import DEMO, TEST_GPIO_TEXT, open_client, sim_daemon
 from tests.mosquitto import MOSQUITTO, Mosquitto
-from tests.test_hostile import sample, switches
+from tests.test_hostile import door_held, sample, switches
 
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
 if MISSING and os.environ.get("CI"):
@@ -35,9 +35,9 @@ AUTOMATION = '\n[auth.roles.automation]\nallow = ["door.*", "light.*", "*.state"
 
 @pytest.fixture
 async def node(broker: Mosquitto) -> AsyncIterator[Daemon]:
-    text = (DEMO_GPIO_TEXT + AUTOMATION + f'\n[mqtt]\nurl = "{broker.url}"\nnode = "pi01"\nrole = "automation"\n'
+    text = (TEST_GPIO_TEXT + AUTOMATION + f'\n[mqtt]\nurl = "{broker.url}"\nnode = "pi01"\nrole = "automation"\n'
             'keepalive = 5\nbackoff_max = 0.5\n')
-    d = Daemon(configfile.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0)
+    d = sim_daemon(configfile.loads(text, str(DEMO)))
     await d.start()
     try:
         assert d.mqtt is not None
@@ -72,20 +72,22 @@ async def rpc(client: aiomqtt.Client, payload: bytes | str, reply_to: str = "ans
 
 # -- 1. a broker link that drops ------------------------------------------------------------------
 async def test_a_command_waiting_when_the_broker_link_drops_never_runs(node: Daemon, broker: Mosquitto) -> None:
-    since = time.monotonic()
-    started = node.devices["door"].relay.expect(lambda v: v is True)
-    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as ha:
-        await ha.publish(f"{NODE}/door/set", "OPEN", qos=1)
-        await ha.publish(f"{NODE}/door/set", "CLOSE", qos=1)
-        await rpc(ha, '{"jsonrpc": "2.0", "id": 1, "method": "system.ping"}')  # in order: the CLOSE has arrived
-    await started.wait(5)
-    await broker.stop(kill=True)  # the broker dies while the open runs and the close waits
     assert node.mqtt is not None
+    since = time.monotonic()
+    async with door_held(node):  # the commands wait behind another caller's open, whatever the load
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as ha:
+            await ha.publish(f"{NODE}/door/set", "OPEN", qos=1)
+            await ha.publish(f"{NODE}/door/set", "CLOSE", qos=1)
+            await rpc(ha, '{"jsonrpc": "2.0", "id": 1, "method": "system.ping"}')  # in order: both arrived
+        session = node.mqtt.session
+        await broker.stop(kill=True)  # the broker dies while they wait
+        async with asyncio.timeout(5):
+            while not session.closed:  # the bridge notices by itself (no event to hook)
+                await asyncio.sleep(0.01)
     assert await node.mqtt._commands.wait(5)
-    assert switches(node, "door", since) == [True]  # the open finished; the close nobody can hear never ran
-    assert node.devices["door"].state()["state"] == "open"
-    assert await sample(node, "pictl_rpc_dropped_total", reason="disconnected") == 1
-    assert json.loads(node.mqtt._attributes["door"])["action"] == "open"  # the last outcome: what ran
+    assert switches(node, "door", since) == [True]  # the held open; neither command nobody can hear ran
+    assert await sample(node, "pictl_rpc_dropped_total", reason="disconnected") == 2
+    assert json.loads(node.mqtt._attributes.get("door", b"{}")).get("action") != "close"
 
 
 # -- 3. what the bridge accepts is bounded ---------------------------------------------------------
@@ -118,7 +120,7 @@ async def test_a_command_flood_coalesces_to_the_last_word_in_bounded_tasks(node:
     light = node.devices["light"]
     assert light.state()["state"] == "on"
     moved = switches(node, "light", since)
-    assert moved[-1] is True and len(moved) < len(words) // 10  # coalesced: the lamp did not follow every word
+    assert moved[-1] is True and len(moved) < len(words) // 4  # coalesced: the lamp did not follow every word
     assert max(tasks, default=0) <= 1  # one command of the lamp in flight at any time, whatever the burst
     replaced = sum([await sample(node, "pictl_rpc_dropped_total", reason=r) for r in ("superseded", "overflow")])
     ran = sum([await sample(node, "pictl_rpc_requests_total", method=f"light.{a}", outcome="ok")
