@@ -29,22 +29,33 @@ class Daemon:
 
     def __init__(self, config: Path, on_line: Callable[[str], None] | None = None, *,
                  launcher: list[str] | None = None, env: dict[str, str] | None = None,
-                 listen: str = "127.0.0.1:0") -> None:
+                 listen: str = "127.0.0.1:0", tree: Path | None = None, nofile: int | None = None) -> None:
         self.config = config
         self.on_line = on_line
         self.launcher = launcher or [PICTL]  # argv before "serve": the pictl script, or bench/traced.py
         self.env = env  # added to the environment (PYTHONMALLOC, MALLOC_ARENA_MAX, ...)
         self.listen = listen
+        self.tree = tree  # another source tree to run (a baseline unpacked from git); None: this one
+        self.nofile = nofile  # the child's soft limit on open files (a unit without LimitNOFILE: 1024)
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.ready_s = 0.0  # spawn to the "serving" line
         self._reader: asyncio.Task[None] | None = None
 
+    def _command(self) -> list[str]:
+        args = ["serve", "--config", str(self.config), "--simulate", "--listen", self.listen]
+        return [*(tree_launcher(self.tree) if self.tree is not None else self.launcher), *args]
+
+    def _limits(self) -> None:  # in the child, before exec
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
     async def start(self) -> float:
         t0 = time.perf_counter()
         self.proc = await asyncio.create_subprocess_exec(
-            *self.launcher, "serve", "--config", str(self.config), "--simulate", "--listen", self.listen,
-            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, **self.env} if self.env else None)
+            *self._command(), stderr=asyncio.subprocess.PIPE, cwd=self.tree or ROOT,
+            env={**os.environ, **self.env} if self.env else None,
+            preexec_fn=self._limits if self.nofile is not None else None)
         assert self.proc.stderr is not None
         while True:
             line = (await asyncio.wait_for(self.proc.stderr.readline(), 60)).decode()

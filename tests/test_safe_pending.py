@@ -12,15 +12,14 @@ from typing import Any
 import pytest
 
 from controller.service import configfile as config
-from controller.service.daemon import Daemon
 from controller.wire.errors import NotConfirmed
-from tests.conftest import until, until_health
+from tests.conftest import sim_daemon, until, until_health
 from tests.test_modbus_devices import CONFIG  # a fan on a coil of unit 1, 0.2 s timeouts
 
 
 async def test_a_safe_write_the_silent_unit_missed_is_written_first_when_it_answers(
         caplog: pytest.LogCaptureFixture) -> None:
-    daemon = Daemon(config.loads(CONFIG, "modbus.toml"), simulate=True, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config.loads(CONFIG, "modbus.toml"))
     await daemon.start()
     try:
         assert daemon.plant is not None
