@@ -243,6 +243,8 @@ class PlantRecord:
         writes = self.during(device, "outputs", call.sent, end)
         if any(v == safe for _, v in writes):
             return
+        if self.had(device, "outputs", safe, end - 0.05, end):
+            return  # safe as the call ended (the next queued action may already have moved it since)
         if not writes and self.level_at(device, "outputs", call.sent) == safe:
             return
         recovery = str(call.reply.get("error", {}).get("data", {}).get("recovery", ""))

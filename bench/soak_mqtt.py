@@ -20,9 +20,11 @@ Invariants (added to the soak's):
   (``.../attributes``, retained, republished on every reconnect) arrived;
 - mqtt command lost: a command sent while the broker and the bridge were steady (outside each
   restart, from 0.2 s before the broker went until the view converged again) that never reached
-  the daemon. Commands sent inside those windows may be dropped by the broker (the bridge connects
-  with a clean start, by design: a command queued while pictl was away is never replayed later);
-  they are counted, and a dropped command must have moved nothing (the audit has no entry for it);
+  the daemon, beyond those the node says were superseded (a command waiting behind a running one
+  on the same device is replaced by a newer one: ``pictl_rpc_dropped_total{reason="superseded"}``).
+  Commands sent inside those windows may be dropped by the broker (the bridge connects with a clean
+  start, by design: a command queued while pictl was away is never replayed later); they are
+  counted, and a dropped command moved nothing (the audit has no entry for it);
 - unobserved state: a ``.../state`` the plant never had in the 1.5 s before it arrived (door
   ``open``/``closed`` and switches ``ON``/``OFF`` against the position; door ``opening``/``closing``
   against the relay);
@@ -40,12 +42,14 @@ import logging
 import random
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from soak_base import PlantRecord, Soaked, Violations, audit_span, rpc
 from websockets.asyncio.client import ClientConnection
 
@@ -179,6 +183,7 @@ class MqttHook:
         self.status_link: ClientConnection | None = None
         self.rng = random.Random(11)
         self.final_differences: list[str] | None = None
+        self.superseded: int | None = None  # the node's pictl_rpc_dropped_total{reason="superseded"} at the end
         self.stopping = False
         self.restarting = False  # between stopping the broker and measuring the convergence
 
@@ -210,6 +215,7 @@ class MqttHook:
         at = time.monotonic()
         got = await self.until_converged(at, 10.0, 0.0)
         assert self.soak is not None and self.status_link is not None
+        self.superseded = await asyncio.to_thread(superseded_count, self.soak.url)
         self.final_differences = [] if got is not None else self.observer.differences(
             await rpc(self.status_link, "system.status")) if self.observer else ["no observer"]
 
@@ -331,14 +337,21 @@ class MqttHook:
                 if cmd.sent <= start + 0.01 and entry["method"] == f"{cmd.device}.{ACTION[cmd.payload]}":
                     del unmatched[i]
                     break
-        dropped = 0
+        dropped, steady = 0, []
         for cmd in unmatched:
             if any(a <= cmd.sent <= b for a, b in self.away):
                 dropped += 1  # the broker or the bridge was away: dropped by design (clean start)
             else:
-                v.add("mqtt command lost", {"node": self.node, "device": cmd.device, "payload": cmd.payload,
-                                            "s into the run": round(cmd.sent - record.started, 3)})
+                steady.append(cmd)
+        # A command waiting behind one still running is replaced by a newer one for the same device (the
+        # user's last word wins); the node counts each in pictl_rpc_dropped_total{reason="superseded"}.
+        superseded = self.superseded or 0
+        for cmd in steady[superseded:]:
+            v.add("mqtt command lost", {"node": self.node, "device": cmd.device, "payload": cmd.payload,
+                                        "s into the run": round(cmd.sent - record.started, 3),
+                                        "unmatched while steady": len(steady), "superseded (node's count)": superseded})
         counts["commands dropped while the broker or the bridge was away"] = dropped
+        counts["commands superseded by a newer one (the node's count)"] = superseded
         self.check_states(v, record, counts)
         late = [round((r.converged - r.up) if r.converged else float("inf"), 3) for r in self.restarts
                 if r.up]
@@ -376,6 +389,18 @@ class MqttHook:
                                            "retained": seen.retain, "soak s": round(seen.at - record.started, 3),
                                            **record.context(device, seen.at, seen.at)})
         counts["published states checked against the plant"] = checked
+
+
+def superseded_count(ws_url: str) -> int:
+    """The node's count of commands superseded before they ran (from its /metrics)."""
+    base = ws_url.replace("ws://", "http://").removesuffix("/ws")
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pictl_rpc_dropped_total" and sample.labels.get("reason") == "superseded":
+                return int(sample.value)
+    return 0
 
 
 def config_section(url: str, node: str) -> str:

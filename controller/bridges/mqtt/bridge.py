@@ -57,6 +57,7 @@ from prometheus_client import Gauge
 from controller import __version__
 from controller.bridges.mqtt.discovery import OFFLINE, ONLINE, Topics, command_leaves, discovery, outcome
 from controller.bridges.mqtt.intake import Backlog, Commands
+from controller.bridges.mqtt.quiet import quiet
 from controller.devices.outward import MAX_COMMAND_BYTES, BadCommand, MqttMessage
 from controller.rpc.dispatch import Answer, request, settled
 from controller.runtime.context import Context
@@ -76,18 +77,7 @@ LINK_LINES = ("MQTT: {peer}: {detail}", "MQTT: {count} more time(s) ({reason}) i
 CLIENT_WARNINGS = {"There are %d pending publish calls.": "pending_publishes",
                    "Message queue is full. Discarding message.": "queue_full"}
 
-
-class _BrokerAwayIsNotAnError(logging.Filter):
-    """paho logs a lost socket ("failed to receive on socket: [Errno 104] Connection reset by peer")
-    at ERROR: a broker restarting is what the bridge reconnects from, and says so itself (WARNING)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-CLIENT_LOG.addFilter(_BrokerAwayIsNotAnError())
+quiet(CLIENT_LOG)  # a broker going away is routine: no ERROR lines for it (controller/bridges/mqtt/quiet.py)
 
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
 # Announced to the broker as our Maximum Packet Size (MQTT 5): the largest request we take, plus room

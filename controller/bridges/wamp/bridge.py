@@ -198,7 +198,9 @@ class WampBridge:
                               f"WAMP caller of {method} went away ({caller}); the call carries on if it has started")
             task.add_done_callback(lambda t: self._log_orphan(method, caller, t))
             raise
-        if reply is not None and "error" in reply and _link_gone(details):
+        if reply is None:  # dropped unstarted: its caller left, or the router link went; nobody to answer
+            return None
+        if "error" in reply and _link_gone(details):
             # The router link went while it ran: nobody to answer. autobahn skips a result then,
             # but would try to send an error on the closed link (and log a traceback).
             log.info("%s ended after the router link went: %s", method, reply["error"].get("message"))
