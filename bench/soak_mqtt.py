@@ -341,6 +341,8 @@ class MqttHook:
         for cmd in unmatched:
             if any(a <= cmd.sent <= b for a, b in self.away):
                 dropped += 1  # the broker or the bridge was away: dropped by design (clean start)
+            elif any(self._waiting_when_lost(cmd, a, b, mine) for a, b in self.away):
+                dropped += 1  # waiting behind one of ours still running when the link went: dropped with it
             else:
                 steady.append(cmd)
         # A command waiting behind one still running is replaced by a newer one for the same device (the
@@ -367,6 +369,16 @@ class MqttHook:
         if self.final_differences:
             v.add("final view differs", self.final_differences)
         return counts
+
+    def _waiting_when_lost(self, cmd: Command, a: float, b: float,
+                           mine: list[tuple[tuple[float, float], dict[str, Any]]]) -> bool:
+        """Whether *cmd* may have been the command waiting on its device when the link went in [a, b]:
+        sent before b, no newer command for the device before the outage began, and one of ours
+        running on the device during it."""
+        if cmd.sent > b or any(c.device == cmd.device and cmd.sent < c.sent <= a for c in self.commands):
+            return False
+        return any(start <= b and end >= max(a, cmd.sent) for (start, end), e in mine
+                   if e["method"].startswith(cmd.device + "."))
 
     def check_states(self, v: Violations, record: PlantRecord, counts: dict[str, int]) -> None:
         assert self.observer is not None
