@@ -317,7 +317,8 @@ class MqttHook:
         """The invariants, against *record* (one node's plant) and its *audit* trail."""
         assert self.observer is not None
         counts = dict(self.counts)
-        mine = sorted((audit_span(e), e) for e in audit if e.get("token") == f"mqtt:{self.node}")
+        mine = sorted(((audit_span(e), e) for e in audit if e.get("token") == f"mqtt:{self.node}"),
+                      key=lambda pair: pair[0])
         # Every command the node ran ends in an event or an outcome published after it: the event
         # (not retained) may be lost with a link, the outcome (retained) is published again on reconnect.
         ended = {d: sorted(seen.at for seen in self.observer.seen if seen.payload and seen.topic in (
