@@ -281,11 +281,13 @@ class PlantRecord:
         device (or a reload, which closes a rebuilt device to safe, or the daemon writing a safe
         state that was pending)."""
         windows: dict[str, list[tuple[float, float]]] = {d: [] for d in self.history}
+        named: dict[str, list[tuple[float, float, str]]] = {d: [] for d in self.history}  # for the report
         for entry in audit:
             device, _, _action = entry["method"].partition(".")
             if device not in windows or entry.get("token") is None or entry.get("role") is None:
                 continue
             windows[device].append(audit_span(entry))
+            named[device].append((*audit_span(entry), f"{entry['method']} {entry['outcome']} ({entry['token']})"))
         reloads = [(s - TOLERANCE_S, e + TOLERANCE_S) for s, e in self.reloads]
         for device, records in self.history.items():
             spans = sorted(windows[device] + reloads + self.late_safe.get(device, []))
@@ -296,6 +298,9 @@ class PlantRecord:
                     continue
                 i = bisect.bisect_right(starts, t) - 1
                 if i < 0 or reach[i] < t:
-                    self.violations.add("unauthorised move", {"device": device, "plant monotonic": t,
-                                                              "value": value, "soak s": round(t - self.started, 3),
-                                                              **({"node": self.label} if self.label else {})})
+                    near = sorted(named[device], key=lambda n: abs(n[0] - t))[:4]
+                    self.violations.add("unauthorised move", {
+                        "device": device, "plant monotonic": t, "value": value, "soak s": round(t - self.started, 3),
+                        "audited calls nearest (start, end: s from the move)": [
+                            (round(a - t, 4), round(b - t, 4), what) for a, b, what in sorted(near)],
+                        **({"node": self.label} if self.label else {})})
