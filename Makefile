@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo demo-building demo-fleet crossbar test lint check-config bench bench-quick soak scale clean install uninstall
+.PHONY: demo demo-building demo-fleet crossbar test lint check-config bench bench-quick soak soak-hour partition scale clean install uninstall
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -63,11 +63,21 @@ bench-quick: $(STAMP) crossbar
 	$(BIN)/python bench/failed_logins.py --quick
 	$(BIN)/python bench/wamp.py --quick
 	$(BIN)/python bench/scale.py --quick
-	$(BIN)/python bench/soak.py --duration 60
+	$(BIN)/python bench/soak.py --duration 60 --bridge mqtt --bridge wamp
+	$(BIN)/python bench/partition.py --quick
 
 # The 10-minute chaos soak (docs/benchmarks.md); exits 1 on a broken invariant.
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+# The hour that settles the RSS figure: samples and chart into docs/ (matplotlib: the bench extra).
+soak-hour: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/soak.py --duration 3600 --samples docs/soak-rss.tsv --chart docs/soak-rss.png
+
+# The partitioned building (root: network namespaces), about 5 minutes of cuts.
+partition: $(STAMP) crossbar
+	$(BIN)/python bench/partition.py
 
 # The scale curves, with their charts redrawn into docs/ (matplotlib: the bench extra).
 scale: $(STAMP)

@@ -9,9 +9,12 @@ import re
 import resource
 import signal
 import statistics
+import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +27,14 @@ class Daemon:
     """``pictl serve --simulate`` on *config* as a child process; its log is read as it goes and
     each line offered to *on_line*."""
 
-    def __init__(self, config: Path, on_line: Callable[[str], None] | None = None, *, tree: Path | None = None,
-                 nofile: int | None = None) -> None:
+    def __init__(self, config: Path, on_line: Callable[[str], None] | None = None, *,
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None,
+                 listen: str = "127.0.0.1:0", tree: Path | None = None, nofile: int | None = None) -> None:
         self.config = config
         self.on_line = on_line
+        self.launcher = launcher or [PICTL]  # argv before "serve": the pictl script, or bench/traced.py
+        self.env = env  # added to the environment (PYTHONMALLOC, MALLOC_ARENA_MAX, ...)
+        self.listen = listen
         self.tree = tree  # another source tree to run (a baseline unpacked from git); None: this one
         self.nofile = nofile  # the child's soft limit on open files (a unit without LimitNOFILE: 1024)
         self.proc: asyncio.subprocess.Process | None = None
@@ -36,12 +43,8 @@ class Daemon:
         self._reader: asyncio.Task[None] | None = None
 
     def _command(self) -> list[str]:
-        args = ["serve", "--config", str(self.config), "--simulate", "--listen", "127.0.0.1:0"]
-        if self.tree is None:
-            return [PICTL, *args]
-        code = f"import sys; sys.path.insert(0, {str(self.tree)!r}); from controller.service.cli import main; " \
-               "sys.exit(main())"
-        return [sys.executable, "-c", code, *args]
+        args = ["serve", "--config", str(self.config), "--simulate", "--listen", self.listen]
+        return [*(tree_launcher(self.tree) if self.tree is not None else self.launcher), *args]
 
     def _limits(self) -> None:  # in the child, before exec
         if self.nofile is not None:
@@ -51,6 +54,7 @@ class Daemon:
         t0 = time.perf_counter()
         self.proc = await asyncio.create_subprocess_exec(
             *self._command(), stderr=asyncio.subprocess.PIPE, cwd=self.tree or ROOT,
+            env={**os.environ, **self.env} if self.env else None,
             preexec_fn=self._limits if self.nofile is not None else None)
         assert self.proc.stderr is not None
         while True:
@@ -123,3 +127,25 @@ def slope(points: list[tuple[float, float]]) -> float:
     my = sum(y for _, y in points) / n
     sxx = sum((x - mx) ** 2 for x, _ in points)
     return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+
+
+def unpack(rev: str, into: Path) -> Path | None:
+    """The tree at *rev*, from this repository's git history; None when git cannot give it."""
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], check=True,
+                                 capture_output=True, timeout=120).stdout
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(into, filter="data")
+        else:  # our own repository's history: trusted
+            tar.extractall(into)
+    return into
+
+
+def tree_launcher(tree: Path) -> list[str]:
+    """argv that runs the ``pictl`` of an unpacked *tree* (its own CLI module, wherever it lived)."""
+    cli = "controller.service.cli" if (tree / "controller" / "service" / "cli.py").exists() else "controller.cli"
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); from {cli} import main; "
+            "sys.exit(main())"]  # argparse reads sys.argv[1:]: what follows -c's code

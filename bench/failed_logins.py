@@ -21,20 +21,17 @@ import argparse
 import asyncio
 import os
 import re
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
+from common import ROOT, tree_launcher, unpack
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from controller.security.secrets import digest_secret, hash_secret  # noqa: E402
+from controller.security.secrets import digest_secret, hash_secret
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PER_ADDRESS = 50  # failed logins per source address (lockout_after is far above it)
@@ -74,10 +71,7 @@ def cpu_s(pid: int) -> float:
 
 
 async def serve(tree: Path, config: Path) -> tuple[asyncio.subprocess.Process, str]:
-    # The tree's own CLI: controller/service/cli.py since the layout of issue 11, controller/cli.py before.
-    cli = "controller.service.cli" if (tree / "controller" / "service" / "cli.py").exists() else "controller.cli"
-    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from {cli} import main; sys.exit(main())"
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, "serve", "--config", str(config),
+    proc = await asyncio.create_subprocess_exec(*tree_launcher(tree), "serve", "--config", str(config),
                                                 "--simulate", cwd=tree, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
     while True:
@@ -123,21 +117,6 @@ async def measure(tree: Path, tokens: int, slow: bool, logins: int, work: Path) 
     finally:
         proc.terminate()
         await proc.wait()
-
-
-def unpack(rev: str, into: Path) -> Path | None:
-    """The tree at *rev*, from this repository's git history; None when git cannot give it."""
-    try:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], check=True,
-                                 capture_output=True, timeout=120).stdout
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return None
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
-            tar.extractall(into, filter="data")
-        else:  # our own repository's history: trusted
-            tar.extractall(into)
-    return into
 
 
 async def main() -> None:

@@ -297,13 +297,25 @@ async def mqtt_rows(t: Table, quick: bool) -> None:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that everything runs")
-    q = ap.parse_args().quick
+    ap.add_argument("--fanout", action="store_true", help="only the event fan-out rows (10, 100, 1,000 subscribers)")
+    args = ap.parse_args()
+    q = args.quick
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}")
     t = Table()
+    if args.fanout:
+        us, bare = await pictl(), await baseline()
+        try:
+            await fanout(t, us, bare, rounds=2 if q else 15, sizes=[10, 100] if q else [10, 100, 1000])
+        finally:
+            await us.stop()
+            await bare.stop()
+            os.unlink(CONFIG)
+        print(t.render())
+        return
     starts, bare_starts = [], []
     for _ in range(1 if q else 5):
         for start, into in ((pictl, starts), (baseline, bare_starts)):

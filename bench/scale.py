@@ -32,10 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Daemon, p50_p99, pct, raise_fd_limit, slope
+from common import ROOT, Daemon, p50_p99, pct, raise_fd_limit, slope, tree_launcher, unpack
 from websockets.asyncio.client import ClientConnection, connect
 
 ADMIN = {"Authorization": "Bearer demo-admin"}
@@ -45,6 +46,7 @@ COILS_PER_UNIT = 25
 SLOW_P90_MS = 10.0  # "replies slow": one ping in ten waits longer than this behind the fan-out
 GPIO_PAIRS = [(4 + 2 * i, 5 + 2 * i) for i in range(8)]  # relay, feedback: BCM 4-19
 GPIO_OUTPUTS = list(range(4, 28))  # output-only switches for the events curve
+BASELINE = "bce0bb1"  # the fan-out as it was: every event's broadcast to every subscriber in one go
 
 
 def demo_head() -> str:
@@ -89,9 +91,9 @@ def write(text: str) -> Path:
     return Path(name)
 
 
-async def started(text: str) -> tuple[Daemon, Path]:
+async def started(text: str, launcher: list[str] | None = None) -> tuple[Daemon, Path]:
     path = write(text)
-    daemon = Daemon(path)
+    daemon = Daemon(path, launcher=launcher)
     await daemon.start()
     return daemon, path
 
@@ -224,39 +226,83 @@ async def poll_cycle(text: str, cycles: int) -> float | None:
 # -- events ---------------------------------------------------------------------------------------
 
 SUBSCRIBER = r"""
-import asyncio, json, sys, time
-from websockets.asyncio.client import connect
+# N subscribers to "*" as raw TCP connections: the handshake and the subscribe request by hand,
+# then every byte counted at C speed (events by their notification's opening, split reads kept
+# apart by a tail), pings answered. A websockets client parses each frame in Python (about 10 us):
+# 1,000 of them could not keep up with what the daemon sends, and the curve would measure them.
+import asyncio, base64, json, os, sys
+
+EVENT = b'"method":"event"'
+PING = b"\x89\x04"  # the server's keepalive ping: 4 bytes of payload (websockets' own)
+
+def frame(opcode, payload):
+    mask = os.urandom(4)
+    head = bytes([0x80 | opcode]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
+                                     else bytes([0xFE]) + len(payload).to_bytes(2, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+SUB = frame(1, json.dumps({"jsonrpc": "2.0", "id": 0, "method": "events.subscribe",
+                           "params": {"topics": ["*"]}}).encode())
+
+class Subscriber(asyncio.Protocol):
+    def __init__(self, host, ready):
+        self.host, self.ready = host, ready
+        self.head, self.open, self.closed, self.count = b"", False, False, 0
+        self.tail_event, self.tail_ping = b"", b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                         "Authorization: Bearer demo-admin\r\n\r\n").encode())
+
+    def data_received(self, data):
+        if not self.open:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if b" 101 " not in self.head[:end]:
+                raise SystemExit(f"handshake refused: {self.head[:end]!r}")
+            self.open, data = True, self.head[end + 4:]
+            self.transport.write(SUB)
+            self.ready.set_result(None)
+        chunk = self.tail_event + data
+        self.count += chunk.count(EVENT)
+        self.tail_event = chunk[-(len(EVENT) - 1):]
+        chunk = self.tail_ping + data
+        at = chunk.find(PING)
+        while 0 <= at <= len(chunk) - 6:
+            self.transport.write(frame(0xA, chunk[at + 2:at + 6]))
+            at = chunk.find(PING, at + 6)
+        self.tail_ping = chunk[-5:]
+
+    def connection_lost(self, exc):
+        self.closed = True
 
 async def main(url, n):
-    links = []
-    while len(links) < n:
-        wave = min(100, n - len(links))
-        links += await asyncio.gather(*(connect(url, additional_headers={"Authorization": "Bearer demo-admin"},
-                                                compression=None, open_timeout=60, ping_interval=None)
-                                        for _ in range(wave)))
-    sub = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "events.subscribe", "params": {"topics": ["*"]}})
-    await asyncio.gather(*(ws.send(sub) for ws in links))
-    await asyncio.gather(*(ws.recv() for ws in links))
-    counts = [0] * n
-    closed = 0
-    async def read(i, ws):
-        nonlocal closed
-        try:
-            async for _ in ws:
-                counts[i] += 1
-        except Exception:
-            pass
-        closed += 1
-    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(links)]
-    print("ready", flush=True)
+    host = url.split("/")[2]
+    address, port = host.rsplit(":", 1)
     loop = asyncio.get_running_loop()
+    subs = []
+    while len(subs) < n:
+        wave = []
+        for _ in range(min(100, n - len(subs))):
+            ready = loop.create_future()
+            _, sub = await loop.create_connection(lambda r=ready: Subscriber(host, r), address, int(port))
+            wave.append(sub)
+        await asyncio.wait_for(asyncio.gather(*(s.ready for s in wave)), 60)
+        subs += wave
+    await asyncio.sleep(0.5)  # the subscribe replies
+    print("ready", flush=True)
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
         if not line:
             break
-        print(json.dumps({"events": sum(counts), "closed": closed}), flush=True)
-    for ws in links:
-        await ws.close()
+        print(json.dumps({"events": sum(s.count for s in subs), "closed": sum(s.closed for s in subs)}), flush=True)
+    for s in subs:
+        s.transport.close()
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
@@ -286,63 +332,137 @@ class Subscribers:
         self.proc.wait(60)
 
 
-async def events(subscriber_counts: list[int], rates: list[int], seconds: float, switches: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+@dataclass
+class Curve:
+    """One code's daemon with its subscribers, the rows measured so far, and why it stopped."""
+
+    daemon: Daemon
+    path: Path
+    subs: Subscribers | None = None
+    probe: Probe | None = None
+    driver: ClientConnection | None = None
+    idle: list[float] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+
+
+async def events(subscriber_counts: list[int], rates: list[int], seconds: float, switches: int,
+                 codes: dict[str, list[str] | None]) -> dict[str, Any]:
+    """For each code (this tree's, and a baseline's), a daemon with *n* subscribers; the rates are
+    measured on each in turn, side by side, each curve until its replies slow or its subscribers
+    fall behind."""
+    out: dict[str, Any] = {code: {} for code in codes}
     for n in subscriber_counts:
-        daemon, path = await started(outputs_config(switches))
-        subs = None
-        rows = []
+        curves: dict[str, Curve] = {}
         try:
-            idle = await round_trips(daemon.url, PING, 300)
-            subs = await asyncio.to_thread(Subscribers, daemon.url, n)
-            async with connect(daemon.url, additional_headers=ADMIN, compression=None) as driver:
-                for rate in rates:
-                    row = await event_round(daemon, driver, subs, rate, seconds, switches)
-                    rows.append(row)
-                    print(f"  events to {n}: {row}", file=sys.stderr, flush=True)
+            for code, launcher in codes.items():
+                curve = curves[code] = Curve(*await started(outputs_config(switches), launcher))
+                curve.subs = await asyncio.to_thread(Subscribers, curve.daemon.url, n)
+                curve.probe = await asyncio.to_thread(Probe, curve.daemon.url)
+                curve.idle = await asyncio.to_thread(curve.probe.run, min(5.0, 2 * seconds))  # subscribers, no events
+                curve.driver = await connect(curve.daemon.url, additional_headers=ADMIN, compression=None)
+            for rate in rates:
+                for code, curve in curves.items():
+                    if curve.done:
+                        continue
+                    assert curve.subs is not None and curve.driver is not None and curve.probe is not None
+                    row = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, rate, seconds,
+                                            switches)
+                    curve.rows.append(row)
+                    print(f"  events to {n}, {code}: {row}", file=sys.stderr, flush=True)
                     slow = row["ping_ms_p90"] > SLOW_P90_MS
                     short = row["delivered_per_sub_per_s"] < 0.8 * row["published_per_s"]
                     if slow or short or row["subscribers_cut_off"]:
                         row["limit"] = "pings slowed" if slow else "subscribers fell behind" if short else "cut off"
-                        break
+                        curve.done = True
         finally:
-            if subs is not None:
-                await asyncio.to_thread(subs.close)
-            await stopped(daemon, path)
-        sustained = [r for r in rows if "limit" not in r]
-        out[str(n)] = {
-            "idle_ping_ms_p50_p99": p50_p99(idle),
-            "rows": rows,
-            "max_sustained_events_per_s": sustained[-1]["published_per_s"] if sustained else None,
-            # daemon CPU per frame it sends (an event times its subscribers)
-            "slope_cpu_us_per_frame": round(slope([(r["published_per_s"] * n, r["daemon_cpu_pct"] * 1e4)
-                                                   for r in rows]), 3) if len(rows) > 1 else None,
-        }
-    frames = [(r["published_per_s"] * int(n), r["daemon_cpu_pct"] * 1e4)
-              for n, curve in out.items() for r in curve["rows"]]
-    out["slope_cpu_us_per_frame_all"] = round(slope(frames), 3) if len(frames) > 1 else None
+            for curve in curves.values():
+                if curve.driver is not None:
+                    await curve.driver.close()
+                if curve.subs is not None:
+                    await asyncio.to_thread(curve.subs.close)
+                if curve.probe is not None:
+                    await asyncio.to_thread(curve.probe.close)
+                await stopped(curve.daemon, curve.path)
+        for code, curve in curves.items():
+            out[code][str(n)] = summary(curve, n)
     return out
 
 
-async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscribers, rate: int, seconds: float,
-                      switches: int) -> dict[str, Any]:
+def summary(curve: Curve, n: int) -> dict[str, Any]:
+    rows = curve.rows
+    sustained = [r for r in rows if "limit" not in r]
+    at_100 = next((r for r in rows if r["target_per_s"] == 100), None)
+    return {
+        "idle_ping_ms_p50_p99": p50_p99(curve.idle),
+        "rows": rows,
+        "max_sustained_events_per_s": sustained[-1]["published_per_s"] if sustained else None,
+        "replies_slow_at_events_per_s": next((r["published_per_s"] for r in rows
+                                               if r.get("limit") == "pings slowed"), None),
+        "ping_p99_at_100_per_s_minus_idle_ms": round(at_100["ping_ms_p50_p99"][1] - pct(curve.idle, 0.99), 3)
+        if at_100 else None,
+        # daemon CPU per frame it sends (an event times its subscribers)
+        "slope_cpu_us_per_frame": round(slope([(r["published_per_s"] * n, r["daemon_cpu_pct"] * 1e4)
+                                               for r in rows]), 3) if len(rows) > 1 else None,
+    }
+
+
+PROBE = r"""
+# system.ping every 10 ms on a connection of its own, in a process of its own (the toggles' driver
+# would otherwise delay the probe's own reads): "run SECONDS" on stdin, the round trips (ms) back.
+import asyncio, json, sys, time
+from websockets.asyncio.client import connect
+
+async def main(url):
+    async with connect(url, additional_headers={"Authorization": "Bearer demo-admin"}, compression=None) as ws:
+        loop = asyncio.get_running_loop()
+        print("ready", flush=True)
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            stop, out = time.monotonic() + float(line.split()[1]), []
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                await ws.send('{"jsonrpc":"2.0","id":1,"method":"system.ping"}')
+                await ws.recv()
+                out.append((time.perf_counter() - t) * 1000)
+                await asyncio.sleep(0.01)  # a probe, not a load of its own
+            print(json.dumps(out), flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+class Probe:
+    """The ping probe in a child process; ``run(seconds)`` pings for that long, returns the round trips."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the probe did not start")
+
+    def run(self, seconds: float) -> list[float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"run {seconds}\n")
+        self.proc.stdin.flush()
+        return [float(x) for x in json.loads(self.proc.stdout.readline())]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscribers, probe: Probe, rate: int,
+                      seconds: float, switches: int) -> dict[str, Any]:
     """Toggle the switches round-robin at *rate* toggles per second (each toggle is one state
-    event) for *seconds*, pinging on a probe connection meanwhile."""
+    event) for *seconds*, pinging on the probe's connection meanwhile."""
     before = await asyncio.to_thread(subs.count)
     seq0 = await seq(daemon.url)
     c0 = daemon.cpu_s()
     t0 = time.monotonic()
     stop = t0 + seconds
-    pings: list[float] = []
-
-    async def probe() -> None:
-        async with connect(daemon.url, additional_headers=ADMIN, compression=None) as ws:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                await ws.send(PING)
-                await ws.recv()
-                pings.append((time.perf_counter() - t) * 1000)
-                await asyncio.sleep(0.01)  # a probe every 10 ms, not a load of its own
+    pinging = asyncio.ensure_future(asyncio.to_thread(probe.run, seconds))
 
     async def drive() -> None:
         sent = 0
@@ -366,7 +486,8 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
         await reader
         await drain()
 
-    await asyncio.gather(probe(), drive())
+    await drive()
+    pings = await pinging
     elapsed = time.monotonic() - t0
     cpu = (daemon.cpu_s() - c0) / elapsed * 100
     published = (await seq(daemon.url) - seq0) / elapsed
@@ -392,7 +513,16 @@ def charts(result: dict[str, Any], into: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     made = []
-    conn = result["connections"]["rows"]
+    if "connections" in result:
+        made.append(connections_chart(plt, result["connections"]["rows"], into))
+    if "devices" in result:
+        made.append(devices_chart(plt, result["devices"]["rows"], into))
+    if "events" in result:
+        made.append(events_chart(plt, result["events"], into))
+    return made
+
+
+def connections_chart(plt: Any, conn: list[dict[str, Any]], into: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     xs = [r["connections"] for r in conn]
     a.plot(xs, [r["rss_mib"] for r in conn], "o-")
@@ -403,9 +533,10 @@ def charts(result: dict[str, Any], into: Path) -> list[Path]:
     b.plot(xs, [r["ping_ms_p50_p99"][0] for r in conn], "o-", label="p50")
     b.set(xlabel="idle connections", ylabel="system.ping, ms", title="Ping with them open")
     b.legend(fontsize=8)
-    made.append(save(fig, into / "scale-connections.png"))
+    return save(fig, into / "scale-connections.png")
 
-    dev = result["devices"]["rows"]
+
+def devices_chart(plt: Any, dev: list[dict[str, Any]], into: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     xs = [r["devices"] for r in dev]
     axes[0].plot(xs, [r["ready_ms"] for r in dev], "o-")
@@ -420,27 +551,30 @@ def charts(result: dict[str, Any], into: Path) -> list[Path]:
     axes[2].plot(xs, [r["poll_cycle_ms"] or 0 for r in dev], "s-", label="Modbus poll cycle")
     axes[2].set(xlabel="devices", ylabel="ms", title="Status and poll time")
     axes[2].legend(fontsize=8)
-    made.append(save(fig, into / "scale-devices.png"))
+    return save(fig, into / "scale-devices.png")
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for n, curve in result["events"].items():
-        if not isinstance(curve, dict):
-            continue  # the fitted slope beside the curves
-        rows = curve["rows"]
-        a.plot([r["published_per_s"] for r in rows], [r["ping_ms_p90"] for r in rows], "o-",
-               label=f"{n} subscribers, p90")
-        a.plot([r["published_per_s"] for r in rows], [r["ping_ms_p50_p99"][1] for r in rows], "x:",
-               label=f"{n} subscribers, p99")
-        b.plot([r["published_per_s"] for r in rows], [r["daemon_cpu_pct"] for r in rows], "o-",
-               label=f"{n} subscribers")
+
+def events_chart(plt: Any, curves: dict[str, Any], into: Path) -> Path:
+    """Each code's curves (this tree's, and the baseline's when measured), one line per subscriber count."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for code, per_n in curves.items():
+        style = "--" if code != "now" else "-"
+        for n, curve in per_n.items():
+            if not isinstance(curve, dict):
+                continue  # the fitted slope beside the curves
+            rows = curve["rows"]
+            xs = [r["published_per_s"] for r in rows]
+            line = a.plot(xs, [r["ping_ms_p90"] for r in rows], "o" + style, label=f"{code}: {n} subscribers, p90")
+            a.plot(xs, [r["ping_ms_p50_p99"][1] for r in rows], "x:", color=line[0].get_color(), lw=0.8)
+            b.plot(xs, [r["daemon_cpu_pct"] for r in rows], "o" + style, color=line[0].get_color(),
+                   label=f"{code}: {n} subscribers")
     a.axhline(SLOW_P90_MS, color="grey", ls="--", lw=1, label="'replies slow': p90 10 ms")
-    a.set(xlabel="events published per second", ylabel="system.ping, ms", title="Replies under event load",
+    a.set(xlabel="events published per second", ylabel="system.ping, ms (x: p99)", title="Replies under event load",
           xscale="log", yscale="log")
     b.set(xlabel="events published per second", ylabel="% of a core", title="Daemon CPU", xscale="log")
-    a.legend(fontsize=8)
-    b.legend(fontsize=8)
-    made.append(save(fig, into / "scale-events.png"))
-    return made
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    return save(fig, into / "scale-events.png")
 
 
 def save(fig: Any, path: Path) -> Path:
@@ -454,6 +588,10 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, no charts: checks that it runs")
     ap.add_argument("--only", choices=["connections", "devices", "events"], action="append")
     ap.add_argument("--charts", type=Path, default=None, help="directory for the PNGs (full runs: docs/)")
+    ap.add_argument("--baseline", default=BASELINE, help="git revision whose events curve is drawn beside this "
+                    f"tree's (default {BASELINE}: the fan-out before it wrote in turns); '' for none")
+    ap.add_argument("--subscribers", type=int, nargs="+", help="the events curve's subscriber counts")
+    ap.add_argument("--rates", type=int, nargs="+", help="the events curve's rates (events/s)")
     args = ap.parse_args()
     q = args.quick
     raise_fd_limit()
@@ -465,13 +603,19 @@ async def main() -> None:
     if "devices" in only:
         result["devices"] = await devices([4, 20] if q else [4, 50, 200], q)
     if "events" in only:
-        result["events"] = await events([10, 50] if q else [100, 1000],
-                                        [50, 200] if q else [5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200],
-                                        0.5 if q else 4.0, 12)
+        sizes = ([10, 50], [50, 200], 0.5) if q else ([100, 1000], [5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200],
+                                                      4.0)
+        sizes = (args.subscribers or sizes[0], args.rates or sizes[1], sizes[2])
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = unpack(args.baseline, Path(tmp) / "baseline") if args.baseline and not q else None
+            codes: dict[str, list[str] | None] = {"now": None}
+            if tree is not None:
+                codes[f"before ({args.baseline})"] = tree_launcher(tree)
+            result["events"] = await events(*sizes, 12, codes)
     result["load after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
     into = args.charts if args.charts is not None else (None if q else ROOT / "docs")
-    if into is not None and only == {"connections", "devices", "events"}:
+    if into is not None:
         for path in charts(result, into):
             print(f"chart: {path}", file=sys.stderr)
 

@@ -45,7 +45,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def router_config(port: int, realm: str, tickets: dict[str, str] | None = None) -> dict[str, Any]:
+def router_config(port: int, realm: str, tickets: dict[str, str] | None = None,
+                  interface: str = "127.0.0.1") -> dict[str, Any]:
     """A loopback router: anyone may call, register, publish and subscribe in *realm* (a demo's
     trust model, not a building's), and callers are disclosed so pictl can rate-limit per caller.
     *tickets* (authid -> ticket) adds WAMP-Ticket principals beside anonymous access."""
@@ -65,7 +66,7 @@ def router_config(port: int, realm: str, tickets: dict[str, str] | None = None) 
                                                  {"name": "node", "permissions": [everything]}]}],
             "transports": [{
                 "type": "websocket",
-                "endpoint": {"type": "tcp", "interface": "127.0.0.1", "port": port},
+                "endpoint": {"type": "tcp", "interface": interface, "port": port},
                 "auth": auth,
                 "options": {"auto_ping_interval": 10000, "auto_ping_timeout": 5000},
             }],
@@ -77,31 +78,33 @@ class CrossbarRouter:
     """One ``crossbar start`` process on a loopback port; restartable on the same port."""
 
     def __init__(self, *, port: int | None = None, realm: str = "realm1", tickets: dict[str, str] | None = None,
-                 workdir: str | None = None) -> None:
+                 workdir: str | None = None, host: str = "127.0.0.1", launcher: tuple[str, ...] = ()) -> None:
         executable = crossbar_executable()
         if executable is None:
             raise FileNotFoundError("crossbar is not installed: run scripts/crossbar-venv.sh (make crossbar)")
         self.executable = executable
         self.port = port or free_port()
         self.realm = realm
+        self.host = host  # the address it listens on (and is reached at)
+        self.launcher = launcher  # argv before crossbar's (bench/partition.py: ip netns exec NAME)
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pictl-crossbar-"))
         self.cbdir = self.workdir / ".crossbar"
         self.cbdir.mkdir(parents=True, exist_ok=True)
-        (self.cbdir / "config.json").write_text(json.dumps(router_config(self.port, realm, tickets), indent=1))
+        (self.cbdir / "config.json").write_text(json.dumps(router_config(self.port, realm, tickets, host), indent=1))
         self.log_path = self.workdir / "crossbar.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"ws://{self.host}:{self.port}/ws"
 
     def start(self) -> None:
         """Start the router and return once its WebSocket port accepts connections."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         try:
             self.process = subprocess.Popen(
-                [self.executable, "start", "--cbdir", str(self.cbdir), "--loglevel", "warn"],
+                [*self.launcher, self.executable, "start", "--cbdir", str(self.cbdir), "--loglevel", "warn"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
         finally:
             log.close()
@@ -110,7 +113,7 @@ class CrossbarRouter:
             if self.process.poll() is not None:
                 raise RuntimeError(f"crossbar exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.05)

@@ -26,16 +26,19 @@ def free_port() -> int:
 class Mosquitto:
     """One broker process. ``extra`` is appended to its listener's config (TLS, password_file)."""
 
-    def __init__(self, directory: Path, port: int | None = None, extra: str = "") -> None:
+    def __init__(self, directory: Path, port: int | None = None, extra: str = "", *, host: str = "127.0.0.1",
+                 launcher: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.extra = extra
+        self.host = host  # the listener's address
+        self.launcher = launcher  # argv before mosquitto's (bench/partition.py: ip netns exec NAME)
         self.proc: asyncio.subprocess.Process | None = None
         self.log: list[str] = []  # its stderr lines
         self._reader: asyncio.Task[None] | None = None
 
     def config(self) -> str:
-        lines = [f"listener {self.port} 127.0.0.1", self.extra,
+        lines = [f"listener {self.port} {self.host}", self.extra,
                  "persistence false", "set_tcp_nodelay true", "log_dest stderr",
                  "log_type error", "log_type warning", "log_type notice", "log_type information"]
         if "password_file" not in self.extra:
@@ -48,7 +51,8 @@ class Mosquitto:
         assert MOSQUITTO is not None, "mosquitto is not installed (apt-get install mosquitto)"
         conf = self.directory / f"mosquitto-{self.port}.conf"
         conf.write_text(self.config())
-        self.proc = await asyncio.create_subprocess_exec(MOSQUITTO, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL,
+        self.proc = await asyncio.create_subprocess_exec(*self.launcher, MOSQUITTO, "-c", str(conf),
+                                                         stdout=asyncio.subprocess.DEVNULL,
                                                          stderr=asyncio.subprocess.PIPE)
         assert self.proc.stderr is not None
         async with asyncio.timeout(timeout):

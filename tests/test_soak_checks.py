@@ -17,19 +17,21 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import soak  # bench/ is scripts, not a package
+from soak_base import MONO_TO_WALL, Call
 
 
 @pytest.fixture
 def checker(tmp_path: Path) -> soak.Soak:
-    args = argparse.Namespace(duration=60.0, clients=1, max_rss_growth=1.0, warmup=None, bridge=None,
-                              verbose=False)
-    s = soak.Soak(args, None, workdir=tmp_path)
-    s.started = 100.0
+    args = argparse.Namespace(duration=60.0, clients=1, max_rss_growth=1.0, warmup=None, bridge=[],
+                              verbose=False, watch=None, malloc=None, trace_every=60.0,
+                              trace_frames=0)
+    s = soak.Soak(args, [], workdir=tmp_path)
+    s.started = s.record.started = 100.0
     return s
 
 
 def audited(s: soak.Soak, method: str, key: str, end_mono: float, elapsed_ms: float) -> None:
-    entry: dict[str, Any] = {"time": iso(end_mono + soak.MONO_TO_WALL), "token": "demo-admin", "role": "admin",
+    entry: dict[str, Any] = {"time": iso(end_mono + MONO_TO_WALL), "token": "demo-admin", "role": "admin",
                              "peer": "127.0.0.1:1", "method": method, "params": {"request_key": key},
                              "outcome": "ok", "elapsed_ms": elapsed_ms}
     with s.audit.open("a") as f:
@@ -37,58 +39,72 @@ def audited(s: soak.Soak, method: str, key: str, end_mono: float, elapsed_ms: fl
 
 
 def call(method: str, key: str, sent: float, replied: float, result: dict[str, Any] | None = None,
-         error: dict[str, Any] | None = None) -> soak.Call:
+         error: dict[str, Any] | None = None) -> Call:
     reply = {"jsonrpc": "2.0", "id": 1, **({"result": result} if result is not None else {"error": error})}
-    return soak.Call(method, {"request_key": key}, sent, "c1", replied=replied, reply=reply)
+    return Call(method, {"request_key": key}, sent, "c1", replied=replied, reply=reply)
 
 
 def test_an_output_move_inside_an_audited_call_passes_and_one_outside_is_flagged(checker: soak.Soak) -> None:
     now = time.monotonic()
     audited(checker, "light.on", "k1", end_mono=now + 0.1, elapsed_ms=100.0)
-    checker.history["light"]["outputs"] = [(now + 0.05, True), (now + 5.0, False)]  # the second: nobody asked
-    checker.started = now - 1
-    checker.check_moves([json.loads(line) for line in checker.audit.read_text().splitlines()])
+    checker.record.history["light"]["outputs"] = [(now + 0.05, True), (now + 5.0, False)]  # the second: nobody asked
+    checker.record.started = now - 1
+    checker.record.check_moves([json.loads(line) for line in checker.audit.read_text().splitlines()])
     assert checker.violations.counts == {"unauthorised move": 1}
     assert checker.violations.first["unauthorised move"]["value"] is False
 
 
 def test_a_move_during_a_reload_is_the_reload_s_doing(checker: soak.Soak) -> None:
     now = time.monotonic()
-    checker.started = now - 1
+    checker.record.started = now - 1
     checker.daemon.reloads.append((now + 1.0, now + 1.2))
-    checker.history["light"]["outputs"] = [(now + 1.1, False)]
-    checker.check_moves([])
+    checker.record.history["light"]["outputs"] = [(now + 1.1, False)]
+    checker.record.check_moves([])
     assert checker.violations.total() == 0
 
 
 def test_a_confirmed_state_the_plant_never_had_is_inconsistent(checker: soak.Soak) -> None:
-    checker.history["door"]["positions"] = [(99.0, False)]  # closed all along
-    checker.history["door"]["outputs"] = [(100.1, True)]
+    checker.record.history["door"]["positions"] = [(99.0, False)]  # closed all along
+    checker.record.history["door"]["outputs"] = [(100.1, True)]
     result = {"state": "open", "changed": True, "confirmed": True}
-    checker.check_confirmed(call("door.open", "k", 100.0, 100.5, result), result)
+    checker.record.check_confirmed(call("door.open", "k", 100.0, 100.5, result), result)
     assert checker.violations.counts == {"inconsistent": 1}
 
-    checker.history["door"]["positions"].append((100.4, True))  # the door did reach open in time
-    checker.violations = soak.Violations()
-    checker.check_confirmed(call("door.open", "k", 100.0, 100.5, result), result)
-    assert checker.violations.total() == 0 and len(checker.overheads) == 1
+    checker.record.history["door"]["positions"].append((100.4, True))  # the door did reach open in time
+    checker.violations.counts.clear()
+    checker.record.check_confirmed(call("door.open", "k", 100.0, 100.5, result), result)
+    assert checker.violations.total() == 0 and len(checker.record.overheads) == 1
 
 
 def test_changed_with_nothing_moving_is_inconsistent(checker: soak.Soak) -> None:
-    checker.history["light"]["positions"] = [(99.0, True)]
-    checker.history["light"]["outputs"] = [(98.9, True)]
+    checker.record.history["light"]["positions"] = [(99.0, True)]
+    checker.record.history["light"]["outputs"] = [(98.9, True)]
     result = {"state": "on", "changed": True, "confirmed": True}
-    checker.check_confirmed(call("light.on", "k", 100.0, 100.1, result), result)
+    checker.record.check_confirmed(call("light.on", "k", 100.0, 100.1, result), result)
     assert checker.violations.counts == {"inconsistent": 1}
 
 
 def test_a_failure_that_leaves_the_output_energised_is_unsafe(checker: soak.Soak) -> None:
     error = {"code": -32002, "message": "x", "data": {"recovery": "output returned to off"}}
-    checker.history["light"]["outputs"] = [(100.1, True)]  # on, and never back
-    checker.check_safe(call("light.on", "k", 100.0, 101.0, error=error))
+    checker.record.history["light"]["outputs"] = [(100.1, True)]  # on, and never back
+    checker.record.check_safe(call("light.on", "k", 100.0, 101.0, error=error), checker.counts)
     assert checker.violations.counts == {"unsafe failure": 1}
 
-    checker.history["light"]["outputs"].append((100.9, False))
-    checker.violations = soak.Violations()
-    checker.check_safe(call("light.on", "k", 100.0, 101.0, error=error))
+    checker.record.history["light"]["outputs"].append((100.9, False))
+    checker.violations.counts.clear()
+    checker.record.check_safe(call("light.on", "k", 100.0, 101.0, error=error), checker.counts)
     assert checker.violations.total() == 0
+
+
+def test_a_safe_write_kept_pending_must_come_back(checker: soak.Soak) -> None:
+    error = {"code": -32002, "message": "x", "data": {"recovery": "returning the output to its safe state FAILED "
+                                                                  "(no reply within 0.5 s); kept pending: ..."}}
+    checker.record.history["fan"]["outputs"] = [(100.1, True)]  # the unit took the command, then fell silent
+    checker.record.check_safe(call("fan.on", "k", 100.0, 101.0, error=error), checker.counts)
+    assert checker.violations.counts == {"pending safe write never written": 1}
+
+    checker.violations.counts.clear()
+    checker.record.history["fan"]["outputs"].append((103.0, False))  # it answers again: the pending write
+    checker.record.check_safe(call("fan.on", "k", 100.0, 101.0, error=error), checker.counts)
+    assert checker.violations.total() == 0
+    assert checker.counts["failures that said the output could not be made safe"] == 2

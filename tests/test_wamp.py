@@ -392,11 +392,20 @@ async def test_the_doors_reach_the_router_and_the_fleet_with_no_code_of_their_ow
 
 
 # Last: it restarts the module's router.
-async def test_the_bridge_rejoins_and_registers_again_after_a_router_restart(router: CrossbarRouter) -> None:
-    async with running_node(node_config(router, "n9")) as node, fleet(router) as (aggregator, panel):
+async def test_the_bridge_rejoins_and_registers_again_after_a_router_restart(
+        router: CrossbarRouter, caplog: pytest.LogCaptureFixture) -> None:
+    async with running_node(node_config(router, "n9")) as node, fleet(router) as (aggregator, panel), \
+            open_client(panel.url, ADMIN) as ws:
         view = aggregator.view
         await until(lambda: "n9" in view.nodes and view.nodes["n9"].online, 5, "the fleet sees n9")
-        router.stop()
+        moving = door_moved(node)
+        cut_off = asyncio.ensure_future(Client(ws).error("n9.door.open"))  # through the fleet, no timeout
+        await asyncio.wait_for(moving, 5)  # the node is acting...
+        router.stop()  # ...when the router goes: its answer cannot come back
+        async with asyncio.timeout(5):  # at once, not after the fleet's deadline (65 s without a timeout)
+            error = await cut_off
+        assert error["code"] == -32002 and error["data"]["observed"] == "unknown"
+        assert error["data"]["recovery"] == "outcome unknown: re-read n9's state"
         await until(lambda: not node.wamp.ready.is_set(), 10, "the bridge notices the router is gone")
         assert await metric(node, "pictl_wamp_connected") == 0.0
         await until(lambda: not view.nodes["n9"].online, 10, "the fleet marks n9 offline: it cannot know")
@@ -412,3 +421,6 @@ async def test_the_bridge_rejoins_and_registers_again_after_a_router_restart(rou
             assert (await wamp.call("pictl.fleet.status"))["nodes"]["n9"]["online"] is True
         assert await metric(node, "pictl_wamp_connected") == 1.0
         assert panel.ctx.metrics.registry.get_sample_value("pictl_wamp_connected") == 1.0
+    # A router restart is routine: nothing logged it as an error (autobahn's "Connection failed",
+    # a reply sent on the closed link, a cancel sent on it).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

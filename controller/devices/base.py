@@ -6,6 +6,9 @@ A device kind subclasses :class:`Device`. It *must* define ``kind``,
 base class owns what every kind shares: the per-device FIFO queue, the
 ``timeout`` parameter, the online check, timing, and state-change
 notification. See :mod:`controller.devices.registry` for the registry.
+
+A kind's recovery writes its safe levels through :meth:`Device.write_safe`
+(:mod:`controller.devices.safe`: a write its bus cannot carry is kept pending).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from controller.devices.outward import UNKNOWN, BadCommand, HaEntity, MqttMessage
+from controller.devices.safe import SafeStates
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
 from controller.wire.errors import (
@@ -87,7 +91,7 @@ def evidence_of(obs: Observation | None, shown: Any, source: str | None = None) 
     return out
 
 
-class Device:
+class Device(SafeStates):
     """A named thing with actions that are confirmed by observation."""
 
     kind: ClassVar[str] = ""
@@ -109,6 +113,7 @@ class Device:
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
         self.retired = False  # closed by a config reload: calls still queued fail as unavailable
+        self._init_safe_states()
         self._unlisten = [undo for point in points  # taken back when the device closes
                           for undo in (point.listen(self._on_observation), point.listen_health(self._on_point_health))]
 
@@ -166,11 +171,13 @@ class Device:
         else:
             log.warning("%s is offline: %s", self.name, point.offline_reason or "no reason given")
         self._emit("status", self.status())
+        if online:
+            self._back_online()  # pending safe writes first, before anything else is asked of it
 
     def _on_observation(self, obs: Observation) -> None:
         self._publish_if_changed()
 
-    def _publish_if_changed(self) -> None:
+    def _publish_if_changed(self, cause: str | None = None) -> None:
         state = self.state()
         comparable = {k: v for k, v in state.items() if k != "since"}
         if comparable == self._last_state:
@@ -180,7 +187,7 @@ class Device:
         self.changed_at = time.time()
         if first:
             return
-        cause = self._busy_cause if self._busy_action is not None else "external"
+        cause = cause or (self._busy_cause if self._busy_action is not None else "external")
         self._emit("state", {**self.state(), "cause": cause})  # "since" is now the change time
         if cause == "external":
             found = self.discrepancy()
@@ -242,6 +249,8 @@ class Device:
             if epoch != self._epoch:  # interrupted while it waited: it never began
                 raise self.interrupted(action, *self._last_interrupt, started)
             self.check_online()  # it may have gone offline while we queued
+            if self._safe_pending and not await self._write_pending():
+                raise self.unavailable()  # its safe state is still not written: nothing else is
             self._busy_action = action
             self._busy_cause = "rpc"
             self._holder = task
@@ -418,6 +427,7 @@ class Device:
         self._publish_if_changed()
 
     def close(self) -> None:
+        self._stop_safe_states()
         for undo in self._unlisten:
             undo()
         self._unlisten.clear()

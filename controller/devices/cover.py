@@ -344,10 +344,8 @@ class Cover(Device):
         failed, readbacks = [], []
         for name, point in (("up", self.up), ("down", self.down)):
             was = bool(point.value)
-            try:
-                obs = await point.write(False)
-            except Exception:  # keep going: the other relay must be released all the same
-                log.exception("%s: releasing the %s relay FAILED", self.name, name)
+            obs = await self.write_safe(point, False)  # a failure is kept pending, and logged there
+            if isinstance(obs, str):  # keep going: the other relay must be released all the same
                 failed.append(name)
                 continue
             if was:

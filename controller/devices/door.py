@@ -136,12 +136,9 @@ class Door(Device):
 
     async def _release(self) -> str:
         """De-energise the actuator after a failure; says what was done."""
-        recovery = "actuator released"
-        try:
-            await self.relay.write(False)
-        except Exception:  # the safety path itself failed: the installer needs all there is to know
-            log.exception("%s: releasing the actuator after a failed action FAILED", self.name)
-            recovery = "actuator release FAILED; check the relay"
+        released = await self.write_safe(self.relay, False)
+        recovery = "actuator released" if not isinstance(released, str) else (
+            f"actuator release FAILED ({released}); kept pending: it is released first when the relay answers again")
         return f"{recovery}; door is {self.position()}"
 
 

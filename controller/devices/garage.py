@@ -299,11 +299,10 @@ class Garage(Device):
 
     async def _release(self) -> None:
         """The button let go, whatever happened; what was done goes into the next ``recovery``."""
-        try:
-            obs = await self.pulse.write(False)
-        except Exception:  # the safety path itself failed: the installer needs all there is to know
-            log.exception("%s: releasing the pulse relay FAILED", self.name)
-            self._released = "releasing the pulse relay FAILED; check the relay"
+        obs = await self.write_safe(self.pulse, False)
+        if isinstance(obs, str):
+            self._released = f"releasing the pulse relay FAILED ({obs}); kept pending: it is released first " \
+                             "when the relay answers again"
             return
         self._released = "pulse relay released" if not obs.value else \
             "the pulse relay still reads back energised; check the relay"

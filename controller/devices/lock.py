@@ -269,11 +269,10 @@ class Lock(Device):
 
     async def _secure(self) -> str:
         """The strike output back at its locked level after a failure; says what was done."""
-        try:
-            obs = await self.strike.write(not self._unlock_level)
-        except Exception:  # the safety path itself failed: the installer needs all there is to know
-            log.exception("%s: putting the strike back to locked FAILED", self.name)
-            return "putting the strike back to locked FAILED; check the relay"
+        obs = await self.write_safe(self.strike, not self._unlock_level)
+        if isinstance(obs, str):
+            return f"putting the strike back to locked FAILED ({obs}); kept pending: it is written first when " \
+                   "the relay answers again"
         if bool(obs.value) == self._unlock_level:
             return "the strike output did not read back locked; check the relay"
         monitor = "" if self.monitor is None else f"; the monitor reports {self.state()['state']}"

@@ -14,7 +14,7 @@ from controller.settings.devices import DeviceConfig, Loader
 from controller.settings.reader import Table
 from controller.wire.clock import iso
 from controller.wire.errors import InvalidParams
-from drivers.base import OutputPoint, PointError, PointSpec
+from drivers.base import OutputPoint, PointSpec
 from drivers.modbus_spec import ModbusPointSpec, encode
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,10 @@ class Setpoint(Device):
         what = "the safe value" if self.cfg.safe is not None else "the previous value"
         if target is None:
             return "no previous value known; nothing restored"
-        try:
-            obs = await self.output.write(target)
-        except PointError as exc:
-            log.exception("%s: writing %s after a failed set FAILED", self.name, what)
-            return f"writing {what} {target:g} FAILED ({exc.observed}); check the device"
-        except Exception:
-            log.exception("%s: writing %s after a failed set FAILED", self.name, what)
-            return f"writing {what} {target:g} FAILED; check the device"
+        obs = await self.write_safe(self.output, target)
+        if isinstance(obs, str):
+            return f"writing {what} {target:g} FAILED ({obs}); kept pending: it is written first when the device " \
+                   "answers again"
         if not self._close_enough(obs.value, target):
             return f"{what} {target:g} did not read back (read {obs.value}); check the device"
         return f"{what} {target:g} restored"

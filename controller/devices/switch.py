@@ -149,14 +149,10 @@ class Switch(Device):
 
     async def _recover(self) -> str:
         """Return the output to its safe level; says what was done."""
-        try:
-            obs = await self.output.write(self._safe)
-        except PointError as exc:
-            log.exception("%s: returning the output to its safe state FAILED", self.name)
-            return f"returning the output to its safe state FAILED ({exc.observed}); check the device"
-        except Exception:
-            log.exception("%s: returning the output to its safe state FAILED", self.name)
-            return "returning the output to its safe state FAILED; check the wiring"
+        obs = await self.write_safe(self.output, self._safe)
+        if isinstance(obs, str):
+            return (f"returning the output to its safe state FAILED ({obs}); kept pending: it is written first "
+                    "when the device answers again")
         if obs.value != self._safe:
             return f"output did not read back {_shown(self._safe)} (safe state); check the wiring"
         return f"output returned to {_shown(self._safe)} (safe state)"

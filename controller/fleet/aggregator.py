@@ -61,6 +61,7 @@ class Aggregator:
         self._unview = self.view.on_change(self._changed)
         self._sessions: dict[int, str] = {}  # WAMP session id -> node
         self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: set[asyncio.Future[None]] = set()  # one per forwarded call, resolved if the link goes
         self._link_changed: Listeners[[bool]] = Listeners("fleet router link")  # joined (True) or lost
         self.link = Link("fleet aggregator", lambda: component(url, realm, authid=authid, ticket=ticket,
                                                                max_retry_delay=max_retry_delay),
@@ -111,6 +112,9 @@ class Aggregator:
 
     def _lost(self) -> None:
         log.warning("fleet: lost the router; rejoining")
+        for lost in self._in_flight:  # calls under way: their outcome is unknown now, say so at once
+            if not lost.done():
+                lost.set_result(None)
         self._link_changed.emit(False)
         self._sessions.clear()
         for name in list(self.view.nodes):
@@ -188,20 +192,45 @@ class Aggregator:
 
     # -- calls through the router -----------------------------------------------------------------
     async def call(self, node: str, method: str, params: dict[str, Any], timeout: float) -> Any:
-        """Call ``pictl.<node>.<method>``; a WAMP error comes back as the RpcError it stands for."""
+        """Call ``pictl.<node>.<method>``; a WAMP error comes back as the RpcError it stands for.
+
+        Once the call has gone out, nobody here can say whether the node acted unless it answers:
+        a call cut off by the router link going, or unanswered by its deadline, is ``-32002`` whose
+        recovery says the outcome is unknown, at once (not after the deadline) when the link goes.
+        """
         session = self.link.session
         view = self.view.nodes.get(node)
         if session is None or not session.is_attached() or view is None or not view.online:
             raise node_offline(node, view)
+        call = asyncio.ensure_future(session.call(f"pictl.{node}.{method}", **params))
+        lost = asyncio.get_running_loop().create_future()
+        self._in_flight.add(lost)
         try:
-            async with asyncio.timeout(timeout):
-                return await session.call(f"pictl.{node}.{method}", **params)
-        except ApplicationError as exc:
-            raise rpc_error(exc, node, method) from None
-        except TimeoutError:
-            raise errors.NotConfirmed(
-                f"no answer from node {node} within {timeout:.0f} s", expected=method.rpartition(".")[2],
-                observed="unknown", recovery=f"the call was abandoned: check {node}'s device") from None
+            await asyncio.wait((call, lost), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._in_flight.discard(lost)
+        if call.done() and not call.cancelled():
+            error = call.exception()
+            if error is None:
+                return call.result()
+            if isinstance(error, ApplicationError):
+                raise rpc_error(error, node, method) from None
+            why = f"the link to the router failed during {method} ({type(error).__name__})"
+        else:
+            _abandon(call)
+            why = f"the router link went during {method}" if lost.done() else \
+                f"no answer from node {node} within {timeout:.0f} s"
+        raise errors.NotConfirmed(why, expected=method.rpartition(".")[2], observed="unknown",
+                                  recovery=f"outcome unknown: re-read {node}'s state")
+
+
+def _abandon(call: asyncio.Future[Any]) -> None:
+    """Give up waiting for a call, without cancelling it: the router answers it in the end (the
+    node's reply, or an error when the node's session goes), and autobahn must still be expecting
+    that answer. A CANCEL sent first made Crossbar answer twice (at the cancel and when the node's
+    session went); autobahn takes an answer to a call it forgot for a protocol error and drops the
+    whole session, every node with it."""
+    call.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" noise
 
 
 def node_offline(node: str, view: NodeView | None) -> errors.Unavailable:

@@ -86,9 +86,10 @@ class FleetPanel:
                 name = f"{node}.{device}"
                 wanted[f"{name}.state"] = self._state_handler(node, device)
                 for action in (described.get("actions") or {}):
-                    cap = described.get("max_timeout")
+                    cap, own = described.get("max_timeout"), described.get("timeout")
                     wanted[f"{name}.{action}"] = self._forward(
-                        node, f"{device}.{action}", float(cap) if isinstance(cap, (int, float)) else None)
+                        node, f"{device}.{action}", float(cap) if isinstance(cap, (int, float)) else None,
+                        float(own) if isinstance(own, (int, float)) else None)
             for method in view.methods:
                 if method.startswith("sim."):
                     simulation.add(f"{node}.{method}")
@@ -110,16 +111,19 @@ class FleetPanel:
 
         return state
 
-    def _forward(self, node: str, called: str, cap: float | None) -> Callable[[Session, dict[str, Any]], Any]:
+    def _forward(self, node: str, called: str, cap: float | None,
+                 own: float | None = None) -> Callable[[Session, dict[str, Any]], Any]:
         """``<node>.<called>`` here: ``pictl.<node>.<called>`` through the router, audited here too;
-        its answer (or error) names the device as the fleet does."""
+        its answer (or error) names the device as the fleet does. Its deadline is twice the call's
+        timeout plus a margin: the one it asks for (up to *cap*), else the device's own (*own*)."""
         method = f"{node}.{called}"
         limit = DEFAULT_CALL_TIMEOUT_S if cap is None else cap
+        usual = min(own, limit) if own is not None and own > 0 else limit
 
         async def run(session: Session, params: dict[str, Any]) -> Any:
             started = time.monotonic()
             asked = params.get("timeout")
-            timeout = min(float(asked), limit) if isinstance(asked, (int, float)) and asked > 0 else limit
+            timeout = min(float(asked), limit) if isinstance(asked, (int, float)) and asked > 0 else usual
             try:
                 result = as_fleet(node, await self.aggregator.call(node, called, params, 2 * timeout + CALL_SLACK_S))
             except errors.RpcError as err:
@@ -199,10 +203,10 @@ def as_fleet(node: str, answer: Any) -> Any:
 
 
 async def serve(url: str, realm: str, config: Config | None, *, host: str | None = None, port: int | None = None,
-                authid: str | None = None, ticket: str | None = None) -> None:
+                authid: str | None = None, ticket: str | None = None, max_retry_delay: float = 10.0) -> None:
     """``pictl aggregate``: run the aggregator (and the panel when *config* gives it tokens) until
     SIGTERM or SIGINT."""
-    aggregator = Aggregator(url, realm, authid=authid, ticket=ticket)
+    aggregator = Aggregator(url, realm, authid=authid, ticket=ticket, max_retry_delay=max_retry_delay)
     panel = FleetPanel(aggregator, config, host=host, port=port) if config is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -354,7 +354,7 @@ class HttpServer:
                         slots.release()
                         reply = answer.frame()
                         if reply is not None:
-                            await ws.send(reply, text=True)
+                            await self._reply(ws, reply)
                         continue
                     work: Awaitable[Answer] | None = answer
                 else:
@@ -369,6 +369,10 @@ class HttpServer:
                 guard.cancel()
             ws.session = None  # frames still in flight keep the session for as long as they run
             self._count_open(-1)
+
+    async def _reply(self, ws: ServerConnection, reply: str | bytes) -> None:
+        self.ctx.events.flush(ws)  # events queued for it go first: they happened before the reply
+        await ws.send(reply, text=True)
 
     def _count_open(self, delta: int) -> None:
         self.open_connections += delta
@@ -386,7 +390,7 @@ class HttpServer:
             reply = binary_frame_error() if work is None else (await work).frame()
             if reply is not None and not session.gone:  # nobody to answer: the outcome is in the audit
                 with contextlib.suppress(ConnectionClosed):
-                    await ws.send(reply, text=True)
+                    await self._reply(ws, reply)
         except Exception:
             log.exception("frame handling failed for %s", session.peer)
         finally:

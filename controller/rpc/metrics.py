@@ -53,6 +53,9 @@ OTHER_UNITS = "pictl_sensor_reading"  # a value whose unit has no metric of its 
 PRESSES = ("single", "double", "long")  # a button's gestures (the event <device>.press)
 # What an action's failure is counted under (the error's name); each exists from the start.
 FAILURE_REASONS = ("not_confirmed", "busy", "unavailable", "invalid_params")
+# A safe-state write its bus could not carry (kept pending), and one written later, once the bus was
+# back. Each exists from the start.
+SAFE_WRITE_OUTCOMES = ("pending", "written_late")
 
 
 class Metrics:
@@ -84,6 +87,8 @@ class Metrics:
                                      ["device"], registry=r)
         self.external_changes = Counter("pictl_external_changes", "State changes no call commanded",
                                         ["device"], registry=r)
+        self.safe_writes = Counter("pictl_safe_writes", "Safe-state writes kept pending (their bus away), and "
+                                   "written late", ["device", "outcome"], registry=r)
         self.device_events = Counter("pictl_device_events", "A kind's own events (an alarm, a press), by name",
                                      ["device", "event"], registry=r)
         self.presses = Counter("pictl_input_presses", "A button's presses, by gesture", ["device", "press"],
@@ -109,6 +114,8 @@ class Metrics:
             self.action_confirm.labels(device, action)
             for reason in FAILURE_REASONS:
                 self.action_failures.labels(device, action, reason)
+        for outcome in SAFE_WRITE_OUTCOMES:
+            self.safe_writes.labels(device, outcome)
 
     def device_removed(self, device: str, actions: Iterable[str]) -> None:
         """Drop a removed device's series (a reload), so they do not linger as stale zeros."""
@@ -116,6 +123,8 @@ class Metrics:
             _forget(self.action_confirm, device, action)
             for reason in FAILURE_REASONS:
                 _forget(self.action_failures, device, action, reason)
+        for outcome in SAFE_WRITE_OUTCOMES:
+            _forget(self.safe_writes, device, outcome)
         _forget(self.sensor_value, device)
         for gauge, labels in self._sensor_series.pop(device, set()):
             _forget(gauge, *labels)
@@ -197,10 +206,20 @@ class _Live(Collector):
 
 
 def device_online_family(devices: dict[str, Any]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily("pictl_device_online", "1 while the device answers, 0 when offline",
-                               labels=["device"])
-    for name, device in devices.items():
-        family.add_metric([name], 1.0 if device.online else 0.0)
+    return _device_flags("pictl_device_online", "1 while the device answers, 0 when offline", devices,
+                         lambda device: device.online)
+
+
+def safe_pending_family(devices: dict[str, Any]) -> GaugeMetricFamily:
+    return _device_flags("pictl_safe_pending", "1 while a device's safe state waits for its bus to come back",
+                         devices, lambda device: device.safe_pending)
+
+
+def _device_flags(name: str, documentation: str, devices: dict[str, Any],
+                  flag: Callable[[Any], bool]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=["device"])
+    for device_name, device in devices.items():
+        family.add_metric([device_name], 1.0 if flag(device) else 0.0)
     return family
 
 

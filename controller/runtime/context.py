@@ -25,7 +25,13 @@ from controller.rpc.actions import register_device
 from controller.rpc.builtins import register_node_methods, register_session_methods
 from controller.rpc.dispatch import Dispatcher
 from controller.rpc.events import EventBus
-from controller.rpc.metrics import Metrics, auth_lockouts_family, device_on_family, device_online_family
+from controller.rpc.metrics import (
+    Metrics,
+    auth_lockouts_family,
+    device_on_family,
+    device_online_family,
+    safe_pending_family,
+)
 from controller.rpc.oncekeys import OnceKeys
 from controller.security.audit import AuditTrail
 from controller.security.auth import Authenticator
@@ -34,7 +40,7 @@ from controller.settings.load import Config
 
 log = logging.getLogger(__name__)
 
-OWN_EVENTS = frozenset({"state", "reading", "status", "discrepancy"})  # everything else is a kind's own event
+OWN_EVENTS = frozenset({"state", "reading", "status", "discrepancy", "safe"})  # the rest: a kind's own event
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,6 +104,8 @@ class Context:
                 self.metrics.external_changes.labels(device.name).inc()
             elif what == "reading":
                 self.metrics.reading(device.name, data)
+            elif what == "safe":
+                self.metrics.safe_writes.labels(device.name, data["outcome"]).inc()
             elif what not in OWN_EVENTS:
                 self.metrics.device_event(device.name, what, data)
             self.events.publish(f"{device.name}.{what}", data)
@@ -136,6 +144,7 @@ def build_context(config: Config) -> Context:
                   once=OnceKeys(config.server.request_key_window))
     register_session_methods(dispatcher, auth, events, metrics)
     metrics.watch(lambda: [device_online_family(ctx.devices), device_on_family(ctx.devices),
+                           safe_pending_family(ctx.devices),
                            auth_lockouts_family(auth)])
     ctx.warn_slow_tokens()
     return ctx

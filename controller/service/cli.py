@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--authid", help="WAMP-Ticket: the aggregator's authid on the router")
     fleet.add_argument("--ticket-file", help="WAMP-Ticket: a chmod-600 file holding its ticket")
     fleet.add_argument("--listen", help="HOST:PORT for the panel, overriding the config")
+    fleet.add_argument("--max-retry-delay", type=float, default=10.0, metavar="S",
+                       help="cap on the rejoin backoff after the router goes (from 0.5 s, x1.5; default 10)")
     fleet.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     token = sub.add_parser("token", help="make token secrets and their hashes for the config")
@@ -267,7 +269,8 @@ def aggregate(args: argparse.Namespace) -> int:
         print(f"pictl aggregate needs the wamp extra: pip install 'pictl[wamp]' ({exc})", file=sys.stderr)
         return 1
     try:
-        asyncio.run(fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket))
+        asyncio.run(fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket,
+                                max_retry_delay=max(0.5, args.max_retry_delay)))
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen: %s", exc.strerror or exc)
         return 1

@@ -60,7 +60,7 @@ class SimModbusDevices(ModbusServerContext):
         self.old_simulator = True  # tells the server to call this object directly
         self.simdevices = []
         self.data: dict[tuple[int, str], dict[int, int]] = {}  # (device id, table) -> address -> value
-        self.seen: list[SeenRequest] = Recent()  # every request, in order (the newest 10,000)
+        self.seen: list[SeenRequest] = Recent()  # every request, in order (the newest 1,000)
         self.silent: set[int] = set()  # device ids that do not answer
         self.failing: set[int] = set()  # device ids that answer with exception 4
         self.stuck: set[tuple[int, str, int]] = set()  # (device id, table, address) that ignore writes

@@ -57,6 +57,7 @@ from prometheus_client import Gauge
 from controller import __version__
 from controller.bridges.mqtt.discovery import OFFLINE, ONLINE, Topics, command_leaves, discovery, outcome
 from controller.bridges.mqtt.intake import Backlog, Commands
+from controller.bridges.mqtt.quiet import quiet
 from controller.devices.outward import MAX_COMMAND_BYTES, BadCommand, MqttMessage
 from controller.rpc.dispatch import Answer, request, settled
 from controller.runtime.context import Context
@@ -75,6 +76,8 @@ LINK_LINES = ("MQTT: {peer}: {detail}", "MQTT: {count} more time(s) ({reason}) i
 # aiomqtt's warnings a flood causes, by message template -> the reason they are counted under
 CLIENT_WARNINGS = {"There are %d pending publish calls.": "pending_publishes",
                    "Message queue is full. Discarding message.": "queue_full"}
+
+quiet(CLIENT_LOG)  # a broker going away is routine: no ERROR lines for it (controller/bridges/mqtt/quiet.py)
 
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
 # Announced to the broker as our Maximum Packet Size (MQTT 5): the largest request we take, plus room

@@ -198,6 +198,13 @@ class WampBridge:
                               f"WAMP caller of {method} went away ({caller}); the call carries on if it has started")
             task.add_done_callback(lambda t: self._log_orphan(method, caller, t))
             raise
+        if reply is None:  # dropped unstarted: its caller left, or the router link went; nobody to answer
+            return None
+        if "error" in reply and _link_gone(details):
+            # The router link went while it ran: nobody to answer. autobahn skips a result then,
+            # but would try to send an error on the closed link (and log a traceback).
+            log.info("%s ended after the router link went: %s", method, reply["error"].get("message"))
+            return None
         return _unwrap(reply)
 
     def _log_orphan(self, method: str, caller: str, task: asyncio.Future[Answer]) -> None:
@@ -246,3 +253,7 @@ def _unwrap(reply: dict[str, Any] | None) -> Any:
     return reply["result"]
 
 
+def _link_gone(details: CallDetails | None) -> bool:
+    """The session this call came in on has lost its transport (autobahn's own test, ``_transport``)."""
+    session = getattr(getattr(details, "registration", None), "session", None)
+    return session is not None and getattr(session, "_transport", None) is None

@@ -27,6 +27,19 @@ if logging.getLogger("autobahn").level == logging.NOTSET:
     # autobahn narrates every connection attempt at WARNING; the link's own lines say what matters.
     logging.getLogger("autobahn").setLevel(logging.ERROR)
 
+
+class _RouterAwayIsNotAnError(logging.Filter):
+    """autobahn logs a failed connection attempt ("Connection failed: TransportLost ...") at ERROR:
+    a router restarting or out of reach is what the link rejoins from, and says so itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.getMessage().startswith("Connection failed"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("autobahn.asyncio.component.Component").addFilter(_RouterAwayIsNotAnError())
+
 INITIAL_RETRY_DELAY = 0.5  # seconds before the first rejoin; grows x1.5 up to the configured cap
 PING_INTERVAL, PING_TIMEOUT = 10.0, 5.0  # a router that stops answering pings is gone: rejoin
 
@@ -128,6 +141,11 @@ class Link:
             except Exception as exc:  # a link that is half dead: nothing more to say to it
                 log.debug("%s: leaving the router: %s", self.name, exc)
         if self._runner is not None:
+            # A stopped component ends by itself (its done future resolves, from a callback still to
+            # come): let it, rather than cancel that future under it (autobahn would then resolve a
+            # future it already dropped, and log the AttributeError).
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._runner), timeout)
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
