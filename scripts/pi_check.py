@@ -40,6 +40,10 @@ IGNORE = Path(__file__).with_name("pi_check_ignore.txt")
 HOME = "/home/pi"
 NOT_COPIED = ("controller/", "drivers/")  # the tests import the installed wheel, not the source
 TOOLS_NOT_NEEDED = {"playwright"}  # the test extra's browser driver: only the panel tests use it
+# Extras that cannot install without a compiler on an architecture (README.md says so and what to do):
+# pi-check checks that they still cannot, and fails when one can (time to update the README).
+NEEDS_A_COMPILER = {("armhf", "wamp")}
+TEST_TIMEOUT_S = 300  # pytest-timeout per test in the root (pyproject's 60 s, times the emulation's slowness)
 
 
 class StepFailed(Exception):
@@ -140,9 +144,11 @@ def local_paths(files: list[tuple[Path, str]], env: dict[str, str]) -> set[Path]
         values += [v for section in parser.sections() for v in parser[section].values()]
     found = set()
     for word in " ".join(values).split():
-        word = word.removeprefix("file://")
-        if word.startswith("/") and Path(word).exists():
-            found.add(Path(word))
+        path = Path(word.removeprefix("file://"))
+        if word.startswith("file://") and path.name == "simple":
+            path = path.parent  # a file index's pages link to files beside it (../../files/...)
+        if path.is_absolute() and path.exists():
+            found.add(path)
     return found
 
 
@@ -222,14 +228,16 @@ def pytest_summary(log: Path) -> dict[str, float]:
 class Place:
     """Where the steps run: the emulated root (as user pi) or this host (the x86 figures)."""
 
-    def __init__(self, name: str, home: str, logs: Path, session: Session | None, env: dict[str, str]) -> None:
-        self.name, self.home, self.logs, self.session, self.env = name, home, logs, session, env
+    def __init__(self, name: str, arch: str, home: str, logs: Path, session: Session | None,
+                 env: dict[str, str]) -> None:
+        self.name, self.arch, self.home, self.logs, self.session, self.env = name, arch, home, logs, session, env
         self.wheel = ""  # the wheel's path, as seen from here
         self.pip = f"{home}/venv/bin/pip"
         self.python = f"{home}/venv/bin/python"
 
-    def run(self, log: str, *argv: str, timeout: float, cwd: str | None = None, echo: bool = False) -> Path:
-        """Run *argv*; its output goes to LOGS/NAME-LOG.log, returned; raises StepFailed on failure."""
+    def attempt(self, log: str, *argv: str, timeout: float, cwd: str | None = None,
+                echo: bool = False) -> tuple[int, Path]:
+        """Run *argv*; returns its exit code and its log, LOGS/NAME-LOG.log."""
         path = self.logs / f"{self.name}-{log}.log"
         cwd = cwd or self.home
         if self.session is not None:
@@ -237,6 +245,11 @@ class Place:
         else:
             env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
             code = run_logged(argv, path, timeout=timeout, echo=echo, cwd=cwd, env={**env, "PATH": PATH})
+        return code, path
+
+    def run(self, log: str, *argv: str, timeout: float, cwd: str | None = None, echo: bool = False) -> Path:
+        """Run *argv*; returns its log; raises StepFailed when it fails."""
+        code, path = self.attempt(log, *argv, timeout=timeout, cwd=cwd, echo=echo)
         if code != 0:
             tail = "\n".join(path.read_text(errors="replace").splitlines()[-12:])
             raise StepFailed(f"{self.name}: {' '.join(argv[:4])}... exited {code} (log {path}):\n{tail}")
@@ -260,6 +273,8 @@ def install(place: Place, report: Report) -> float:
 
 def extra(place: Place, report: Report, name: str, module: str) -> float:
     t0 = time.perf_counter()
+    if (place.arch, name) in NEEDS_A_COMPILER:
+        return needs_a_compiler(place, report, name)
     log = place.run(f"extra-{name}", place.pip, "install", f"{place.wheel}[{name}]", timeout=1800)
     place.run(f"import-{name}", place.python, "-c", f"import {module}", timeout=300)
     seconds = time.perf_counter() - t0
@@ -270,6 +285,23 @@ def extra(place: Place, report: Report, name: str, module: str) -> float:
                  + (f" (built from source: {', '.join(built)})" if built else ", nothing built from source"))
     if wheels:
         print(f"     platform wheels: {', '.join(wheels)}")
+    return seconds
+
+
+def needs_a_compiler(place: Place, report: Report, name: str) -> float:
+    """An extra the README says cannot install on this architecture without a compiler: check it still cannot."""
+    t0 = time.perf_counter()
+    code, log = place.attempt(f"extra-{name}", place.pip, "install", f"{place.wheel}[{name}]", timeout=1800)
+    seconds = time.perf_counter() - t0
+    if code == 0:
+        raise StepFailed(f"pictl[{name}] now installs on {place.arch} without a compiler: update README.md "
+                         f"(\"32-bit Pi OS\") and NEEDS_A_COMPILER in {Path(__file__).name}")
+    text = log.read_text(errors="replace")
+    failed = re.findall(r"Failed to build (.+)", text) or re.findall(r"Could not build wheels for (.+?),? which", text)
+    if not failed:
+        raise StepFailed(f"pictl[{name}] failed on {place.arch}, but not for want of a compiler (log {log})")
+    report.findings.append(f"{place.name}: pictl[{name}] cannot install on {place.arch} without a compiler, as "
+                           f"README.md says: pip had to build {failed[-1].strip()} ({seconds:.0f} s to find out)")
     return seconds
 
 
@@ -289,7 +321,9 @@ def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float
                       timeout=300, cwd=f"{place.home}/pictl").read_text().strip()
     if "site-packages" not in where:
         raise StepFailed(f"{place.name}: the tests would import pictl from {where}, not the installed wheel")
-    log = place.run("tests", place.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *args,
+    # The per-test timeout is a net for hangs, not a measure: qemu-user runs 5-10x slower than this host.
+    log = place.run("tests", place.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5",
+                    f"--timeout={TEST_TIMEOUT_S if place.session else 60}", *args,
                     timeout=60 * 60, cwd=f"{place.home}/pictl", echo=True)
     summary = pytest_summary(log)
     if summary.get("skipped"):
@@ -344,13 +378,13 @@ def emulated(args: argparse.Namespace, report: Report, wheel: Path, logs: Path) 
         if python != 0:
             raise StepFailed(f"python3 does not run in the root (log {logs / 'root-python.log'})")
         report.prove(f"the root runs {(logs / 'root-python.log').read_text().strip()} (Pi OS bookworm: Python 3.11.2)")
-        place = Place("emulated", HOME, logs, s, env)
+        place = Place("emulated", args.arch, HOME, logs, s, env)
         place.wheel = f"{HOME}/{wheel.name}"
-        figures.update(all_steps(place, report, tests=True))
+        figures.update(all_steps(place, report, tests=True, extra_pytest=args.pytest_args))
     return figures
 
 
-def all_steps(place: Place, report: Report, tests: bool) -> dict[str, float]:
+def all_steps(place: Place, report: Report, tests: bool, extra_pytest: list[str]) -> dict[str, float]:
     figures: dict[str, float] = {}
     with report.step("install: venv + pip install the wheel"):
         figures["install"] = install(place, report)
@@ -369,7 +403,7 @@ def all_steps(place: Place, report: Report, tests: bool) -> dict[str, float]:
         with report.step("test tools (pytest ...)"):
             place.run("tools", place.pip, "install", *test_tools(), timeout=1800)
         with report.step("core tests"):
-            summary = core_tests(place, report, core_test_args())
+            summary = core_tests(place, report, core_test_args() + extra_pytest)
             figures["tests"] = summary.get("seconds", 0.0)
     return figures
 
@@ -380,6 +414,8 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path("/var/cache/pictl-pi-check"),
                         help="where the roots are kept between runs (outside the repository)")
     parser.add_argument("--compare", action="store_true", help="run the core tests on the host too (x86 figure)")
+    parser.add_argument("pytest_args", nargs="*", metavar="PYTEST_ARG",
+                        help="after --: more for pytest in the core-test run (e.g. -- -k reload -x)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("pi-check: run as root (debootstrap, chroot and mount need it)", file=sys.stderr)
@@ -400,10 +436,10 @@ def main() -> int:
                 wheel = build_wheel(Path(tmp))
                 report.prove(f"the repository builds {wheel.name}")
             emu = emulated(args, report, wheel, logs)
-            host = Place("x86", tmp, logs, None, {})
+            host = Place("x86", "x86", tmp, logs, None, {})
             host.wheel = str(wheel)
             copy_tree(Path(tmp) / "pictl")
-            x86 = all_steps(host, report, tests=args.compare)
+            x86 = all_steps(host, report, tests=args.compare, extra_pytest=args.pytest_args)
     except (StepFailed, RootError, subprocess.CalledProcessError, OSError) as exc:
         failure = str(exc)
     except KeyboardInterrupt:
