@@ -18,12 +18,54 @@ for an output, also :meth:`OutputPoint._write`. It *may* override
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, ParamSpec, Protocol
+
+log = logging.getLogger(__name__)
 
 Listener = Callable[["Observation"], None]
+P = ParamSpec("P")
+
+
+class Listeners(Generic[P]):
+    """Who is told when something happens: the one listener list of pictl.
+
+    :meth:`add` returns the unsubscribe, which the listener's owner keeps and calls when it goes
+    (a closed device, a stopped bridge): nothing is left behind. :meth:`emit` calls each listener
+    in the order added; one that raises is logged and skipped, never stopping delivery to the others.
+    """
+
+    __slots__ = ("_items", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # for the log line of a failing listener: "door.contact observations"
+        self._items: list[Callable[P, Any]] = []
+
+    def add(self, listener: Callable[P, Any]) -> Callable[[], None]:
+        """Call *listener* on every :meth:`emit` from now on; returns its unsubscribe (idempotent)."""
+        self._items.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._items:
+                self._items.remove(listener)
+
+        return unsubscribe
+
+    def emit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        for listener in tuple(self._items):
+            try:
+                listener(*args, **kwargs)
+            except Exception:
+                log.exception("a listener of %s failed; the others were told", self.what)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class PointError(Exception):
@@ -63,12 +105,12 @@ class Point:
     def __init__(self, name: str) -> None:
         self.name = name  # "<device>.<role>", used as evidence source
         self.last: Observation | None = None  # most recent observation
-        self._listeners: list[Listener] = []  # called for every observation
+        self._listeners: Listeners[[Observation]] = Listeners(f"{name} observations")
         self._loop: asyncio.AbstractEventLoop | None = None  # set by bind()
         self.online = True  # False while the bus cannot reach the signal
         self.offline_since: float | None = None  # wall-clock time it went offline
         self.offline_reason: str | None = None  # one line for humans: "no reply from unit 1"
-        self._health_listeners: list[Callable[[Point], None]] = []  # called when online flips
+        self._health_listeners: Listeners[[Point]] = Listeners(f"{name} health")  # told when online flips
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the point to the loop that will receive its observations."""
@@ -80,13 +122,13 @@ class Point:
         return None if self.last is None else self.last.value
 
     def listen(self, listener: Listener) -> Callable[[], None]:
-        """Call *listener* for every future observation; returns an undo."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        """Call *listener* for every future observation; returns its unsubscribe."""
+        return self._listeners.add(listener)
 
-    def listen_health(self, listener: Callable[[Point], None]) -> None:
-        """Call *listener* (loop thread) whenever the point goes offline or comes back."""
-        self._health_listeners.append(listener)
+    def listen_health(self, listener: Callable[[Point], None]) -> Callable[[], None]:
+        """Call *listener* (loop thread) whenever the point goes offline or comes back; returns its
+        unsubscribe."""
+        return self._health_listeners.add(listener)
 
     def set_online(self, online: bool, reason: str | None = None, at: float | None = None) -> None:
         """Drivers call this (loop thread) when the bus loses or regains the signal."""
@@ -97,8 +139,7 @@ class Point:
         self.online = online
         self.offline_since = None if online else (time.time() if at is None else at)
         self.offline_reason = None if online else reason
-        for listener in tuple(self._health_listeners):
-            listener(self)
+        self._health_listeners.emit(self)
 
     def observe(self, value: Any, at: float | None = None, mono: float | None = None) -> Observation:
         """Record an observation (loop thread only) and tell the listeners."""
@@ -109,8 +150,7 @@ class Point:
             time.monotonic() if mono is None else mono,
         )
         self.last = obs
-        for listener in tuple(self._listeners):
-            listener(obs)
+        self._listeners.emit(obs)
         return obs
 
     def observe_threadsafe(self, value: Any) -> None:
@@ -230,6 +270,29 @@ class Coupling:
     active_when_on: bool  # the input's logical value while the output is on
     delay_s: float  # how long the world takes to follow
     fault: str  # the simulated fault that stops it following ("jammed")
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Physics a single :class:`Coupling` cannot express: a machine at the far side that several
+    of a device's points belong to (an electric strike with its monitor and its door, a garage
+    opener with its button and limit switches, a motor with an up and a down relay).
+
+    Kinds declare it among their couplings; the simulated plant builds the machine named by
+    ``model`` (``drivers/sim`` registers the models, each with its own faults). Nothing in a
+    driver uses it.
+    """
+
+    model: str  # the simulated machine: "strike", "opener", "motor"
+    points: tuple[tuple[str, str], ...]  # (the model's role, the config field holding it); unwired roles left out
+    settings: tuple[tuple[str, float | bool], ...] = ()  # durations in seconds (the plant scales them), switches
+
+    @classmethod
+    def wired(cls, model: str, roles: Iterable[tuple[str, str]], specs: Mapping[str, object],
+              **settings: float | bool) -> Mechanism:
+        """*model* on the (role, field) pairs of *roles* whose field is among *specs* (the device's
+        configured points)."""
+        return cls(model, tuple((role, key) for role, key in roles if key in specs), tuple(settings.items()))
 
 
 class PointSpec(Protocol):

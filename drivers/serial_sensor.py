@@ -33,7 +33,7 @@ from typing import Any
 import serial
 
 from drivers.backoff import Backoff
-from drivers.base import InputPoint, Observation, Point, PointUnavailable, SpecTable
+from drivers.base import InputPoint, Listeners, Observation, Point, PointUnavailable, SpecTable
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class SerialSensor:
             point.sensor = self
         for point in self.values.values():
             point.online, point.offline_since, point.offline_reason = False, time.time(), "no reading yet"
-        self._listeners: list[ReadingListener] = []
+        self._listeners: Listeners[[dict[str, float], float]] = Listeners(f"{self.name} readings")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -248,9 +248,9 @@ class SerialSensor:
             return f"reader thread stuck for {stalled:.0f} s"
         return None
 
-    def listen_readings(self, listener: ReadingListener) -> None:
-        """Call *listener(values, at)* on the loop for every valid line."""
-        self._listeners.append(listener)
+    def listen_readings(self, listener: ReadingListener) -> Callable[[], None]:
+        """Call *listener(values, at)* on the loop for every valid line; returns its unsubscribe."""
+        return self._listeners.add(listener)
 
     # -- lifecycle (loop thread) ------------------------------------------------------------------
     async def start(self) -> None:
@@ -307,11 +307,7 @@ class SerialSensor:
         for point in self.values.values():  # a valid line: the sensor is there (optional groups too)
             point.set_online(True)
         self._arm_stale()
-        for listener in tuple(self._listeners):
-            try:
-                listener(values, at)
-            except Exception:
-                log.exception("reading listener failed on %s", self.name)
+        self._listeners.emit(values, at)
 
     def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = ROOT / ".venv-crossbar"
 START_DEADLINE_S = 60.0  # a cold start on a loaded 2-core machine takes a few seconds
 STOP_DEADLINE_S = 15.0

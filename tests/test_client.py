@@ -127,7 +127,7 @@ async def test_a_restarted_daemon_gives_a_resync_marker_with_the_status(demo_con
             [marker] = await next_events(stream, 1, timeout=10)
             assert marker.is_resync and marker.topic == "resync"
             assert marker.data["devices"]["door"]["state"]["state"] == "closed"  # the new run's truth
-            assert c.epoch != old_epoch and c.epoch == second.events.epoch
+            assert c.epoch != old_epoch and c.epoch == second.ctx.events.epoch
             await c.call("light.on")
             assert (await next_events(stream, 2))[-1].data["state"] == "on"
     finally:

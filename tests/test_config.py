@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.devices.door import DoorConfig
+from controller.devices.registry import REGISTRY
 from controller.devices.switch import SwitchConfig
 from controller.security.policy import Role
 from controller.service import cli
@@ -543,7 +544,7 @@ def test_check_config_prints_every_problem_on_its_own_line(tmp_path, capsys):
         f"{path}:1: colour: unknown field",
         f"{path}:9: auth.tokens.ops.role: no role named 'root' in [auth.roles]",
         f"{path}:14: devices.door.relay.colour: unknown field",
-        f"{path}:19: devices.light.kind: unknown device kind 'toaster' (known: door, sensor, setpoint, switch)",
+        f"{path}:19: devices.light.kind: unknown device kind 'toaster' (known: {', '.join(sorted(REGISTRY))})",
     ]
 
 

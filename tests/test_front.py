@@ -48,7 +48,7 @@ def port_of(daemon: Daemon) -> int:
 
 
 def sample(daemon: Daemon, name: str, **labels: str) -> float:
-    text, _ = daemon.metrics.render(None)
+    text, _ = daemon.ctx.metrics.render(None)
     for family in text_string_to_metric_families(text.decode()):
         for s in family.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
@@ -204,7 +204,7 @@ async def test_forwarded_headers_from_a_client_are_ignored(front: Daemon) -> Non
     for _ in range(4):  # lockout_after = 4
         status, _, _ = await raw_http(port, "/ws", spoof, local_addr=("127.0.0.22", 0))
         assert status == 401
-    auth = front.dispatcher.auth
+    auth = front.ctx.auth
     assert auth.locked_for("127.0.0.22") > 0 and auth.locked_for("10.9.9.9") == 0
 
 
@@ -260,7 +260,7 @@ async def test_300_bad_handshakes_from_30_addresses_leave_a_valid_client_served(
         statuses = [s for per_address in attack.result() for s in per_address]
     assert pings >= 1 and len(statuses) == 300
     assert set(statuses) <= {401, 429} and statuses.count(429) == 30 * 6  # locked after 4 failures each
-    assert front.dispatcher.auth.lockouts == 30
+    assert front.ctx.auth.lockouts == 30
 
 
 async def test_concurrent_guesses_from_one_address_check_no_more_than_the_lockout_allows() -> None:
@@ -292,7 +292,7 @@ async def test_session_auth_is_refused_in_a_batch_and_while_one_is_pending(front
              for i in range(3)]
     replies = await client.raw(json.dumps(batch))
     assert [r["error"]["code"] for r in replies] == [-32600] * 3
-    assert front.dispatcher.auth.locked_for("127.0.0.1") == 0 and not front.dispatcher.auth._failures
+    assert front.ctx.auth.locked_for("127.0.0.1") == 0 and not front.ctx.auth._failures
     # Past slowdown_after (2) a failure is answered late: a second session.auth meanwhile is refused.
     for _ in range(2):
         assert (await client.error("session.auth", {"token": "wrong"}))["code"] == -32001
@@ -318,7 +318,7 @@ async def test_metrics_bearer_failures_count_and_lock_out(tmp_path: Path) -> Non
                                                          ("Authorization", f"Bearer {SECRETS['viewer']}")],
                                       local_addr=("127.0.0.31", 0))
         assert status == 429  # locked out, like any other login from there
-        assert daemon.dispatcher.auth.lockouts == 1
+        assert daemon.ctx.auth.lockouts == 1
         assert sample(daemon, "pictl_http_refused_total", reason="locked_out") == 2
     finally:
         await daemon.stop()

@@ -168,14 +168,14 @@ async def test_a_stuck_subscriber_is_cut_off_without_delaying_others(demo_config
             # the healthy client takes each event as it comes.
             blob = "x" * 32768
             sent = 0
-            while not daemon.events.cutoffs and sent < 2000:
-                daemon.events.publish("bulk.data", {"blob": blob, "i": sent})
+            while not daemon.ctx.events.cutoffs and sent < 2000:
+                daemon.ctx.events.publish("bulk.data", {"blob": blob, "i": sent})
                 event = await next_event(healthy)
                 assert event["data"]["i"] == sent
                 sent += 1
             metrics = await scrape(daemon)
             assert sample(metrics, "pictl_event_subscriber_cutoffs_total") == 1
-            daemon.events.publish("bulk.data", {"last": True})
+            daemon.ctx.events.publish("bulk.data", {"last": True})
             assert (await next_event(healthy))["data"] == {"last": True}  # the healthy one is still served
             with pytest.raises(ConnectionClosed) as closed:
                 async with asyncio.timeout(20):
@@ -243,7 +243,7 @@ async def test_metric_labels_never_carry_client_strings(daemon: Daemon, admin: C
     assert status == 200 and "evil" not in text
     labels = {v for fam in text_string_to_metric_families(text) for s in fam.samples
               for k, v in s.labels.items() if k == "method"}
-    assert labels <= set(daemon.dispatcher.methods) | {"unknown"}
+    assert labels <= set(daemon.ctx.dispatcher.names()) | {"unknown"}
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (CI installs it)")

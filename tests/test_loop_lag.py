@@ -145,7 +145,7 @@ async def test_audited_actions_with_fsync_and_rotation_do_not_stall_the_loop(tmp
     await daemon.start()
     writers: set[int] = set()
     try:
-        handler = daemon.audit._handler
+        handler = daemon.ctx.audit._handler
         assert handler is not None
         handler.addFilter(lambda record: writers.add(threading.get_ident()) or True)  # who writes the file
         async with open_client(daemon.url, SECRETS["root"]) as ws:

@@ -71,12 +71,12 @@ async def test_every_device_and_action_has_its_series_at_zero_from_the_start(dae
     assert confirm == pairs
     assert failures == {(d, a, r) for d, a in pairs for r in FAILURE_REASONS}
     # A device removed by a reload takes its series with it; one added brings them.
-    assert daemon.dispatcher is not None
+    assert daemon.ctx is not None
     light = daemon.devices["light"]
-    daemon.dispatcher.remove_device("light")
+    daemon.ctx.remove_device("light")
     after = await exposition(daemon)
     assert not any(s.labels.get("device") == "light" for f in after for s in f.samples)
-    daemon.dispatcher.add_device(light)
+    daemon.ctx.add_device(light)
     again = {f.name: f for f in await exposition(daemon)}
     assert any(s.labels.get("device") == "light" for s in again["pictl_action_failures"].samples)
 

@@ -538,6 +538,7 @@ async def test_tls_and_a_password_from_a_file(tmp_path: Path, caplog: pytest.Log
     assert MOSQUITTO_PASSWD is not None
     subprocess.run([MOSQUITTO_PASSWD, "-b", "-c", str(tmp_path / "passwd"), "pi01", secret], check=True, timeout=30)
     (tmp_path / "mqtt.pass").write_text(secret + "\n")
+    (tmp_path / "mqtt.pass").chmod(0o600)
     tls = Mosquitto(tmp_path, extra=f"certfile {cert}\nkeyfile {key}\npassword_file {tmp_path / 'passwd'}")
     await tls.start()
     try:
@@ -562,13 +563,15 @@ async def test_tls_and_a_password_from_a_file(tmp_path: Path, caplog: pytest.Log
 
 
 async def test_an_unreadable_password_file_stops_serve_with_one_clear_line(tmp_path: Path) -> None:
+    """Read when the config loads, like every secret file: check-config and serve say so with FILE:LINE."""
     (tmp_path / "mqtt.pass").write_bytes(b"\xff\xfe not text")
+    (tmp_path / "mqtt.pass").chmod(0o600)
     path = tmp_path / "pictl.toml"
     login = f'username = "pi01"\npassword_file = "{tmp_path / "mqtt.pass"}"\n'
     path.write_text(config_text("mqtt://127.0.0.1:9", login))
     proc = await asyncio.create_subprocess_exec(PICTL, "serve", "--config", str(path), "--simulate", "--listen",
                                                 "127.0.0.1:0", stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1
-    assert "mqtt.password_file" in err.decode() and "cannot read it" in err.decode()
-    assert "Traceback" not in err.decode()
+    assert proc.returncode == 2
+    assert f"{path}:" in err.decode() and "mqtt.password_file: cannot read" in err.decode()
+    assert "not UTF-8 text" in err.decode() and "Traceback" not in err.decode()

@@ -315,17 +315,20 @@ async def test_first_tile_time_and_portrait_layout(daemon: Daemon, browser: Brow
 
 
 class Thermometer(Device):
-    """Stands in for the sensor kind arriving with the serial work: readings with a unit."""
+    """A reading device that says, as the sensor kind does, that it has nothing to press."""
 
-    kind = "sensor"
+    kind = "thermometer"
     actions = {"read": Action("the last reading")}
 
     def __init__(self) -> None:
         self.reading: dict[str, Any] = {"value": 20.0, "unit": "°C", "at": None}
-        super().__init__(DeviceConfig("hall_temp", "sensor", 1.0, 30.0), [])
+        super().__init__(DeviceConfig("hall_temp", "thermometer", 1.0, 30.0), [])
 
     def state(self) -> dict[str, Any]:
         return self.reading
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "reading", "buttons": []}
 
 
 class Gizmo(Device):
@@ -348,12 +351,11 @@ class Gizmo(Device):
 
 @needs_browser
 async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daemon, browser: Browser) -> None:
-    assert daemon.dispatcher is not None
+    assert daemon.ctx is not None
     thermometer, gizmo = Thermometer(), Gizmo()
     for device in (thermometer, gizmo):
         await device.start()
-        device.listen(daemon._device_event)
-        daemon.dispatcher.add_device(device)
+        daemon.ctx.add_device(device)
     panel = await open_panel(browser, panel_url(daemon), token=ADMIN)
     await panel.live()
     page = panel.page

@@ -60,7 +60,7 @@ async def test_the_record_survives_a_reload_that_rebuilds_the_device(daemon: Dae
     """A rebuilt light is closed to safe by the reload; the record keeps what came before."""
     assert daemon.plant is not None
     since = time.monotonic()
-    await daemon.dispatcher.devices["light"].run("on", {}, 1.0)  # type: ignore[union-attr]
+    await daemon.devices["light"].run("on", {}, 1.0)  # type: ignore[union-attr]
     text = DEMO.read_text().replace('feedback = { gpio = 23, pull = "down" }\ntimeout = 1.0',
                                     'feedback = { gpio = 23, pull = "down" }\ntimeout = 1.5')
     plan = await daemon.apply(config.loads(text, str(DEMO)))

@@ -170,8 +170,8 @@ async def test_a_guest_guessing_tokens_locks_out_only_itself(proxy: int, upstrea
         pong = await Client(ws).call("system.ping", timeout=5)
     after = await status_of(proxy, ADMIN, "127.0.0.2")  # even the right token, from the locked address
     assert guesses == [401] * 6 + [429] * 2 and pong == {"pong": True} and after == 429
-    assert upstream.dispatcher is not None and upstream.dispatcher.auth.locked_for("127.0.0.2") > 0
-    assert upstream.dispatcher.auth.locked_for("127.0.0.1") == 0  # the proxy itself is not locked out
+    assert upstream.ctx is not None and upstream.ctx.auth.locked_for("127.0.0.2") > 0
+    assert upstream.ctx.auth.locked_for("127.0.0.1") == 0  # the proxy itself is not locked out
     with capsys.disabled():
         print(f"\n  through the proxy: guesser saw {guesses}, then {after} with a right token; "
               f"another client saw 101 and {pong}")

@@ -91,14 +91,14 @@ async def test_valid_reload_keeps_unchanged_devices_and_rebuilds_changed_ones(
     await admin.call("door.open")
     await admin.call("light.on")
     door, light = daemon.devices["door"], daemon.devices["light"]
-    door_open = daemon.dispatcher.methods["door.open"]
+    door_open = daemon.ctx.dispatcher.entry("door.open")
     config_file.write_text(demo_with("timeout = 1.0", "timeout = 0.5") + BELL)
 
     plan = await daemon.reload()
 
     assert plan is not None and plan.kept == ("door",)
     # The door was not touched: same object, still open, relay still energised, same methods.
-    assert daemon.devices["door"] is door and daemon.dispatcher.methods["door.open"] is door_open
+    assert daemon.devices["door"] is door and daemon.ctx.dispatcher.entry("door.open") is door_open
     assert (await admin.call("door.state"))["state"] == "open" and level(daemon, 17) is True
     # The light was closed (output to its safe level) and built again from the new config.
     assert daemon.devices["light"] is not light and light.retired
@@ -246,7 +246,7 @@ async def test_a_removed_sensor_takes_its_serial_port_and_thread_with_it(tmp_pat
         assert plan is not None and plan.removed == ("hall_temp",)
         assert not any(isinstance(b, SerialSensor) for b in daemon.buses)
         assert not reader_alive()
-        assert "hall_temp.read" not in daemon.dispatcher.methods
+        assert daemon.ctx.dispatcher.entry("hall_temp.read") is None
     finally:
         await daemon.stop()
 

@@ -133,10 +133,12 @@ async def test_sim_methods_are_for_admin_only(secure: Daemon) -> None:
 
 
 async def test_sim_methods_do_not_exist_without_simulation(secure: Daemon) -> None:
-    from controller.rpc.dispatch import Dispatcher
+    from controller.runtime.context import build_context
 
-    plain = Dispatcher(secure.devices, secure.dispatcher.auth)
-    assert "sim.fault" not in plain.methods and "sim.clear" not in plain.methods
+    assert secure.ctx is not None and secure.ctx.dispatcher.entry("sim.fault") is not None
+    plain = build_context(secure.config)  # what a daemon on hardware starts from: no simulation methods
+    plain.serve_devices()
+    assert not [name for name in plain.dispatcher.names() if name.startswith("sim.")]
 
 
 # -- authentication ------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ async def test_repeated_failures_lock_out_one_address_only(secure: Daemon) -> No
     client = await connected(secure, "root")
     assert await client.call("system.ping") == {"pong": True}
     await client.close()
-    assert secure.dispatcher.auth.lockouts == 1
+    assert secure.ctx.auth.lockouts == 1
 
 
 async def test_failures_are_slowed_down_before_the_lockout(secure: Daemon) -> None:

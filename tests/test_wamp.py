@@ -27,6 +27,7 @@ from controller.settings.load import Config
 from controller.settings.wamp import WampConfig
 from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, Client, http_get, open_client
 from tests.crossbar import CrossbarRouter, crossbar_executable
+from tests.doors import HEAD
 
 MISSING = None if crossbar_executable() is not None else "crossbar is not installed (make crossbar)"
 if MISSING and os.environ.get("CI"):
@@ -37,7 +38,8 @@ from autobahn.asyncio.wamp import ApplicationSession  # noqa: E402
 from autobahn.wamp.exception import ApplicationError  # noqa: E402
 
 from controller.bridges.wamp.bridge import component  # noqa: E402
-from controller.fleet.aggregator import Aggregator, FleetPanel  # noqa: E402
+from controller.fleet.aggregator import Aggregator  # noqa: E402
+from controller.fleet.panel import FleetPanel  # noqa: E402
 
 REALM = "realm1"
 TICKET_ID, TICKET = "pi-ticketed", "a-long-enough-ticket-for-the-test"
@@ -104,7 +106,7 @@ def door_moved(daemon: Daemon) -> asyncio.Future[dict[str, Any]]:
         if event["topic"] == "door.state" and not future.done():
             future.set_result(event)
 
-    daemon.events.taps.append(tap)
+    daemon.ctx.events.tap(tap)
     return future
 
 
@@ -195,7 +197,7 @@ async def test_events_are_published_with_the_event_object_as_the_only_argument(r
         assert moving["topic"] == "door.state" and moving["data"]["state"] == "moving"
         assert opened["data"] == {**opened["data"], "state": "open", "cause": "rpc"}
         assert opened["seq"] == moving["seq"] + 1 and opened["time"].endswith("Z")
-        assert opened["seq"] == node.events.seq
+        assert opened["seq"] == node.ctx.events.seq
 
 
 async def test_two_nodes_have_their_own_uris_and_a_third_cannot_take_a_name(router: CrossbarRouter) -> None:
@@ -339,7 +341,7 @@ async def test_the_fleet_view_as_nodes_come_and_go(router: CrossbarRouter) -> No
                 assert result["confirmed"] is True and f1.devices["door"].state()["state"] == "open"
                 assert f2.devices["door"].state()["state"] == "open"  # untouched by f1's call
                 offline_at: list[float] = []
-                view.listeners.append(lambda node, what, data: offline_at.append(time.monotonic())
+                view.on_change(lambda node, what, data: offline_at.append(time.monotonic())
                                       if (node, what) == ("f2", "left") else None)
                 left_at = time.monotonic()
                 await f2.stop()  # a node that leaves...
@@ -355,6 +357,32 @@ async def test_the_fleet_view_as_nodes_come_and_go(router: CrossbarRouter) -> No
         f1.wamp.link.session._transport.transport.abort()
         await until(lambda: not view.nodes["f1"].online, LEAVE_S, "f1 is offline within 2 s")
         await until(lambda: view.nodes["f1"].online, JOIN_S, "f1 rejoins and is online again")
+
+
+async def test_the_doors_reach_the_router_and_the_fleet_with_no_code_of_their_own(router: CrossbarRouter) -> None:
+    """The kinds of config/building.toml's doors half (issue 22): called with keyword arguments, their
+    own events (a lock's alarm) published, their states in the fleet view, and no WAMP or fleet code
+    that names them."""
+    doors = HEAD + (
+        '[devices.entrance]\nkind = "lock"\nstrike = { gpio = 17 }\nmonitor = { gpio = 27, pull = "up" }\n'
+        'door_contact = { gpio = 22, pull = "up" }\n'
+        '[devices.blind]\nkind = "cover"\nup = { gpio = 5 }\ndown = { gpio = 6 }\n'
+        'closed_endstop = { gpio = 19, pull = "up" }\ntravel_s = 0.2\nreverse_delay_s = 0.05\n')
+    async with running_node(node_config(router, "d1", text=doors)) as node, fleet(router) as (aggregator, _), \
+            caller(router) as wamp:
+        alarms: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await wamp.subscribe(alarms.put_nowait, "pictl.d1.entrance.alarm")
+        result = await wamp.call("pictl.d1.blind.set_position", position=30)
+        assert result["evidence"]["estimated"] is True and result["state"] == "stopped"
+        assert node.plant is not None
+        node.plant.inject("entrance", "forced")
+        async with asyncio.timeout(5):
+            assert (await alarms.get())["data"] == {"alarm": "forced"}
+        view = aggregator.view
+        await until(lambda: "d1" in view.nodes and view.nodes["d1"].devices.get("blind", {}).get("state", {})
+                    .get("position") == 30, 5, "the blind's position reaches the fleet view")
+        entrance = view.nodes["d1"].devices["entrance"]
+        assert entrance["kind"] == "lock" and entrance["state"]["alarm"] == "forced"
 
 
 # Last: it restarts the module's router.
@@ -377,4 +405,4 @@ async def test_the_bridge_rejoins_and_registers_again_after_a_router_restart(rou
                         "and follows its events again")
             assert (await wamp.call("pictl.fleet.status"))["nodes"]["n9"]["online"] is True
         assert await metric(node, "pictl_wamp_connected") == 1.0
-        assert panel.metrics.registry.get_sample_value("pictl_wamp_connected") == 1.0
+        assert panel.ctx.metrics.registry.get_sample_value("pictl_wamp_connected") == 1.0

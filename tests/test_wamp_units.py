@@ -115,11 +115,11 @@ def test_every_json_rpc_error_becomes_its_pictl_error_uri_and_back() -> None:
 
 # -- the fleet view's bookkeeping -------------------------------------------------------------------
 def test_the_fleet_view_follows_events_and_asks_for_a_resync_on_a_gap() -> None:
-    from controller.fleet.aggregator import FleetView
+    from controller.fleet.view import FleetView
 
     view = FleetView()
     seen: list[tuple[str, str]] = []
-    view.listeners.append(lambda node, what, data: seen.append((node, what)))
+    view.on_change(lambda node, what, data: seen.append((node, what)))
     door = {"kind": "door", "online": True, "state": {"state": "closed"}, "last_update": None}
     view.joined("pi01", 7, {"devices": {"door": {"kind": "door", "actions": {}}}},
                 {"devices": {"door": door}, "seq": 4, "epoch": "e1"})

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from controller.devices.outward import UNKNOWN, BadCommand, HaEntity, MqttMessage
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
-from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable
-from drivers.base import Observation, OutputPoint, Point, PointError, PointUnavailable
+from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable, refuse_unknown_params
+from drivers.base import Listeners, Observation, OutputPoint, Point, PointError, PointUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class Action:
 
     description: str
     params: dict[str, Param] = field(default_factory=dict)
+    # "" (most actions): waits its turn in the device's queue. Otherwise the action never waits: it
+    # interrupts the one in progress (cancelled where it awaits, so its own cleanup runs) and every call
+    # queued before it, which fail -32002 with recovery "<interrupts> by <device>.<action>"
+    # ("stopped", "superseded").
+    interrupts: str = ""
 
 
 TIMEOUT_PARAM = Param("number", "seconds to wait for confirmation (capped by the device's max_timeout)")
@@ -84,15 +90,19 @@ class Device:
         self.name = config.name
         self.points: list[Point] = list(points)  # everything this device reads or writes
         self._queue = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
-        self._listeners: list[DeviceListener] = []  # the event bus, metrics, tests
+        self._listeners: Listeners[[Device, str, dict[str, Any]]] = Listeners(f"{config.name} events")
         self._was_online = all(p.online for p in points)  # a sensor starts offline until its first reading
         self._busy_action: str | None = None  # the action holding the queue, if any
+        self._busy_cause = "rpc"  # the cause published for changes while it holds the queue
+        self._holder: asyncio.Task[Any] | None = None  # the task performing that action
+        self._holder_interrupted: tuple[str, str] | None = None  # (by, word) once an interrupt cancelled it
+        self._epoch = 0  # +1 per interrupting call: a call queued in an older epoch was interrupted
+        self._last_interrupt = ("", "")  # (method, word) of the newest interrupting call
         self._last_state: dict[str, Any] | None = None
         self.changed_at = time.time()  # when the state last changed
         self.retired = False  # closed by a config reload: calls still queued fail as unavailable
-        for point in points:
-            point.listen(self._on_observation)
-            point.listen_health(self._on_point_health)
+        self._unlisten = [undo for point in points  # taken back when the device closes
+                          for undo in (point.listen(self._on_observation), point.listen_health(self._on_point_health))]
 
     # -- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -113,16 +123,14 @@ class Device:
         times = [p.last.at for p in self.points if p.last is not None]
         return max(times) if times else None
 
-    def listen(self, listener: DeviceListener) -> None:
-        """Call *listener* (loop thread) for state changes, readings, status flips, discrepancies."""
-        self._listeners.append(listener)
+    def listen(self, listener: DeviceListener) -> Callable[[], None]:
+        """Call *listener* (loop thread) for state changes, readings, status flips, discrepancies and
+        a kind's own events (an alarm, a press); returns its unsubscribe."""
+        return self._listeners.add(listener)
 
     def _emit(self, what: str, data: dict[str, Any]) -> None:
-        for listener in tuple(self._listeners):
-            try:
-                listener(self, what, data)
-            except Exception:
-                log.exception("%s listener failed for %s", what, self.name)
+        """Tell the listeners; the runtime publishes it as the event ``<device>.<what>``."""
+        self._listeners.emit(self, what, data)
 
     def publish_reading(self, data: dict[str, Any]) -> None:
         """Kinds that produce readings (sensors) call this for every valid one."""
@@ -164,7 +172,7 @@ class Device:
         self.changed_at = time.time()
         if first:
             return
-        cause = "rpc" if self._busy_action is not None else "external"
+        cause = self._busy_cause if self._busy_action is not None else "external"
         self._emit("state", {**self.state(), "cause": cause})  # "since" is now the change time
         if cause == "external":
             found = self.discrepancy()
@@ -176,12 +184,7 @@ class Device:
     def check_params(self, action: str, params: dict[str, Any]) -> float:
         """Validate params for *action*; returns the effective timeout. Raises InvalidParams."""
         spec = self.actions[action]
-        unknown = sorted(set(params) - set(spec.params) - {"timeout"})
-        if unknown:
-            raise InvalidParams(
-                f"unknown parameter(s) for {self.name}.{action}: {', '.join(unknown)}",
-                unknown=unknown, allowed=sorted({"timeout", "request_key", *spec.params}),
-            )
+        refuse_unknown_params(f"{self.name}.{action}", params, ("timeout", "request_key", *spec.params))
         for name, param in spec.params.items():
             if param.required and name not in params:
                 raise InvalidParams(f"missing parameter {name!r}", param=name)
@@ -211,18 +214,36 @@ class Device:
     async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
 
-        Raises Busy, Unavailable or NotConfirmed; the result is the confirmed result README's *Methods* describes.
+        An action whose spec ``interrupts`` does not wait: it cancels the one in progress and every
+        call queued before it (see :attr:`Action.interrupts`). Raises Busy, Unavailable or
+        NotConfirmed; the result is the confirmed result README's *Methods* describes.
         """
+        word = self.actions[action].interrupts
+        if word:
+            self._interrupt(f"{self.name}.{action}", word)
+        epoch = self._epoch
+        await self._acquire(timeout)
+        task = asyncio.current_task()
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                await self._queue.acquire()
-        except TimeoutError:
-            raise Busy(f"{self.name} is busy with earlier actions", device=self.name) from None
-        try:
+            if epoch != self._epoch:  # interrupted while it waited: it never began
+                raise self.interrupted(action, *self._last_interrupt, started)
             self.check_online()  # it may have gone offline while we queued
             self._busy_action = action
-            started = time.monotonic()
-            outcome = await self._perform(action, params, timeout, started)
+            self._busy_cause = "rpc"
+            self._holder = task
+            try:
+                outcome = await self._perform(action, params, timeout, started)
+            except BaseException as exc:
+                by = self._holder_interrupted
+                if by is None or task is None:
+                    raise
+                self._holder = self._holder_interrupted = None
+                if task.uncancel() > 0 or not isinstance(exc, asyncio.CancelledError):
+                    raise  # cancelled from elsewhere too (shutdown), or the kind said more itself
+                raise self.interrupted(action, *by, started) from None
+            if self._holder_interrupted is not None and task is not None:
+                task.uncancel()  # the kind finished despite the interrupt (it caught the cancel itself)
             elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
             return {
                 "device": self.name,
@@ -234,21 +255,60 @@ class Device:
                 "evidence": outcome.evidence,
             }
         finally:
+            self._holder = self._holder_interrupted = None
             self._busy_action = None
             self._queue.release()
             self._publish_if_changed()
+
+    async def _acquire(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.acquire()
+        except TimeoutError:
+            raise Busy(f"{self.name} is busy with earlier actions", device=self.name) from None
+
+    def _interrupt(self, by: str, word: str) -> None:
+        """Cancel the action in progress (its cleanup runs where it awaits) and mark every call
+        queued until now as interrupted by *by*."""
+        self._epoch += 1
+        self._last_interrupt = (by, word)
+        holder = self._holder
+        if holder is not None and self._holder_interrupted is None:
+            self._holder_interrupted = (by, word)
+            holder.cancel()
+
+    def interrupted(self, action: str, by: str, word: str, started: float) -> NotConfirmed:
+        """-32002 for a call that an interrupting one (*by*) stopped or superseded; kinds may say
+        more (what was expected, what their cleanup did)."""
+        return self.not_confirmed(action, self.state().get("state"), started, f"{word} by {by}",
+                                  why=f"({word} by {by})")
+
+    async def run_own(self, work: Callable[[], Awaitable[None]], cause: str, timeout: float) -> None:
+        """Work a kind starts by itself (an automatic relock) in the device's queue like an action,
+        so it never overlaps one; the changes it makes are published with *cause*. Raises Busy."""
+        await self._acquire(timeout)
+        try:
+            self._busy_action = "(own)"
+            self._busy_cause = cause
+            await work()
+        finally:
+            self._publish_if_changed()
+            self._busy_action = None
+            self._busy_cause = "rpc"
+            self._queue.release()
 
     async def _perform(self, action: str, params: dict[str, Any], timeout: float,
                        started: float) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def not_confirmed(self, expected: Any, observed: Any, started: float, recovery: str,
-                      evidence: dict[str, Any] | None = None) -> NotConfirmed:
-        """-32002; *evidence* says what was actually read (a read-back, an exception reply)."""
+                      evidence: dict[str, Any] | None = None, why: str = "within the deadline") -> NotConfirmed:
+        """-32002; *evidence* says what was actually read (a read-back, an exception reply); *why*
+        ends the message when it was not the deadline ("stopped by garage.stop")."""
         elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
         extra = {} if evidence is None else {"evidence": evidence}
         return NotConfirmed(
-            f"{self.name} did not become {expected} within the deadline",
+            f"{self.name} did not become {expected} {why}",
             device=self.name, expected=expected, observed=observed, elapsed_ms=elapsed_ms, recovery=recovery,
             **extra,
         )
@@ -277,6 +337,37 @@ class Device:
         return Unavailable(f"{self.name} is offline", device=self.name,
                            since=None if since is None else iso(since))
 
+    # -- outward: how front doors show this kind (they never compare kind names) ----------------
+    def ha_entities(self) -> list[HaEntity]:
+        """The Home Assistant entities announced for this device over MQTT (none by default)."""
+        return []
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        """The retained ``state`` payload for a state object (``state()`` or an event's data)."""
+        return str(state.get("state", UNKNOWN)) if state.get("state") not in (None, "unknown") else UNKNOWN
+
+    def mqtt_messages(self, what: str, data: dict[str, Any]) -> list[MqttMessage]:
+        """What the device event ``<device>.<what>`` becomes on the broker (only observations: a
+        command's outcome goes to the attributes and event leaves, never to ``state``)."""
+        if what in ("state", "reading"):
+            return [MqttMessage("state", self.mqtt_state(data), retain=True)]
+        return []
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        """The (action, params) a command payload asks for; BadCommand when malformed."""
+        raise BadCommand(f"a {self.kind} takes no commands")
+
+    def panel(self) -> dict[str, Any]:
+        """What the wall panel draws (README, *The wall panel*): what confirms an action, a button per
+        action without required params, a box per required param, and extra lines (none here)."""
+        return {
+            "proof": "confirmation",
+            "buttons": [a for a, spec in self.actions.items() if not any(p.required for p in spec.params.values())],
+            "controls": [{"action": a, "param": name, "type": "number" if p.type == "number" else "text",
+                          "label": name}
+                         for a, spec in self.actions.items() for name, p in spec.params.items() if p.required],
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -288,11 +379,13 @@ class Device:
                         for p, s in {"timeout": TIMEOUT_PARAM, "request_key": REQUEST_KEY_PARAM,
                                      **a.params}.items()
                     },
+                    **({"interrupts": a.interrupts} if a.interrupts else {}),  # never waits for a running action
                 }
                 for name, a in self.actions.items()
             },
             "timeout": self.config.timeout,
             "max_timeout": self.config.max_timeout,
+            "panel": self.panel(),
         }
 
     async def start(self) -> None:
@@ -306,6 +399,9 @@ class Device:
         self._publish_if_changed()
 
     def close(self) -> None:
+        for undo in self._unlisten:
+            undo()
+        self._unlisten.clear()
         for point in self.points:
             point.close()
 

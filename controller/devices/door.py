@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.devices.base import Action, Device, Outcome, evidence_of
+from controller.devices.outward import UNKNOWN, HaEntity, word_command
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.settings.reader import Table
@@ -14,6 +15,7 @@ from controller.wire.clock import iso
 from drivers.base import Coupling, InputPoint, OutputPoint, PointError, PointSpec, PointUnavailable
 
 TRAVEL_S = 0.3  # a simulated door's time from relay to contact
+COMMANDS = {"OPEN": "open", "CLOSE": "close"}  # MQTT command payloads
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,26 @@ class Door(Device):
             return None
         return {"output": "energised" if actuator else "released", "expected": "open" if actuator else "closed",
                 "observed": position}
+
+    # -- outward --------------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        return [HaEntity("cover", {
+            "device_class": "door", "payload_open": "OPEN", "payload_close": "CLOSE", "payload_stop": None,
+            "state_open": "open", "state_opening": "opening", "state_closed": "closed", "state_closing": "closing",
+            "optimistic": False, "retain": False,
+        }, topics={"state_topic": "state", "command_topic": "set"})]
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        shown = state.get("state")
+        if shown == "moving":  # commanded, not yet observed: the actuator says which way
+            return "opening" if state.get("actuator") else "closing"
+        return shown if shown in ("open", "closed") else UNKNOWN
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        return word_command(COMMANDS, self.kind, text)
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "contact", "buttons": ["open", "close"]}
 
     async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
         target = "open" if action == "open" else "closed"

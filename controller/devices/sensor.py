@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from controller.devices.base import Action, Device
+from controller.devices.outward import HaEntity, number_payload, sensor_fields
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, Loader
 from controller.settings.reader import Table
@@ -59,6 +62,25 @@ class Sensor(Device):
 
     def state(self) -> dict[str, Any]:
         return self.reading()
+
+    # -- outward --------------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        """One Home Assistant sensor per named value (a JSON state object when there are several)."""
+        values = self.source.values
+        if len(values) == 1:
+            (point,) = values.values()
+            return [HaEntity("sensor", sensor_fields(point.unit), topics={"state_topic": "state"})]
+        return [HaEntity("sensor", {**sensor_fields(point.unit), "value_template": f"{{{{ value_json.{key} }}}}"},
+                         topics={"state_topic": "state"}, key=key)
+                for key, point in values.items()]
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        if "values" in state:  # several named values: one JSON object
+            return orjson.dumps(state["values"]).decode()
+        return number_payload(state.get("value"))
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "reading", "buttons": []}  # readings arrive by themselves: nothing to press
 
     def _on_observation(self, obs: Observation) -> None:
         """Readings go out as readings (``<device>.reading``), not as state changes."""

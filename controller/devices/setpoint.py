@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.devices.base import Action, Device, Outcome, Param, evidence_of
+from controller.devices.outward import HaEntity, number_payload, parse_number
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, Loader
 from controller.settings.reader import Table
@@ -81,6 +82,29 @@ class Setpoint(Device):
     def state(self) -> dict[str, Any]:
         return {"value": self.output.value, "unit": self.cfg.unit, "since": iso(self.changed_at)}
 
+    # -- outward --------------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        cfg = self.cfg
+        fields: dict[str, Any] = {"optimistic": False, "retain": False, "mode": "box",
+                                  "min": _number(cfg.min), "max": _number(cfg.max)}
+        step = abs(cfg.output.at.scale)
+        if step:
+            fields["step"] = _number(step)
+        if cfg.unit:
+            fields["unit_of_measurement"] = cfg.unit
+        return [HaEntity("number", fields, topics={"state_topic": "state", "command_topic": "set"})]
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        return number_payload(state.get("value"))
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        return "set", {"value": parse_number(text)}
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "read-back", "buttons": [],
+                "controls": [{"action": "set", "param": "value", "type": "number", "min": self.cfg.min,
+                              "max": self.cfg.max, "label": f"Value{f' ({self.cfg.unit})' if self.cfg.unit else ''}"}]}
+
     def check_action_params(self, action: str, params: dict[str, Any]) -> None:
         value = params.get("value")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -131,3 +155,7 @@ class Setpoint(Device):
 
 def build(config: SetpointConfig, wiring: Wiring) -> Setpoint:
     return Setpoint(config, wiring.output(f"{config.name}.output", config.output, safe=config.safe))
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value

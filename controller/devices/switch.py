@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.devices.base import Action, Device, Outcome, evidence_of
+from controller.devices.outward import UNKNOWN, HaEntity, word_command
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, InputSpec, Loader, OutputSpec
 from controller.settings.reader import Table
@@ -14,6 +15,7 @@ from controller.wire.clock import iso
 from drivers.base import Coupling, InputPoint, Observation, OutputPoint, PointError, PointSpec, PointUnavailable
 
 FEEDBACK_S = 0.05  # a simulated load's time from output to feedback
+COMMANDS = {"ON": "on", "OFF": "off", "TOGGLE": "toggle"}  # MQTT command payloads
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,21 @@ class Switch(Device):
             return {**evidence_of(obs, _shown(on), source=self.output.readback_source),
                     **self.output.readback_evidence()}
         return evidence_of(obs, _shown(on))
+
+    # -- outward --------------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        return [HaEntity("switch", {"payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
+                                    "optimistic": False, "retain": False},
+                         topics={"state_topic": "state", "command_topic": "set"})]
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        return {"on": "ON", "off": "OFF"}.get(state.get("state", ""), UNKNOWN)
+
+    def mqtt_command(self, leaf: str, text: str) -> tuple[str, dict[str, Any]]:
+        return word_command(COMMANDS, self.kind, text)
+
+    def panel(self) -> dict[str, Any]:
+        return {"proof": "read-back" if self.feedback is None else "feedback", "buttons": list(self.actions)}
 
     async def _perform(self, action: str, params: dict[str, Any], timeout: float, started: float) -> Outcome:
         current = self.is_on()

@@ -1,15 +1,20 @@
 """One listener, several routes: the JSON-RPC WebSocket at /ws, and plain HTTP beside it
 (/healthz, /metrics, and the wall panel's files at / — see :mod:`controller.http.static`).
 
+The listener is a function of a :class:`controller.runtime.context.Context`: every setting comes
+from its ``[server]`` (TLS, ``allowed_hosts``, ``trusted_proxies``, origins, limits) and
+``[metrics]`` tables, every call goes to its dispatcher. The node daemon and the fleet panel serve
+through this same class, so they cannot differ in what they honour.
+
 Every request is first judged by :mod:`controller.http.guard` (duplicated
 headers 400, unknown ``Host`` 421, malformed ``Authorization`` 401; the client
 address behind a trusted proxy). The handshake is then checked in
 ``process_request`` before any upgrade: the ``Origin`` (403), the lockout (429),
 the connection caps (503, 429), then an ``Authorization: Bearer`` header if sent
 (401). Every refusal is counted in ``pictl_ws_refused_total{reason}`` and
-logged at most once per reason per 10 s. Each text frame is handled in a task
-owned by the server, not by the connection, so a client that goes away does
-not abort its action.
+logged at most once per reason per 10 s. Each text frame that must wait is
+handled in a task owned by the server, not by the connection, so a client that
+goes away does not abort its action.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -31,9 +38,13 @@ from websockets.http11 import Request, Response
 from controller.http.guard import Front, Guard, Refusal
 from controller.http.refusals import RefusalLog
 from controller.http.static import StaticFiles
-from controller.rpc.dispatch import Dispatcher, NotNow, binary_frame_error
+from controller.rpc.dispatch import Answer, binary_frame_error
+from controller.runtime.context import Context
 from controller.security.auth import Session
-from controller.wire.jsonrpc import Message, decode
+from controller.settings.sections import ServerConfig
+from controller.wire.jsonrpc import decode
+from controller.wire.owned import OwnedTasks
+from drivers.base import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -72,52 +83,69 @@ def json_response(status: HTTPStatus, obj: Any, extra: Sequence[tuple[str, str]]
     return _response(status, json.dumps(obj).encode(), "application/json", extra)
 
 
-class Server:
-    """The daemon's listener."""
+def tls_context(files: tuple[str, str] | None) -> ssl.SSLContext | None:
+    """A server TLS context from (certificate, key) files, TLS 1.2 at least."""
+    if files is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(*files)
+    return context
 
-    def __init__(self, dispatcher: Dispatcher, *, host: str, port: int, max_frame_bytes: int,
-                 allowed_origins: tuple[str, ...], tls: Any = None, metrics_tokens: tuple[str, ...] = (),
-                 auth_timeout: float = AUTH_GRACE_S, max_connections: int = 200,
-                 max_connections_per_address: int = 20, panel: StaticFiles | None = None,
-                 trusted_proxies: tuple[str, ...] = (), allowed_hosts: tuple[str, ...] = ()) -> None:
-        self.dispatcher = dispatcher
+
+class Connection(ServerConnection):
+    """A WebSocket connection of ours: websockets' own, with its session as typed state."""
+
+    session: Session | None = None  # set by the handshake check once the connection is admitted
+
+
+class HttpServer:
+    """One listener: the JSON-RPC WebSocket, /healthz, /metrics and the wall panel, over a context."""
+
+    def __init__(self, ctx: Context, *, host: str | None = None, port: int | None = None,
+                 panel: StaticFiles | None = None) -> None:
+        server = ctx.config.server
+        self.ctx = ctx
+        self.dispatcher = ctx.dispatcher
         self.panel = panel if panel is not None else StaticFiles()  # the wall panel's files, at GET /
-        self.host = host
-        self.port = port  # replaced by the bound port once started (port 0 in tests)
-        self.max_frame_bytes = max_frame_bytes
-        self.allowed_origins: frozenset[str] = frozenset()
-        self.set_allowed_origins(allowed_origins)
-        self.tls = tls  # an ssl.SSLContext for wss://, or None
-        self.guard = Guard(tls=tls is not None, trusted_proxies=trusted_proxies, allowed_hosts=allowed_hosts)
-        metrics = dispatcher.metrics
-        self.ws_refusals = RefusalLog(metrics.ws_refused, "handshake")
-        self.http_refusals = RefusalLog(metrics.http_refused, "request")
-        self.metrics_tokens = frozenset(metrics_tokens)  # token names that may scrape; empty: open
-        self.auth_timeout = auth_timeout  # unauthenticated connections are closed after this long
-        self.max_connections = max_connections
-        self.max_per_address = max_connections_per_address
+        self.host = host or server.host
+        self.port = server.port if port is None else port  # the bound port once started (port 0 in tests)
+        self.max_frame_bytes = server.max_frame_bytes  # needs a restart to change (a reload says so)
+        self.tls = tls_context(server.tls)  # an ssl.SSLContext for wss://, or None
+        self.guard = Guard(tls=self.tls is not None)
+        self.ws_refusals = RefusalLog(ctx.metrics.ws_refused, "handshake")
+        self.http_refusals = RefusalLog(ctx.metrics.http_refused, "request")
+        self.allowed_origins: frozenset[str] = frozenset()  # browser origins admitted besides our own
+        self.metrics_tokens: frozenset[str] = frozenset()  # token names that may scrape; empty: open
+        self.auth_timeout = server.auth_timeout  # unauthenticated connections are closed after this long
+        self.max_connections = server.max_connections
+        self.max_per_address = server.max_connections_per_address
+        self.apply(server)
         self.per_address: dict[str, int] = {}  # open (or opening) WebSocket connections by address
-        self.tasks: set[asyncio.Task[None]] = set()  # frame handlers, owned here
+        self.tasks = OwnedTasks("frame")  # frames being answered, owned here: a client that leaves aborts none
         self.open_connections = 0  # WebSocket connections past the handshake
-        self.connection_listeners: list[Callable[[], None]] = []  # told when open_connections changes
+        self._connections_changed = Listeners[[]]("connection count")
         self._ws: WsServer | None = None
+
+    def apply(self, server: ServerConfig) -> None:
+        """The [server] settings a reload applies at once: origins, trusted proxies, host names
+        (and [metrics] scrape tokens)."""
+        self.allowed_origins = frozenset(o.lower().rstrip("/") for o in server.allowed_origins)
+        self.guard.configure(server.trusted_proxies, server.allowed_hosts)
+        self.metrics_tokens = frozenset(self.ctx.config.metrics.tokens)
+
+    def on_connections(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call *listener* whenever :attr:`open_connections` changes; returns its unsubscribe."""
+        return self._connections_changed.add(listener)
 
     async def close_sessions(self, stale: Callable[[Session], bool], code: int, reason: str) -> int:
         """Close every open connection whose session *stale* picks (a revoked token); returns how many."""
         if self._ws is None:
             return 0
         doomed = [ws for ws in self._ws.connections
-                  if (session := getattr(ws, "pictl_session", None)) is not None and stale(session)]
+                  if isinstance(ws, Connection) and ws.session is not None and stale(ws.session)]
         await asyncio.gather(*(ws.close(code, reason) for ws in doomed))
         return len(doomed)
-
-    def set_allowed_origins(self, origins: tuple[str, ...]) -> None:
-        """Browser origins admitted besides our own; a reload may change them."""
-        self.allowed_origins = frozenset(o.lower().rstrip("/") for o in origins)
-
-    def set_front(self, trusted_proxies: tuple[str, ...], allowed_hosts: tuple[str, ...]) -> None:
-        """Trusted proxies and host names; a reload may change them."""
-        self.guard.configure(trusted_proxies, allowed_hosts)
 
     @property
     def url(self) -> str:
@@ -125,12 +153,18 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}/ws"
 
+    @property
+    def connections(self) -> list[Connection]:
+        """The open WebSocket connections."""
+        return [ws for ws in self._ws.connections if isinstance(ws, Connection)] if self._ws is not None else []
+
     async def start(self) -> None:
         self._ws = await serve(
             self._handle,
             self.host,
             self.port,
             process_request=self._process_request,
+            create_connection=Connection,
             compression=None,  # no permessage-deflate: a compression bomb costs memory
             max_size=self.max_frame_bytes,  # larger frames close with 1009
             ssl=self.tls,
@@ -178,10 +212,10 @@ class Server:
         client = front.client
         address = client.address
         session = Session(peer=client.peer, address=address, via=client.via)
-        auth = self.dispatcher.auth
+        auth = self.ctx.auth
         locked = auth.locked_for(address)
         if locked:
-            self.dispatcher.metrics.auth_failures.inc()
+            self.ctx.metrics.auth_failures.inc()
             return self._locked_out(front, connection, "/ws", locked)
         if sum(self.per_address.values()) >= self.max_connections:
             return self._refuse(front, connection, "/ws", "too_many_connections", "too many connections",
@@ -193,15 +227,16 @@ class Server:
         if front.secret is not None:
             verdict = await auth.login(session, front.secret)
             if verdict.locked_s:
-                self.dispatcher.metrics.auth_failures.inc()
+                self.ctx.metrics.auth_failures.inc()
                 return self._locked_out(front, connection, "/ws", verdict.locked_s)
             if not verdict.ok:
-                self.dispatcher.metrics.auth_failures.inc()
+                self.ctx.metrics.auth_failures.inc()
                 return self._refuse(front, connection, "/ws", "unauthorized", "bad bearer token",
                                     HTTPStatus.UNAUTHORIZED, "invalid token",
                                     [("WWW-Authenticate", 'Bearer realm="pictl"')])
         self._count_connection(connection, address)
-        connection.pictl_session = session  # type: ignore[attr-defined]
+        assert isinstance(connection, Connection)
+        connection.session = session
         return None
 
     def _locked_out(self, front: Front, connection: ServerConnection, route: str, locked: float) -> Response:
@@ -226,18 +261,18 @@ class Server:
         if self.metrics_tokens:
             challenge = [("WWW-Authenticate", 'Bearer realm="pictl-metrics"')]
             if front.secret is None:  # refused, but no guess: not counted toward a lockout
-                self.dispatcher.metrics.auth_failures.inc()
+                self.ctx.metrics.auth_failures.inc()
                 return self._refuse(front, connection, "/metrics", "unauthorized", "no scrape token",
                                     HTTPStatus.UNAUTHORIZED, "a scrape token is required", challenge)
-            verdict = await self.dispatcher.auth.attempt(front.client.address, front.secret)
+            verdict = await self.ctx.auth.attempt(front.client.address, front.secret)
             if verdict.locked_s:
-                self.dispatcher.metrics.auth_failures.inc()
+                self.ctx.metrics.auth_failures.inc()
                 return self._locked_out(front, connection, "/metrics", verdict.locked_s)
             if verdict.token is None or verdict.token.name not in self.metrics_tokens:
-                self.dispatcher.metrics.auth_failures.inc()
+                self.ctx.metrics.auth_failures.inc()
                 return self._refuse(front, connection, "/metrics", "unauthorized", "bad scrape token",
                                     HTTPStatus.UNAUTHORIZED, "a scrape token is required", challenge)
-        body, content_type = self.dispatcher.metrics.render(front.accept)
+        body, content_type = self.ctx.metrics.render(front.accept)
         return _response(HTTPStatus.OK, body, content_type)
 
     @staticmethod
@@ -248,7 +283,7 @@ class Server:
         return str(address)
 
     def health(self) -> dict[str, Any]:
-        devices = self.dispatcher.devices.values()
+        devices = self.ctx.devices.values()
         return {
             "status": "ok" if not self.dispatcher.draining else "stopping",
             "devices": len(devices),
@@ -257,69 +292,56 @@ class Server:
 
     # -- connection -------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
-        session: Session = ws.pictl_session  # type: ignore[attr-defined]
-        session.extra["ws"] = ws  # events.subscribe sends on it
+        assert isinstance(ws, Connection)  # serve() makes ours (create_connection)
+        session = ws.session
+        assert session is not None  # the handshake check admitted it with one
+        session.events_to = weakref.ref(ws)  # events.subscribe sends on it (no ws -> session -> ws cycle)
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
-        loop = asyncio.get_running_loop()
         guard = None
-        self._connections_changed(+1)
+        self._count_open(+1)
         if not session.authenticated:
-            guard = loop.call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
+            guard = asyncio.get_running_loop().call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
         try:
             async for frame in ws:
-                work: Message | bytes
                 if isinstance(frame, str):
-                    work = decode(frame, self.dispatcher.max_batch)
-                    reply = self.dispatcher.answer_now(session, work)
-                    if not isinstance(reply, NotNow):  # answered inline: no task for the common case
+                    answer = self.dispatcher.call(session, decode(frame, self.dispatcher.max_batch))
+                    if isinstance(answer, Answer):  # answered inline: no task for the common case
+                        reply = answer.frame()
                         if reply is not None:
                             await ws.send(reply, text=True)
                         continue
+                    work: Awaitable[Answer] | None = answer
                 else:
-                    work = frame
+                    work = None  # a binary frame: answered with an error
                 await slots.acquire()
-                task = loop.create_task(self._frame(ws, session, work, slots))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                self.tasks.spawn(self._frame(ws, session, work, slots))
         except ConnectionClosed:
             pass
         finally:
-            self.dispatcher.events.drop(ws)
+            session.closed = True
+            self.ctx.events.drop(ws)
             if guard is not None:
                 guard.cancel()
-            # ws -> its session -> ws is a reference cycle: without this, every closed connection
-            # (buffers, headers, transport) waits for the cyclic collector's rare full pass
-            # (the chaos soak saw RSS climb with reconnecting clients). Frames still in flight
-            # keep the session, and through it ws, for as long as they run.
-            vars(ws).pop("pictl_session", None)
-            self._connections_changed(-1)
+            ws.session = None  # frames still in flight keep the session for as long as they run
+            self._count_open(-1)
 
-    def _connections_changed(self, delta: int) -> None:
+    def _count_open(self, delta: int) -> None:
         self.open_connections += delta
-        self.dispatcher.metrics.ws_connections.set(self.open_connections)
-        for listener in tuple(self.connection_listeners):
-            try:
-                listener()
-            except Exception:
-                log.exception("connection listener failed")
+        self.ctx.metrics.ws_connections.set(self.open_connections)
+        self._connections_changed.emit()
 
-    def _close_if_anonymous(self, ws: ServerConnection, session: Session) -> None:
+    def _close_if_anonymous(self, ws: Connection, session: Session) -> None:
         if not session.authenticated:
             log.info("closing %s: no authentication within %.0f s", session.peer, self.auth_timeout)
-            task = asyncio.get_running_loop().create_task(ws.close(CLOSE_POLICY, "authentication timeout"))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.tasks.spawn(ws.close(CLOSE_POLICY, "authentication timeout"))
 
-    async def _frame(self, ws: ServerConnection, session: Session, frame: Message | bytes,
+    async def _frame(self, ws: Connection, session: Session, work: Awaitable[Answer] | None,
                      slots: asyncio.Semaphore) -> None:
         try:
-            if isinstance(frame, bytes):
-                reply: str | None = binary_frame_error()
-            else:
-                reply = await self.dispatcher.handle_text(session, frame)
+            reply = binary_frame_error() if work is None else (await work).frame()
             if reply is not None:
                 try:
-                    await ws.send(reply)
+                    await ws.send(reply, text=True)
                 except ConnectionClosed:
                     log.info("reply to %s dropped: client disconnected", session.peer)
         except Exception:
@@ -335,11 +357,7 @@ class Server:
 
     async def drain(self, timeout: float) -> bool:
         """Wait for in-flight frames (their actions) to finish; False if some did not in time."""
-        pending = set(self.tasks)
-        if not pending:
-            return True
-        _done, not_done = await asyncio.wait(pending, timeout=timeout)
-        return not not_done
+        return await self.tasks.wait(timeout)
 
     async def close(self) -> None:
         self.ws_refusals.close()
@@ -348,5 +366,4 @@ class Server:
             self._ws.close(close_connections=True)
             await self._ws.wait_closed()
             self._ws = None
-        for task in list(self.tasks):
-            task.cancel()
+        self.tasks.cancel()

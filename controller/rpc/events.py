@@ -15,7 +15,6 @@ no longer held, or the daemon restarted, it is told to resync from
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -29,7 +28,9 @@ from websockets.asyncio.server import ServerConnection, broadcast
 
 from controller.wire import jsonrpc
 from controller.wire.clock import iso
-from controller.wire.errors import InvalidParams
+from controller.wire.errors import InvalidParams, refuse_unknown_params
+from controller.wire.owned import OwnedTasks
+from drivers.base import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,25 @@ class EventBus:
         self.epoch = secrets.token_hex(8)  # identifies this daemon run: seq restarts with it
         self.seq = 0  # the last seq given out
         self.cutoffs = 0  # subscribers cut off for falling behind
-        self._closing: set[asyncio.Task[None]] = set()  # close handshakes of cut-off subscribers
+        self._closing = OwnedTasks("closing a slow subscriber")  # close handshakes of cut-off subscribers
         self._recent: deque[Event] = deque(maxlen=buffer_size)  # for since_seq resumes
         self._subs: dict[ServerConnection, Subscription] = {}
         self._routes: dict[str, list[ServerConnection]] = {}  # topic -> subscribers, rebuilt on change
         self.max_pending_bytes = max_pending_bytes
         self._on_cutoff = on_cutoff  # counts slow-subscriber cut-offs
-        self.taps: list[Callable[[dict[str, Any]], None]] = []  # bridges: get every event object as published
+        self._taps: Listeners[[dict[str, Any]]] = Listeners("events")  # bridges: every event object as published
+
+    def tap(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Give *listener* every event object as it is published (a bridge mirrors them); returns its
+        unsubscribe. A listener that raises is logged and skipped: subscribers still get the event."""
+        return self._taps.add(listener)
 
     def publish(self, topic: str, data: dict[str, Any]) -> int:
         """Give the event its seq, remember it, send it to every matching subscriber."""
         self.seq += 1
         event = {"topic": topic, "seq": self.seq, "time": iso(time.time()), "data": data}
         frame = jsonrpc.notification("event", event)
-        for tap in self.taps:
-            tap(event)
+        self._taps.emit(event)
         self._recent.append(Event(self.seq, topic, frame))
         targets = self._routes.get(topic)
         if targets is None:
@@ -103,10 +108,7 @@ class EventBus:
         self.cutoffs += 1
         if self._on_cutoff is not None:
             self._on_cutoff()
-        task = asyncio.get_running_loop().create_task(
-            ws.close(CLOSE_TOO_SLOW, "event queue overflow: reconnect and resume with since_seq"))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._closing.spawn(ws.close(CLOSE_TOO_SLOW, "event queue overflow: reconnect and resume with since_seq"))
 
     # -- subscriptions --------------------------------------------------------------------------
     def subscribe(self, ws: ServerConnection, params: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +117,7 @@ class EventBus:
         Replayed events are written to the connection before this returns, so
         they precede both the reply and any later event.
         """
-        patterns = _patterns(params, allowed=("topics", "since_seq", "epoch"))
+        patterns = _patterns("events.subscribe", params, allowed=("topics", "since_seq", "epoch"))
         since = params.get("since_seq")
         epoch = params.get("epoch")
         if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
@@ -141,7 +143,7 @@ class EventBus:
         return result
 
     def unsubscribe(self, ws: ServerConnection, params: dict[str, Any]) -> dict[str, Any]:
-        patterns = _patterns(params, allowed=("topics",))
+        patterns = _patterns("events.unsubscribe", params, allowed=("topics",))
         sub = self._subs.get(ws)
         removed = sorted(set(patterns) & sub.patterns) if sub else []
         if sub:
@@ -159,10 +161,8 @@ def _matches(patterns: set[str], topic: str) -> bool:
     return any(fnmatchcase(topic, p) for p in patterns)
 
 
-def _patterns(params: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise InvalidParams(f"unknown parameter(s): {', '.join(u[:40] for u in unknown)}", allowed=list(allowed))
+def _patterns(where: str, params: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    refuse_unknown_params(where, params, allowed)
     topics = params.get("topics")
     if (
         not isinstance(topics, list)

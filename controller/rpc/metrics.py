@@ -59,6 +59,8 @@ class Metrics:
                                      ["device"], registry=r)
         self.external_changes = Counter("pictl_external_changes", "State changes no call commanded",
                                         ["device"], registry=r)
+        self.device_events = Counter("pictl_device_events", "A kind's own events (an alarm, a press), by name",
+                                     ["device", "event"], registry=r)
         self.auth_failures = Counter("pictl_auth_failures", "Refused tokens (handshake, session.auth, /metrics)",
                                      registry=r)
         self.ws_refused = Counter("pictl_ws_refused", "WebSocket handshakes refused, by reason", ["reason"],
@@ -88,6 +90,16 @@ class Metrics:
 
     def action_failed(self, device: str, action: str, reason: str) -> None:
         self.action_failures.labels(device, action, reason).inc()
+
+    def reading(self, device: str, data: dict[str, Any]) -> None:
+        """A sensor's valid reading (the event ``<device>.reading``)."""
+        value = data.get("value")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.sensor_value.labels(device).set(value)
+
+    def device_event(self, device: str, event: str) -> None:
+        """A kind's own event (``<device>.<event>``: an alarm, a press)."""
+        self.device_events.labels(device, event).inc()
 
     def watch(self, collect: Callable[[], list[Any]]) -> None:
         """Register a scrape-time collector (device online flags, bus counters)."""

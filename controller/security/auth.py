@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -55,9 +56,14 @@ class RateBucket:
         return (1.0 - self.tokens) / self.rate
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
-    """One connection's identity. ``token`` is None until authenticated."""
+    """One connection's identity and its per-connection state. ``token`` is None until authenticated.
+
+    A front door makes one per connection (the WebSocket listener, at the handshake) or one for
+    itself (:meth:`for_service`: the MQTT and WAMP bridges, whose callers the broker or router
+    authenticated).
+    """
 
     peer: str  # the client, for logs and the audit trail ("address:port", or the address behind a proxy)
     address: str = ""  # the client address alone, for per-address limits
@@ -65,7 +71,23 @@ class Session:
     token: Token | None = None  # the credential that authenticated it
     role: Role | None = None  # what it may call
     bucket: RateBucket | None = None  # the role's rate limit, per connection
-    extra: dict[str, object] = field(default_factory=dict)  # per-connection state of other modules
+    auth_pending: bool = False  # a session.auth is being answered on this connection
+    # Where events.subscribe sends events: a weak reference to the WebSocket connection (no
+    # connection -> session -> connection cycle); None for a front door that publishes every event
+    # on its own topics (MQTT, WAMP).
+    events_to: Callable[[], object | None] | None = None
+    # The connection has closed: requests of it that have not started are dropped.
+    closed: bool = False
+
+    @classmethod
+    def for_service(cls, who: str, role: Role, *, peer: str, address: str) -> Session:
+        """A front door's own session: authenticated as *who* (the audit's token name; no secret
+        logs in with it) with *role*, and that role's rate bucket."""
+        token = Token(name=who, role=role.name, verifier=SecretDigest(b""))
+        session = cls(peer=peer, address=address, token=token, role=role)
+        if role.rate is not None:
+            session.bucket = RateBucket(role.rate, role.burst or 1)
+        return session
 
     @property
     def authenticated(self) -> bool:

@@ -124,3 +124,21 @@ def slow_tokens_warning(names: list[str]) -> str | None:
     return (f"token(s) {', '.join(names)} use the slow {SCHEME} format: every failed login then costs a "
             f"PBKDF2 run per such token (CPU an attacker can burn); replace each hash with the output of "
             f"`echo SECRET | pictl token hash` ({FAST_SCHEME}$...), or make new tokens with `pictl token create`")
+
+
+def read_secret_file(path: str, *, minimum: int = MIN_SECRET_LENGTH) -> str:
+    """The secret held in the file *path* (surrounding white space removed): token secrets, WAMP
+    tickets and the MQTT broker password all arrive this one way. ValueError says why not, never
+    echoing the secret: unreadable, readable by group or others (it must be chmod 600), or shorter
+    than *minimum* characters."""
+    try:
+        info = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+    if info.st_mode & 0o077:
+        raise ValueError(f"{path} is readable by group or others: chmod 600 it")
+    if len(secret) < minimum:
+        raise ValueError(f"the secret in {path} is shorter than {minimum} characters")
+    return secret

@@ -267,7 +267,7 @@ def aggregate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     host, port = listen
     try:
-        from controller.fleet import aggregator as fleet
+        from controller.fleet import panel as fleet
     except ImportError as exc:
         print(f"pictl aggregate needs the wamp extra: pip install 'pictl[wamp]' ({exc})", file=sys.stderr)
         return 1

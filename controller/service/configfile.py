@@ -13,6 +13,6 @@ def load(path: str, *, devices_required: bool = True) -> Config:
     return settings.load(path, kinds=REGISTRY, devices_required=devices_required)
 
 
-def loads(raw: bytes | str, path: str = "<config>") -> Config:
+def loads(raw: bytes | str, path: str = "<config>", *, devices_required: bool = True) -> Config:
     """Validate TOML text; raises :class:`controller.settings.reader.ConfigError`."""
-    return settings.loads(raw, path, kinds=REGISTRY)
+    return settings.loads(raw, path, kinds=REGISTRY, devices_required=devices_required)

@@ -5,22 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from controller.devices import registry as kinds
 from controller.devices.base import Device
 from controller.devices.wiring import PointBus, Wiring
-from controller.http.server import Server
-from controller.rpc.dispatch import Dispatcher
-from controller.rpc.events import EventBus
-from controller.rpc.metrics import Metrics, auth_lockouts_family, bus_counter_family, device_online_family
-from controller.security.audit import AuditTrail
-from controller.security.auth import Authenticator, Session
-from controller.security.secrets import slow_tokens_warning
+from controller.http.server import HttpServer
+from controller.rpc.metrics import bus_counter_family
+from controller.runtime.context import Context, build_context
+from controller.security.auth import Session
 from controller.service import configfile
 from controller.service.reload import ReloadPlan, plan_reload
-from controller.service.simulation import simulate, start_plant
+from controller.service.simulation import register_sim_methods, simulate, start_plant
 from controller.settings.devices import DeviceConfig
 from controller.settings.load import Config
 from controller.settings.reader import ConfigError
@@ -37,18 +33,9 @@ if TYPE_CHECKING:  # imported at run time only when [mqtt] / [wamp] is configure
 log = logging.getLogger(__name__)
 
 
-def tls_context(files: tuple[str, str] | None) -> ssl.SSLContext | None:
-    """A server TLS context from (certificate, key) files, TLS 1.2 at least."""
-    if files is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(*files)
-    return context
-
-
 class Daemon:
-    """One running pictl: devices, the plant (when simulated), the listener."""
+    """One running pictl: its context (devices, events, metrics, audit, auth, dispatcher), the
+    hardware or the plant (when simulated), the listener and the bridges."""
 
     def __init__(self, config: Config, *, simulate: bool = False, host: str | None = None,
                  port: int | None = None, time_scale: float = 1.0) -> None:
@@ -57,17 +44,13 @@ class Daemon:
         self.time_scale = time_scale  # the simulated plant's clock: 0.1 runs its physics ten times faster
         self.host = host or config.server.host
         self.port = config.server.port if port is None else port
+        self.ctx: Context | None = None  # built by start()
         self.plant: Plant | None = None
         self.gpio: GpioBus | None = None
         self.buses: list[Bus] = []  # every bus the devices use, in start order (the wiring's list)
         self.wiring: Wiring | None = None  # turns point specs into points; kept for reloads
-        self.devices: dict[str, Device] = {}
-        self.dispatcher: Dispatcher | None = None
-        self.server: Server | None = None
+        self.server: HttpServer | None = None
         self.mqtt: MqttBridge | None = None  # the MQTT bridge, only when [mqtt] is configured
-        self.events = EventBus()  # replaced with the configured ones by start()
-        self.metrics = Metrics()
-        self.audit = AuditTrail(None)
         self.wamp: WampBridge | None = None  # the WAMP bridge, only when [wamp] is configured
 
     @property
@@ -75,42 +58,26 @@ class Daemon:
         assert self.server is not None
         return self.server.url
 
+    @property
+    def devices(self) -> dict[str, Device]:
+        """The running devices (the context's live mapping; empty before start)."""
+        return self.ctx.devices if self.ctx is not None else {}
+
     async def start(self) -> None:
         """Build the hardware side, read every point, then listen. Raises on any failure."""
         try:
-            self._open_live_state()
+            self.ctx = ctx = build_context(self.config)
+            ctx.serve_devices()
+            ctx.metrics.watch(lambda: [bus_counter_family(self.buses)])
             await self._build_hardware()
-            for device in self.devices.values():
-                device.listen(self._device_event)
-            self.dispatcher = Dispatcher(
-                self.devices,
-                Authenticator(self.config.tokens, self.config.roles, self.config.lockout),
-                plant=self.plant,
-                max_batch=self.config.server.max_batch,
-                events=self.events,
-                metrics=self.metrics,
-                audit=self.audit,
-                request_key_window=self.config.server.request_key_window,
-            )
-            self.server = Server(
-                self.dispatcher, host=self.host, port=self.port,
-                max_frame_bytes=self.config.server.max_frame_bytes,
-                allowed_origins=self.config.server.allowed_origins,
-                metrics_tokens=self.config.metrics.tokens,
-                tls=tls_context(self.config.server.tls),
-                auth_timeout=self.config.server.auth_timeout,
-                max_connections=self.config.server.max_connections,
-                max_connections_per_address=self.config.server.max_connections_per_address,
-                trusted_proxies=self.config.server.trusted_proxies,
-                allowed_hosts=self.config.server.allowed_hosts,
-            )
-            self._warn_slow_tokens()
+            if self.plant is not None:
+                register_sim_methods(ctx.dispatcher, self.plant, ctx.devices, ctx.audit)
+            self.server = HttpServer(ctx, host=self.host, port=self.port)
             await self.server.start()
             if self.config.mqtt is not None:
                 from controller.bridges.mqtt.bridge import MqttBridge  # aiomqtt: only when configured
 
-                self.mqtt = MqttBridge(self.config.mqtt, self.dispatcher,
-                                       max_payload=self.config.server.max_frame_bytes)
+                self.mqtt = MqttBridge(ctx)
                 await self.mqtt.start()
             if self.config.wamp is not None:
                 self._start_wamp()
@@ -125,44 +92,17 @@ class Daemon:
 
     def _start_wamp(self) -> None:
         """Join the WAMP router in the background (autobahn only now: the optional extra)."""
-        assert self.config.wamp is not None and self.dispatcher is not None
+        assert self.ctx is not None
         try:
             from controller.bridges.wamp.bridge import WampBridge
         except ImportError as exc:
             raise MissingExtra(f"[wamp] needs the wamp extra: pip install 'pictl[wamp]' ({exc})") from None
-        self.wamp = WampBridge(self.config.wamp, self.dispatcher, roles=self.config.roles)
+        self.wamp = WampBridge(self.ctx)
         self.wamp.start()
-
-    def _open_live_state(self) -> None:
-        """The event bus, the metrics registry and the audit trail, before any device exists."""
-        self.metrics = Metrics()
-        self.events = EventBus(buffer_size=self.config.events.buffer,
-                               max_pending_bytes=self.config.events.max_pending_bytes,
-                               on_cutoff=self.metrics.event_cutoffs.inc)
-        audit = self.config.audit
-        self.audit = AuditTrail(audit.file, max_bytes=audit.max_bytes, backups=audit.backups, fsync=audit.fsync)
-        self.metrics.watch(lambda: [device_online_family(self.devices), bus_counter_family(self.buses),
-                                    *([auth_lockouts_family(self.dispatcher.auth)] if self.dispatcher else [])])
-
-    def _device_event(self, device: Device, what: str, data: dict[str, Any]) -> None:
-        """Every device event becomes a numbered event on the bus, and metrics."""
-        if what == "status":
-            self.events.publish("system.status", {"device": device.name, **data})
-        elif what == "discrepancy":
-            self.metrics.discrepancies.labels(device.name).inc()
-            self.events.publish(f"{device.name}.discrepancy", data)
-        else:
-            if what == "state" and data.get("cause") == "external":
-                self.metrics.external_changes.labels(device.name).inc()
-            elif what == "reading":
-                value = data.get("value")
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.metrics.sensor_value.labels(device.name).set(value)
-            self.events.publish(f"{device.name}.{what}", data)
-        self.metrics.events_published.inc()
 
     async def _build_hardware(self) -> None:
         """Buses (real, or the plant's far side under --simulate), then devices, then read them all."""
+        assert self.ctx is not None
         loop = asyncio.get_running_loop()
         config = self.config
         if self.simulate:
@@ -179,11 +119,19 @@ class Daemon:
                 point_buses[bus.key] = bus  # type: ignore[assignment]  # link buses make points from specs
         self.wiring = Wiring(point_buses)
         self.buses = self.wiring.buses
-        for device_config in config.devices.values():
-            self.devices[device_config.name] = self._build_device(device_config)
-        await self._start_buses(self.buses)
-        for device in self.devices.values():
-            await device.start()
+        built: list[Device] = []
+        try:
+            for device_config in config.devices.values():
+                built.append(self._build_device(device_config))
+            await self._start_buses(self.buses)
+            for device in built:
+                await device.start()
+        except BaseException:
+            for device in built:  # a start that failed half-way leaves no point claimed
+                device.close()
+            raise
+        for device in built:  # offered once read: what they saw while starting is not news
+            self.ctx.add_device(device)
 
     @staticmethod
     async def _start_buses(buses: list[Bus]) -> None:
@@ -206,9 +154,11 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight actions finish or fail, outputs to safe, close."""
-        if self.server is not None and self.dispatcher is not None:
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.dispatcher.draining = True
+        if self.server is not None:
             self.server.stop_accepting()
-            self.dispatcher.draining = True
             deadline = self.drain_deadline()
             drained = await asyncio.gather(self.server.drain(deadline),
                                            *([self.wamp.drain(deadline)] if self.wamp is not None else []))
@@ -233,9 +183,8 @@ class Daemon:
             await self.plant.aclose()
         if self.server is not None:
             await self.server.close()
-        if self.dispatcher is not None:
-            self.dispatcher.auth.close()
-        await self.audit.aclose()  # writes what is queued: off the loop
+        if ctx is not None:
+            await ctx.aclose()  # writes what the audit has queued: off the loop
         log.info("pictl stopped; outputs at their safe levels")
 
     # -- health, for the service manager ----------------------------------------------------
@@ -276,6 +225,7 @@ class Daemon:
         state and outputs); changed and removed ones are closed (outputs safe) after their
         action in progress; changed and added ones are built and read. Access rules apply to
         new logins at once; settings that need a restart are named in the log."""
+        assert self.ctx is not None
         plan = plan_reload(self.config, new)
         overridden = (self.host, self.port) != (self.config.server.host, self.config.server.port)
         for item in plan.restart_needed:
@@ -286,28 +236,18 @@ class Daemon:
         in_force = plan.in_force
         if plan.touches_devices:
             in_force = dataclasses.replace(in_force, devices=await self._apply_devices(plan, new))
-        if self.dispatcher is not None:
-            if plan.access_changed:
-                self.dispatcher.auth.update(new.tokens, new.roles)
-                self._warn_slow_tokens()
-                await self._close_revoked_sessions(new)
-            self.dispatcher.max_batch = new.server.max_batch
+        self.ctx.apply(in_force, access_changed=plan.access_changed)
+        if plan.access_changed:
+            await self._close_revoked_sessions(new)
         if self.wamp is not None and (plan.access_changed or plan.touches_devices):
-            await self.wamp.refresh(new.roles)  # register what the role may now call; withdraw the rest
+            await self.wamp.refresh()  # register what the role may now call; withdraw the rest
         if self.server is not None:
-            self.server.set_allowed_origins(new.server.allowed_origins)
-            self.server.set_front(new.server.trusted_proxies, new.server.allowed_hosts)
+            self.server.apply(in_force.server)
         self.config = in_force
         if self.mqtt is not None:
             self.mqtt.config_applied()
         log.info("config reloaded from %s: %s", new.path, plan.summary())
         return plan
-
-    def _warn_slow_tokens(self) -> None:
-        if self.dispatcher is not None:
-            warning = slow_tokens_warning(self.dispatcher.auth.slow_tokens)
-            if warning:
-                log.warning("%s", warning)
 
     async def _close_own_buses(self, device: Device) -> None:
         """A bus that only this device used (a serial sensor's port) goes with it: thread, port and all."""
@@ -332,6 +272,7 @@ class Daemon:
 
     async def _apply_devices(self, plan: ReloadPlan, new: Config) -> dict[str, DeviceConfig]:
         """Close, rebuild, drop and add devices; returns the device configs now in force."""
+        assert self.ctx is not None
         in_force = dict(new.devices)
         going = [self.devices[name] for name in (*plan.changed, *plan.removed)]
         deadline = self.drain_deadline()
@@ -343,7 +284,7 @@ class Daemon:
             if self.plant is not None:
                 await self.plant.unlink(device.name)
         for name in plan.removed:
-            self._withdraw(name)
+            self.ctx.remove_device(name)
         for name in (*plan.changed, *plan.added):
             old = self.config.devices.get(name)
             built = await self._bring_up(new.devices[name])
@@ -353,18 +294,11 @@ class Daemon:
                 in_force[name] = old
             if built is None:
                 log.error("%s: left out until the next reload or restart", name)
-                self._withdraw(name)
+                self.ctx.remove_device(name)
                 in_force.pop(name)
                 continue
-            if self.dispatcher is not None:
-                self.dispatcher.add_device(built)
-            else:
-                self.devices[name] = built
-        # Keep the config's order for status and describe (the dict is shared with the dispatcher).
-        order = [name for name in new.devices if name in self.devices]
-        ordered = {name: self.devices[name] for name in (*order, *(n for n in self.devices if n not in order))}
-        self.devices.clear()
-        self.devices.update(ordered)
+            self.ctx.add_device(built)
+        self.ctx.order_devices(list(new.devices))
         return in_force
 
     async def _bring_up(self, device_config: DeviceConfig) -> Device | None:
@@ -376,7 +310,6 @@ class Daemon:
             device = self._build_device(device_config)
             await self._start_buses(self.buses)  # new ports start; running links bring up the new points
             await device.start()
-            device.listen(self._device_event)
         except Exception as exc:
             log.error("%s: cannot build it: %s", device_config.name, exc)
             if device is not None:
@@ -387,8 +320,3 @@ class Daemon:
         state = device.state()
         log.info("device %s (%s): %s", device.name, device.kind, state.get("state", state))
         return device
-
-    def _withdraw(self, name: str) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.remove_device(name)
-        self.devices.pop(name, None)

@@ -7,6 +7,9 @@ does the rest: a real pymodbus server per Modbus link, a pseudo-terminal per
 serial sensor, mock pins linked through delays for GPIO. The drivers are
 pointed at them by a rewritten config (host/port of each link, port of each
 sensor): driver code never knows it is simulated.
+
+The plant's controls (``sim.fault``, ``sim.clear``, ``sim.timeline``) are registered here too,
+with the dispatcher, only when the daemon runs simulated.
 """
 
 from __future__ import annotations
@@ -14,11 +17,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from controller.devices.base import Device
+from controller.rpc.dispatch import Dispatcher
+from controller.security.audit import AuditTrail
+from controller.security.auth import Session
 from controller.settings.devices import DeviceConfig
 from controller.settings.load import Config
+from controller.wire.errors import InvalidParams, refuse_unknown_params
+from drivers.base import Mechanism, PointSpec
 from drivers.sim.farsides import FAR_SIDES
-from drivers.sim.plant import Plant
+from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +40,9 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
     rewritten = {field: await FAR_SIDES[spec.bus_kind].claim(plant, device.name, spec)
                  for field, spec in specs.items()}
     for coupling in device.couplings():
+        if isinstance(coupling, Mechanism):
+            machine(plant, device.name, specs, coupling)
+            continue
         output, input = specs[coupling.output], specs[coupling.input]
         coupled = output.bus_kind == input.bus_kind \
             and FAR_SIDES[output.bus_kind].couple(plant, device.name, output, input, coupling)
@@ -37,6 +51,17 @@ async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
                      coupling.input)
     changed = {field: spec for field, spec in rewritten.items() if spec is not specs[field]}
     return dataclasses.replace(device, **changed) if changed else device  # type: ignore[arg-type]  # spec fields
+
+
+def machine(plant: Plant, device: str, specs: dict[str, PointSpec], mechanism: Mechanism) -> None:
+    """The machine *mechanism* describes at the far side of its points' bus (they must share one)."""
+    wired = {role: specs[field] for role, field in mechanism.points}
+    buses = {spec.bus_kind for spec in wired.values()}
+    far = FAR_SIDES[buses.pop()] if len(buses) == 1 else None
+    build = getattr(far, "machine", None)
+    if build is None or not build(plant, device, wired, mechanism):
+        log.info("%s: no simulated %s for these points (several buses, or one without machines)", device,
+                 mechanism.model)
 
 
 async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,
@@ -51,3 +76,57 @@ async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,
         await plant.aclose()
         raise
     return plant, config.with_links(links, devices)
+
+
+def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[str, Device],
+                         audit: AuditTrail) -> list[Callable[[], None]]:
+    """``sim.fault``, ``sim.clear`` and ``sim.timeline``: the plant's controls, admin only, offered
+    only under ``--simulate`` (README, *Methods*)."""
+
+    def device_param(params: dict[str, Any]) -> str:
+        device = params.get("device")
+        if not isinstance(device, str) or device not in devices:
+            raise InvalidParams("device must name a configured device", param="device")
+        return device
+
+    def fault(session: Session, params: dict[str, Any]) -> Any:
+        refuse_unknown_params("sim.fault", params, ("device", "fault"))
+        device = device_param(params)
+        name = params.get("fault")
+        if not isinstance(name, str):
+            raise InvalidParams("fault must be a string", param="fault", faults=plant.faults(device))
+        try:
+            plant.inject(device, name)
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="fault", faults=plant.faults(device)) from None
+        audit.record(session, "sim.fault", params, "ok", 0.0)
+        return {"device": device, "faults": plant.active_faults(device)}
+
+    def clear(session: Session, params: dict[str, Any]) -> Any:
+        refuse_unknown_params("sim.clear", params, ("device",))
+        device = device_param(params)
+        try:
+            plant.clear(device)
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="device") from None
+        audit.record(session, "sim.clear", params, "ok", 0.0)
+        return {"device": device, "faults": plant.active_faults(device)}
+
+    def timeline(session: Session, params: dict[str, Any]) -> Any:
+        """When the simulated device physically moved (monotonic clock): for benchmarks and tests.
+        With ``since`` (monotonic seconds), also the plant's record of every output and position
+        change after it (bench/soak.py checks results and the audit trail against it)."""
+        refuse_unknown_params("sim.timeline", params, ("device", "since"))
+        device = device_param(params)
+        since = params.get("since")
+        if since is not None:
+            if isinstance(since, bool) or not isinstance(since, (int, float)):
+                raise InvalidParams("since must be a number (monotonic seconds)", param="since")
+            return {"device": device, **plant.history(device, float(since))}
+        try:
+            return {"device": device, "moved_at": plant.timeline(device)}
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="device") from None
+
+    return [dispatcher.register(f"sim.{name}", handler, instant=True, admin_only=True)
+            for name, handler in (("fault", fault), ("clear", clear), ("timeline", timeline))]

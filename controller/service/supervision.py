@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import weakref
 from collections.abc import Callable
+from typing import Any
 
 from controller.service.daemon import Daemon
 from controller.service.sdnotify import Notifier, watchdog_interval
@@ -97,24 +97,23 @@ class Supervision:
         self.status = StatusLine(notifier, self._compose)
         self.watchdog = None if watchdog_s is None else Watchdog(notifier, watchdog_s, daemon.health_problem)
         self.last_reload: str | None = None  # the outcome of the last refused reload, shown in the status
-        self._watched: weakref.WeakSet[object] = weakref.WeakSet()  # devices whose health we follow
+        self._unfollow: list[Callable[[], None]] = []  # what _follow subscribed to
 
     def _compose(self) -> str:
         line = self.daemon.status_line()
         return line if self.last_reload is None else f"{line}; {self.last_reload}"
 
     def _follow(self) -> None:
-        """Recompute the status on every device health flip and connection change."""
-        for device in self.daemon.devices.values():
-            if device not in self._watched:
-                self._watched.add(device)
-                device.listen(self._on_device_event)
-        server = self.daemon.server
-        if server is not None and self.status.update not in server.connection_listeners:
-            server.connection_listeners.append(self.status.update)
+        """Recompute the status on every device health flip (a ``system.status`` event, whichever
+        device, reloaded ones too) and every connection change."""
+        if self._unfollow or self.daemon.ctx is None:
+            return
+        self._unfollow.append(self.daemon.ctx.events.tap(self._on_event))
+        if self.daemon.server is not None:
+            self._unfollow.append(self.daemon.server.on_connections(self.status.update))
 
-    def _on_device_event(self, device: object, what: str, data: object) -> None:
-        if what == "status":  # online flipped
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event["topic"] == "system.status":  # a device's online flag flipped
             self.status.update()
 
     def serving(self) -> None:
@@ -132,7 +131,6 @@ class Supervision:
             plan = await self.daemon.reload()
             self.last_reload = None if plan is not None else "last reload refused (see the log)"
         finally:
-            self._follow()
             self.status.last = self._compose()
             self.notifier.ready(self.status.last)
 
@@ -151,6 +149,9 @@ class Supervision:
         self.notifier.stopping(self.daemon.drain_deadline() + STOP_MARGIN_S)
 
     async def close(self) -> None:
+        for undo in self._unfollow:
+            undo()
+        self._unfollow.clear()
         if self.watchdog is not None:
             await self.watchdog.stop()
         self.notifier.close()

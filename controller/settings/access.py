@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from controller.security.policy import LockoutConfig, Role, Token
@@ -71,21 +70,7 @@ def _read_verifier(tt: Table) -> Verifier | None:
         except ValueError as exc:
             tt.problem("hash", str(exc))
             return None
-    path = tt.string("secret_file")
-    if path is None:
-        return None
-    path = os.path.join(os.path.dirname(os.path.abspath(tt.doc.file)), os.path.expanduser(path))
-    try:
-        info = os.stat(path)
-        with open(path, encoding="utf-8") as f:
-            secret = f.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        tt.problem("secret_file", f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
-        return None
-    if info.st_mode & 0o077:
-        tt.problem("secret_file", f"{path} is readable by group or others: chmod 600 it")
-        return None
-    if len(secret) < MIN_SECRET_LENGTH:
-        tt.problem("secret_file", f"the secret in {path} is shorter than {MIN_SECRET_LENGTH} characters")
+    secret = tt.secret_file("secret_file", minimum=MIN_SECRET_LENGTH)
+    if secret is None:
         return None
     return digest_secret(secret)  # equal across reloads of an unchanged file: its sessions stay

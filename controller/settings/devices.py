@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from controller.settings.reader import Document, Table
 from controller.wire.protocol import RESERVED_NAMES
-from drivers.base import Coupling, PointSpec
+from drivers.base import Coupling, Mechanism, PointSpec
 from drivers.modbus_spec import ModbusPointSpec
 from drivers.registry import POINT_DRIVERS, SpecContext
 from drivers.serial_sensor import SerialSensorSpec, read_sensor
@@ -42,7 +42,11 @@ class DeviceConfig:
         """The device's points: config field name -> spec (kinds with points override it)."""
         return {}
 
-    def couplings(self) -> tuple[Coupling, ...]:
+    def wired(self, *fields: str) -> dict[str, PointSpec]:
+        """The specs of *fields* that are configured (an optional point left out is None)."""
+        return {key: getattr(self, key) for key in fields if getattr(self, key) is not None}
+
+    def couplings(self) -> tuple[Coupling | Mechanism, ...]:
         """The physics the kind promises between its points (for the simulated plant)."""
         return ()
 

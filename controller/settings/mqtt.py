@@ -2,15 +2,15 @@
 
 Plain data, read once at load; nothing here imports the MQTT client, so a config
 without ``[mqtt]`` never needs ``pictl[mqtt]`` installed. The broker password is
-never in the config: ``password_file`` names a file that holds it, read when the
-bridge connects (:func:`read_password`).
+never in the config: ``password_file`` names a file that holds it (mode 600), read
+when the config loads, like every secret file.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from controller.settings.reader import Table
@@ -18,6 +18,7 @@ from controller.settings.reader import Table
 NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # Home Assistant ids allow [a-zA-Z0-9_-] only
 TOPIC_LEVELS = re.compile(r"[^#+\x00/]+(?:/[^#+\x00/]+)*")  # no wildcards, no empty level, no leading/trailing /
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+MIN_PASSWORD_LENGTH = 8  # the broker password file's, as for every secret file
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class MqttConfig:
     tls: bool  # mqtts://: TLS, certificate and host name checked
     cafile: str | None  # CA bundle for the broker's certificate; None: the system's
     username: str | None  # broker login; None: anonymous
-    password_file: str | None = None  # absolute path of a file holding the broker password
+    password: str | None = field(default=None, repr=False)  # from password_file, read at load; never logged
     node: str = "pi01"  # names this daemon on the broker and in Home Assistant
     role: str = "automation"  # the pictl role applied to everything arriving over MQTT
     topic_prefix: str = "pictl"  # topics are PREFIX/NODE/...
@@ -53,7 +54,8 @@ def read_mqtt(t: Table | None, roles: frozenset[str], base: str) -> MqttConfig |
     prefix = t.string("topic_prefix", default="pictl")
     discovery = t.string("discovery_prefix", default="homeassistant")
     username = t.string("username", default=None)
-    password_file = _file(t, "password_file", base)
+    password_given = t.has("password_file")
+    password = t.secret_file("password_file", minimum=MIN_PASSWORD_LENGTH)
     cafile = _file(t, "cafile", base)
     keepalive = t.integer("keepalive", default=30, low=5, high=3600)
     backoff_max = t.number("backoff_max", default=10.0, high=3600.0)
@@ -71,7 +73,7 @@ def read_mqtt(t: Table | None, roles: frozenset[str], base: str) -> MqttConfig |
     if discovery and not TOPIC_LEVELS.fullmatch(discovery):
         t.problem("discovery_prefix", 'must be a topic without wildcards, or "" to turn discovery off')
         discovery = None
-    if password_file is not None and username is None:
+    if password_given and username is None:
         t.problem("password_file", "goes with username")
     if where is not None and cafile is not None and not where[2]:
         t.problem("cafile", "only used with an mqtts:// url")
@@ -80,7 +82,7 @@ def read_mqtt(t: Table | None, roles: frozenset[str], base: str) -> MqttConfig |
     assert where is not None
     host, port, tls = where
     return MqttConfig(host=host, port=port, tls=tls, cafile=cafile, username=username,
-                      password_file=password_file, node=node, role=role, topic_prefix=prefix,
+                      password=password, node=node, role=role, topic_prefix=prefix,
                       discovery_prefix=discovery, keepalive=keepalive, backoff_max=backoff_max)
 
 
@@ -115,16 +117,6 @@ def _file(t: Table, key: str, base: str) -> str | None:
 
 
 class MqttUnusable(RuntimeError):
-    """The bridge cannot start: the MQTT extra is not installed, or the password file is unreadable."""
+    """The bridge cannot start: the MQTT extra is not installed."""
 
 
-def read_password(config: MqttConfig) -> str | None:
-    """The broker password from ``password_file`` (its first line), or None."""
-    if config.password_file is None:
-        return None
-    try:
-        with open(config.password_file, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise MqttUnusable(f"mqtt.password_file {config.password_file}: cannot read it: {reason}") from None

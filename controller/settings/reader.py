@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from controller.security.secrets import read_secret_file
 
 Path = tuple[str | int, ...]
 
@@ -215,6 +218,19 @@ class Table:
             self.problem(key, "expected an array of strings")
             return default if default is not MISSING else None
         return tuple(value)
+
+    def secret_file(self, key: str, minimum: int) -> str | None:
+        """The secret in the file *key* names (relative to the config file), read now, at load:
+        mode 600 and at least *minimum* characters, else a problem and None (also when absent)."""
+        name = self.string(key, default=None)
+        if not name:
+            return None
+        path = os.path.join(os.path.dirname(os.path.abspath(self.doc.file)), os.path.expanduser(name))
+        try:
+            return read_secret_file(path, minimum=minimum)
+        except ValueError as exc:
+            self.problem(key, str(exc))
+            return None
 
     def table(self, key: str, required: bool = False) -> Table | None:
         value = self._raw(key, required)

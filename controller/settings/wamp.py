@@ -6,12 +6,12 @@ checked (``pictl check-config``) on a machine without the extra installed.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from controller.security.secrets import read_secret_file
 from controller.settings.reader import Table
 
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # one WAMP URI component: no dots, no spaces
@@ -60,7 +60,8 @@ def read_wamp(t: Table | None, roles: Mapping[str, object]) -> WampConfig | None
     node = t.string("node")
     role = t.string("role")
     authid = t.string("authid", default=None)
-    ticket_file = t.string("ticket_file", default=None)
+    ticket_given = t.has("ticket_file")
+    ticket = t.secret_file("ticket_file", minimum=MIN_TICKET_LENGTH)  # read now: check-config reports it
     max_retry_delay = t.number("max_retry_delay", default=10.0, low=0.5, high=3600.0)
     if url is not None and (why := check_url(url)) is not None:
         t.problem("url", why)
@@ -75,9 +76,8 @@ def read_wamp(t: Table | None, roles: Mapping[str, object]) -> WampConfig | None
     if role is not None and role not in roles:
         t.problem("role", f"no role named {role!r} in [auth.roles]")
         role = None
-    if (authid is None) != (ticket_file is None):
+    if (authid is None) == ticket_given:
         t.problem("authid" if authid is None else "ticket_file", "authid and ticket_file go together (WAMP-Ticket)")
-    ticket = None if ticket_file is None or authid is None else _read_ticket(t, ticket_file)
     t.finish()
     if None in (url, realm, node, role, max_retry_delay) or (authid is not None and ticket is None):
         return None
@@ -86,25 +86,6 @@ def read_wamp(t: Table | None, roles: Mapping[str, object]) -> WampConfig | None
                       max_retry_delay=max_retry_delay)
 
 
-def _read_ticket(t: Table, ticket_file: str) -> str | None:
-    path = os.path.join(os.path.dirname(os.path.abspath(t.doc.file)), os.path.expanduser(ticket_file))
-    try:
-        return read_ticket(path)
-    except ValueError as exc:
-        t.problem("ticket_file", str(exc))
-        return None
-
-
 def read_ticket(path: str) -> str:
-    """The WAMP-Ticket secret in *path*; ValueError (saying why) when unreadable, open to others or short."""
-    try:
-        info = os.stat(path)
-        with open(path, encoding="utf-8") as f:
-            ticket = f.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if info.st_mode & 0o077:
-        raise ValueError(f"{path} is readable by group or others: chmod 600 it")
-    if len(ticket) < MIN_TICKET_LENGTH:
-        raise ValueError(f"the ticket in {path} is shorter than {MIN_TICKET_LENGTH} characters")
-    return ticket
+    """The WAMP-Ticket secret in *path* (``pictl aggregate --ticket-file``); ValueError says why not."""
+    return read_secret_file(path, minimum=MIN_TICKET_LENGTH)

@@ -74,3 +74,28 @@ class Unavailable(RpcError):
 
 class RateLimited(RpcError):
     code = p.RATE_LIMITED
+
+
+NAME_LIMIT = 128  # a client's method name echoed in an error: at most this many characters
+PARAM_NAME_LIMIT = 40  # a client's parameter name likewise
+NAMES_LISTED = 8  # unknown parameter names echoed at most
+
+
+def short(text: str, limit: int = NAME_LIMIT) -> str:
+    """Client-supplied text echoed in an error or a log line, bounded."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def refuse_unknown_params(where: str, params: dict[str, Any], allowed: tuple[str, ...] | frozenset[str] = ()) -> None:
+    """The one check for parameters nobody asked for (-32602), whatever the method.
+
+    The unknown names are echoed bounded like method names: at most :data:`NAMES_LISTED` of them,
+    each cut to :data:`PARAM_NAME_LIMIT` characters, so a reply never grows with what a client sent.
+    """
+    unknown = sorted(set(params) - set(allowed))
+    if not unknown:
+        return
+    shown = [short(name, PARAM_NAME_LIMIT) for name in unknown[:NAMES_LISTED]]
+    more = f" and {len(unknown) - NAMES_LISTED} more" if len(unknown) > NAMES_LISTED else ""
+    raise InvalidParams(f"unknown parameter(s) for {short(where)}: {', '.join(shown)}{more}",
+                        unknown=shown, allowed=sorted(allowed))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
-from drivers.base import Coupling, PointSpec
+from drivers.base import Coupling, Mechanism, PointSpec
 from drivers.gpio import GpioInputSpec, GpioOutputSpec
 from drivers.modbus_spec import ModbusLinkConfig, ModbusPointSpec
 from drivers.serial_sensor import SerialSensorSpec
 from drivers.sim.modbus_world import SilenceFault, follow, record_writes
+from drivers.sim.motion_world import Wire, build_machine
 from drivers.sim.plant import Plant
 from drivers.sim.serial_world import SENSOR_PERIOD_S, sensor_lines
 
@@ -35,7 +36,11 @@ class FarSide(Protocol):
 
 
 class GpioFarSide:
-    """The far side of the GPIO bus: the plant's mock pins, linked by each kind's couplings."""
+    """The far side of the GPIO bus: the plant's mock pins, linked by each kind's couplings, and
+    the machines of :mod:`drivers.sim.motion_world` for kinds that declare a Mechanism.
+
+    (A far side *may* have ``machine(plant, device, specs, mechanism) -> bool``; the others have no
+    machines.)"""
 
     async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
         return dict(links)  # one factory for the whole board: nothing per link
@@ -49,6 +54,21 @@ class GpioFarSide:
         on_level = input.active_level if coupling.active_when_on else not input.active_level
         plant.link(device, output_pin=output.pin, energised=output.active_high, input_pin=input.pin,
                    level_when_on=on_level, delay_s=coupling.delay_s, fault=coupling.fault)
+        return True
+
+    def machine(self, plant: Plant, device: str, specs: dict[str, PointSpec], mechanism: Mechanism) -> bool:
+        """Build *mechanism*'s machine on the mock pins of *specs* (role -> spec); False when a point
+        is not a GPIO line."""
+        wires: dict[str, Wire] = {}
+        for role, spec in specs.items():
+            if isinstance(spec, GpioOutputSpec):
+                wires[role] = Wire(spec.pin, spec.active_high)
+            elif isinstance(spec, GpioInputSpec):
+                wires[role] = Wire(spec.pin, spec.active_level)
+            else:
+                return False
+        names = {role: field for role, field in mechanism.points if role in wires}
+        build_machine(plant, device, mechanism.model, wires, names, dict(mechanism.settings))
         return True
 
 

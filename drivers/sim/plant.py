@@ -56,6 +56,15 @@ class JamFault:
         self.linkage.free()
 
 
+class Machine(Protocol):
+    """A far-side machine that several points of one device belong to (a strike, a motor)."""
+
+    moved_at: deque[float]  # monotonic times its inputs moved
+
+    def stop(self) -> None:
+        """Freeze: no timer of its fires after this."""
+
+
 @dataclass
 class SimDevice:
     """One simulated device: its linkages and the faults it can suffer."""
@@ -65,6 +74,8 @@ class SimDevice:
     undo: list[Callable[[], None]] = field(default_factory=list)  # other physics to take out with it
     faults: dict[str, Fault] = field(default_factory=dict)  # fault name -> what it does
     active: set[str] = field(default_factory=set)  # faults currently injected
+    machines: list[Machine] = field(default_factory=list)  # machines of several points (drivers/sim/motion_world)
+
 
 
 HISTORY_LENGTH = 1000  # records kept per device and kind (outputs, positions): minutes of a busy soak
@@ -153,6 +164,13 @@ class Plant:
         self.add_fault(device, fault, JamFault(linkage))
         return linkage
 
+    def add_machine(self, device: str, machine: Machine) -> None:
+        """Put *machine* in the world as *device*'s far side; it is frozen when the device is
+        unlinked or the plant stops."""
+        sim = self.devices.setdefault(device, SimDevice(device))
+        sim.machines.append(machine)
+        sim.undo.append(machine.stop)
+
     def on_unlink(self, device: str, undo: Callable[[], None]) -> None:
         """Call *undo* when *device* is taken out of the world (physics other than linkages)."""
         self.devices.setdefault(device, SimDevice(device)).undo.append(undo)
@@ -199,7 +217,8 @@ class Plant:
         sim = self.devices.get(device)
         if sim is None:
             raise UnknownFault(f"{device} is not simulated with physics")
-        return sorted(t for linkage in sim.linkages.values() for t in linkage.moved_at)[-last:]
+        moves: list[Linkage | Machine] = [*sim.linkages.values(), *sim.machines]
+        return sorted(t for moving in moves for t in moving.moved_at)[-last:]
 
     def recorder(self, device: str) -> Callable[[str, object], None]:
         """What a far side calls with ("output" or "position", value) when *device* changes."""
@@ -222,6 +241,8 @@ class Plant:
         for sim in self.devices.values():
             for linkage in sim.linkages.values():
                 linkage.jam()
+            for machine in sim.machines:
+                machine.stop()
 
     async def aclose(self) -> None:
         """Stop everything: linkages, servers, terminals; remove the symlink directory."""

@@ -1,14 +1,17 @@
 """The MQTT front door: a peer of the WebSocket server over the same dispatcher (README, *Home Assistant and MQTT*).
 
-Everything arriving over MQTT runs as one session with the configured ``role``:
-the same role check, rate limit, per-device queue, confirmation and audit as a
-WebSocket call, because it is a JSON-RPC request to the same :class:`Dispatcher`.
+Made from a :class:`controller.runtime.context.Context`. Everything arriving over MQTT runs as
+one session with the configured ``role``: the same role check, rate limit, per-device queue,
+confirmation and audit as a WebSocket call, because it is a JSON-RPC request to the same
+dispatcher. The bridge names no kind: each device says what it announces
+(:meth:`Device.ha_entities`), what its events become (:meth:`Device.mqtt_messages`) and what a
+command payload asks for (:meth:`Device.mqtt_command`).
 
-- ``PREFIX/NODE/D/set`` (door ``OPEN``/``CLOSE``, switch ``ON``/``OFF``/``TOGGLE``,
-  setpoint a number) runs the action; its outcome goes to ``.../attributes``
-  (retained) and ``.../event``. ``.../state`` is published only from observations
-  (the event bus), so a jammed door never shows ``open``. A retained command (one
-  the broker replays) and a malformed one are logged and never run.
+- ``PREFIX/NODE/D/set`` (and any ``set_*`` leaf a device announces) runs the action the device
+  reads in the payload; its outcome goes to ``.../attributes`` (retained) and ``.../event``.
+  ``.../state`` is published only from observations (the event bus), so a jammed door never
+  shows ``open``. A retained command (one the broker replays) and a malformed one are logged and
+  never run.
 - ``PREFIX/NODE/rpc``: MQTT 5 request/response. The reply on the request's
   response topic, with its correlation data, is the WebSocket's reply byte for byte.
 - Every event of the bus is mirrored to ``PREFIX/NODE/events/<topic>``.
@@ -27,7 +30,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -44,27 +47,14 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from prometheus_client import Gauge
 
 from controller import __version__
-from controller.bridges.mqtt.discovery import (
-    OFFLINE,
-    ONLINE,
-    BadCommand,
-    Entity,
-    Topics,
-    command,
-    discovery,
-    outcome,
-    state_payload,
-)
-from controller.devices.base import Device
-from controller.devices.sensor import Sensor
-from controller.devices.setpoint import Setpoint
-from controller.rpc.dispatch import NOT_NOW, Dispatcher
-from controller.security.auth import RateBucket, Session
-from controller.security.policy import Token
-from controller.security.secrets import SecretHash
-from controller.settings.mqtt import MqttConfig, read_password
+from controller.bridges.mqtt.discovery import OFFLINE, ONLINE, Topics, command_leaves, discovery, outcome
+from controller.devices.outward import MAX_COMMAND_BYTES, BadCommand, MqttMessage
+from controller.rpc.dispatch import Answer, request, settled
+from controller.runtime.context import Context
+from controller.security.auth import Session
 from controller.wire import jsonrpc
 from controller.wire.errors import InvalidRequest
+from controller.wire.owned import OwnedTasks
 from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -72,19 +62,10 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
 PENDING_WARNING = 500  # aiomqtt warns past this many unacknowledged publishes (an announce sends ~30)
 GOODBYE_TIMEOUT = 2.0  # at shutdown: how long the final "offline" may take to reach the broker
-NO_SECRET = SecretHash(1, b"", b"")  # the MQTT session's token is no credential: nothing logs in with it
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle + delayed ACK cost ~40 ms per hop (LIBRARIES.md)
-
-
-def entity_of(device: Device) -> Entity:
-    """What Home Assistant discovery needs to know about *device*."""
-    if isinstance(device, Setpoint):
-        cfg = device.cfg
-        return Entity(device.name, device.kind, unit=cfg.unit, minimum=cfg.min, maximum=cfg.max,
-                      step=abs(cfg.output.at.scale) or None)
-    if isinstance(device, Sensor):
-        return Entity(device.name, device.kind, values=tuple((k, v.unit) for k, v in device.source.values.items()))
-    return Entity(device.name, device.kind)
+# retainAsPublished: a command published with the retain flag keeps it even live, so it is
+# recognised and ignored whether the broker replays it now or later.
+COMMAND_OPTIONS = SubscribeOptions(qos=1, retainAsPublished=True)
 
 
 def _short(payload: bytes, limit: int = 40) -> str:
@@ -94,51 +75,48 @@ def _short(payload: bytes, limit: int = 40) -> str:
 
 
 class MqttBridge:
-    """One broker connection that serves the dispatcher's devices over MQTT."""
+    """One broker connection that serves the context's devices over MQTT."""
 
-    def __init__(self, config: MqttConfig, dispatcher: Dispatcher, *, max_payload: int = 65536) -> None:
-        self.config = config
-        self.dispatcher = dispatcher
+    def __init__(self, ctx: Context) -> None:
+        assert ctx.config.mqtt is not None
+        self.ctx = ctx
+        self.config = config = ctx.config.mqtt
+        self.dispatcher = ctx.dispatcher
         self.topics = Topics(config.topic_prefix, config.node)
-        self.max_payload = max_payload  # a bigger rpc request is refused, as the WebSocket refuses a frame
+        # A bigger rpc request is refused, as the WebSocket refuses a frame.
+        self.max_payload = ctx.config.server.max_frame_bytes
         self.session = self._new_session()
         self.connected = Gauge("pictl_mqtt_connected", "1 while the MQTT bridge is connected to its broker",
-                               registry=dispatcher.metrics.registry)
+                               registry=ctx.metrics.registry)
         self.connects = 0  # successful connections so far (the first, then each reconnect)
         self.ready = asyncio.Event()  # set while connected and announced
-        self._password = read_password(config)  # read once; never logged
         self._client: aiomqtt.Client | None = None  # while connected
         self._runner: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()  # publishes and commands in flight
-        self._commands: set[asyncio.Task[None]] = set()  # actions in flight (waited for at shutdown)
+        self._tasks = OwnedTasks("mqtt publish")  # publishes and requests in flight
+        self._commands = OwnedTasks("mqtt command")  # actions in flight (waited for at shutdown)
         self._announced: dict[str, set[str]] = {}  # device -> its discovery config topics on the broker
         self._attributes: dict[str, bytes] = {}  # device -> its last outcome, republished on reconnect
+        self._subscribed: set[str] = set()  # command leaves subscribed on this connection
+        self._untap: Callable[[], None] | None = None
         self._closing = False
 
     def _new_session(self) -> Session:
-        role = self.dispatcher.auth.roles[self.config.role]
-        who = f"mqtt:{self.config.node}"
-        session = Session(peer=f"mqtt {self.config.host}:{self.config.port}", address="mqtt",
-                          token=Token(name=who, role=role.name, verifier=NO_SECRET), role=role)
-        if role.rate is not None:
-            session.bucket = RateBucket(role.rate, role.burst or 1)
-        return session
+        return Session.for_service(f"mqtt:{self.config.node}", self.ctx.auth.roles[self.config.role],
+                                   peer=f"mqtt {self.config.host}:{self.config.port}", address="mqtt")
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start connecting (in the background: a broker that is down does not stop the daemon)."""
-        self.dispatcher.events.taps.append(self._on_event)
+        self._untap = self.ctx.events.tap(self._on_event)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt-bridge")
 
     async def close(self, timeout: float) -> None:
         """Let commands in flight finish (up to *timeout*), say ``offline``, disconnect."""
         self._closing = True
-        if self._commands:  # their outcome, and the state it leaves, are still published
-            _done, pending = await asyncio.wait(set(self._commands), timeout=timeout)
-            if pending:
-                log.warning("%d MQTT command(s) did not finish before shutdown", len(pending))
-        with contextlib.suppress(ValueError):
-            self.dispatcher.events.taps.remove(self._on_event)
+        if not await self._commands.wait(timeout):  # their outcome, and the state it leaves, still go out
+            log.warning("%d MQTT command(s) did not finish before shutdown", len(self._commands))
+        if self._untap is not None:
+            self._untap()
         client = self._client
         if client is not None:
             try:
@@ -149,14 +127,13 @@ class MqttBridge:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         self.connected.set(0)
 
     def config_applied(self) -> None:
         """After a reload: the role may have changed, devices come and go (a removed one is
         removed from Home Assistant with an empty retained config)."""
-        if self.config.role in self.dispatcher.auth.roles:
+        if self.config.role in self.ctx.auth.roles:
             self.session = self._new_session()
         if self._client is not None:
             self._announce()
@@ -173,7 +150,7 @@ class MqttBridge:
             identifier=f"pictl-{self.config.node}",
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=True,  # no session state: a command queued while we were away is never replayed
-            username=self.config.username, password=self._password,
+            username=self.config.username, password=self.config.password,
             will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
             keepalive=self.config.keepalive,
             timeout=10.0,
@@ -213,11 +190,8 @@ class MqttBridge:
             await asyncio.sleep(backoff.next())
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        # retainAsPublished: a command published with the retain flag keeps it even live, so it is
-        # recognised and ignored whether the broker replays it now or later.
-        options = SubscribeOptions(qos=1, retainAsPublished=True)
-        await client.subscribe(self.topics.commands, options=options)
-        await client.subscribe(self.topics.rpc, options=options)
+        self._subscribed.clear()  # a new connection (clean start): nothing is subscribed yet
+        await client.subscribe(self.topics.rpc, options=COMMAND_OPTIONS)
         if self.config.discovery_prefix:
             await client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
         self._announce()
@@ -234,7 +208,7 @@ class MqttBridge:
         client = self._client
         if client is None:
             return  # everything retained is published again on reconnect
-        self._spawn(self._send(client, topic, payload, retain, qos, properties))
+        self._tasks.spawn(self._send(client, topic, payload, retain, qos, properties))
 
     @staticmethod
     async def _send(client: aiomqtt.Client, topic: str, payload: str | bytes, retain: bool, qos: int,
@@ -244,21 +218,33 @@ class MqttBridge:
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.debug("MQTT: publish to %s dropped: %s", topic, exc)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _subscribe_commands(self, leaves: set[str]) -> None:
+        """Subscribe to the command leaves the devices announce that this connection has not yet."""
+        client = self._client
+        if client is None:
+            return
+        for leaf in sorted(leaves - self._subscribed):
+            self._subscribed.add(leaf)
+            self._tasks.spawn(self._subscribe(client, self.topics.commands(leaf)))
+
+    @staticmethod
+    async def _subscribe(client: aiomqtt.Client, topic: str) -> None:
+        try:
+            await client.subscribe(topic, options=COMMAND_OPTIONS)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.debug("MQTT: subscribing to %s failed: %s (the next connection subscribes again)", topic, exc)
 
     # -- what we publish --------------------------------------------------------------------------
     def _announce(self) -> None:
         """Discovery (and removal of what is gone), then each device's availability, state and
         last outcome, then the node's ``online``: Home Assistant shows fresh values only."""
-        devices = self.dispatcher.devices
+        devices = self.ctx.devices
+        entities = {name: device.ha_entities() for name, device in devices.items()}
+        self._subscribe_commands({leaf for found in entities.values() for leaf in command_leaves(found)})
         if self.config.discovery_prefix:
             announced: dict[str, set[str]] = {}
-            for name, device in devices.items():
-                messages = discovery(self.config.discovery_prefix, self.topics, entity_of(device), __version__)
+            for name in devices:
+                messages = discovery(self.config.discovery_prefix, self.topics, name, entities[name], __version__)
                 announced[name] = {topic for topic, _ in messages}
                 for topic, payload in messages:
                     self._publish(topic, orjson.dumps(payload), retain=True)
@@ -275,13 +261,17 @@ class MqttBridge:
             self._attributes.pop(name, None)
         for name, device in devices.items():
             self._publish(self.topics.device(name, "availability"), ONLINE if device.online else OFFLINE, retain=True)
-            self._publish(self.topics.device(name, "state"), state_payload(device.kind, device.state()), retain=True)
+            self._publish_device(name, device.mqtt_messages("state", device.state()))
             if name in self._attributes:
                 self._publish(self.topics.device(name, "attributes"), self._attributes[name], retain=True)
         self._publish(self.topics.availability, ONLINE, retain=True)
 
+    def _publish_device(self, name: str, messages: list[MqttMessage]) -> None:
+        for message in messages:
+            self._publish(self.topics.device(name, message.leaf), message.payload, retain=message.retain)
+
     def _on_event(self, event: dict[str, Any]) -> None:
-        """Every event of the bus: mirrored, and state and availability kept current (retained)."""
+        """Every event of the bus: mirrored, and each device's own messages (state, alarms) kept current."""
         if self._client is None:
             return
         topic = event["topic"]
@@ -289,14 +279,14 @@ class MqttBridge:
         self._publish(self.topics.event(topic), jsonrpc.dumps_bytes(event), retain=False, qos=0)
         if topic == "system.status":
             name = data.get("device")
-            if name in self.dispatcher.devices:
+            if name in self.ctx.devices:
                 self._publish(self.topics.device(name, "availability"), ONLINE if data.get("online") else OFFLINE,
                               retain=True)
             return
         name, _, what = topic.rpartition(".")
-        device = self.dispatcher.devices.get(name)
-        if device is not None and what in ("state", "reading"):
-            self._publish(self.topics.device(name, "state"), state_payload(device.kind, data), retain=True)
+        device = self.ctx.devices.get(name)
+        if device is not None:
+            self._publish_device(name, device.mqtt_messages(what, data))
 
     # -- what arrives -----------------------------------------------------------------------------
     def _route(self, message: aiomqtt.Message) -> None:
@@ -309,38 +299,42 @@ class MqttBridge:
                 log.info("MQTT: Home Assistant is online: announcing the devices again")
                 self._announce()
         else:
-            name = self.topics.commanded_device(topic)
-            if name is not None:
-                self._command(name, payload, message.retain)
+            found = self.topics.command(topic)
+            if found is not None:
+                self._command(*found, payload, message.retain)
 
-    def _command(self, name: str, payload: bytes, retained: bool) -> None:
+    def _command(self, name: str, leaf: str, payload: bytes, retained: bool) -> None:
+        where = self.topics.device(_short(name.encode(), 64), leaf)
         if retained:
             log.warning("MQTT: ignored a retained command on %s (%s): a command the broker replays never runs; "
-                        "clear it with an empty retained message", self.topics.device(name, "set"), _short(payload))
+                        "clear it with an empty retained message", where, _short(payload))
             return
         if self._closing:
-            log.warning("MQTT: ignored a command for %s: shutting down", name)
+            log.warning("MQTT: ignored a command on %s: shutting down", where)
             return
-        device = self.dispatcher.devices.get(name)
+        device = self.ctx.devices.get(name)
         if device is None:
-            log.warning("MQTT: ignored a command for %s: no such device", _short(name.encode()))
+            log.warning("MQTT: ignored a command on %s: no such device", where)
             return
         try:
-            action, params = command(device.kind, payload)
+            if len(payload) > MAX_COMMAND_BYTES:
+                raise BadCommand(f"{len(payload)} bytes: a command is a word or a number")
+            try:
+                text = payload.decode("ascii").strip()
+            except UnicodeDecodeError:
+                raise BadCommand("not ASCII text") from None
+            action, params = device.mqtt_command(leaf, text)
         except BadCommand as exc:
-            log.warning("MQTT: ignored a malformed command for %s (%s): %s", name, _short(payload), exc)
+            log.warning("MQTT: ignored a malformed command on %s (%s): %s", where, _short(payload), exc)
             return
-        task = self._spawn(self._act(name, action, params))
-        self._commands.add(task)
-        task.add_done_callback(self._commands.discard)
+        self._commands.spawn(self._act(name, action, params))
 
     async def _act(self, name: str, action: str, params: dict[str, Any]) -> None:
         """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
-        request = jsonrpc.Request(f"{name}.{action}", params, 0)
-        text = await self.dispatcher.handle_text(self.session, jsonrpc.Message((request,), batch=False))
-        if text is None:  # pragma: no cover - a request with an id always gets a reply
+        reply = (await settled(self.dispatcher.call(self.session, request(f"{name}.{action}", params)))).reply
+        if reply is None:  # pragma: no cover - a request with an id always gets a reply
             return
-        attributes, event = outcome(action, orjson.loads(text))
+        attributes, event = outcome(action, reply)
         if attributes["error"] is not None:
             log.warning("MQTT: %s %s failed: %s", name, action, attributes["error"].get("message"))
         encoded = orjson.dumps(attributes)
@@ -364,13 +358,11 @@ class MqttBridge:
             too_big = InvalidRequest(f"request too large: {len(payload)} > {self.max_payload} bytes")
             self._reply(respond, correlation, message.qos, jsonrpc.dumps_bytes(jsonrpc.error(None, too_big)))
             return
-        decoded = jsonrpc.decode(payload, self.dispatcher.max_batch)
-        now = self.dispatcher.answer_now(self.session, decoded)
-        if isinstance(now, bytes):
-            self._reply(respond, correlation, message.qos, now)
-        if now is not NOT_NOW:
-            return
-        self._spawn(self._answer(decoded, respond, correlation, message.qos))
+        answer = self.dispatcher.call(self.session, jsonrpc.decode(payload, self.dispatcher.max_batch))
+        if isinstance(answer, Answer):  # answered at once: no task
+            self._reply(respond, correlation, message.qos, answer.frame())
+        else:
+            self._tasks.spawn(self._answer(answer, respond, correlation, message.qos))
 
     def _may_answer_on(self, topic: str) -> bool:
         """A reply never lands on our own topics (a command, a state) or on discovery topics."""
@@ -379,14 +371,12 @@ class MqttBridge:
             ours.append(f"{self.config.discovery_prefix}/")
         return not ("+" in topic or "#" in topic or any(topic.startswith(prefix) for prefix in ours))
 
-    async def _answer(self, decoded: jsonrpc.Message, respond: str | None, correlation: bytes | None,
+    async def _answer(self, answer: Awaitable[Answer], respond: str | None, correlation: bytes | None,
                       qos: int) -> None:
-        text = await self.dispatcher.handle_text(self.session, decoded)
-        if text is not None:
-            self._reply(respond, correlation, qos, text.encode())
+        self._reply(respond, correlation, qos, (await answer).frame())
 
-    def _reply(self, respond: str | None, correlation: bytes | None, qos: int, reply: bytes) -> None:
-        if respond is None:
+    def _reply(self, respond: str | None, correlation: bytes | None, qos: int, reply: bytes | None) -> None:
+        if respond is None or reply is None:
             return  # no response topic: a notification, executed and never answered
         properties = None
         if correlation is not None:

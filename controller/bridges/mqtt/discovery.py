@@ -1,42 +1,29 @@
-"""What the MQTT bridge publishes, as pure functions: topics, payloads, Home Assistant discovery.
+"""What the MQTT bridge publishes, as pure functions: topics, discovery payloads, outcomes.
 
-No broker and no MQTT client here: these turn a device's description, its state
-object or an action's JSON-RPC reply into topic names and payloads (README, *Home Assistant and MQTT*),
-so every payload Home Assistant sees is tested without a broker.
+No broker and no MQTT client here. A device describes its own Home Assistant entities
+(:meth:`controller.devices.base.Device.ha_entities`); this module adds what every entity shares
+(the node's ``device`` block, ``origin``, the two-level availability, ``qos``, names and ids) and
+turns topic leaves into topics, so every payload Home Assistant sees is tested without a broker.
 
 Home Assistant facts this relies on: discovery topics are
-``<prefix>/<component>/<node_id>/<object_id>/config``; an empty retained payload
-deletes the entity; the payload ``None`` on a state topic means unknown; a cover's
-states are ``open``/``opening``/``closed``/``closing``; the ``event`` component takes
-``{"event_type": ...}`` and ignores types missing from its ``event_types``.
+``<prefix>/<component>/<node_id>/<object_id>/config``; an empty retained payload deletes the
+entity; the ``event`` component takes ``{"event_type": ...}`` and ignores types missing from its
+``event_types``.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from controller.devices.outward import HaEntity, is_command_leaf
 from controller.wire.protocol import ERROR_NAMES
 
-UNKNOWN = "None"  # Home Assistant's payload for "state unknown"
 ONLINE, OFFLINE = "online", "offline"
-# The event entity's types: "confirmed" or the JSON-RPC error name of a failed command.
+# The command event entity's types: "confirmed" or the JSON-RPC error name of a failed command.
 EVENT_TYPES = ("confirmed", "not_confirmed", "busy", "unavailable", "unauthorized", "rate_limited",
                "invalid_params", "internal_error")
-DOOR_COMMANDS = {"OPEN": "open", "CLOSE": "close"}
-SWITCH_COMMANDS = {"ON": "on", "OFF": "off", "TOGGLE": "toggle"}
-MAX_COMMAND_BYTES = 64  # a command is a word or a number; anything longer is malformed
-# Sensor units Home Assistant knows a device_class for (used only when the unit says it plainly).
-UNIT_CLASSES = {
-    "°C": "temperature", "°F": "temperature", "K": "temperature",
-    "Pa": "pressure", "hPa": "pressure", "kPa": "pressure", "bar": "pressure", "mbar": "pressure", "psi": "pressure",
-    "V": "voltage", "mV": "voltage", "A": "current", "mA": "current", "W": "power", "kW": "power",
-    "Wh": "energy", "kWh": "energy", "Hz": "frequency", "lx": "illuminance",
-}
-TOTAL_UNITS = frozenset({"Wh", "kWh"})  # meters that only count up: state_class total_increasing
 
 
 @dataclass(frozen=True)
@@ -60,52 +47,41 @@ class Topics:
         """MQTT 5 request/response: JSON-RPC in, the WebSocket's reply out."""
         return f"{self.base}/rpc"
 
-    @property
-    def commands(self) -> str:
-        """The subscription that catches every device's ``set`` topic."""
-        return f"{self.base}/+/set"
+    def commands(self, leaf: str) -> str:
+        """The subscription that catches every device's command leaf *leaf* (``set``, ``set_position``)."""
+        return f"{self.base}/+/{leaf}"
 
     def device(self, name: str, leaf: str) -> str:
-        """``state``, ``set``, ``availability``, ``attributes`` or ``event`` of device *name*."""
+        """``state``, ``set``, ``availability``, ``attributes``, ``event``... of device *name*."""
         return f"{self.base}/{name}/{leaf}"
 
     def event(self, topic: str) -> str:
         """Where an event (README, *Live state: events*: ``door.state``) is mirrored."""
         return f"{self.base}/events/{topic}"
 
-    def commanded_device(self, topic: str) -> str | None:
-        """The device a ``.../D/set`` topic names, or None when it is not one of ours."""
+    def command(self, topic: str) -> tuple[str, str] | None:
+        """(device, leaf) of a command topic ``PREFIX/NODE/D/set[_*]``, or None when it is not one."""
         head = f"{self.base}/"
-        if not topic.startswith(head) or not topic.endswith("/set"):
+        if not topic.startswith(head):
             return None
-        name = topic[len(head):-len("/set")]
-        return name if name and "/" not in name else None
+        name, sep, leaf = topic[len(head):].partition("/")
+        if not sep or not name or "/" in leaf or not is_command_leaf(leaf):
+            return None
+        return name, leaf
 
 
-@dataclass(frozen=True)
-class Entity:
-    """What discovery needs to know about one device."""
-
-    name: str  # the device's name
-    kind: str  # door, switch, setpoint, sensor
-    unit: str = ""  # a setpoint's unit
-    minimum: float | None = None  # a setpoint's range
-    maximum: float | None = None
-    step: float | None = None  # a setpoint's resolution
-    values: tuple[tuple[str, str], ...] = ()  # a sensor's named values and their units, in config order
+def command_leaves(entities: Iterable[HaEntity]) -> set[str]:
+    """The command leaves the entities name (what the bridge subscribes to)."""
+    return {leaf for entity in entities for leaf in entity.topics.values() if is_command_leaf(leaf)}
 
 
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
+def discovery(discovery_prefix: str, topics: Topics, device: str, entities: list[HaEntity],
+              version: str) -> list[tuple[str, dict[str, Any]]]:
+    """The retained discovery messages for one device: (config topic, payload) pairs.
 
-
-def discovery(discovery_prefix: str, topics: Topics, entity: Entity, version: str) -> list[tuple[str, dict[str, Any]]]:
-    """The retained discovery messages for *entity*: (config topic, payload) pairs.
-
-    One entity per device (one per value for a sensor with several), plus an
-    ``event`` entity for each device that takes commands: Home Assistant has no
-    error channel for MQTT commands, so a failed one shows there (and in the
-    attributes), never as a state the contact did not report.
+    One per entity the device describes, plus an ``event`` entity for a device that takes
+    commands: Home Assistant has no error channel for MQTT commands, so a failed one shows there
+    (and in the attributes), never as a state the device did not report.
     """
     node = topics.node
     device_block = {"identifiers": [f"pictl_{node}"], "name": node, "manufacturer": "pictl",
@@ -115,118 +91,29 @@ def discovery(discovery_prefix: str, topics: Topics, entity: Entity, version: st
         "origin": {"name": "pictl", "sw_version": version},
         "availability": [
             {"topic": topics.availability, "payload_available": ONLINE, "payload_not_available": OFFLINE},
-            {"topic": topics.device(entity.name, "availability"), "payload_available": ONLINE,
+            {"topic": topics.device(device, "availability"), "payload_available": ONLINE,
              "payload_not_available": OFFLINE},
         ],
         "availability_mode": "all",
-        "json_attributes_topic": topics.device(entity.name, "attributes"),
-        "state_topic": topics.device(entity.name, "state"),
         "qos": 1,
     }
-    unique = f"pictl_{node}_{entity.name}"
+    unique = f"pictl_{node}_{device}"
     out: list[tuple[str, dict[str, Any]]] = []
-
-    def add(component: str, object_id: str, payload: dict[str, Any]) -> None:
-        out.append((f"{discovery_prefix}/{component}/{node}/{object_id}/config", payload))
-
-    command = topics.device(entity.name, "set")
-    if entity.kind == "door":
-        add("cover", entity.name, {
-            **common, "name": entity.name, "unique_id": unique, "device_class": "door",
-            "command_topic": command, "payload_open": "OPEN", "payload_close": "CLOSE", "payload_stop": None,
-            "state_open": "open", "state_opening": "opening", "state_closed": "closed", "state_closing": "closing",
-            "optimistic": False, "retain": False,
-        })
-    elif entity.kind == "switch":
-        add("switch", entity.name, {
-            **common, "name": entity.name, "unique_id": unique, "command_topic": command,
-            "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
-            "optimistic": False, "retain": False,
-        })
-    elif entity.kind == "setpoint":
-        number: dict[str, Any] = {**common, "name": entity.name, "unique_id": unique, "command_topic": command,
-                                  "optimistic": False, "retain": False, "mode": "box"}
-        if entity.minimum is not None:
-            number["min"] = _number(entity.minimum)
-        if entity.maximum is not None:
-            number["max"] = _number(entity.maximum)
-        if entity.step:
-            number["step"] = _number(entity.step)
-        if entity.unit:
-            number["unit_of_measurement"] = entity.unit
-        add("number", entity.name, number)
-    elif entity.kind == "sensor":
-        several = len(entity.values) > 1
-        for value_name, unit in entity.values or (("value", ""),):
-            sensor: dict[str, Any] = {**common, "name": f"{entity.name} {value_name}" if several else entity.name,
-                                      "unique_id": f"{unique}_{value_name}" if several else unique,
-                                      "state_class": "total_increasing" if unit in TOTAL_UNITS else "measurement"}
-            if several:
-                sensor["value_template"] = f"{{{{ value_json.{value_name} }}}}"
-            if unit:
-                sensor["unit_of_measurement"] = unit
-            if unit in UNIT_CLASSES:
-                sensor["device_class"] = UNIT_CLASSES[unit]
-            add("sensor", f"{entity.name}_{value_name}" if several else entity.name, sensor)
-        return out  # a sensor takes no commands: no event entity
-    else:
-        return out  # a kind this bridge does not know: nothing announced
-    add("event", f"{entity.name}_command", {
-        **{k: v for k, v in common.items() if k not in ("state_topic", "json_attributes_topic")},
-        "name": f"{entity.name} command", "unique_id": f"{unique}_command",
-        "state_topic": topics.device(entity.name, "event"), "event_types": list(EVENT_TYPES),
-    })
+    for entity in entities:
+        object_id = f"{device}_{entity.key}" if entity.key else device
+        payload = {**common,
+                   **({"json_attributes_topic": topics.device(device, "attributes")} if entity.attributes else {}),
+                   **{key: topics.device(device, leaf) for key, leaf in entity.topics.items()},
+                   "name": f"{device} {entity.key}" if entity.key else device,
+                   "unique_id": f"{unique}_{entity.key}" if entity.key else unique,
+                   **entity.fields}
+        out.append((f"{discovery_prefix}/{entity.component}/{node}/{object_id}/config", payload))
+    if command_leaves(entities):
+        out.append((f"{discovery_prefix}/event/{node}/{device}_command/config", {
+            **common, "name": f"{device} command", "unique_id": f"{unique}_command",
+            "state_topic": topics.device(device, "event"), "event_types": list(EVENT_TYPES),
+        }))
     return out
-
-
-def state_payload(kind: str, state: dict[str, Any]) -> str:
-    """A state object (``device.state()`` or a sensor reading) as its ``.../state`` payload."""
-    if kind == "door":
-        shown = state.get("state")
-        if shown == "moving":  # commanded, not yet observed: the actuator says which way
-            return "opening" if state.get("actuator") else "closing"
-        return shown if shown in ("open", "closed") else UNKNOWN
-    if kind == "switch":
-        return {"on": "ON", "off": "OFF"}.get(state.get("state", ""), UNKNOWN)
-    if "values" in state:  # a sensor with several named values: one JSON object
-        return orjson.dumps(state["values"]).decode()
-    value = state.get("value")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return UNKNOWN
-    return orjson.dumps(value).decode()
-
-
-class BadCommand(ValueError):
-    """A ``set`` payload that is not a command this kind takes."""
-
-
-def command(kind: str, payload: bytes) -> tuple[str, dict[str, Any]]:
-    """The action and params a ``.../set`` payload asks for; BadCommand when it is malformed."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise BadCommand(f"{len(payload)} bytes: a command is a word or a number")
-    try:
-        text = payload.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise BadCommand("not ASCII text") from None
-    if kind == "door":
-        action = DOOR_COMMANDS.get(text.upper())
-        if action is None:
-            raise BadCommand(f"a door takes {' or '.join(DOOR_COMMANDS)}")
-        return action, {}
-    if kind == "switch":
-        action = SWITCH_COMMANDS.get(text.upper())
-        if action is None:
-            raise BadCommand(f"a switch takes {', '.join(SWITCH_COMMANDS)}")
-        return action, {}
-    if kind == "setpoint":
-        try:
-            value = float(text)
-        except ValueError:
-            raise BadCommand("a setpoint takes a number") from None
-        if not math.isfinite(value):
-            raise BadCommand("a setpoint takes a finite number")
-        return "set", {"value": _number(value)}
-    raise BadCommand(f"a {kind} takes no commands")
 
 
 def outcome(action: str, reply: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -53,16 +53,24 @@
     return "panel-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   };
   const wsUrl = () => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-  const VERBS = { open: "open", close: "close", on: "turn on", off: "turn off", toggle: "toggle", set: "set" };
+  const VERBS = { open: "open", close: "close", on: "turn on", off: "turn off", toggle: "toggle", set: "set",
+    set_position: "move" };
   const PROGRESS = { open: "Opening…", close: "Closing…", on: "Switching on…", off: "Switching off…",
-    toggle: "Switching…" };
-  const DONE = { open: "Opened", close: "Closed", on: "Switched on", off: "Switched off", toggle: "Switched" };
-  const PROOF = { door: "contact", switch: "feedback", setpoint: "read-back" };
-  // While a command waits for its proof: "Opening, waiting for the contact". A door only ever shows a
-  // position its contact reported; "moving" (commanded, not yet seen) is said here, not as a state.
-  const WAITING_FOR = { door: "the contact" };
-  const waiting = (kind, action) =>
-    `${(PROGRESS[action] || "Working…").replace("…", "")}, waiting for ${WAITING_FOR[kind] || "confirmation"}`;
+    toggle: "Switching…", unlock: "Unlocking…", lock: "Locking…", stop: "Stopping…", set_position: "Moving…" };
+  const DONE = { open: "Opened", close: "Closed", on: "Switched on", off: "Switched off", toggle: "Switched",
+    unlock: "Unlocked", lock: "Locked", stop: "Stopped", set_position: "Moved" };
+  // An action whose describe says "interrupts" (a stop) never waits for the one in progress: its
+  // button stays pressable while the device is busy, and the call it interrupts is not reported here.
+  const interrupts = (d, action) => !!(d.actions[action] && d.actions[action].interrupts);
+  // Each device says what the panel draws (system.describe's "panel": proof, buttons, controls, facts);
+  // nothing here names a kind. While a command waits for its proof: "Opening, waiting for the contact".
+  // A device only ever shows what was observed; "moving" (commanded, not yet seen) is said here.
+  const face = (d) => d.describe.panel || {};
+  const proof = (d) => face(d).proof || "confirmation";
+  const waiting = (d, action) =>
+    `${(PROGRESS[action] || "Working…").replace("…", "")}, waiting for ${proof(d) === "confirmation" ? "" : "the "}${proof(d)}`;
+  const buttonsOf = (d) => face(d).buttons ||
+    Object.keys(d.actions).filter((a) => !Object.values(d.actions[a].params || {}).some((p) => p.required));
 
   // -- the link -----------------------------------------------------------------------------------
   function setLink(state, text) {
@@ -317,9 +325,11 @@
           .filter(([action]) => !allowed || allowed.has(`${name}.${action}`))),
         state: prev ? prev.state : null, online: prev ? prev.online : true, since: null, reason: null,
         lastUpdate: prev ? prev.lastUpdate : null, note: null, busy: null, observed: prev ? prev.observed : null,
+        presses: prev ? prev.presses : 0,
       };
       // Nothing to press because the role may not: say so rather than show nothing.
-      d.readOnly = all.some((a) => !(a in d.actions)) && !Object.keys(d.actions).some((a) => pressable(d.kind, a));
+      const drawn = [...buttonsOf(d), ...(face(d).controls || []).map((c) => c.action)];
+      d.readOnly = all.some((a) => !(a in d.actions)) && !drawn.some((a) => a in d.actions);
       d.el = tile(d);
       st.devices.set(name, d);
       ui.tiles.append(d.el.root);
@@ -339,39 +349,70 @@
     const head = el("header");
     head.append(el("h2", null, title(d.describe.label || d.name)), el("span", "kind", d.kind));
     const value = el("div", "value");
+    const facts = el("dl", "facts");
     const meta = el("div", "meta");
     const offline = el("div", "offline-note");
     const actions = el("div", "actions");
     const inputs = {};
     if (d.readOnly) actions.append(el("span", "readonly", "read only"));
-    for (const [action, spec] of Object.entries(d.actions)) {
-      if (!pressable(d.kind, action)) continue;
+    const button = (action, label) => {
+      const b = el("button", "act", label || title(action));
+      b.type = "button";
+      b.dataset.action = action;
+      b.dataset.label = label || title(action);
+      b.title = d.actions[action].description || action;
+      b.addEventListener("click", () => press(d, action));
+      return b;
+    };
+    for (const action of buttonsOf(d)) {
+      if (!(action in d.actions)) continue;
       const group = el("div", "action");
-      for (const [param, p] of Object.entries(spec.params || {})) {
-        if (!p.required) continue;
-        const input = el("input", "param");
-        input.type = p.type === "number" ? "number" : "text";
-        input.step = "any";
-        input.placeholder = param;
-        input.setAttribute("aria-label", `${d.name} ${action} ${param}`);
-        inputs[`${action}.${param}`] = { input, type: p.type };
-        group.append(input);
-      }
-      const button = el("button", "act", title(action));
-      button.type = "button";
-      button.dataset.action = action;
-      button.title = spec.description || action;
-      button.addEventListener("click", () => press(d, action));
-      group.append(button);
+      group.append(button(action));
+      actions.append(group);
+    }
+    for (const c of face(d).controls || []) { // an action that takes a value: a slider or a box, and Set
+      if (!(c.action in d.actions)) continue;
+      const group = el("div", "action control");
+      const input = el("input", "param");
+      input.type = c.type === "range" ? "range" : c.type === "text" ? "text" : "number";
+      for (const k of ["min", "max", "step"]) if (c[k] !== undefined) input[k] = String(c[k]);
+      if (c.type === "number") input.step = c.step !== undefined ? String(c.step) : "any";
+      input.placeholder = c.label || c.param;
+      input.setAttribute("aria-label", `${d.name} ${c.label || c.param}`);
+      inputs[`${c.action}.${c.param}`] = { input, type: c.type === "text" ? "string" : "number" };
+      group.append(input, button(c.action, c.type === "range" ? "Set" : title(c.action)));
       actions.append(group);
     }
     const msg = el("p", "msg");
     msg.setAttribute("role", "status");
-    root.append(head, value, meta, offline, actions, msg);
-    return { root, value, meta, offline, actions, msg, inputs };
+    root.append(head, value, facts, meta, offline, actions, msg);
+    return { root, value, facts, meta, offline, actions, msg, inputs };
   }
 
-  const pressable = (kind, action) => !(kind === "sensor" && action === "read"); // readings arrive by themselves
+  // The extra lines a device asks for (its panel "facts"), from its state object.
+  function factText(f, v) {
+    if (f.as === "countdown") {
+      const left = v ? (Date.parse(v) - Date.now()) / 1000 : NaN;
+      return isNaN(left) ? null : `${Math.max(0, Math.ceil(left))} s`;
+    }
+    if (v === null || v === undefined) return f.as === "alarm" ? null : "—";
+    if (f.as === "percent") return `${fmt(v)} %`;
+    if (f.as === "time") return `${clock(v)} · ${age(v)}`;
+    return title(String(v));
+  }
+
+  function renderFacts(d) {
+    const lines = [];
+    for (const f of face(d).facts || []) {
+      const text = d.state && typeof d.state === "object" ? factText(f, d.state[f.field]) : null;
+      if (text === null) continue;
+      const dt = el("dt", null, f.label || title(f.field));
+      const dd = el("dd", f.as === "alarm" ? "alarm" : null, text);
+      lines.push(dt, dd);
+    }
+    d.el.facts.replaceChildren(...lines);
+    d.el.facts.hidden = lines.length === 0;
+  }
 
   function stateText(d) {
     const s = d.state;
@@ -407,6 +448,7 @@
     e.root.dataset.online = String(!!d.online);
     e.root.classList.toggle("offline", !d.online);
     e.root.classList.toggle("busy", !!d.busy);
+    renderFacts(d);
     e.offline.hidden = !!d.online;
     e.offline.textContent = d.online ? "" : `Offline${d.since ? ` since ${clock(d.since)} (${age(d.since)})` : ""}`;
     e.meta.textContent = d.lastUpdate && d.online ? `updated ${clock(d.lastUpdate)} · ${age(d.lastUpdate)}` : "";
@@ -414,15 +456,15 @@
     const current = d.state && d.state.state;
     for (const button of e.actions.querySelectorAll("button")) {
       const action = button.dataset.action;
-      button.disabled = !d.online || !!d.busy;
+      button.disabled = !d.online || (!!d.busy && !interrupts(d, action));
       button.setAttribute("aria-pressed", String((action === "open" && current === "open") ||
         (action === "close" && current === "closed") || action === current));
-      button.textContent = d.busy === action ? (PROGRESS[action] || "Working…") : title(action);
+      button.textContent = d.busy === action ? (PROGRESS[action] || "Working…") : button.dataset.label;
       button.classList.toggle("working", d.busy === action);
     }
     // Someone (this panel or another client) commanded the door and its contact has not followed yet.
     // Why a device is offline goes in the message lines (reasons are long: "modbus plant: no reply within 0.5 s").
-    const note = moving && !d.busy ? { kind: "progress", text: waiting(d.kind, d.state.actuator ? "open" : "close") }
+    const note = moving && !d.busy ? { kind: "progress", text: waiting(d, d.state.actuator ? "open" : "close") }
       : d.note || (!d.online && d.reason ? { kind: "warn", text: d.reason[0].toUpperCase() + d.reason.slice(1) } : null);
     e.msg.textContent = note ? note.text : "";
     e.msg.title = e.msg.textContent; // at most two lines on the tile (the layout never moves); all of it here
@@ -431,7 +473,7 @@
 
   // -- actions ------------------------------------------------------------------------------------
   function press(d, action) {
-    if (d.busy) return;
+    if (d.busy && !interrupts(d, action)) return;
     const params = {};
     for (const [id, { input, type }] of Object.entries(d.el.inputs)) {
       const [a, param] = id.split(".");
@@ -445,9 +487,10 @@
     const key = randomKey();
     params.request_key = key;
     d.busy = action;
-    d.note = { kind: "progress", text: waiting(d.kind, action) };
+    d.presses += 1; // a later press (an interruption) owns the tile's message
+    d.note = { kind: "progress", text: waiting(d, action) };
     render(d);
-    const entry = { device: d.name, action, params, started: Date.now() };
+    const entry = { device: d.name, action, params, started: Date.now(), press: d.presses };
     st.inflight.set(key, entry);
     setTimeout(() => finish(key, entry, null, { code: 0, message: "" }), ACTION_GIVE_UP_MS);
     send(key, entry);
@@ -474,7 +517,7 @@
     if (!st.inflight.has(key)) return;
     st.inflight.delete(key);
     const d = st.devices.get(entry.device);
-    if (!d) return;
+    if (!d || (entry.press !== undefined && entry.press !== d.presses)) return; // interrupted by a later press
     d.busy = null;
     if (result) {
       if (result.state !== undefined && d.state && typeof d.state === "object" && "state" in d.state) {
@@ -494,9 +537,8 @@
     const data = err.data || {};
     switch (err.code) {
       case -32002: {
-        const proof = PROOF[d.kind] || "reading";
         const observed = data.observed === "unknown" || data.observed === undefined ? "unreadable" : `still ${data.observed}`;
-        let text = `${d.name} did not ${VERBS[action] || action} — ${proof} ${observed}`;
+        let text = `${d.name} did not ${VERBS[action] || action} — ${proof(d)} ${observed}`;
         if (data.expected && data.observed === data.expected) text = `${d.name} did not ${VERBS[action] || action} in time`;
         if (data.recovery) text += `. ${title(data.recovery)}.`;
         return text;
