@@ -152,8 +152,8 @@ def load_pin_factory(name: str = "auto") -> Any:
             why = no_gpio_here() or "no gpiozero pin factory could open it"
             raise GpioUnavailable(f"{why} ({detail}). {ADVICE}") from exc
     if any(issubclass(w.category, NativePinFactoryFallback) for w in caught):
-        tried = "; ".join(str(w.message) for w in caught if issubclass(w.category, PinFactoryFallback))
-        log.warning("GPIO through gpiozero's experimental native factory (%s): install lgpio", tried)
+        log.warning("GPIO through gpiozero's experimental native factory (%s): install lgpio",
+                    "; ".join(str(w.message) for w in caught if issubclass(w.category, PinFactoryFallback)))
     return factory
 
 
@@ -269,9 +269,18 @@ class GpioBus:
     key = "gpio"  # what point specs name it by (their bus_key)
     owner: str | None = None  # shared by every device
 
-    def __init__(self, factory: Any) -> None:
-        self.factory = factory  # a gpiozero Factory (real, or MockFactory in the plant)
+    def __init__(self, factory: Any = None, *, factory_name: str = "auto") -> None:
+        self._factory = factory  # a gpiozero Factory (MockFactory in the plant), or None: loaded when needed
+        self.factory_name = factory_name  # the [gpio] factory setting, for load_pin_factory()
         self.points: list[GpioOutput | GpioInput] = []  # every open line, for stop()
+
+    @property
+    def factory(self) -> Any:
+        """The pin factory, loaded with the first line claimed: a config without GPIO devices
+        (Modbus and serial only) runs on a machine without GPIO."""
+        if self._factory is None:
+            self._factory = load_pin_factory(self.factory_name)
+        return self._factory
 
     def output(self, name: str, spec: GpioOutputSpec, *, safe: bool, keep: bool = False) -> GpioOutput:
         """An output driven to *safe* as it is claimed, or left as found when *keep*."""

@@ -393,9 +393,12 @@ def all_steps(place: Place, report: Report, tests: bool, extra_pytest: list[str]
             figures[f"extra-{name}"] = extra(place, report, name, module)
     with report.step("pip install lgpio (the Pi's pin factory)"):
         t0 = time.perf_counter()
-        place.run("lgpio", place.pip, "install", "lgpio", timeout=1800)
+        log = place.run("lgpio", place.pip, "install", "lgpio", timeout=1800)
         place.run("lgpio-import", place.python, "-c", "import lgpio", timeout=300)
         figures["lgpio"] = time.perf_counter() - t0
+        built, wheels = pip_findings(log)
+        report.prove(f"{place.name}: `pip install lgpio` and `import lgpio` in {figures['lgpio']:.0f} s, from "
+                     + (f"source ({', '.join(built)})" if built else ", ".join(wheels) or "a pure-Python wheel"))
     with report.step("quick start on the demo plant"):
         demo = quick_start(place, report)
         figures.update({f"demo-{k}": v for k, v in demo.items()})

@@ -218,8 +218,8 @@ def serve(args: argparse.Namespace) -> int:
         try:  # now, before anything starts: a machine without GPIO gets one line, not a start and a stop
             load_pin_factory(cfg.gpio_factory)
         except GpioUnavailable as exc:
-            print(f"pictl serve: {' and '.join(gpio)} use{'s' if len(gpio) == 1 else ''} GPIO, but {exc}",
-                  file=sys.stderr)
+            names = " and ".join([", ".join(gpio[:-1]), gpio[-1]] if len(gpio) > 1 else gpio)
+            print(f"pictl serve: {names} use{'s' if len(gpio) == 1 else ''} GPIO, but {exc}", file=sys.stderr)
             return 1
     daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port, time_scale=args.time_scale)
     try:
