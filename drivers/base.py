@@ -273,6 +273,37 @@ class Coupling:
 
 
 @dataclass(frozen=True)
+class Quantity:
+    """What one value of a sensor measures: its unit, and its meaning for Home Assistant.
+
+    Drivers carry these from the config to the sensor untouched; the kinds judge them.
+    """
+
+    unit: str = ""  # "°C", "kWh", or "" when none is given
+    device_class: str | None = None  # Home Assistant's sensor class ("energy"), or None
+    state_class: str | None = None  # "measurement", "total", "total_increasing", or None
+
+
+# listener(values, at): one complete, valid reading (value name -> number) seen at wall-clock *at*.
+ReadingListener = Callable[[dict[str, float], float], None]
+
+
+class ReadingSource(Protocol):
+    """Where a sensor's readings come from (a serial port, a Modbus meter, a 1-Wire thermometer).
+
+    Each value is an :class:`InputPoint` (online while it is current); a complete, valid reading
+    is announced once to every listener. NaN and infinities never reach either.
+    """
+
+    @property
+    def values(self) -> dict[str, InputPoint]:
+        """Value name -> its point, in the config's order."""
+
+    def listen_readings(self, listener: ReadingListener) -> Callable[[], None]:
+        """Call *listener* (loop thread) for every reading; returns the undo."""
+
+
+@dataclass(frozen=True)
 class Mechanism:
     """Physics a single :class:`Coupling` cannot express: a machine at the far side that several
     of a device's points belong to (an electric strike with its monitor and its door, a garage

@@ -14,9 +14,12 @@ the link retries with a delay that doubles from 0.1 s up to ``backoff_max``.
 An exception reply is an answer (the device is there): it fails the request,
 is counted, and marks only the points it concerns.
 
-Points are polled every ``poll_interval``; points of the same device and
-table at adjacent addresses are read in one request. A changed value is an
-observation, like a GPIO edge.
+Points are polled every ``poll_interval`` in as few requests as their
+addresses allow (:func:`drivers.modbus_points.plan_reads`). A changed value is
+an observation, like a GPIO edge; a register group that holds NaN or an
+infinity is never observed: its point goes offline until it reads a number.
+A sensor's values on one device (:meth:`ModbusLink.source`, an energy meter)
+are announced as one reading per poll round that read them all.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -33,10 +35,20 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 
 from drivers.backoff import Backoff
-from drivers.base import InputPoint, OutputPoint, Point, PointError, PointUnavailable
-from drivers.modbus_spec import ModbusAddress, ModbusLinkConfig, ModbusPointSpec, decode, describe, encode
+from drivers.base import Point, PointError, PointUnavailable
+from drivers.modbus_points import ModbusInput, ModbusMeter, ModbusOutput, ReadGroup, plan_reads
+from drivers.modbus_spec import (
+    ModbusAddress,
+    ModbusLinkConfig,
+    ModbusPointSpec,
+    ModbusSensorSpec,
+    decode,
+    describe,
+    encode,
+    is_number,
+)
 
-__all__ = ["ModbusInput", "ModbusLink", "ModbusOutput", "decode", "encode"]
+__all__ = ["ModbusInput", "ModbusLink", "ModbusMeter", "ModbusOutput", "decode", "encode", "plan_reads"]
 
 log = logging.getLogger(__name__)
 # pymodbus logs every timeout at ERROR with a frame dump; the link reports each outage once itself.
@@ -44,7 +56,6 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the link's backoff_max
 STALL_ROUNDS = 10  # a poll loop that has not finished a round in this many of its own worst cases is wedged
-MAX_READ = {"coil": 2000, "discrete": 2000, "holding": 125, "input": 125}  # protocol limits per request
 EXCEPTION_NAMES = {
     1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "device failure",
     5: "acknowledge", 6: "device busy", 8: "memory parity error", 10: "gateway path unavailable",
@@ -62,106 +73,6 @@ class NoReply(PointError):
 
 class LinkDown(NoReply):
     """The connection could not be made: nothing on the link can answer."""
-
-
-# -- points ------------------------------------------------------------------------------------
-class ModbusInput(InputPoint):
-    """A coil, discrete input or register, observed by polling."""
-
-    def __init__(self, name: str, link: ModbusLink, at: ModbusAddress) -> None:
-        super().__init__(name)
-        self.link = link  # the bus it is read on
-        self.at = at  # where it is read
-        self.exception: str | None = None  # the last poll got an exception reply about this point
-
-    @property
-    def source(self) -> ModbusAddress:
-        """The address polled for this point's value."""
-        return self.at
-
-    def close(self) -> None:
-        super().close()
-        self.link.detach(self)
-
-    def from_raw(self, value: Any) -> Any:
-        """The point's value for what was read at :attr:`source`."""
-        return value
-
-    async def _read(self) -> Any:
-        return self.from_raw(await self.link.read(self.source))
-
-
-class ModbusOutput(ModbusInput, OutputPoint):
-    """A coil or holding register that is written, and read back to confirm it.
-
-    With a ``verify`` address the value is read there instead (a status input,
-    the drive's actual speed); for a switched coil the verify reading is mapped
-    to on/off with the configured values, and anything else reads as None.
-    """
-
-    readback_source = "modbus-readback"
-
-    def __init__(self, name: str, link: ModbusLink, spec: ModbusPointSpec, safe: Any) -> None:
-        super().__init__(name, link, spec.at)
-        self.spec = spec  # at, verify, verify_on, verify_off
-        self.safe = safe  # written at start, after a failure and at shutdown; None: never forced
-        self.last_raw: Any = None  # what the last read-back actually read
-        if spec.verify is not None:
-            self.readback_source = "modbus-verify"
-
-    @property
-    def source(self) -> ModbusAddress:
-        return self.spec.verify or self.spec.at
-
-    def from_raw(self, value: Any) -> Any:
-        self.last_raw = value
-        if self.spec.verify is None or self.spec.at.table != "coil":
-            return value
-        if value == self.spec.verify_on:
-            return True
-        if value == self.spec.verify_off:
-            return False
-        return None  # neither on nor off: a mismatch whatever was commanded
-
-    def readback_evidence(self) -> dict[str, Any]:
-        return {"address": describe(self.source), "raw": self.last_raw}
-
-    async def _write(self, value: Any) -> None:
-        await self.link.write(self.spec.at, value)
-
-
-# -- polling plan ------------------------------------------------------------------------------
-@dataclass
-class ReadGroup:
-    """Adjacent addresses of one device and table, read in one request."""
-
-    device_id: int
-    table: str
-    start: int
-    count: int
-    members: list[ModbusInput] = field(default_factory=list)
-
-
-def plan_reads(points: list[ModbusInput]) -> list[ReadGroup]:
-    """Coalesce the points' addresses into as few reads as adjacency allows (no gaps)."""
-    by_key: dict[tuple[int, str], list[ModbusInput]] = {}
-    for point in points:
-        by_key.setdefault((point.source.device_id, point.source.table), []).append(point)
-    groups: list[ReadGroup] = []
-    for (device_id, table), members in sorted(by_key.items()):
-        members.sort(key=lambda p: p.source.address)
-        current: ReadGroup | None = None
-        for point in members:
-            at = point.source
-            end = at.address + at.width
-            if current is not None and at.address <= current.start + current.count \
-                    and end - current.start <= MAX_READ[table]:
-                current.count = max(current.count, end - current.start)
-                current.members.append(point)
-                continue
-            current = ReadGroup(device_id, table, at.address, at.width, [point])
-            groups.append(current)
-    return groups
 
 
 # -- the link ----------------------------------------------------------------------------------
@@ -184,6 +95,7 @@ class ModbusLink:
         self.owner: str | None = None  # shared by the devices on the link
         self.points: list[ModbusInput] = []  # everything polled on this link
         self.groups: list[ReadGroup] = []  # the polling plan; follows attach() and detach()
+        self.meters: list[ModbusMeter] = []  # sensors' sources on this link, told when a round ends
         self._lock = asyncio.Lock()  # one request at a time on the wire
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._connected_once = False  # the next successful connect is a reconnect
@@ -197,7 +109,7 @@ class ModbusLink:
         self._closed = False
         self._round_at = time.monotonic()  # when the poll loop last completed a round (for wedged())
         self._counts = {"requests": 0, "failed_requests": 0, "exception_replies": 0, "timeouts": 0,
-                        "reconnects": 0, "polls": 0}
+                        "reconnects": 0, "polls": 0, "invalid_values": 0}
 
     # -- points --------------------------------------------------------------------------------
     def input(self, name: str, spec: ModbusPointSpec) -> ModbusInput:
@@ -212,6 +124,14 @@ class ModbusLink:
         self.attach(point)
         return point
 
+    def source(self, device: str, spec: ModbusSensorSpec) -> ModbusMeter:
+        """A sensor's values on this link (a meter), polled with everything else."""
+        meter = ModbusMeter(device, self, spec)
+        for point in meter.points:
+            self.attach(point)
+        self.meters.append(meter)
+        return meter
+
     def attach(self, point: Point) -> None:
         if not isinstance(point, ModbusInput) or point.link is not self:
             raise TypeError(f"{point.name} is not a point of modbus link {self.name}")
@@ -225,6 +145,7 @@ class ModbusLink:
         if point in self.points:
             self.points.remove(point)
             self.groups = plan_reads(self.points)
+        self.meters = [m for m in self.meters if not m.closed]
         if point in self._arrived:
             self._arrived.remove(point)
 
@@ -370,6 +291,7 @@ class ModbusLink:
         With *skip_down* (at start) devices already offline are not asked at all.
         """
         self._counts["polls"] += 1
+        started = time.monotonic()
         failed: set[int] = set(self._down) if skip_down else set()
         for group in list(self.groups):
             if group.device_id in failed:
@@ -388,11 +310,18 @@ class ModbusLink:
             for point in group.members:
                 at = point.source
                 offset = at.address - group.start
-                value = point.from_raw(decode(at, raw[offset: offset + at.width]))
+                number = decode(at, raw[offset: offset + at.width])
                 point.exception = None
+                if not is_number(number):
+                    self._point_invalid(point, number)
+                    continue
+                value = point.from_raw(number)
+                point.invalid, point.read_at = None, time.monotonic()
                 if point.last is None or point.last.value != value or not point.online:
                     point.observe(value)
                 self._point_health(point)
+        for meter in list(self.meters):
+            meter.round_done(started)
 
     # -- requests ------------------------------------------------------------------------------
     async def read(self, at: ModbusAddress) -> Any:
@@ -504,7 +433,15 @@ class ModbusLink:
             point.exception = observed
         point.set_online(False, f"modbus {self.name}: {describe(point.source)}: {observed}")
 
+    def _point_invalid(self, point: ModbusInput, number: Any) -> None:
+        reason = f"{describe(point.source)} holds no number ({number})"
+        if point.invalid != reason:
+            self._counts["invalid_values"] += 1
+            log.warning("modbus %s: %s: %s", self.name, point.name, reason)
+        point.invalid = reason
+        point.set_online(False, f"modbus {self.name}: {reason}")
+
     def _point_health(self, point: ModbusInput) -> None:
         down = self._down.get(point.source.device_id) or self._down.get(point.at.device_id)
-        if down is None and point.exception is None and point.last is not None:
+        if down is None and point.exception is None and point.invalid is None and point.last is not None:
             point.set_online(True)

@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import SpecTable
+from drivers.base import Quantity, SpecTable
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MODBUS_TABLES = ("coil", "discrete", "holding", "input")  # the four Modbus data tables
-MODBUS_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}  # registers per value
+MODBUS_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}  # registers per value
+_FORMATS = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
 PARITY = {"none": "N", "even": "E", "odd": "O"}
+MAX_GAP = 32  # most unused registers a meter's poll may read across (a read is at most 125 registers)
 
 
 @dataclass(frozen=True)
@@ -88,18 +90,25 @@ def describe(at: Any) -> str:
 
 
 def decode(at: Any, raw: list[Any]) -> Any:
-    """The engineering value of *raw* (bits or 16-bit words) at address spec *at*."""
+    """The engineering value of *raw* (bits or 16-bit words) at address spec *at*.
+
+    A float register that holds NaN or an infinity decodes to it (callers decide; see
+    :func:`is_number`): scale and offset leave such a value as it is.
+    """
     if at.type == "bool":
         return bool(raw[0])
-    if at.width == 1:
-        number: float = struct.unpack(">h" if at.type == "int16" else ">H", struct.pack(">H", raw[0]))[0]
-    else:
-        hi, lo = (raw[0], raw[1]) if at.word_order == "big" else (raw[1], raw[0])
-        packed = struct.pack(">HH", hi, lo)
-        number = struct.unpack({"int32": ">i", "uint32": ">I", "float32": ">f"}[at.type], packed)[0]
-    if at.scale == 1.0 and at.offset == 0.0:
+    words = list(raw[: at.width])
+    if at.word_order == "little":
+        words.reverse()  # lowest word first on the wire: put the high word first for struct
+    number: float = struct.unpack(_FORMATS[at.type], struct.pack(f">{len(words)}H", *words))[0]
+    if (at.scale == 1.0 and at.offset == 0.0) or not math.isfinite(number):
         return number
     return round(number * at.scale + at.offset, 9)
+
+
+def is_number(value: Any) -> bool:
+    """A value worth publishing: a bit, or a finite number (a meter's NaN or inf is not)."""
+    return isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value))
 
 
 def encode(at: Any, value: Any) -> list[int] | bool:
@@ -109,20 +118,19 @@ def encode(at: Any, value: Any) -> list[int] | bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{value!r} is not a finite number")
     raw = (value - at.offset) / at.scale
-    if at.type == "float32":
+    if at.type in ("float32", "float64"):
         try:
-            packed = struct.pack(">f", raw)
+            packed = struct.pack(_FORMATS[at.type], raw)
         except OverflowError:
-            raise ValueError(f"{value:g} does not fit a float32 register pair") from None
+            raise ValueError(f"{value:g} does not fit a {at.type} register group") from None
     else:
         low, high = TYPE_RANGE[at.type]
         raw = round(raw)
         if not low <= raw <= high:
             raise ValueError(f"{value:g} is {raw} in the register, outside {at.type} ({low}..{high})")
-        fmt = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I"}[at.type]
-        packed = struct.pack(fmt, raw)
+        packed = struct.pack(_FORMATS[at.type], raw)
     words = list(struct.unpack(f">{len(packed) // 2}H", packed))
-    return words if at.word_order == "big" or len(words) == 1 else words[::-1]
+    return words if at.word_order == "big" else words[::-1]
 
 
 # -- reading the config --------------------------------------------------------------------------
@@ -173,36 +181,48 @@ def read_address(t: SpecTable, tables: tuple[str, ...], device_id: int | None = 
     table = given[0]
     address = t.integer(table, low=0, high=65535)
     dev = t.integer("device_id", default=device_id if device_id is not None else 1, low=0, high=255)
-    bits = table in ("coil", "discrete")
-    if bits:
+    if table in ("coil", "discrete"):
         for k in ("type", "scale", "offset", "word_order"):
             if t.has(k):
                 t.problem(k, f"only for registers (holding, input), not a {table}")
                 t.take(k)
-        kind, scale, offset, order = "bool", 1.0, 0.0, "big"
-    else:
-        kind = t.string("type", default="uint16", choices=tuple(MODBUS_TYPES))
-        scale = t.number("scale", default=1.0, low=-math.inf)
-        offset = t.number("offset", default=0.0, low=-math.inf)
-        order = t.string("word_order", default="big", choices=("big", "little"))
-        if scale == 0:
-            t.problem("scale", "must not be 0")
-            scale = None
-        if kind in MODBUS_TYPES and address is not None and address + MODBUS_TYPES[kind] - 1 > 65535:
-            t.problem(table, f"a {kind} at {address} runs past the last address 65535")
-            address = None
-    if address is None or scale is None or None in (dev, kind, offset, order):
+        if address is None or dev is None:
+            return None
+        return ModbusAddress(table=table, address=address, device_id=dev, type="bool", word_order="big",
+                             scale=1.0, offset=0.0)
+    return _register(t, table, table, address, dev)
+
+
+def _register(t: SpecTable, table: str, key: str, address: int | None, dev: int | None) -> ModbusAddress | None:
+    """The number a register group holds: ``type``, ``word_order``, ``scale``, ``offset``."""
+    kind = t.string("type", default="uint16", choices=tuple(MODBUS_TYPES))
+    scale = t.number("scale", default=1.0, low=-math.inf)
+    offset = t.number("offset", default=0.0, low=-math.inf)
+    order = t.string("word_order", default="big", choices=("big", "little"))
+    if scale == 0:
+        t.problem("scale", "must not be 0")
+        scale = None
+    if kind in MODBUS_TYPES and address is not None and address + MODBUS_TYPES[kind] - 1 > 65535:
+        t.problem(key, f"a {kind} at {address} runs past the last address 65535")
+        address = None
+    if address is None or scale is None or dev is None or None in (kind, offset, order):
         return None
     return ModbusAddress(table=table, address=address, device_id=dev, type=kind, word_order=order,
                          scale=scale, offset=offset)
 
-def read_point(t: SpecTable, links: Mapping[str, ModbusLinkConfig], writable: bool) -> ModbusPointSpec | None:
-    """``{ modbus = "LINK", coil | discrete | holding | input = ADDRESS, ..., verify = { ... } }``."""
+
+def _link(t: SpecTable, links: Mapping[str, ModbusLinkConfig]) -> str | None:
     link = t.string("modbus")
     if link is not None and link not in links:
         known = ", ".join(sorted(links)) or "none defined"
         t.problem("modbus", f"no Modbus link named {link!r} (links: {known}; define [modbus.{link}])")
-        link = None
+        return None
+    return link
+
+
+def read_point(t: SpecTable, links: Mapping[str, ModbusLinkConfig], writable: bool) -> ModbusPointSpec | None:
+    """``{ modbus = "LINK", coil | discrete | holding | input = ADDRESS, ..., verify = { ... } }``."""
+    link = _link(t, links)
     at = read_address(t, ("coil", "holding") if writable else MODBUS_TABLES)
     verify = verify_on = verify_off = None
     v = t.table("verify") if writable else None
@@ -230,3 +250,80 @@ def read_point(t: SpecTable, links: Mapping[str, ModbusLinkConfig], writable: bo
     if link is None or at is None:
         return None
     return ModbusPointSpec(link=link, at=at, verify=verify, verify_on=verify_on, verify_off=verify_off)
+
+
+# -- a sensor's values (a meter) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class ModbusValue:
+    """One named value of a Modbus sensor: where it is, and what it measures."""
+
+    at: ModbusAddress
+    quantity: Quantity
+
+
+@dataclass(frozen=True)
+class ModbusSensorSpec:
+    """Registers of one device on a link, read as a sensor's named values (an energy meter)."""
+
+    link: str  # name of a [modbus.NAME] link
+    device_id: int  # the meter's unit id
+    values: dict[str, ModbusValue]  # value name -> its register group, in the config's order
+    max_gap: int = 0  # unused registers a poll may read across to merge two values into one request
+
+    bus_kind = "modbus"  # the driver that reads it
+
+    @property
+    def bus_key(self) -> str:
+        return f"modbus:{self.link}"
+
+    @property
+    def quantities(self) -> dict[str, Quantity]:
+        return {name: value.quantity for name, value in self.values.items()}
+
+
+def read_sensor(t: SpecTable, links: Mapping[str, ModbusLinkConfig]) -> ModbusSensorSpec | None:
+    """``modbus = "LINK"``, ``device_id``, ``max_gap``, and one table per value under ``values``:
+    ``register``, ``table`` (input/holding), ``type``, ``word_order``, ``scale``, ``offset``, ``unit``,
+    ``device_class``, ``state_class``."""
+    link = _link(t, links)
+    dev = t.integer("device_id", default=1, low=0, high=255)
+    max_gap = t.integer("max_gap", default=0, low=0, high=MAX_GAP)
+    tables = t.table("values", required=True)
+    values: dict[str, ModbusValue] = {}
+    bad = tables is None
+    if tables is not None:
+        if not tables.data:
+            tables.problem(None, "needs at least one value, e.g. [devices.NAME.values.energy] with register = 342")
+            bad = True
+        for name in list(tables.data):
+            v = tables.table(name)
+            value = None if v is None else _read_value(v, dev)
+            if not _NAME.fullmatch(name):
+                tables.problem(name, "value name must be an identifier (letters, digits, _)")
+            elif value is not None:
+                clash = next((other for other, seen in values.items() if _overlap(seen.at, value.at)), None)
+                if clash is not None:
+                    tables.problem(name, f"its registers overlap those of {clash!r}")
+                values[name] = value
+                continue
+            bad = True
+    if link is None or dev is None or max_gap is None or bad:
+        return None
+    return ModbusSensorSpec(link=link, device_id=dev, values=values, max_gap=max_gap)
+
+
+def _read_value(v: SpecTable, dev: int | None) -> ModbusValue | None:
+    table = v.string("table", choices=("input", "holding"))
+    address = v.integer("register", low=0, high=65535)
+    at = _register(v, table or "input", "register", address, dev)
+    unit = v.string("unit", default="")
+    device_class = v.string("device_class", default=None)
+    state_class = v.string("state_class", default=None)
+    v.finish()
+    if at is None or table is None or unit is None:
+        return None
+    return ModbusValue(at, Quantity(unit, device_class, state_class))
+
+
+def _overlap(a: ModbusAddress, b: ModbusAddress) -> bool:
+    return a.table == b.table and a.address < b.address + b.width and b.address < a.address + a.width

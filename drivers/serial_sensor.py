@@ -26,14 +26,13 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import serial
 
 from drivers.backoff import Backoff
-from drivers.base import InputPoint, Listeners, Observation, Point, PointUnavailable, SpecTable
+from drivers.base import Quantity, SpecTable
+from drivers.reader import SensorValue, ThreadedSource
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,7 @@ READ_TIMEOUT = 0.2  # seconds a read may block, so the thread notices a stop req
 CHUNK = 4096  # most bytes taken from the port per read
 BACKOFF_START = 0.1  # first reopen delay; doubles
 BACKOFF_MAX = 1.0  # reopen attempts at least this often (opening a missing path costs nothing)
-JOIN_DEADLINE = 2.0  # seconds stop() waits for the reader thread
 WRITE_TIMEOUT = 1.0  # a request write that cannot go out in this long fails (the port is gone)
-WEDGED_AFTER = 30.0  # a reader thread whose loop has not turned for this long is stuck
 PARITY = {"none": "N", "even": "E", "odd": "O"}
 
 
@@ -74,6 +71,10 @@ class SerialSensorSpec:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.pattern.groupindex)
+
+    @property
+    def quantities(self) -> dict[str, Quantity]:
+        return {name: Quantity(self.units.get(name, "")) for name in self.names}
 
 
 def read_sensor(t: SpecTable) -> SerialSensorSpec | None:
@@ -127,26 +128,8 @@ def read_sensor(t: SpecTable) -> SerialSensorSpec | None:
         request_interval=interval, stale_after=stale, max_line=max_line,
     )
 
-ReadingListener = Callable[[dict[str, float], float], None]
-
-
-class SerialValue(InputPoint):
+class SerialValue(SensorValue):
     """One named value (a regex group) of a serial sensor."""
-
-    def __init__(self, name: str, key: str, unit: str) -> None:
-        super().__init__(name)
-        self.key = key  # the regex group
-        self.unit = unit  # "°C", or "" when none was configured
-        self.sensor: SerialSensor | None = None  # the port it is read from
-
-    async def refresh(self) -> Observation:
-        """There is nothing to ask a talking sensor: the last reading, if it is current."""
-        if self.last is None or not self.online:
-            raise PointUnavailable(self.offline_reason or "no reading yet")
-        return self.last
-
-    async def _read(self) -> Any:  # pragma: no cover - refresh() is overridden
-        raise PointUnavailable("a serial sensor cannot be read on demand")
 
 
 class LineParser:
@@ -182,138 +165,39 @@ class LineParser:
         return lines
 
 
-class SerialSensor:
+class SerialSensor(ThreadedSource):
     """A sensor on one serial port; its named values are points (``<device>.<group>``).
 
-    A :class:`drivers.base.Bus` made for one device (:attr:`owner`): its
-    points are made with it, and it is stopped when its device goes.
+    A :class:`drivers.base.Bus` made for one device (:attr:`owner`) and its
+    :class:`drivers.base.ReadingSource`: its points are made with it, and it
+    is stopped when its device goes.
     """
 
     kind = "serial"
 
     def __init__(self, device: str, spec: SerialSensorSpec) -> None:
+        super().__init__(device, f"serial {spec.port}", spec.bus_key, {k: spec.units.get(k, "") for k in spec.names},
+                         spec.stale_after, {"readings": 0, "malformed_lines": 0, "reopens": 0, "open_failures": 0})
         self.spec = spec
-        self.name = f"serial {spec.port}"  # for logs and metrics
-        self.key = spec.bus_key  # one bus per port
-        self.owner: str | None = device  # the device this bus exists for
-        self.values = {key: SerialValue(f"{device}.{key}", key, spec.units.get(key, "")) for key in spec.names}
-        for point in self.values.values():
-            point.sensor = self
-        for point in self.values.values():
-            point.online, point.offline_since, point.offline_reason = False, time.time(), "no reading yet"
-        self._listeners: Listeners[[dict[str, float], float]] = Listeners(f"{self.name} readings")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._exited: asyncio.Event | None = None
         self.opened: asyncio.Event | None = None  # set while the port is open (pyserial flushes input on open)
         self._port: serial.SerialBase | None = None  # the open port, for cancel_read at shutdown
         self._port_lock = threading.Lock()
-        self._stale: asyncio.TimerHandle | None = None
         self._parser = LineParser(spec.max_line)
         self._good_session = False  # the current port session produced a valid reading (reader thread)
-        self._beat = time.monotonic()  # the reader thread's last turn (for wedged())
-        self.wedged_after = WEDGED_AFTER  # seconds without a turn before wedged() says so
-        self._counts = {"readings": 0, "malformed_lines": 0, "reopens": 0, "open_failures": 0}
-
-    @property
-    def points(self) -> list[SerialValue]:
-        return list(self.values.values())
 
     @property
     def buffer_high_water(self) -> int:
         """Most bytes the line buffer ever held: proof that garbage does not grow memory."""
         return self._parser.high_water
 
-    def counters(self) -> dict[str, int]:
-        return dict(self._counts)
-
-    def attach(self, point: Point) -> None:
-        """The values are made with the sensor; only they belong to it."""
-        if point not in self.values.values():
-            raise TypeError(f"{point.name} is not a value of {self.name}")
-
-    def detach(self, point: Point) -> None:
-        """Nothing to re-plan: the sensor talks by itself (its owner's closing stops it)."""
-
-    def wedged(self) -> str | None:
-        """The reader thread died, or its loop (which turns at least every read timeout) stopped."""
-        thread = self._thread
-        if thread is None or self._stop.is_set():
-            return None
-        if not thread.is_alive():
-            return "reader thread ended"
-        stalled = time.monotonic() - self._beat
-        if stalled > self.wedged_after:
-            return f"reader thread stuck for {stalled:.0f} s"
-        return None
-
-    def listen_readings(self, listener: ReadingListener) -> Callable[[], None]:
-        """Call *listener(values, at)* on the loop for every valid line; returns its unsubscribe."""
-        return self._listeners.add(listener)
-
-    # -- lifecycle (loop thread) ------------------------------------------------------------------
-    async def start(self) -> None:
-        """Start the reader thread (once: starting a running sensor does nothing)."""
-        if self._thread is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._exited = asyncio.Event()
+    def _started(self) -> None:
         self.opened = asyncio.Event()
-        self._arm_stale()
-        self._thread = threading.Thread(target=self._run, name=f"pictl {self.name}", daemon=True)
-        self._thread.start()
 
-    async def stop(self) -> None:
-        """Stop the reader thread (unblocking its read) and wait for it, with a deadline."""
-        self._stop.set()
+    def _interrupt(self) -> None:
         with self._port_lock:
             if self._port is not None:
                 with contextlib.suppress(Exception):  # not every pyserial URL handler can cancel
                     self._port.cancel_read()  # type: ignore[attr-defined]  # a Serial, not the base
-        if self._stale is not None:
-            self._stale.cancel()
-        if self._thread is not None and self._exited is not None:
-            try:
-                async with asyncio.timeout(JOIN_DEADLINE):
-                    await self._exited.wait()
-            except TimeoutError:
-                log.warning("%s: reader thread did not stop within %.0f s", self.name, JOIN_DEADLINE)
-            self._thread.join(0.1)
-        for point in self.values.values():
-            point.close()
-
-    # -- loop side ------------------------------------------------------------------------------
-    def _arm_stale(self) -> None:
-        if self._stale is not None:
-            self._stale.cancel()
-        assert self._loop is not None
-        self._stale = self._loop.call_later(self.spec.stale_after, self._on_stale)
-
-    def _on_stale(self) -> None:
-        self._stale = None
-        if any(p.online for p in self.values.values()):
-            self._set_offline(f"no valid reading for {self.spec.stale_after:g} s")
-
-    def _set_offline(self, reason: str) -> None:
-        for point in self.values.values():
-            point.set_online(False, f"{self.name}: {reason}")
-
-    def _deliver(self, values: dict[str, float], at: float, mono: float) -> None:
-        if self._stop.is_set():
-            return
-        for key, value in values.items():
-            self.values[key].observe(value, at, mono)
-        for point in self.values.values():  # a valid line: the sensor is there (optional groups too)
-            point.set_online(True)
-        self._arm_stale()
-        self._listeners.emit(values, at)
-
-    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed between the check and the call
-                loop.call_soon_threadsafe(callback, *args)
 
     # -- reader thread ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -322,49 +206,43 @@ class SerialSensor:
         backoff = Backoff(BACKOFF_START, BACKOFF_MAX)
         opened_before = False
         reported = None  # the last reason sent to the loop, so an outage is logged once
-        try:
-            while not self._stop.is_set():
-                self._beat = time.monotonic()
-                try:
-                    port = self._open()
-                except (serial.SerialException, OSError, ValueError) as exc:
-                    self._counts["open_failures"] += 1
-                    missing = getattr(exc, "errno", None) == errno.ENOENT
-                    reason = "port missing (unplugged?)" if missing else f"cannot open: {exc}"
-                    if reported != "open":
-                        log.warning("%s: %s", self.name, reason)
-                        self._to_loop(self._set_offline, reason)
-                        reported = "open"
-                    self._stop.wait(backoff.next())
-                    continue
-                if opened_before:
-                    self._counts["reopens"] += 1
-                    log.info("%s: reopened", self.name)
-                opened_before = True
-                self._to_loop(opened.set)
-                reported = None
-                self._good_session = False
-                try:
-                    self._read_lines(port)
-                except (serial.SerialException, OSError) as exc:
-                    if not self._stop.is_set():
-                        log.warning("%s: port lost: %s", self.name, exc)
-                        self._to_loop(self._set_offline, f"port lost: {exc}")
-                        reported = "lost"
-                finally:
-                    self._to_loop(opened.clear)
-                    with self._port_lock:
-                        self._port = None
-                    with contextlib.suppress(Exception):
-                        port.close()
-                if self._good_session:  # it worked for a while: start the backoff afresh
-                    backoff.reset()
+        while not self._stop.is_set():
+            self._beat_now()
+            try:
+                port = self._open()
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self._counts["open_failures"] += 1
+                missing = getattr(exc, "errno", None) == errno.ENOENT
+                reason = "port missing (unplugged?)" if missing else f"cannot open: {exc}"
+                if reported != "open":
+                    log.warning("%s: %s", self.name, reason)
+                    self._lost(reason)
+                    reported = "open"
                 self._stop.wait(backoff.next())
-        except Exception:  # a bug: the watchdog learns of it through wedged() ("reader thread ended")
-            log.exception("%s: reader thread failed", self.name)
-        finally:
-            if self._exited is not None:
-                self._to_loop(self._exited.set)
+                continue
+            if opened_before:
+                self._counts["reopens"] += 1
+                log.info("%s: reopened", self.name)
+            opened_before = True
+            self._to_loop(opened.set)
+            reported = None
+            self._good_session = False
+            try:
+                self._read_lines(port)
+            except (serial.SerialException, OSError) as exc:
+                if not self._stop.is_set():
+                    log.warning("%s: port lost: %s", self.name, exc)
+                    self._lost(f"port lost: {exc}")
+                    reported = "lost"
+            finally:
+                self._to_loop(opened.clear)
+                with self._port_lock:
+                    self._port = None
+                with contextlib.suppress(Exception):
+                    port.close()
+            if self._good_session:  # it worked for a while: start the backoff afresh
+                backoff.reset()
+            self._stop.wait(backoff.next())
 
     def _open(self) -> serial.SerialBase:
         s = self.spec
@@ -389,7 +267,7 @@ class SerialSensor:
         self._parser.buffer.clear()
         self._parser.discarding = False
         while not self._stop.is_set():
-            self._beat = time.monotonic()
+            self._beat_now()
             if request is not None and time.monotonic() >= next_request:
                 port.write(request)
                 next_request = time.monotonic() + interval
@@ -423,5 +301,5 @@ class SerialSensor:
             log.debug("%s: skipped a malformed line: %r", self.name, line[:80])
             return False
         self._counts["readings"] += 1
-        self._to_loop(self._deliver, values, time.time(), time.monotonic())
+        self._reading(values)
         return True

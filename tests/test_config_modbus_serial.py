@@ -74,8 +74,8 @@ def test_base_is_valid_and_typed() -> None:
     assert isinstance(speed, SetpointConfig) and speed.output.at.type == "int16"
     assert speed.tolerance == pytest.approx(0.05)  # half a register step by default
     hall = cfg.devices["hall"]
-    assert isinstance(hall, SensorConfig) and hall.serial.names == ("temp", "rh")
-    assert hall.serial.units == {"temp": "°C", "rh": "%"} and hall.serial.stale_after == 2.0
+    assert isinstance(hall, SensorConfig) and hall.source.names == ("temp", "rh")
+    assert hall.source.units == {"temp": "°C", "rh": "%"} and hall.source.stale_after == 2.0
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
@@ -95,7 +95,7 @@ def test_base_is_valid_and_typed() -> None:
      "site.toml:13: devices.fan.output.scale: only for registers (holding, input), not a coil"),
     ('type = "int16"', 'type = "int64"',
      "site.toml:17: devices.speed.output.type: must be one of 'int16', 'uint16', 'int32', 'uint32', 'float32', "
-     "got 'int64'"),
+     "'float64', got 'int64'"),
     ("pattern = 'T=(?P<temp>[0-9.]+) H=(?P<rh>[0-9]+)'", "pattern = 'T=([0-9.]+'",
      "site.toml:24: devices.hall.pattern: invalid regular expression: missing ), unterminated subpattern "
      "at position 2"),
@@ -113,7 +113,8 @@ def test_base_is_valid_and_typed() -> None:
     ("min = 0", "min = 200", "site.toml:19: devices.speed.max: must be >= min (200)"),
     ("stale_after = 2.0", "stale_after = 0", "site.toml:26: devices.hall.stale_after: must be > 0.0 and <= 86400.0, "
      "got 0"),
-    ('port = "/dev/serial/by-id/usb-sensor"', "", "site.toml:21: devices.hall.port: missing required field"),
+    ('port = "/dev/serial/by-id/usb-sensor"', "", 'site.toml:21: devices.hall: a sensor needs a source: '
+     'port = "/dev/serial/by-id/...", or modbus = "LINK", or onewire = "28-..."'),
     ("stale_after = 2.0", "stale_after = 2.0\nrequest_interval = 5", "site.toml:27: devices.hall.request_interval: "
      "only meaningful with a request"),
 ])
@@ -125,7 +126,7 @@ def test_problems_name_the_line_and_field(old: str, new: str, expected: str) -> 
                                                    ('"\\u00b0"', "°".encode())])
 def test_request_escapes(request_text: str, sent: bytes) -> None:
     text = edit("stale_after = 2.0", f"stale_after = 2.0\nrequest = {request_text}")
-    assert config.loads(text).devices["hall"].serial.request == sent
+    assert config.loads(text).devices["hall"].source.request == sent
 
 
 def test_request_with_a_bad_escape_is_a_problem_not_a_crash() -> None:
@@ -163,7 +164,7 @@ def test_check_config_accepts_the_demo() -> None:
     fan, link = cfg.devices["fan"], cfg.modbus[cfg.devices["fan"].output.link]
     assert fan.timeout == 1.0 and fan.output.at.table == "coil"
     assert (link.poll_interval, link.timeout, link.offline_after) == (0.5, 0.5, 2)
-    assert cfg.devices["hall_temp"].serial.stale_after == 2.0
+    assert cfg.devices["hall_temp"].source.stale_after == 2.0
 
 
 def _hardware_snippets() -> list[str]:

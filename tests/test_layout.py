@@ -3,6 +3,7 @@ controller, and the client library stands without the daemon or any bus library.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -124,6 +125,7 @@ def test_no_front_door_names_a_kind() -> None:
             named = {t for t in targets if t.startswith("controller.devices.") and t.rpartition(".")[2] in kinds}
             assert not named, (source, named)
     panel_js = (ROOT / "controller" / "http" / "panel" / "panel.js").read_text()
+    panel_js = re.sub(r"""\bel\((["'])\w+\1""", "el(TAG", panel_js)  # an element's tag is no kind ("input")
     for kind in kinds:
         assert f'"{kind}"' not in panel_js and f"'{kind}'" not in panel_js, kind
     for path in [p for door in ("http", "bridges", "fleet") for p in (ROOT / "controller" / door).rglob("*.py")]:

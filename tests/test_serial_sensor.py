@@ -172,7 +172,7 @@ async def test_the_sensor_device_announces_coming_online_with_its_first_reading(
     from controller.devices.sensor import Sensor, SensorConfig
 
     device = Sensor(SensorConfig(name="hall", kind="sensor", timeout=1.0, max_timeout=30.0,
-                                 serial=rig.sensor.spec), rig.sensor)
+                                 source=rig.sensor.spec), rig.sensor)
     flips: list[bool] = []
     device.listen(lambda d, what, data: flips.append(d.online) if what == "status" else None)
     readings: list[dict] = []

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.devices import cover, door, garage, lock, sensor, setpoint, switch
+from controller.devices import cover, door, garage, input, lock, sensor, setpoint, switch
 from controller.devices.base import Device
 from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, Loader
@@ -31,6 +31,7 @@ REGISTRY: dict[str, Kind] = {
     "switch": Kind(switch.read_config, switch.build),
     "setpoint": Kind(setpoint.read_config, setpoint.build),
     "sensor": Kind(sensor.read_config, sensor.build),
+    "input": Kind(input.read_config, input.build),
     "lock": Kind(lock.read_config, lock.build),
     "garage": Kind(garage.read_config, garage.build),
     "cover": Kind(cover.read_config, cover.build),

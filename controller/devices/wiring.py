@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from drivers.base import Bus, InputPoint, OutputPoint, PointSpec
-from drivers.serial_sensor import SerialSensor, SerialSensorSpec
+from drivers.base import Bus, InputPoint, OutputPoint, PointSpec, ReadingSource
+from drivers.registry import SOURCE_DRIVERS
 
 
 class PointBus(Bus, Protocol):
@@ -16,11 +16,18 @@ class PointBus(Bus, Protocol):
     def input(self, name: str, spec: Any) -> InputPoint: ...
 
 
+class SourceBus(Bus, Protocol):
+    """A shared bus that also carries sensors' sources (a Modbus link's meters)."""
+
+    def source(self, device: str, spec: Any) -> ReadingSource: ...
+
+
 class Wiring:
     """The running buses, by key; turns point specs into points on them.
 
-    A bus made for one device (a serial sensor's port) is added to
-    :attr:`buses` here; the daemon starts it and stops it with its device.
+    A bus made for one device (a serial sensor's port, a 1-Wire thermometer)
+    is added to :attr:`buses` here; the daemon starts it and stops it with its
+    device.
     """
 
     def __init__(self, buses: dict[str, PointBus]) -> None:
@@ -40,8 +47,13 @@ class Wiring:
     def input(self, name: str, spec: PointSpec) -> InputPoint:
         return self._bus(spec).input(name, spec)
 
-    def serial_sensor(self, device: str, spec: SerialSensorSpec) -> SerialSensor:
-        """A sensor's own port: a bus of its own, owned by *device*."""
-        port = SerialSensor(device, spec)
-        self.buses.append(port)
-        return port
+    def source(self, device: str, spec: PointSpec) -> ReadingSource:
+        """A sensor's readings, from the driver registered for its spec: a bus of the device's
+        own (a serial port, a 1-Wire thermometer), or a source on a running shared link (a meter)."""
+        driver = SOURCE_DRIVERS[spec.bus_kind]
+        if driver.own_bus is not None:
+            source = driver.own_bus(device, spec)
+            self.buses.append(cast(Bus, source))
+            return source
+        bus = cast(SourceBus, self._bus(spec))
+        return bus.source(device, spec)

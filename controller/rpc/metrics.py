@@ -8,6 +8,7 @@ counted as ``unknown``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,24 @@ HTTP_REFUSALS = ("unauthorized", "locked_out", "bad_request", "misdirected")
 # observations all land in (0.3, 0.5] reads 0.4 s at p50; here it reads 0.29-0.32 s. One ladder for
 # every device, so `sum by (le)` across devices works and a reload never changes the buckets.
 CONFIRM_BUCKETS = tuple(float(f"{2 ** (k / 5):.4g}") for k in range(-40, 31))
+# A sensor value's unit as configured -> the metric it is exported in (its quantity and base unit, as
+# Prometheus names them) and the factor to that unit. A value in any other unit goes to
+# pictl_sensor_reading{device, value, unit} as it is.
+UNIT_METRICS = {
+    "°C": ("pictl_sensor_temperature_celsius", 1.0),
+    "V": ("pictl_sensor_voltage_volts", 1.0), "mV": ("pictl_sensor_voltage_volts", 1e-3),
+    "kV": ("pictl_sensor_voltage_volts", 1e3),
+    "A": ("pictl_sensor_current_amperes", 1.0), "mA": ("pictl_sensor_current_amperes", 1e-3),
+    "W": ("pictl_sensor_power_watts", 1.0), "kW": ("pictl_sensor_power_watts", 1e3),
+    "Wh": ("pictl_sensor_energy_joules", 3600.0), "kWh": ("pictl_sensor_energy_joules", 3.6e6),
+    "MWh": ("pictl_sensor_energy_joules", 3.6e9),
+    "Hz": ("pictl_sensor_frequency_hertz", 1.0),
+    "Pa": ("pictl_sensor_pressure_pascals", 1.0), "hPa": ("pictl_sensor_pressure_pascals", 100.0),
+    "kPa": ("pictl_sensor_pressure_pascals", 1e3), "bar": ("pictl_sensor_pressure_pascals", 1e5),
+    "%": ("pictl_sensor_ratio", 0.01),
+}
+OTHER_UNITS = "pictl_sensor_reading"  # a value whose unit has no metric of its own
+PRESSES = ("single", "double", "long")  # a button's gestures (the event <device>.press)
 # What an action's failure is counted under (the error's name); each exists from the start.
 FAILURE_REASONS = ("not_confirmed", "busy", "unavailable", "invalid_params")
 
@@ -61,6 +80,10 @@ class Metrics:
                                         ["device"], registry=r)
         self.device_events = Counter("pictl_device_events", "A kind's own events (an alarm, a press), by name",
                                      ["device", "event"], registry=r)
+        self.presses = Counter("pictl_input_presses", "A button's presses, by gesture", ["device", "press"],
+                               registry=r)
+        self.sensor_units: dict[str, Gauge] = {}  # metric name -> a sensor value gauge, made when first read
+        self._sensor_series: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}  # device -> its value series
         self.auth_failures = Counter("pictl_auth_failures", "Refused tokens (handshake, session.auth, /metrics)",
                                      registry=r)
         self.ws_refused = Counter("pictl_ws_refused", "WebSocket handshakes refused, by reason", ["reason"],
@@ -87,19 +110,56 @@ class Metrics:
             _forget(self.action_confirm, device, action)
             for reason in FAILURE_REASONS:
                 _forget(self.action_failures, device, action, reason)
+        _forget(self.sensor_value, device)
+        for gauge, labels in self._sensor_series.pop(device, set()):
+            _forget(gauge, *labels)
+        for press in PRESSES:
+            _forget(self.presses, device, press)
 
     def action_failed(self, device: str, action: str, reason: str) -> None:
         self.action_failures.labels(device, action, reason).inc()
 
     def reading(self, device: str, data: dict[str, Any]) -> None:
-        """A sensor's valid reading (the event ``<device>.reading``)."""
-        value = data.get("value")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.sensor_value.labels(device).set(value)
+        """A sensor's valid reading (the event ``<device>.reading``): a single value in
+        ``pictl_sensor_value{device}``, and every value in the metric of its unit: base units in the
+        name (``pictl_sensor_energy_joules{device, value}`` for a meter's kWh, times 3.6e6), or
+        ``pictl_sensor_reading{device, value, unit}`` for a unit without one. A single value has
+        ``value=""`` (the same as no such label, to Prometheus)."""
+        if "values" in data:
+            units = data.get("units") or {}
+            named = [(name, v, units.get(name, "")) for name, v in (data.get("values") or {}).items()]
+        else:
+            named = [("", data.get("value"), data.get("unit") or "")]
+            if _is_number(data.get("value")):
+                self.sensor_value.labels(device).set(data["value"])
+        for name, value, unit in named:
+            if not _is_number(value):
+                continue
+            metric, factor = UNIT_METRICS.get(unit, (OTHER_UNITS, 1.0))
+            labels = (device, name) if metric != OTHER_UNITS else (device, name, unit)
+            gauge = self._unit_gauge(metric)
+            gauge.labels(*labels).set(value * factor)
+            self._sensor_series.setdefault(device, set()).add((gauge, labels))
 
-    def device_event(self, device: str, event: str) -> None:
-        """A kind's own event (``<device>.<event>``: an alarm, a press)."""
+    def _unit_gauge(self, metric: str) -> Gauge:
+        gauge = self.sensor_units.get(metric)
+        if gauge is None:
+            if metric == OTHER_UNITS:
+                gauge = Gauge(metric, "A sensor value whose unit has no metric of its own, in that unit",
+                              ["device", "value", "unit"], registry=self.registry)
+            else:
+                quantity = metric.removeprefix("pictl_sensor_").replace("_", " in ", 1).replace("_", " ")
+                gauge = Gauge(metric, f"A sensor's {quantity} (the last valid reading)", ["device", "value"],
+                              registry=self.registry)
+            self.sensor_units[metric] = gauge
+        return gauge
+
+    def device_event(self, device: str, event: str, data: dict[str, Any] | None = None) -> None:
+        """A kind's own event (``<device>.<event>``: an alarm, a press); a press by its gesture too."""
         self.device_events.labels(device, event).inc()
+        press = (data or {}).get("press")
+        if event == "press" and press in PRESSES:
+            self.presses.labels(device, press).inc()
 
     def watch(self, collect: Callable[[], list[Any]]) -> None:
         """Register a scrape-time collector (device online flags, bus counters)."""
@@ -110,7 +170,11 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-def _forget(metric: Histogram | Counter, *labels: str) -> None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _forget(metric: Histogram | Counter | Gauge, *labels: str) -> None:
     with contextlib.suppress(KeyError):  # never created, or already gone
         metric.remove(*labels)
 
@@ -131,6 +195,17 @@ def device_online_family(devices: dict[str, Any]) -> GaugeMetricFamily:
                                labels=["device"])
     for name, device in devices.items():
         family.add_metric([name], 1.0 if device.online else 0.0)
+    return family
+
+
+def device_on_family(devices: dict[str, Any]) -> GaugeMetricFamily:
+    """Every device whose state is a plain on/off (an input, a switch): 1 while on, 0 while off."""
+    family = GaugeMetricFamily("pictl_device_on", "1 while the device's observed state is on (an input pressed, "
+                               "open or detecting; a switch's load on), 0 while off", labels=["device"])
+    for name, device in devices.items():
+        state = device.state().get("state")
+        if state in ("on", "off"):
+            family.add_metric([name], 1.0 if state == "on" else 0.0)
     return family
 
 

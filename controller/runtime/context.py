@@ -25,7 +25,7 @@ from controller.rpc.actions import register_device
 from controller.rpc.builtins import register_node_methods, register_session_methods
 from controller.rpc.dispatch import Dispatcher
 from controller.rpc.events import EventBus
-from controller.rpc.metrics import Metrics, auth_lockouts_family, device_online_family
+from controller.rpc.metrics import Metrics, auth_lockouts_family, device_on_family, device_online_family
 from controller.rpc.oncekeys import OnceKeys
 from controller.security.audit import AuditTrail
 from controller.security.auth import Authenticator
@@ -92,7 +92,7 @@ class Context:
             elif what == "reading":
                 self.metrics.reading(device.name, data)
             elif what not in OWN_EVENTS:
-                self.metrics.device_event(device.name, what)
+                self.metrics.device_event(device.name, what, data)
             self.events.publish(f"{device.name}.{what}", data)
         self.metrics.events_published.inc()
 
@@ -128,6 +128,7 @@ def build_context(config: Config) -> Context:
     ctx = Context(config=config, metrics=metrics, events=events, audit=audit, auth=auth, dispatcher=dispatcher,
                   once=OnceKeys(config.server.request_key_window))
     register_session_methods(dispatcher, auth, events, metrics)
-    metrics.watch(lambda: [device_online_family(ctx.devices), auth_lockouts_family(auth)])
+    metrics.watch(lambda: [device_online_family(ctx.devices), device_on_family(ctx.devices),
+                           auth_lockouts_family(auth)])
     ctx.warn_slow_tokens()
     return ctx

@@ -421,6 +421,10 @@ def _state_text(device: dict[str, Any]) -> str:
             return state["state"]
         if "value" in state:
             return f"{_short_value(state['value'])}{' ' + state['unit'] if state.get('unit') else ''}"
+        if isinstance(state.get("values"), dict):  # several values (a meter): each with its unit
+            units: dict[str, Any] = state["units"] if isinstance(state.get("units"), dict) else {}
+            return ", ".join(f"{k} {_short_value(round(v, 3) if isinstance(v, float) else v)}"
+                             f"{' ' + units[k] if units.get(k) else ''}" for k, v in state["values"].items())
         shown = {k: v for k, v in state.items() if k not in ("since", "at")}
         return json.dumps(shown, separators=(",", ":"))
     return json.dumps(state)

@@ -8,8 +8,8 @@ serial sensor, mock pins linked through delays for GPIO. The drivers are
 pointed at them by a rewritten config (host/port of each link, port of each
 sensor): driver code never knows it is simulated.
 
-The plant's controls (``sim.fault``, ``sim.clear``, ``sim.timeline``) are registered here too,
-with the dispatcher, only when the daemon runs simulated.
+The plant's controls (``sim.fault``, ``sim.clear``, ``sim.timeline``, ``sim.input``) are
+registered here too, with the dispatcher, only when the daemon runs simulated.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from drivers.sim.farsides import FAR_SIDES
 from drivers.sim.plant import Plant, UnknownFault
 
 log = logging.getLogger(__name__)
+
+MAX_BOUNCES = 20  # a contact that chatters more than this is broken, not bouncing
 
 
 async def simulate(plant: Plant, device: DeviceConfig) -> DeviceConfig:
@@ -80,8 +82,8 @@ async def start_plant(config: Config, loop: asyncio.AbstractEventLoop, *,
 
 def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[str, Device],
                          audit: AuditTrail) -> list[Callable[[], None]]:
-    """``sim.fault``, ``sim.clear`` and ``sim.timeline``: the plant's controls, admin only, offered
-    only under ``--simulate`` (README, *Methods*)."""
+    """``sim.fault``, ``sim.clear``, ``sim.timeline`` and ``sim.input``: the plant's controls, admin
+    only, offered only under ``--simulate`` (README, *Methods*)."""
 
     def device_param(params: dict[str, Any]) -> str:
         device = params.get("device")
@@ -128,5 +130,23 @@ def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="device") from None
 
+    def input_level(session: Session, params: dict[str, Any]) -> Any:
+        """Set the far side of an input device's line, as a finger on a button would (the device's
+        debounce applies as on a real pin); ``bounces`` makes the contact chatter first."""
+        refuse_unknown_params("sim.input", params, ("device", "active", "bounces"))
+        device = device_param(params)
+        active, bounces = params.get("active"), params.get("bounces", 0)
+        if not isinstance(active, bool):
+            raise InvalidParams("active must be true or false", param="active")
+        if isinstance(bounces, bool) or not isinstance(bounces, int) or not 0 <= bounces <= MAX_BOUNCES:
+            raise InvalidParams(f"bounces must be an integer from 0 to {MAX_BOUNCES}", param="bounces")
+        try:
+            plant.set_input(device, active, bounces)
+        except UnknownFault as exc:
+            raise InvalidParams(str(exc), param="device") from None
+        audit.record(session, "sim.input", params, "ok", 0.0)
+        return {"device": device, "active": active}
+
     return [dispatcher.register(f"sim.{name}", handler, instant=True, admin_only=True)
-            for name, handler in (("fault", fault), ("clear", clear), ("timeline", timeline))]
+            for name, handler in (("fault", fault), ("clear", clear), ("timeline", timeline),
+                                  ("input", input_level))]

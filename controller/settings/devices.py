@@ -19,8 +19,7 @@ from controller.settings.reader import Document, Table
 from controller.wire.protocol import RESERVED_NAMES
 from drivers.base import Coupling, Mechanism, PointSpec
 from drivers.modbus_spec import ModbusPointSpec
-from drivers.registry import POINT_DRIVERS, SpecContext
-from drivers.serial_sensor import SerialSensorSpec, read_sensor
+from drivers.registry import POINT_DRIVERS, SOURCE_DRIVERS, SpecContext
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -64,18 +63,23 @@ class Loader:
         self.doc = doc
         self.context = SpecContext(links=links or {})  # GPIO claims, links read before the devices
 
-    def _driver(self, t: Table) -> str | None:
-        keys = [key for key in POINT_DRIVERS if t.has(key)]
+    @staticmethod
+    def _one_key(t: Table, hints: Mapping[str, str], subject: str, what: str) -> str | None:
+        """The one key of *hints* that *t* holds (a point's driver, a sensor's source), else a problem."""
+        keys = [key for key in hints if t.has(key)]
         if len(keys) == 1:
             return keys[0]
-        choices = ", or ".join(driver.hint for driver in POINT_DRIVERS.values())
+        choices = ", or ".join(hints.values())
         if keys:
-            t.problem(keys[1], f"a point has one driver key: {choices}")
+            t.problem(keys[1], f"{subject} has one {what}: {choices}")
             for key in keys:
                 t.take(key)
         else:
-            t.problem(None, f"a point needs a driver key: {choices}")
+            t.problem(None, f"{subject} needs a {what}: {choices}")
         return None
+
+    def _driver(self, t: Table) -> str | None:
+        return self._one_key(t, {key: driver.hint for key, driver in POINT_DRIVERS.items()}, "a point", "driver key")
 
     def binary_output(self, parent: Table, key: str) -> OutputSpec | None:
         """An on/off output: a GPIO line or a Modbus coil (not a register)."""
@@ -100,9 +104,16 @@ class Loader:
         reader = POINT_DRIVERS[driver].read_output if output else POINT_DRIVERS[driver].read_input
         return reader(t, self.context)
 
-    def serial_sensor(self, t: Table) -> SerialSensorSpec | None:
-        """The serial keys of a sensor device: port, framing, pattern, units, request, stale_after."""
-        return read_sensor(t)
+    def source(self, t: Table) -> PointSpec | None:
+        """A sensor's source of readings, read by the driver whose key its table holds (any source
+        registered in :data:`drivers.registry.SOURCE_DRIVERS`: a serial port, a Modbus meter, 1-Wire)."""
+        by_key = {driver.key: driver for driver in SOURCE_DRIVERS.values()}
+        key = self._one_key(t, {k: driver.hint for k, driver in by_key.items()}, "a sensor", "source")
+        if key is None:
+            for other in t.data:
+                t.take(other)  # without a source its other keys mean nothing: one problem, not one per key
+            return None
+        return by_key[key].read(t, self.context)
 
     def common(self, name: str, t: Table, default_timeout: float) -> dict[str, Any]:
         """Fields every device kind has."""

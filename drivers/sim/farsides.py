@@ -3,7 +3,9 @@
 A far side is what the simulated plant puts at the other end of a bus so that
 the real driver runs unchanged (``pictl serve --simulate``, the tests and the
 benchmarks). Each adapts its world (:mod:`drivers.sim.gpio_world`,
-:mod:`drivers.sim.modbus_world`, :mod:`drivers.sim.serial_world`) to the plant.
+:mod:`drivers.sim.modbus_world` and :mod:`drivers.sim.meter_world`,
+:mod:`drivers.sim.serial_world`, :mod:`drivers.sim.onewire_world`) to the plant.
+An input line a far side claims can be moved by hand (:meth:`Plant.set_input`, ``sim.input``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Protocol
 
 from drivers.base import Coupling, Mechanism, PointSpec
 from drivers.gpio import GpioInputSpec, GpioOutputSpec
-from drivers.modbus_spec import ModbusLinkConfig, ModbusPointSpec
+from drivers.modbus_spec import ModbusLinkConfig, ModbusPointSpec, ModbusSensorSpec
+from drivers.onewire import OneWireSpec
 from drivers.serial_sensor import SerialSensorSpec
+from drivers.sim.meter_world import attach_meter
 from drivers.sim.modbus_world import SilenceFault, follow, record_writes
 from drivers.sim.motion_world import Wire, build_machine
 from drivers.sim.plant import Plant
@@ -46,7 +50,12 @@ class GpioFarSide:
         return dict(links)  # one factory for the whole board: nothing per link
 
     async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
-        return spec  # the driver reaches the plant through its pin factory, not through the spec
+        """Nothing to rewrite: the driver reaches the plant through its pin factory. An input line
+        gets a lever for ``sim.input`` (which any linkage made later may move again)."""
+        if isinstance(spec, GpioInputSpec):
+            pin, active_level = plant.gpio_factory.pin(spec.pin), spec.active_level
+            plant.add_input(device, lambda active: pin.hold(active_level if active else not active_level))
+        return spec
 
     def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
         if not isinstance(output, GpioOutputSpec) or not isinstance(input, GpioInputSpec):
@@ -87,6 +96,11 @@ class ModbusFarSide:
         return out
 
     async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
+        if isinstance(spec, ModbusSensorSpec):  # a meter: registers that drift, and its own outage
+            meters = plant.modbus[spec.link].devices
+            plant.on_unlink(device, attach_meter(meters, spec, plant.time_scale)[1])
+            plant.add_fault(device, "offline", SilenceFault(meters, spec.device_id))
+            return spec
         assert isinstance(spec, ModbusPointSpec)
         sim = plant.modbus[spec.link].devices
         for at in (spec.at, spec.verify):
@@ -95,6 +109,9 @@ class ModbusFarSide:
         if "offline" not in plant.faults(device):
             plant.add_fault(device, "offline", SilenceFault(sim, spec.at.device_id))
         plant.on_unlink(device, record_writes(sim, spec.at, plant.recorder(device)))
+        if spec.at.table == "discrete":  # an input line: a lever for sim.input
+            at = spec.at
+            plant.add_input(device, lambda active: sim.set(at.device_id, at.table, at.address, int(active)))
         verify = spec.verify
         if verify is not None:  # a status input or actual value that follows the written one
             if spec.at.table == "coil":
@@ -131,8 +148,25 @@ class SerialFarSide:
         return False  # a sensor has no output to follow
 
 
+class OneWireFarSide:
+    """The far side of a 1-Wire thermometer: a kernel-shaped w1 tree with a sensor that answers per read."""
+
+    async def open_links(self, plant: Plant, links: dict[str, object]) -> dict[str, object]:
+        return dict(links)  # a thermometer is its own bus: nothing shared to open
+
+    async def claim(self, plant: Plant, device: str, spec: PointSpec) -> PointSpec:
+        """A plugged-in DS18B20 for *device*, and the spec pointed at the simulated w1 tree."""
+        assert isinstance(spec, OneWireSpec)
+        sensor = plant.onewire_thermometer(device, spec.sensor_id)
+        return dataclasses.replace(spec, w1_dir=sensor.root)
+
+    def couple(self, plant: Plant, device: str, output: PointSpec, input: PointSpec, coupling: Coupling) -> bool:
+        return False  # a thermometer has no output to follow
+
+
 FAR_SIDES: dict[str, FarSide] = {
     "gpio": GpioFarSide(),
     "modbus": ModbusFarSide(),
     "serial": SerialFarSide(),
+    "onewire": OneWireFarSide(),
 }

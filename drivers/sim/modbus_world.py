@@ -64,8 +64,10 @@ class SimModbusDevices(ModbusServerContext):
         self.silent: set[int] = set()  # device ids that do not answer
         self.failing: set[int] = set()  # device ids that answer with exception 4
         self.stuck: set[tuple[int, str, int]] = set()  # (device id, table, address) that ignore writes
-        # Physics: called with (device id, table, first address, count) after every accepted write.
+        # Physics: called with (device id, table, first address, count) after every accepted write,
+        # and before every read (a meter brings its registers up to date).
         self.on_write: list[Callable[[int, str, int, int], None]] = []
+        self.on_read: list[Callable[[int, str, int, int], None]] = []
 
     def map(self, device_id: int, table: str, address: int, count: int = 1, value: int = 0) -> None:
         """Make *count* addresses from *address* exist on a device, with an initial value."""
@@ -98,6 +100,8 @@ class SimModbusDevices(ModbusServerContext):
 
     async def async_getValues(self, device_id: int, func_code: int, address: int,
                               count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        for hook in tuple(self.on_read):
+            hook(device_id, TABLE_OF.get(func_code, "?"), address, count)
         block = self._block(device_id, func_code, address, count)
         if isinstance(block, ExcCodes):
             return block

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from drivers.sim.gpio_world import Linkage, make_factory
 from drivers.sim.modbus_world import SimModbusServer
+from drivers.sim.onewire_world import CrcFault, MissingFault, SimThermometer, SimW1Bus
 from drivers.sim.serial_world import SimSerialSensor, UnplugFault
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class SimDevice:
 
 
 
+BOUNCE_S = 0.002  # a contact's chatter: one edge every 2 ms until it settles
 HISTORY_LENGTH = 1000  # records kept per device and kind (outputs, positions): minutes of a busy soak
 
 
@@ -109,6 +111,8 @@ class Plant:
         self.serial: dict[str, SimSerialSensor] = {}  # device name -> its simulated terminal
         self._dir: str | None = None  # holds the serial symlinks
         self.histories: dict[str, History] = {}  # device name -> its record; survives a reload's relink
+        self.w1: SimW1Bus | None = None  # the simulated /sys/bus/w1/devices, made with its first thermometer
+        self.inputs: dict[str, list[Callable[[bool], None]]] = {}  # device -> its input lines' far-side levers
 
     def add_fault(self, device: str, name: str, fault: Fault) -> None:
         """Let *device* suffer *fault* under the name *name* (``sim.fault``)."""
@@ -133,6 +137,41 @@ class Plant:
         self.serial[device] = sensor
         self.add_fault(device, "unplugged", UnplugFault(sensor))
         return sensor
+
+    def onewire_thermometer(self, device: str, sensor_id: str) -> SimThermometer:
+        """A DS18B20 on the simulated 1-Wire bus, with ``crc`` and ``missing`` faults."""
+        if self.w1 is None:
+            self.w1 = SimW1Bus(self.time_scale)
+        sensor = self.w1.thermometer(device, sensor_id)
+        self.add_fault(device, "crc", CrcFault(sensor))
+        self.add_fault(device, "missing", MissingFault(sensor))
+        w1 = self.w1
+        self.on_unlink(device, lambda: w1.remove(device))
+        return sensor
+
+    def add_input(self, device: str, lever: Callable[[bool], None]) -> None:
+        """*lever(active)* puts one of *device*'s input lines at its active or inactive level."""
+        self.inputs.setdefault(device, []).append(lever)
+
+        def forget() -> None:
+            self.inputs.pop(device, None)
+
+        self.on_unlink(device, forget)
+
+    def set_input(self, device: str, active: bool, bounces: int = 0) -> None:
+        """Put *device*'s input line at its active (or inactive) level, as a hand on a button or a
+        window would; with *bounces*, the contact chatters that many times (every BOUNCE_S of the
+        plant's time) before it settles."""
+        levers = self.inputs.get(device, [])
+        if len(levers) != 1:
+            raise UnknownFault(f"{device} has {'no' if not levers else 'more than one'} simulated input line")
+        (lever,) = levers
+        if not bounces:
+            lever(active)
+            return
+        for i in range(2 * bounces + 1):  # active, inactive, ... active: ends where it was asked to
+            level = active if i % 2 == 0 else not active
+            self.loop.call_later(i * BOUNCE_S * self.time_scale, lever, level)
 
     def link(
         self,
@@ -251,6 +290,9 @@ class Plant:
             await sensor.aclose()
         for server in self.modbus.values():
             await server.aclose()
+        if self.w1 is not None:
+            await asyncio.to_thread(self.w1.close)  # joins its threads
+            self.w1 = None
         self.serial.clear()
         self.modbus.clear()
         if self._dir is not None:

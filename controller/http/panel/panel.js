@@ -424,8 +424,8 @@
     if ("value" in s) return { text: fmt(s.value) + (s.unit ? ` ${s.unit}` : ""), word: "value" };
     if (s.values && typeof s.values === "object") {
       const units = s.units || {};
-      return { text: Object.entries(s.values).map(([k, v]) => `${k} ${fmt(v)}${units[k] ? " " + units[k] : ""}`)
-        .join(" · "), word: "value" };
+      return { rows: Object.entries(s.values).map(([k, v]) => [title(k), `${fmt(v)}${units[k] ? " " + units[k] : ""}`]),
+        word: "value" }; // several values (a meter): a line each
     }
     return { json: JSON.stringify(s, null, 1).replace(/\n\s*/g, " "), word: "unknown" };
   }
@@ -440,6 +440,10 @@
     if (shown.json !== undefined) {
       const pre = el("pre", "json", shown.json);
       e.value.replaceChildren(pre);
+    } else if (shown.rows) {
+      const list = el("dl", "values");
+      list.append(...shown.rows.flatMap(([k, v]) => [el("dt", null, k), el("dd", null, v)]));
+      e.value.replaceChildren(list);
     } else {
       e.value.textContent = shown.text;
     }

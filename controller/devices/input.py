@@ -1,0 +1,222 @@
+"""An input: a button, a contact, a motion or leak detector (a GPIO line or a Modbus discrete input).
+
+Read-only. The line is debounced here, in the same way whatever bus carries
+it: a change counts once the line has stayed at its new level for
+``debounce_ms`` (a contact that chatters for a few milliseconds, or a spike
+shorter than that, publishes nothing). Every change that counts is a
+``<name>.state`` event (``cause: "external"``).
+
+With ``button = true`` the debounced presses are read as gestures, each giving
+exactly one ``<name>.press`` event, ``{"press": "single" | "double" | "long"}``:
+
+- held for ``long_press_s`` or more: ``long``, as soon as it has been held that long;
+- released sooner, and pressed again within ``double_press_s``: ``double`` (when the
+  second press ends, or once it has been held ``long_press_s``);
+- released sooner, and not pressed again within ``double_press_s``: ``single``.
+
+Both edges of a press are delayed by the same debounce, so the durations
+measured are the line's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from controller.devices.base import Device
+from controller.devices.outward import UNKNOWN, HaEntity, MqttMessage
+from controller.devices.wiring import Wiring
+from controller.settings.devices import DeviceConfig, InputSpec, Loader
+from controller.settings.reader import Table
+from controller.wire.clock import iso
+from drivers.base import InputPoint, Observation, PointSpec
+
+# Home Assistant's binary-sensor classes (what "on" means: open, motion detected, moisture...).
+HA_BINARY_CLASSES = ("battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door", "garage_door",
+                     "gas", "heat", "light", "lock", "moisture", "motion", "moving", "occupancy", "opening", "plug",
+                     "power", "presence", "problem", "running", "safety", "smoke", "sound", "tamper", "update",
+                     "vibration", "window")
+PRESSES = ("single", "double", "long")
+
+
+@dataclass(frozen=True)
+class InputConfig(DeviceConfig):
+    input: InputSpec  # the line (GPIO, or a Modbus discrete input)
+    on_when_active: bool  # does an active line mean "on" (pressed, open, motion)?
+    debounce_s: float  # a change counts once the line has held its new level this long
+    button: bool  # read presses as single/double/long gestures
+    long_press_s: float  # held this long: a long press
+    double_press_s: float  # a second press within this long after the first: a double press
+    device_class: str | None  # Home Assistant's binary-sensor class, or None
+
+    def specs(self) -> dict[str, PointSpec]:
+        return {"input": self.input}
+
+
+def read_config(name: str, t: Table, loader: Loader) -> InputConfig | None:
+    common = loader.common(name, t, default_timeout=1.0)
+    point = loader.input_point(t, "input")
+    on_when = t.string("on_when", default="active", choices=("active", "inactive"))
+    debounce_ms = t.number("debounce_ms", default=50.0, high=10_000.0, low_inclusive=True)
+    button = t.boolean("button", default=False)
+    long_press_s = t.number("long_press_s", default=0.8, high=60.0)
+    double_press_s = t.number("double_press_s", default=0.4, high=10.0)
+    device_class = t.string("device_class", default=None, choices=HA_BINARY_CLASSES)
+    if not button:
+        for key in ("long_press_s", "double_press_s"):
+            if t.has(key):
+                t.problem(key, "only for a button (button = true)")
+    if point is None or None in common.values() or None in (on_when, debounce_ms, button, long_press_s,
+                                                               double_press_s):
+        return None
+    return InputConfig(**common, input=point, on_when_active=on_when == "active", debounce_s=debounce_ms / 1000.0,
+                       button=button, long_press_s=long_press_s, double_press_s=double_press_s,
+                       device_class=device_class)
+
+
+class Presses:
+    """Debounced press and release edges in, one gesture (single, double, long) out per press sequence."""
+
+    def __init__(self, long_s: float, double_s: float, emit: Callable[[str], None]) -> None:
+        self.long_s = long_s
+        self.double_s = double_s
+        self.emit = emit  # called with "single", "double" or "long"
+        self._second = False  # this press is the second of a possible double
+        self._decided = False  # the current press already gave its gesture (long, or a held second press)
+        self._timer: asyncio.TimerHandle | None = None  # long-press or double-window timer
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def pressed(self) -> None:
+        waiting = self._timer is not None  # released earlier, inside the double window
+        self._cancel()
+        self._second, self._decided = waiting, False
+        self._timer = asyncio.get_running_loop().call_later(self.long_s, self._held)
+
+    def released(self) -> None:
+        self._cancel()
+        if self._decided:
+            return
+        if self._second:
+            self._second = False
+            self.emit("double")
+            return
+        self._timer = asyncio.get_running_loop().call_later(self.double_s, self._no_second)
+
+    def _held(self) -> None:
+        self._timer = None
+        self._decided = True
+        self.emit("double" if self._second else "long")
+        self._second = False
+
+    def _no_second(self) -> None:
+        self._timer = None
+        self.emit("single")
+
+    def close(self) -> None:
+        self._cancel()
+
+
+class Input(Device):
+    """``<name>.state`` only: ``{"state": "on" | "off" | "unknown", "since"}``, and for a button
+    ``last_press`` (ISO time) and ``press`` (the last gesture)."""
+
+    kind = "input"
+    actions = {}  # read-only: state and events
+
+    def __init__(self, config: InputConfig, point: InputPoint) -> None:
+        self.cfg = config
+        self.point = point
+        self.on: bool | None = None  # the debounced state (None: never read)
+        self.since = time.time()  # when the debounced state last changed
+        self.last_press: float | None = None  # wall-clock time of the last gesture
+        self.press: str | None = None  # the last gesture
+        self._pending: asyncio.TimerHandle | None = None  # a change waiting out the debounce
+        self._presses = Presses(config.long_press_s, config.double_press_s, self._pressed) if config.button else None
+        super().__init__(config, [point])
+
+    def state(self) -> dict[str, Any]:
+        shown = "unknown" if self.on is None else ("on" if self.on else "off")
+        out: dict[str, Any] = {"state": shown, "since": iso(self.since)}
+        if self.cfg.button:
+            out["last_press"] = None if self.last_press is None else iso(self.last_press)
+            out["press"] = self.press
+        return out
+
+    def _on_observation(self, obs: Observation) -> None:
+        if obs.value is None:
+            return
+        on = bool(obs.value) == self.cfg.on_when_active
+        if self._pending is not None:
+            self._pending.cancel()  # the line moved again: the debounce starts over
+            self._pending = None
+        if self.on is None or self.cfg.debounce_s == 0:
+            self._accept(on)  # the first reading is the truth; no debounce asked for
+        elif on != self.on:
+            self._pending = asyncio.get_running_loop().call_later(self.cfg.debounce_s, self._accept, on)
+
+    def _accept(self, on: bool) -> None:
+        self._pending = None
+        first = self.on is None
+        if on == self.on:
+            return
+        self.on, self.since = on, time.time()
+        if self._presses is not None and not first:
+            if on:
+                self._presses.pressed()
+            else:
+                self._presses.released()
+        self._publish_if_changed()
+
+    def _pressed(self, gesture: str) -> None:
+        self.press, self.last_press = gesture, time.time()
+        self._emit("press", {"press": gesture})
+        self._publish_if_changed()
+
+    # -- outward --------------------------------------------------------------------------------
+    def ha_entities(self) -> list[HaEntity]:
+        """A ``binary_sensor`` with the configured class; a button adds an ``event`` entity (class
+        ``button``) whose events are its presses."""
+        sensor = {"payload_on": "ON", "payload_off": "OFF"}
+        if self.cfg.device_class is not None:
+            sensor["device_class"] = self.cfg.device_class
+        entities = [HaEntity("binary_sensor", sensor, topics={"state_topic": "state"}, attributes=False)]
+        if self.cfg.button:
+            entities.append(HaEntity("event", {"device_class": "button", "event_types": list(PRESSES)},
+                                     topics={"state_topic": "press"}, key="press", attributes=False))
+        return entities
+
+    def mqtt_state(self, state: dict[str, Any]) -> str:
+        return {"on": "ON", "off": "OFF"}.get(state.get("state", ""), UNKNOWN)
+
+    def mqtt_messages(self, what: str, data: dict[str, Any]) -> list[MqttMessage]:
+        if what == "press":  # an event entity's payload, never retained: a press happens once
+            return [MqttMessage("press", orjson.dumps({"event_type": data.get("press")}).decode(), retain=False)]
+        return super().mqtt_messages(what, data)
+
+    def panel(self) -> dict[str, Any]:
+        facts = [{"field": "last_press", "as": "time", "label": "Last press"},
+                 {"field": "press", "as": "text", "label": "Press"}] if self.cfg.button else []
+        return {"proof": "line", "buttons": [], "facts": facts}
+
+    async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        raise AssertionError("an input has no actions")  # dispatch finds none to call
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._presses is not None:
+            self._presses.close()
+        super().close()
+
+
+def build(config: InputConfig, wiring: Wiring) -> Input:
+    return Input(config, wiring.input(f"{config.name}.input", config.input))
