@@ -251,11 +251,13 @@ class Place:
         """Run *argv*; returns its exit code and its log, LOGS/NAME-LOG.log."""
         path = self.logs / f"{self.name}-{log}.log"
         cwd = cwd or self.home
+        fresh = {"PIP_NO_CACHE_DIR": "1"}  # every install downloads, as on a new Pi: both places alike
         if self.session is not None:
-            code = self.session.run(argv, path, user="pi", cwd=cwd, timeout=timeout, env=self.env, echo=echo)
+            code = self.session.run(argv, path, user="pi", cwd=cwd, timeout=timeout, env={**self.env, **fresh},
+                                    echo=echo)
         else:
             env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-            code = run_logged(argv, path, timeout=timeout, echo=echo, cwd=cwd, env={**env, "PATH": PATH})
+            code = run_logged(argv, path, timeout=timeout, echo=echo, cwd=cwd, env={**env, **fresh, "PATH": PATH})
         return code, path
 
     def run(self, log: str, *argv: str, timeout: float, cwd: str | None = None, echo: bool = False) -> Path:
@@ -338,6 +340,7 @@ def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float
     code, log = place.attempt("tests", *pytest, "--durations=5", *args, timeout=60 * 60, cwd=f"{place.home}/pictl",
                               echo=True)
     summary = pytest_summary(log)
+    skips = re.findall(r"^SKIPPED \[(\d+)\] \S+: (.*)$", log.read_text(errors="replace"), re.M)
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+::\S+)", log.read_text(errors="replace"), re.M)
     collection = re.search(r"error(s)? during collection", log.read_text(errors="replace"))
     if code != 0 and failed and len(failed) <= RERUN_AT_MOST and not collection:
@@ -354,12 +357,11 @@ def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise StepFailed(f"{place.name}: the core tests failed (log {log}):\n{tail}")
-    skips = re.findall(r"^SKIPPED \[(\d+)\] \S+: (.*)$", log.read_text(errors="replace"), re.M)
     if unexplained := [reason for _, reason in skips if not TOOL_SKIP.search(reason)]:
         raise StepFailed(f"{place.name}: core tests skipped for another reason than a tool the root lacks: "
                          f"{'; '.join(sorted(set(unexplained)))} (log {log})")
     tools = sum(int(n) for n, _ in skips)
-    skipped = f" ({tools} skipped: they need a tool the root lacks, as their reasons say)" if tools else ""
+    skipped = f" ({tools} skipped: for want of a tool missing here, as their reasons say)" if tools else ""
     report.prove(f"{place.name}: {summary.get('passed', 0):.0f} core tests passed against the installed wheel "
                  f"in {summary.get('seconds', 0):.0f} s{skipped}")
     return summary
