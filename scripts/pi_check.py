@@ -45,7 +45,8 @@ TOOLS_NOT_NEEDED = {"playwright"}  # the test extra's browser driver: only the p
 NEEDS_A_COMPILER = {("armhf", "wamp")}
 # A core test may skip only for want of one of these (the root has none of them; CI's own run has them all).
 TOOL_SKIP = re.compile(r"playwright|chromium|mosquitto|crossbar|router|nginx|haproxy|prometheus|promtool|"
-                       r"systemd-analyze", re.I)
+                       r"systemd-analyze|cannot install on \w+ without a compiler", re.I)  # the last: pi_check_plugin
+LIBRARY = {"mqtt": "aiomqtt", "wamp": "autobahn"}  # each extra's library: what installing it must make importable
 RERUN_AT_MOST = 5  # more failures than this in one run is not timing: no second chance
 TEST_TIMEOUT_S = 300  # pytest-timeout per test in the root (pyproject's 60 s, times the emulation's slowness)
 
@@ -246,12 +247,12 @@ class Place:
         self.pip = f"{home}/venv/bin/pip"
         self.python = f"{home}/venv/bin/python"
 
-    def attempt(self, log: str, *argv: str, timeout: float, cwd: str | None = None,
-                echo: bool = False) -> tuple[int, Path]:
-        """Run *argv*; returns its exit code and its log, LOGS/NAME-LOG.log."""
+    def attempt(self, log: str, *argv: str, timeout: float, cwd: str | None = None, echo: bool = False,
+                env: dict[str, str] | None = None) -> tuple[int, Path]:
+        """Run *argv* (with *env* added); returns its exit code and its log, LOGS/NAME-LOG.log."""
         path = self.logs / f"{self.name}-{log}.log"
         cwd = cwd or self.home
-        fresh = {"PIP_NO_CACHE_DIR": "1"}  # every install downloads, as on a new Pi: both places alike
+        fresh = {"PIP_NO_CACHE_DIR": "1", **(env or {})}  # every install downloads, as on a new Pi: both alike
         if self.session is not None:
             code = self.session.run(argv, path, user="pi", cwd=cwd, timeout=timeout, env={**self.env, **fresh},
                                     echo=echo)
@@ -335,10 +336,12 @@ def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float
     if "site-packages" not in where:
         raise StepFailed(f"{place.name}: the tests would import pictl from {where}, not the installed wheel")
     # The per-test timeout is a net for hangs, not a measure: qemu-user runs 5-10x slower than this host.
-    pytest = [place.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    pytest = [place.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pi_check_plugin",
               f"--timeout={TEST_TIMEOUT_S if place.session else 60}"]
+    absent = ",".join(f"{LIBRARY[extra]}={extra}" for arch, extra in sorted(NEEDS_A_COMPILER) if arch == place.arch)
+    env = {"PYTHONPATH": f"{place.home}/pictl/scripts", "PICTL_PI_ABSENT": absent, "PICTL_PI_ARCH": place.arch}
     code, log = place.attempt("tests", *pytest, "--durations=5", *args, timeout=60 * 60, cwd=f"{place.home}/pictl",
-                              echo=True)
+                              echo=True, env=env)
     summary = pytest_summary(log)
     skips = re.findall(r"^SKIPPED \[(\d+)\] \S+: (.*)$", log.read_text(errors="replace"), re.M)
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+::\S+)", log.read_text(errors="replace"), re.M)
@@ -348,7 +351,7 @@ def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float
         # fails the check; one that passes is reported as flaky under emulation, never silently.
         print(f"    {len(failed)} failed; once more, alone: {' '.join(failed)}", flush=True)
         code, again = place.attempt("tests-again", *pytest, *failed, timeout=30 * 60, cwd=f"{place.home}/pictl",
-                                    echo=True)
+                                    echo=True, env=env)
         if code == 0:
             report.findings.append(f"{place.name}: flaky under emulation (failed, then passed alone): "
                                    f"{', '.join(failed)} (log {log})")
@@ -424,7 +427,7 @@ def all_steps(place: Place, report: Report, tests: bool, extra_pytest: list[str]
     figures: dict[str, float] = {}
     with report.step("install: venv + pip install the wheel"):
         figures["install"] = install(place, report)
-    for name, module in (("mqtt", "aiomqtt"), ("wamp", "autobahn")):
+    for name, module in LIBRARY.items():
         with report.step(f"extra [{name}]"):
             figures[f"extra-{name}"] = extra(place, report, name, module)
     with report.step("pip install lgpio (the Pi's pin factory)"):

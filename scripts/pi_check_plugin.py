@@ -1,0 +1,54 @@
+"""pytest plugin for the core tests in the emulated Pi OS root (scripts/pi_check.py loads it).
+
+On an architecture where an extra cannot install without a compiler (pi_check.py has just shown it
+cannot), a test, or a test file, that stops on ``ModuleNotFoundError`` for that extra's library is
+reported as skipped, with the reason, instead of failing or stopping the collection. Only those
+libraries, named in ``PICTL_PI_ABSENT`` ("autobahn=wamp,..."); every other error stays an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+ABSENT = dict(pair.split("=", 1) for pair in os.environ.get("PICTL_PI_ABSENT", "").split(",") if "=" in pair)
+ARCH = os.environ.get("PICTL_PI_ARCH", "this architecture")
+
+
+def _absent(exc: BaseException | None) -> str | None:
+    """Why *exc* is expected here, or None."""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in ABSENT:
+        library = (exc.name or "").split(".")[0]
+        return f"needs {library} (pictl[{ABSENT[library]}]), which cannot install on {ARCH} without a compiler"
+    return None
+
+
+def _skipped(report: Any, where: tuple[str, int], reason: str) -> None:
+    report.outcome = "skipped"
+    report.longrepr = (where[0], where[1], f"Skipped: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A test file whose imports stop on an absent library: skipped, not a collection error."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        text = str(report.longrepr)
+        for library in ABSENT:
+            if f"ModuleNotFoundError: No module named '{library}" in text:
+                _skipped(report, (str(collector.path), 1), str(_absent(ModuleNotFoundError(name=library))))
+                report.result = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test that imports an absent library as it runs: skipped, not failed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.excinfo is not None and (reason := _absent(call.excinfo.value)):
+        path, line, _ = item.location
+        _skipped(report, (path, (line or 0) + 1), reason)
