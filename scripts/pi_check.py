@@ -189,8 +189,9 @@ def copy_tree(dest: Path, owner: tuple[int, int] | None = None, *, skip: tuple[s
         if name and not name.startswith(skip) and source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
-    for path in [dest, *dest.rglob("*")] if owner else []:
-        os.chown(path, *owner)
+    if owner is not None:
+        for path in [dest, *dest.rglob("*")]:
+            os.chown(path, *owner)
 
 
 def pip_findings(log: Path) -> tuple[list[str], list[str]]:
@@ -330,7 +331,7 @@ def quick_start(place: Place, report: Report) -> dict[str, float]:
     return figures
 
 
-def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float]:
+def core_tests(place: Place, report: Report, args: list[str], figures: dict[str, float]) -> None:
     where = place.run("wheel-import", place.python, "-c", "import controller; print(controller.__file__)",
                       timeout=300, cwd=f"{place.home}/pictl").read_text().strip()
     if "site-packages" not in where:
@@ -343,6 +344,7 @@ def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float
     code, log = place.attempt("tests", *pytest, "--durations=5", *args, timeout=60 * 60, cwd=f"{place.home}/pictl",
                               echo=True, env=env)
     summary = pytest_summary(log)
+    figures["tests"] = summary.get("seconds", 0.0)  # the first, whole run's time, even when it fails
     skips = re.findall(r"^SKIPPED \[(\d+)\] \S+: (.*)$", log.read_text(errors="replace"), re.M)
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+::\S+)", log.read_text(errors="replace"), re.M)
     collection = re.search(r"error(s)? during collection", log.read_text(errors="replace"))
@@ -367,7 +369,6 @@ def core_tests(place: Place, report: Report, args: list[str]) -> dict[str, float
     skipped = f" ({tools} skipped: for want of a tool missing here, as their reasons say)" if tools else ""
     report.prove(f"{place.name}: {summary.get('passed', 0):.0f} core tests passed against the installed wheel "
                  f"in {summary.get('seconds', 0):.0f} s{skipped}")
-    return summary
 
 
 def build_wheel(dest: Path) -> Path:
@@ -402,14 +403,13 @@ def prepare_root(s: Session, report: Report, wheel: Path) -> dict[str, str]:
     return bring_pip_settings(s, report)
 
 
-def emulated(args: argparse.Namespace, report: Report, wheel: Path, logs: Path) -> dict[str, float]:
-    """Every step inside the root; the figures keyed as the host's are."""
+def emulated(args: argparse.Namespace, report: Report, wheel: Path, logs: Path, figures: dict[str, float]) -> None:
+    """Every step inside the root, its figures into *figures* as they come (keyed as the host's are)."""
     with report.step("qemu-user through binfmt_misc"):
         report.prove(f"binfmt_misc: {ensure_binfmt(args.arch)}")
     with report.step("root (debootstrap, or the cache)"):
         base, what = ensure_root(args.cache, args.arch, host_mirror(), logs / "debootstrap.log")
         report.prove(what)
-    figures: dict[str, float] = {}
     with Session(base, args.cache / args.arch / "run") as s:
         env = prepare_root(s, report, wheel)
         python = s.run(["python3", "-c", "import platform, sys; print(platform.machine(), sys.version.split()[0])"],
@@ -419,12 +419,11 @@ def emulated(args: argparse.Namespace, report: Report, wheel: Path, logs: Path) 
         report.prove(f"the root runs {(logs / 'root-python.log').read_text().strip()} (Pi OS bookworm: Python 3.11.2)")
         place = Place("emulated", args.arch, HOME, logs, s, env)
         place.wheel = f"{HOME}/{wheel.name}"
-        figures.update(all_steps(place, report, tests=True, extra_pytest=args.pytest_args))
-    return figures
+        all_steps(place, report, True, args.pytest_args, figures)
 
 
-def all_steps(place: Place, report: Report, tests: bool, extra_pytest: list[str]) -> dict[str, float]:
-    figures: dict[str, float] = {}
+def all_steps(place: Place, report: Report, tests: bool, extra_pytest: list[str], figures: dict[str, float]) -> None:
+    """Install, extras, lgpio, the quick start and (with *tests*) the core tests; figures as they come."""
     with report.step("install: venv + pip install the wheel"):
         figures["install"] = install(place, report)
     for name, module in LIBRARY.items():
@@ -445,9 +444,7 @@ def all_steps(place: Place, report: Report, tests: bool, extra_pytest: list[str]
         with report.step("test tools (pytest ...)"):
             place.run("tools", place.pip, "install", *test_tools(), timeout=1800)
         with report.step("core tests"):
-            summary = core_tests(place, report, core_test_args(place.arch) + extra_pytest)
-            figures["tests"] = summary.get("seconds", 0.0)
-    return figures
+            core_tests(place, report, core_test_args(place.arch) + extra_pytest, figures)
 
 
 def main() -> int:
@@ -471,23 +468,28 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind (and unmount) as for Ctrl-C
         signal.signal(sig, lambda number, _: sys.exit(128 + number))
     report = Report(args.arch, logs)
-    failure, emu, x86 = None, {}, {}
+    failures: list[str] = []
+    emu: dict[str, float] = {}
+    x86: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="pictl-pi-check-") as tmp:
             with report.step("wheel, built on the host"):
                 wheel = build_wheel(Path(tmp))
                 report.prove(f"the repository builds {wheel.name}")
-            emu = emulated(args, report, wheel, logs)
+            try:
+                emulated(args, report, wheel, logs, emu)
+            except StepFailed as exc:  # the x86 figures still come, for what was measured
+                failures.append(str(exc))
             host = Place("x86", "x86", tmp, logs, None, {})
             host.wheel = str(wheel)
             copy_tree(Path(tmp) / "pictl")
-            x86 = all_steps(host, report, tests=args.compare, extra_pytest=args.pytest_args)
+            all_steps(host, report, args.compare, args.pytest_args, x86)
     except (StepFailed, RootError, subprocess.CalledProcessError, OSError) as exc:
-        failure = str(exc)
+        failures.append(str(exc))
     except KeyboardInterrupt:
-        failure = "interrupted"
-    report.print(failure, emu, x86)
-    return 1 if failure else 0
+        failures.append("interrupted")
+    report.print("\n".join(failures) or None, emu, x86)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

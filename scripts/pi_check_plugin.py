@@ -9,7 +9,7 @@ libraries, named in ``PICTL_PI_ABSENT`` ("autobahn=wamp,..."); every other error
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -32,9 +32,9 @@ def _skipped(report: Any, where: tuple[str, int], reason: str) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
     """A test file whose imports stop on an absent library: skipped, not a collection error."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if report.failed:
         text = str(report.longrepr)
@@ -45,9 +45,9 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     """A test that imports an absent library as it runs: skipped, not failed."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if report.failed and call.excinfo is not None and (reason := _absent(call.excinfo.value)):
         path, line, _ = item.location
