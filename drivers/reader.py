@@ -5,7 +5,10 @@ The thread does the blocking I/O (a serial port's ``read``, a 1-Wire
 reading to the event loop with ``call_soon_threadsafe``; nothing here blocks
 the loop. On the loop side the values are points that go offline when no
 valid reading came for ``stale_after`` seconds (or when the thread reports the
-hardware gone) and come back with the next valid reading.
+hardware gone) and come back with the next valid reading. That is also the
+start-up grace: a sensor that has not yet had time to read is not offline (it
+has no value yet); one whose hardware is missing is, as soon as the thread
+finds it missing.
 
 A subclass implements :meth:`ThreadedSource._run` (the thread's loop: call
 :meth:`_beat_now` at every turn, :meth:`_reading` for each valid reading,
@@ -38,7 +41,7 @@ class SensorValue(InputPoint):
         super().__init__(name)
         self.key = key  # the value's name within its sensor
         self.unit = unit  # "°C", or "" when none was configured
-        self.online, self.offline_since, self.offline_reason = False, time.time(), "no reading yet"
+        # Online, without a value, until the hardware is found missing or stale_after passes.
 
     async def refresh(self) -> Observation:
         """There is nothing to ask on demand: the last reading, if it is current."""

@@ -10,7 +10,10 @@ Nothing here blocks the loop.
   buffer never holds more than ``max_line`` bytes.
 - A line that does not match, is not UTF-8, or whose groups are not numbers
   is counted and skipped.
-- No valid reading for ``stale_after`` seconds: the values go offline.
+- No valid reading for ``stale_after`` seconds: the values go offline. That is
+  also the start-up grace: a sensor that has not yet had time to print its
+  first line is not offline (it has no value yet); one whose port cannot be
+  opened is, at once.
 - The port vanishes or a read raises (a USB adapter pulled): offline, close,
   and reopen the *same path* with a backoff doubling from 0.1 s to 1 s, as a
   ``/dev/serial/by-id`` symlink comes back when the adapter is plugged in.

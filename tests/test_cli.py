@@ -254,6 +254,46 @@ async def test_watch_pretty_is_readable(daemon: Daemon) -> None:
     assert re.match(r"\d\d:\d\d:\d\d\.\d{3} ", out[0])
 
 
+async def test_watch_pretty_follows_changes_not_the_readings_unless_asked() -> None:
+    """`pictl watch --pretty`, as the README offers to follow along: the sensor's steady readings
+    (here every 0.05 s: the plant at a tenth of its time) do not bury the door; '*' shows them."""
+    daemon = Daemon(config.load(str(DEMO)), simulate=True, host="127.0.0.1", port=0, time_scale=0.1)
+    await daemon.start()
+    readings: list[asyncio.Event] = []  # each set by the next reading
+
+    def reading(device: object, what: str, data: object) -> None:
+        if what == "reading":
+            for event in readings:
+                event.set()
+
+    daemon.devices["hall_temp"].listen(reading)
+    link = ("--pretty", "--url", daemon.url, "--token", ADMIN)
+    try:
+        proc = await asyncio.create_subprocess_exec(PICTL, "watch", "--count", "2", *link,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            async with asyncio.timeout(10):
+                assert "watching * except *.reading" in (await proc.stderr.readline()).decode()
+                for _ in range(3):  # readings go on while it watches
+                    readings.append(asyncio.Event())
+                    await readings[-1].wait()
+                async with Client(daemon.url, ADMIN) as c:
+                    await c.call("door.open")
+                out = (await proc.stdout.read()).decode().splitlines()
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert [line.split()[1] for line in out] == ["door.state", "door.state"], out
+        assert "state=open" in out[1]
+        code, out_all, _ = await run("watch", "*", "--count", "3", *link)
+        assert code == 0 and "hall_temp.reading" in out_all, out_all
+    finally:
+        await daemon.stop()
+
+
 async def test_status_is_a_table_with_offline_devices_explained(daemon: Daemon) -> None:
     daemon.devices["light"].points[1].set_online(False, "feedback wire cut")
     env = {"PICTL_URL": daemon.url, "PICTL_TOKEN": PANEL, "PATH": "/usr/bin:/bin"}

@@ -164,6 +164,8 @@ def test_only_device_actions_get_a_request_key_by_default() -> None:
 
     assert {f"{name}." for name in RESERVED_NAMES} == set(pictl.NOT_ACTIONS)  # no device can be called that
     assert pictl.is_action("door.open") and pictl.is_action("hall_temp.read")
+    assert pictl.is_action("pi02.door.open") and not pictl.is_action("pi03.sim.fault")  # through the fleet
+    assert not pictl.is_action("pi02.door.state")
     for method in ("door.state", "system.status", "events.subscribe", "session.auth", "sim.fault", "ping"):
         assert not pictl.is_action(method), method
 

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, http_get, open_client
+from tests.conftest import ADMIN, DEMO, ROOT, http_get, open_client
 from tests.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Mosquitto
 
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
@@ -189,6 +189,50 @@ async def test_discovery_availability_and_state_are_retained_for_every_kind(daem
     assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
+async def test_a_sensor_starting_up_is_never_announced_offline(broker: Mosquitto, watcher: Watcher,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """hall_temp prints its first line about 0.5 s after the start: until then it is available with an
+    unknown value, so Home Assistant never shows it unavailable for no reason (issue 26)."""
+    caplog.set_level(logging.INFO, logger="controller")
+    d = await start_daemon(broker.url)
+    try:
+        first = await watcher.wait(lambda m: m.topic == f"{NODE}/hall_temp/state" and m.payload != b"None")
+        float(first.payload)
+        availability = [m.payload for m in watcher.seen if m.topic == f"{NODE}/hall_temp/availability"]
+        assert availability and set(availability) == {b"online"}, availability
+        assert not [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
+    finally:
+        await d.stop()
+
+
+def readme_demo_config(broker_url: str) -> tuple[str, list[str]]:
+    """README's "Try it on the demo plant": the config its commands write, with *broker_url* for
+    127.0.0.1:1883, and the `pictl serve` command line."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**Try it on the demo plant**", 1)[1].split("\n**", 1)[0]
+    appended = block.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    [serve] = [line.split() for line in block.splitlines() if line.startswith(".venv/bin/pictl serve")]
+    assert "mqtt://127.0.0.1:1883" in appended
+    return DEMO.read_text() + appended.replace("mqtt://127.0.0.1:1883", broker_url) + "\n", serve
+
+
+async def test_the_readme_demo_config_runs_beside_make_demo(broker: Mosquitto, watcher: Watcher) -> None:
+    text, serve = readme_demo_config(broker.url)
+    listen = serve[serve.index("--listen") + 1]
+    assert serve[serve.index("--config") + 1] == "/tmp/demo-mqtt.toml" and "--simulate" in serve
+    demo = config.load(str(DEMO)).server
+    assert listen != f"{demo.host}:{demo.port}"  # beside make demo, not on its port
+    d = Daemon(config.loads(text, "/tmp/demo-mqtt.toml"), simulate=True, host="127.0.0.1", port=0)
+    await d.start()
+    try:
+        await watcher.on(f"{NODE}/door/state", b"closed")
+        await send(watcher.client, f"{NODE}/door/set", "OPEN")
+        await watcher.on(f"{NODE}/door/state", b"open")
+        assert (await watcher.on(f"{NODE}/door/attributes")).json()["confirmed"] is True
+    finally:
+        await d.stop()
+
+
 async def test_no_mqtt_section_no_bridge_and_no_gauge() -> None:
     d = Daemon(config.load(str(DEMO)), simulate=True, host="127.0.0.1", port=0)
     await d.start()
@@ -232,6 +276,61 @@ async def test_open_over_mqtt_is_confirmed_by_the_contact(daemon: Daemon, watche
     values = await metrics(daemon)
     assert values[("pictl_rpc_requests_total", (("method", "door.open"), ("outcome", "ok")))] == 1.0
     assert values[("pictl_action_confirm_seconds_count", (("action", "open"), ("device", "door")))] == 1.0
+
+
+async def quick_daemon(url: str) -> Daemon:
+    """The demo on the bridge with the plant at a tenth of its time and the door's deadline 0.3 s:
+    for tests that fail an action on purpose."""
+    door = 'open_when = "inactive"\ntimeout = '
+    text = config_text(url).replace(door + "2.0", door + "0.3")
+    assert "timeout = 0.3" in text
+    d = Daemon(config.loads(text, str(DEMO)), simulate=True, host="127.0.0.1", port=0, time_scale=0.1)
+    await d.start()
+    return d
+
+
+async def test_attributes_say_the_last_action_whoever_called_it(broker: Mosquitto, watcher: Watcher) -> None:
+    """A failed OPEN over MQTT, then a successful door.open over the WebSocket: the retained
+    attributes follow the WebSocket's outcome too, in order after the state it left (issue 26)."""
+    d = await quick_daemon(broker.url)
+    try:
+        await watcher.on(f"{NODE}/availability", b"online")
+        assert d.plant is not None
+        d.plant.inject("door", "jammed")
+        start = watcher.mark()
+        await send(watcher.client, f"{NODE}/door/set", "OPEN")
+        await watcher.on(f"{NODE}/door/event", since=start)
+        d.plant.clear("door")
+        start = watcher.mark()
+        async with open_client(d.url, ADMIN) as ws:
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "door.open"}))
+            assert json.loads(await ws.recv())["result"]["confirmed"] is True
+        attributes = (await watcher.on(f"{NODE}/door/attributes", since=start)).json()
+        assert (attributes["action"], attributes["confirmed"], attributes["error"]) == ("open", True, None)
+        assert attributes["evidence"]["source"] == "door.contact"
+        assert [t.rsplit("/", 1)[1] for t, _ in watcher.between(start, DOOR_TOPICS)] == [
+            "state", "state", "attributes"]  # opening, open, then the outcome; no command event: not MQTT's
+        async with Watcher(broker.port) as late:  # what Home Assistant reads when it starts now
+            retained = (await late.on(f"{NODE}/door/attributes")).json()
+        assert retained["confirmed"] is True and retained["error"] is None
+    finally:
+        await d.stop()
+
+
+async def test_a_switch_publishes_its_state_when_it_changes_only(broker: Mosquitto, watcher: Watcher) -> None:
+    """TOGGLE from off: the output moves ahead of the feedback (state still off), which must not
+    re-publish OFF before ON (issue 26)."""
+    d = await quick_daemon(broker.url)
+    try:
+        await watcher.on(f"{NODE}/light/state", b"OFF")
+        start = watcher.mark()
+        await send(watcher.client, f"{NODE}/light/set", "TOGGLE")
+        await watcher.on(f"{NODE}/light/event", since=start)
+        light = (f"{NODE}/light/state", f"{NODE}/light/attributes", f"{NODE}/light/event")
+        assert [(t.rsplit("/", 1)[1], p if t.endswith("state") else "") for t, p in watcher.between(start, light)] \
+            == [("state", "ON"), ("attributes", ""), ("event", "")]
+    finally:
+        await d.stop()
 
 
 async def test_a_jammed_door_keeps_its_observed_state_and_says_why(daemon: Daemon, watcher: Watcher) -> None:

@@ -76,8 +76,8 @@ async def test_a_tree_written_by_the_test_crc_power_on_half_written_vanishing_an
     seen, listen = readings_of(sensor)
     value = sensor.values["temperature"]
     try:
-        await until_health(value, True, timeout=2.0)
-        assert value.value == 23.125
+        await until(listen, lambda: bool(seen), timeout=2.0)  # online from the start: its first reading
+        assert value.online and value.value == 23.125
         for bad, counter in [(GOOD.replace("YES", "NO"), "crc_errors"),
                              (GOOD.replace("72 01", "50 05").replace("t=23125", "t=85000"), "power_on_values"),
                              (GOOD[:60], "incomplete_reads")]:

@@ -119,7 +119,9 @@ class Panel:
     def __init__(self, page: Page) -> None:
         self.page = page
         self.errors: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.warnings: list[str] = []  # warnings, and Chromium's "[DOM] ..." advice (logged as verbose)
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else
+                self.warnings.append(m.text) if m.type == "warning" or m.text.startswith("[DOM]") else None)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
     def tile(self, device: str) -> str:
@@ -164,6 +166,7 @@ async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, br
     panel = await open_panel(browser, panel_url(daemon), token=None)
     page = panel.page
     await page.wait_for_selector("#login:not([hidden])")
+    assert panel.warnings == []  # e.g. "[DOM] Password forms should have (optionally hidden) username fields"
     await page.fill("#token", "not-the-token")
     await page.click("#login-form button[type=submit]")
     await page.locator("#login-error", has_text="refused").wait_for(timeout=5000)
@@ -188,7 +191,7 @@ async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, br
     await page.click("#logout")
     await page.wait_for_selector("#login:not([hidden])")
     assert await page.evaluate("localStorage.getItem('pictl.token')") is None
-    assert panel.errors == []
+    assert panel.errors == [] and panel.warnings == []
 
 
 @needs_browser

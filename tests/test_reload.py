@@ -256,7 +256,7 @@ async def test_rebuilt_modbus_and_serial_devices_are_polled_and_simulated_again(
     points come and go), and a rebuilt sensor gets a simulated terminal of its own again."""
     from controller.devices.base import Device
     from drivers.modbus import ModbusLink
-    from tests.conftest import until, until_online
+    from tests.conftest import until
 
     path, full = await full_demo(tmp_path)
     daemon = Daemon(config.load(str(path)), simulate=True, host="127.0.0.1", port=0)
@@ -284,9 +284,9 @@ async def test_rebuilt_modbus_and_serial_devices_are_polled_and_simulated_again(
         result = await fan.run("off", {}, 1.0)
         assert result["confirmed"] and result["state"] == "off"
 
-        sensor = daemon.devices["hall_temp"]
-        await until_online(sensor, True)
-        assert sensor.state()["value"] is not None
+        sensor = daemon.devices["hall_temp"]  # reads from its new terminal
+        await until(lambda cb: sensor.listen(lambda *_: cb()), lambda: sensor.state()["value"] is not None)
+        assert sensor.online
     finally:
         await daemon.stop()
 

@@ -16,7 +16,7 @@ import pytest
 
 from drivers.serial_sensor import LineParser, SerialSensor, SerialSensorSpec
 from drivers.sim.serial_world import SimSerialSensor
-from tests.conftest import until_health, until_online
+from tests.conftest import until_health
 
 PATTERN = re.compile(r"^T=(?P<temp>-?\d+(?:\.\d+)?)(?: H=(?P<rh>\d+))?$")
 
@@ -168,8 +168,11 @@ async def test_shutdown_stops_the_reader_thread_even_when_the_port_is_missing(tm
     assert not sensor.values["temp"].online
 
 
-async def test_the_sensor_device_announces_coming_online_with_its_first_reading(rig: Rig) -> None:
+async def test_a_sensor_that_has_not_had_time_to_read_is_not_offline(rig: Rig) -> None:
+    """The start-up grace (issue 26): until its first line, or stale_after without one, a sensor is
+    online without a value (Home Assistant: available, unknown), never a false offline."""
     from controller.devices.sensor import Sensor, SensorConfig
+    from controller.wire.errors import Unavailable
 
     device = Sensor(SensorConfig(name="hall", kind="sensor", timeout=1.0, max_timeout=30.0,
                                  source=rig.sensor.spec), rig.sensor)
@@ -177,13 +180,29 @@ async def test_the_sensor_device_announces_coming_online_with_its_first_reading(
     device.listen(lambda d, what, data: flips.append(d.online) if what == "status" else None)
     readings: list[dict] = []
     device.listen(lambda d, what, data: readings.append(data) if what == "reading" else None)
-    assert not device.online
     await open_port(rig.sensor)
+    assert device.online and device.state()["values"] == {"temp": None, "rh": None}
+    with pytest.raises(Unavailable, match="hall has no reading yet"):
+        await device.run("read", {}, 1.0)
     await rig.far.send(b"T=20.5\n")
-    await until_online(device, True)
-    assert flips == [True]
+    await reading(rig.sensor)
+    assert flips == []  # nothing to announce: it never was offline
     assert readings[0]["values"] == {"temp": 20.5, "rh": None} and readings[0]["units"]["temp"] == "°C"
     assert await device.run("read", {}, 1.0) == readings[0]
+
+
+async def test_a_sensor_silent_from_the_start_is_offline_after_stale_after(rig: Rig) -> None:
+    sensor = SerialSensor("quiet", make_spec(rig.far.path, stale_after=0.1))  # the rig says nothing
+    for point in sensor.points:
+        point.bind(asyncio.get_running_loop())
+    try:
+        await open_port(sensor)
+        temp = sensor.values["temp"]
+        assert temp.online
+        await until_health(temp, online=False)
+        assert "no valid reading for 0.1 s" in (temp.offline_reason or "")
+    finally:
+        await sensor.stop()
 
 
 async def test_a_reader_thread_stuck_in_a_call_says_the_sensor_is_wedged(rig: Rig) -> None:

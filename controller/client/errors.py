@@ -110,5 +110,8 @@ NOT_ACTIONS = tuple(sorted(f"{name}." for name in protocol.RESERVED_NAMES))  # n
 
 
 def is_action(method: str) -> bool:
-    """Does *method* name a device action (as opposed to state, system, events, session, sim)?"""
-    return "." in method and not method.startswith(NOT_ACTIONS) and not method.endswith(".state")
+    """Does *method* name a device action (as opposed to state, system, events, session, sim)?
+    Through the fleet a node's names come after the node's: ``pi02.door.open`` is an action,
+    ``pi03.sim.fault`` is not."""
+    *path, last = method.split(".")
+    return bool(path) and last != "state" and not any(f"{part}." in NOT_ACTIONS for part in path)

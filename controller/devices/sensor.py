@@ -20,6 +20,7 @@ from controller.devices.wiring import Wiring
 from controller.settings.devices import DeviceConfig, Loader
 from controller.settings.reader import Table
 from controller.wire.clock import iso
+from controller.wire.errors import Unavailable
 from drivers.base import Observation, PointSpec, Quantity, ReadingSource
 
 # Home Assistant's numeric sensor classes, and the units it takes for the ones a Pi meets most.
@@ -165,8 +166,8 @@ class Sensor(Device):
     async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         """No queue: reading the last value never waits for hardware."""
         self.check_online()
-        if self._at is None:
-            raise self.unavailable()
+        if self._at is None:  # just started: its first line is on its way (offline after stale_after)
+            raise Unavailable(f"{self.name} has no reading yet", device=self.name, since=None)
         return self.reading()
 
 

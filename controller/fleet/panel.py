@@ -8,7 +8,9 @@ way, because it is the same code. Its method table holds the fleet's ``system.st
 ``system.describe`` and ``fleet.status``, and for every device the aggregator knows
 ``<node>.<device>.state`` and ``<node>.<device>.<action>``, forwarded through the router to
 ``pictl.<node>.<device>.<action>``; devices of a node that is down are offline, so the panel greys
-them and disables their buttons.
+them and disables their buttons. A forwarded answer names its device as the fleet does
+(``"device": "pi02.door", "node": "pi02"``). A simulated node's ``sim.*`` methods are offered as
+``<node>.sim.*``, to the admin role only, as on the node.
 """
 
 from __future__ import annotations
@@ -75,21 +77,30 @@ class FleetPanel:
 
     # -- the device table -------------------------------------------------------------------------
     def _sync_methods(self) -> bool:
-        """Offer ``<node>.<device>.<action>`` and ``.state`` for every known device; True on change."""
+        """Offer ``<node>.<device>.<action>`` and ``.state`` for every known device, and a simulated
+        node's ``<node>.sim.*``; True on change."""
         wanted: dict[str, Any] = {}
+        simulation: set[str] = set()
         for node, view in self.view.nodes.items():
             for device, described in view.described.items():
                 name = f"{node}.{device}"
                 wanted[f"{name}.state"] = self._state_handler(node, device)
                 for action in (described.get("actions") or {}):
-                    wanted[f"{name}.{action}"] = self._action_handler(node, device, action, described)
+                    cap = described.get("max_timeout")
+                    wanted[f"{name}.{action}"] = self._forward(
+                        node, f"{device}.{action}", float(cap) if isinstance(cap, (int, float)) else None)
+            for method in view.methods:
+                if method.startswith("sim."):
+                    simulation.add(f"{node}.{method}")
+                    wanted[f"{node}.{method}"] = self._forward(node, method, None)
         changed = set(wanted) != set(self._methods)
         for method in set(self._methods) - set(wanted):
             self._methods.pop(method)()
         for method, handler in wanted.items():
             if method in self._methods:
                 self._methods.pop(method)()
-            self._methods[method] = self.dispatcher.register(method, handler, instant=method.endswith(".state"))
+            self._methods[method] = self.dispatcher.register(method, handler, instant=method.endswith(".state"),
+                                                             admin_only=method in simulation)
         return changed
 
     def _state_handler(self, node: str, device: str) -> Callable[[Session, dict[str, Any]], Any]:
@@ -99,19 +110,20 @@ class FleetPanel:
 
         return state
 
-    def _action_handler(self, node: str, device: str, action: str,
-                        described: dict[str, Any]) -> Callable[[Session, dict[str, Any]], Any]:
-        method = f"{node}.{device}.{action}"
-        cap = described.get("max_timeout")
-        limit = float(cap) if isinstance(cap, (int, float)) else DEFAULT_CALL_TIMEOUT_S
+    def _forward(self, node: str, called: str, cap: float | None) -> Callable[[Session, dict[str, Any]], Any]:
+        """``<node>.<called>`` here: ``pictl.<node>.<called>`` through the router, audited here too;
+        its answer (or error) names the device as the fleet does."""
+        method = f"{node}.{called}"
+        limit = DEFAULT_CALL_TIMEOUT_S if cap is None else cap
 
         async def run(session: Session, params: dict[str, Any]) -> Any:
             started = time.monotonic()
             asked = params.get("timeout")
             timeout = min(float(asked), limit) if isinstance(asked, (int, float)) and asked > 0 else limit
             try:
-                result = await self.aggregator.call(node, f"{device}.{action}", params, 2 * timeout + CALL_SLACK_S)
+                result = as_fleet(node, await self.aggregator.call(node, called, params, 2 * timeout + CALL_SLACK_S))
             except errors.RpcError as err:
+                err.data = as_fleet(node, err.data)
                 await self.ctx.audit.write(session, method, params, err.name, (time.monotonic() - started) * 1000,
                                            error=err.to_wire())
                 raise
@@ -176,6 +188,14 @@ class FleetPanel:
                 if view.online:
                     self.ctx.events.publish(f"{device}.state", {**(status.get("state") or {}), "cause": "resync"})
 
+
+
+def as_fleet(node: str, answer: Any) -> Any:
+    """A node's answer (or error data) as the fleet says it: its device named ``<node>.<device>``,
+    and the node named."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("device"), str):
+        return answer
+    return {**answer, "device": f"{node}.{answer['device']}", "node": node}
 
 
 async def serve(url: str, realm: str, config: Config | None, *, host: str | None = None, port: int | None = None,

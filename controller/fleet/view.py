@@ -31,6 +31,7 @@ class NodeView:
     since: float | None = None  # when it went offline
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> status fields
     described: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> system.describe entry
+    methods: tuple[str, ...] = ()  # what the router may call on it (its describe's "methods"): sim.* among them
     seq: int | None = None  # the last event seq seen (a gap: fetch system.status again)
     epoch: str | None = None
 
@@ -72,6 +73,7 @@ class FleetView:
         view.online, view.session, view.since = True, session, None
         view.last_update = time.time()
         view.described = dict(described.get("devices") or {})
+        view.methods = tuple(m for m in described.get("methods") or () if isinstance(m, str))
         view.devices = {d: dict(s) for d, s in (status.get("devices") or {}).items()}
         view.seq, view.epoch = status.get("seq"), status.get("epoch")
         self._emit(name, "joined", {"was_online": was_online})

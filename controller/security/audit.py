@@ -23,6 +23,7 @@ from typing import Any
 
 from controller.security.auth import Session
 from controller.wire.clock import iso
+from drivers.base import Listeners
 
 log = logging.getLogger(__name__)
 MAX_PARAMS_CHARS = 1024  # params are client input: keep what is logged bounded
@@ -47,6 +48,10 @@ class AuditTrail:
         self._file_log.setLevel(logging.INFO)
         self._handler: logging.Handler | None = None
         self._writer: ThreadPoolExecutor | None = None  # one thread: entries stay in order
+        # Told (session, method, result, error) of every call recorded, whichever front door it came
+        # through: the MQTT bridge keeps each device's "last outcome" from it.
+        self.recorded: Listeners[[Session, str, dict[str, Any] | None, dict[str, Any] | None]] = \
+            Listeners("audit entries")
         if path:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="pictl-audit")
             cls = _FsyncRotatingHandler if fsync else logging.handlers.RotatingFileHandler
@@ -98,6 +103,7 @@ class AuditTrail:
         if self._writer is not None:
             written = self._writer.submit(self._file_log.info, line)
         log.info("audit %s", line)
+        self.recorded.emit(session, method, result, error)
         return entry, written
 
     def close(self) -> None:

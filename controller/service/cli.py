@@ -56,8 +56,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds to wait for the reply (default: 2 x timeout + 5 for actions, else 30)")
 
     watch = sub.add_parser("watch", parents=[link], help="print events as they happen, one JSON object per line")
-    watch.add_argument("patterns", nargs="*", metavar="PATTERN", help='topic patterns, e.g. "door.*" (default: *)')
-    watch.add_argument("--pretty", action="store_true", help="readable lines instead of JSON")
+    watch.add_argument("patterns", nargs="*", metavar="PATTERN",
+                       help='topic patterns, e.g. "door.*" (default: *; with --pretty, all but sensor readings)')
+    watch.add_argument("--pretty", action="store_true",
+                       help="readable lines instead of JSON; without PATTERN it leaves out *.reading "
+                            "(a sensor reads every second or so): name '*' to see them too")
     watch.add_argument("--count", type=int, default=None, help="stop after this many events")
 
     status = sub.add_parser("status", parents=[link], help="a table of every device")
@@ -390,13 +393,19 @@ async def _watch(args: argparse.Namespace, patterns: list[str], pretty: bool, co
         print(f"pictl watch: {why}" + ("" if up else "; reconnecting"), file=sys.stderr, flush=True)
 
     url = args.url
+    # Following along by eye (`watch --pretty`, as the README offers): readings would be most lines
+    # (the demo's sensor, twice a second), burying the changes; a pattern brings them back.
+    hide_readings = pretty and not args.patterns
     client = _client(args, reconnect=True, on_link=link)
     seen = 0
     try:
         await client.connect()
         stream = await client.events(*patterns).start()
-        print(f"pictl watch: watching {' '.join(patterns)} on {url}", file=sys.stderr, flush=True)
+        hidden = " except *.reading (name '*' to see readings too)" if hide_readings else ""
+        print(f"pictl watch: watching {' '.join(patterns)}{hidden} on {url}", file=sys.stderr, flush=True)
         async for event in stream:
+            if hide_readings and event.topic.endswith(".reading"):
+                continue
             line = pretty_event(event) if pretty else json.dumps(event.to_dict(), separators=(",", ":"),
                                                                ensure_ascii=False)
             print(line, flush=True)

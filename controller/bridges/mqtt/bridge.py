@@ -9,9 +9,12 @@ command payload asks for (:meth:`Device.mqtt_command`).
 
 - ``PREFIX/NODE/D/set`` (and any ``set_*`` leaf a device announces) runs the action the device
   reads in the payload; its outcome goes to ``.../attributes`` (retained) and ``.../event``.
+  ``.../attributes`` follows the audit trail: it says the device's last action whoever called it
+  (the WebSocket, WAMP, MQTT), and a command refused before it ran (its role, its rate).
   ``.../state`` is published only from observations (the event bus), so a jammed door never
-  shows ``open``. A retained command (one the broker replays) and a malformed one are logged and
-  never run.
+  shows ``open``, and only when it changes (a switch's output moving ahead of its feedback does
+  not re-publish ``OFF``). A retained command (one the broker replays) and a malformed one are
+  logged and never run.
 - ``PREFIX/NODE/rpc``: MQTT 5 request/response. The reply on the request's
   response topic, with its correlation data, is the WebSocket's reply byte for byte.
 - Every event of the bus is mirrored to ``PREFIX/NODE/events/<topic>``.
@@ -96,8 +99,11 @@ class MqttBridge:
         self._commands = OwnedTasks("mqtt command")  # actions in flight (waited for at shutdown)
         self._announced: dict[str, set[str]] = {}  # device -> its discovery config topics on the broker
         self._attributes: dict[str, bytes] = {}  # device -> its last outcome, republished on reconnect
+        self._retained: dict[str, str | bytes] = {}  # device topic -> what it holds on the broker (this connection)
+        self._audited: dict[str, int] = {}  # device -> actions audited so far (whoever called)
         self._subscribed: set[str] = set()  # command leaves subscribed on this connection
         self._untap: Callable[[], None] | None = None
+        self._unaudit: Callable[[], None] | None = None
         self._closing = False
 
     def _new_session(self) -> Session:
@@ -108,6 +114,7 @@ class MqttBridge:
     async def start(self) -> None:
         """Start connecting (in the background: a broker that is down does not stop the daemon)."""
         self._untap = self.ctx.events.tap(self._on_event)
+        self._unaudit = self.ctx.audit.recorded.add(self._on_audited)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt-bridge")
 
     async def close(self, timeout: float) -> None:
@@ -117,6 +124,8 @@ class MqttBridge:
             log.warning("%d MQTT command(s) did not finish before shutdown", len(self._commands))
         if self._untap is not None:
             self._untap()
+        if self._unaudit is not None:
+            self._unaudit()
         client = self._client
         if client is not None:
             try:
@@ -239,6 +248,7 @@ class MqttBridge:
         """Discovery (and removal of what is gone), then each device's availability, state and
         last outcome, then the node's ``online``: Home Assistant shows fresh values only."""
         devices = self.ctx.devices
+        self._retained.clear()  # published afresh below: the new connection's broker holds it all
         entities = {name: device.ha_entities() for name, device in devices.items()}
         self._subscribe_commands({leaf for found in entities.values() for leaf in command_leaves(found)})
         if self.config.discovery_prefix:
@@ -267,8 +277,14 @@ class MqttBridge:
         self._publish(self.topics.availability, ONLINE, retain=True)
 
     def _publish_device(self, name: str, messages: list[MqttMessage]) -> None:
+        """A device's messages; a retained one only when it changes what the broker holds."""
         for message in messages:
-            self._publish(self.topics.device(name, message.leaf), message.payload, retain=message.retain)
+            topic = self.topics.device(name, message.leaf)
+            if message.retain:
+                if self._retained.get(topic) == message.payload:
+                    continue
+                self._retained[topic] = message.payload
+            self._publish(topic, message.payload, retain=message.retain)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         """Every event of the bus: mirrored, and each device's own messages (state, alarms) kept current."""
@@ -331,16 +347,33 @@ class MqttBridge:
 
     async def _act(self, name: str, action: str, params: dict[str, Any]) -> None:
         """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
+        audited = self._audited.get(name, 0)
         reply = (await settled(self.dispatcher.call(self.session, request(f"{name}.{action}", params)))).reply
         if reply is None:  # pragma: no cover - a request with an id always gets a reply
             return
         attributes, event = outcome(action, reply)
         if attributes["error"] is not None:
             log.warning("MQTT: %s %s failed: %s", name, action, attributes["error"].get("message"))
+        if self._audited.get(name, 0) == audited:  # refused before it ran (role, rate): not audited
+            self._publish_attributes(name, attributes)
+        self._publish(self.topics.device(name, "event"), orjson.dumps(event), retain=False)
+
+    def _publish_attributes(self, name: str, attributes: dict[str, Any]) -> None:
         encoded = orjson.dumps(attributes)
         self._attributes[name] = encoded
         self._publish(self.topics.device(name, "attributes"), encoded, retain=True)
-        self._publish(self.topics.device(name, "event"), orjson.dumps(event), retain=False)
+
+    def _on_audited(self, session: Session, method: str, result: dict[str, Any] | None,
+                    error: dict[str, Any] | None) -> None:
+        """Every action that ran, through whichever front door (a command here, the WebSocket,
+        WAMP): its outcome is the device's last one."""
+        name, _, action = method.rpartition(".")
+        device = self.ctx.devices.get(name)
+        if device is None or action not in device.actions:
+            return  # sim.*, or a device this bridge does not serve
+        self._audited[name] = self._audited.get(name, 0) + 1
+        attributes, _ = outcome(action, {"error": error} if error is not None else {"result": result})
+        self._publish_attributes(name, attributes)
 
     def _request(self, message: aiomqtt.Message, payload: bytes) -> None:
         """A JSON-RPC request or batch on the rpc topic; answered on its response topic, if any."""

@@ -282,18 +282,23 @@
     return false;
   }
 
-  function nodeHeading(node) {
+  // A node's tiles sit in a group of their own (heading, then a small grid), so a dozen nodes fit a
+  // wall screen side by side (panel.css: the fleet layout).
+  function nodeGroup(node) {
+    const group = el("section", "node");
     const head = el("h2", "node-head");
-    head.dataset.node = node;
+    const list = el("div", "node-tiles");
+    group.dataset.node = head.dataset.node = node;
     head.append(el("span", "node-name", node), el("span", "node-state"));
+    group.append(head, list);
     st.nodes.set(node, head);
-    return head;
+    return { group, list };
   }
 
   function showNode(node, online, since) {
     const head = st.nodes.get(node);
     if (!head) return;
-    head.dataset.online = String(online);
+    head.dataset.online = head.parentElement.dataset.online = String(online);
     head.querySelector(".node-state").textContent = online ? "online" :
       `offline${since ? ` since ${clock(since)}` : ""}`;
   }
@@ -309,12 +314,16 @@
     st.devices = new Map();
     st.nodes = new Map();
     ui.tiles.replaceChildren();
+    document.documentElement.classList.toggle("fleet", names.some((name) => devices[name].node !== undefined));
     let lastNode;
+    let into = ui.tiles;
     for (const name of names) {
       const node = devices[name].node;
       if (node !== undefined && node !== lastNode) {
         lastNode = node;
-        ui.tiles.append(nodeHeading(node));
+        const { group, list } = nodeGroup(node);
+        ui.tiles.append(group);
+        into = list;
         showNode(node, !nodes || !nodes[node] || nodes[node].online !== false);
       }
       const prev = old.get(name);
@@ -332,7 +341,7 @@
       d.readOnly = all.some((a) => !(a in d.actions)) && !drawn.some((a) => a in d.actions);
       d.el = tile(d);
       st.devices.set(name, d);
-      ui.tiles.append(d.el.root);
+      into.append(d.el.root);
       render(d);
     }
     if (names.length === 0) ui.tiles.append(el("p", "empty", "No devices are configured."));
