@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -155,6 +156,21 @@ def load_pin_factory(name: str = "auto") -> Any:
         log.warning("GPIO through gpiozero's experimental native factory (%s): install lgpio",
                     "; ".join(str(w.message) for w in caught if issubclass(w.category, PinFactoryFallback)))
     return factory
+
+
+def gpio_refusal(devices: Iterable[Any], name: str = "auto") -> str | None:
+    """Why *devices* (configs: ``.name``, ``.specs()``) cannot have their GPIO lines, in one line, or
+    None when the pin factory *name* loads (or none uses GPIO). Run before anything starts, so that a
+    machine without GPIO gets this line at once instead of a start and a stop."""
+    users = [d.name for d in devices if any(spec.bus_kind == "gpio" for spec in d.specs().values())]
+    if not users:
+        return None
+    try:
+        load_pin_factory(name)
+    except GpioUnavailable as exc:
+        names = " and ".join([", ".join(users[:-1]), users[-1]] if len(users) > 1 else users)
+        return f"{names} use{'s' if len(users) == 1 else ''} GPIO, but {exc}"
+    return None
 
 
 class GpioOutput(OutputPoint):

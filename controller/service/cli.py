@@ -203,7 +203,7 @@ def serve(args: argparse.Namespace) -> int:
     from controller.service.supervision import serve_until_signalled
     from controller.settings.mqtt import MqttUnusable
     from controller.settings.wamp import MissingExtra
-    from drivers.gpio import GpioUnavailable, load_pin_factory
+    from drivers.gpio import GpioUnavailable, gpio_refusal
 
     _log_to_stderr(args.log_level)
     # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
@@ -216,14 +216,9 @@ def serve(args: argparse.Namespace) -> int:
     if not 0.001 <= args.time_scale <= 100 or (args.time_scale != 1.0 and not args.simulate):
         print("pictl serve: --time-scale takes 0.001-100, and only with --simulate", file=sys.stderr)
         return EXIT_USAGE
-    gpio = [d.name for d in cfg.devices.values() if any(spec.bus_kind == "gpio" for spec in d.specs().values())]
-    if gpio and not args.simulate:
-        try:  # now, before anything starts: a machine without GPIO gets one line, not a start and a stop
-            load_pin_factory(cfg.gpio_factory)
-        except GpioUnavailable as exc:
-            names = " and ".join([", ".join(gpio[:-1]), gpio[-1]] if len(gpio) > 1 else gpio)
-            print(f"pictl serve: {names} use{'s' if len(gpio) == 1 else ''} GPIO, but {exc}", file=sys.stderr)
-            return 1
+    if not args.simulate and (refusal := gpio_refusal(cfg.devices.values(), cfg.gpio_factory)):  # before starting
+        print(f"pictl serve: {refusal}", file=sys.stderr)
+        return 1
     daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port, time_scale=args.time_scale)
     try:
         asyncio.run(serve_until_signalled(daemon))
