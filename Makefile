@@ -44,8 +44,13 @@ demo-fleet: $(STAMP) crossbar
 crossbar:
 	PYTHON=$(PYTHON) scripts/crossbar-venv.sh
 
+# The few tests that measure the event loop's latency or run physics with margins of tens of
+# milliseconds (marked alone) first, on their own; then the rest on four
+# workers (pytest-xdist) even on two cores: most tests wait on sockets, timers and other processes.
+# Tests that share a module-wide router are kept on one worker (xdist_group).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m alone
+	$(BIN)/python -m pytest -n 4 --dist loadgroup -m "not alone"
 
 bench: $(STAMP) crossbar
 	$(BIN)/python bench/run.py

@@ -24,19 +24,34 @@ class Daemon:
     """``pictl serve --simulate`` on *config* as a child process; its log is read as it goes and
     each line offered to *on_line*."""
 
-    def __init__(self, config: Path, on_line: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: Path, on_line: Callable[[str], None] | None = None, *, tree: Path | None = None,
+                 nofile: int | None = None) -> None:
         self.config = config
         self.on_line = on_line
+        self.tree = tree  # another source tree to run (a baseline unpacked from git); None: this one
+        self.nofile = nofile  # the child's soft limit on open files (a unit without LimitNOFILE: 1024)
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.ready_s = 0.0  # spawn to the "serving" line
         self._reader: asyncio.Task[None] | None = None
 
+    def _command(self) -> list[str]:
+        args = ["serve", "--config", str(self.config), "--simulate", "--listen", "127.0.0.1:0"]
+        if self.tree is None:
+            return [PICTL, *args]
+        code = f"import sys; sys.path.insert(0, {str(self.tree)!r}); from controller.service.cli import main; " \
+               "sys.exit(main())"
+        return [sys.executable, "-c", code, *args]
+
+    def _limits(self) -> None:  # in the child, before exec
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
     async def start(self) -> float:
         t0 = time.perf_counter()
         self.proc = await asyncio.create_subprocess_exec(
-            PICTL, "serve", "--config", str(self.config), "--simulate", "--listen", "127.0.0.1:0",
-            stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+            *self._command(), stderr=asyncio.subprocess.PIPE, cwd=self.tree or ROOT,
+            preexec_fn=self._limits if self.nofile is not None else None)
         assert self.proc.stderr is not None
         while True:
             line = (await asyncio.wait_for(self.proc.stderr.readline(), 60)).decode()

@@ -135,4 +135,4 @@ async def test_home_assistant_commands_move_the_doors_and_their_alarms_and_failu
     await watcher.on(f"{NODE}/blind/event", since=mark)
     assert [m.payload for m in watcher.seen[mark:] if m.topic == f"{NODE}/blind/event"] == \
         [b'{"event_type":"confirmed","action":"close"}']  # the bad ones ran nothing
-    assert sum("malformed command" in r.message for r in caplog.records) == 3
+    assert sum("malformed command" in r.message for r in caplog.records) == 1  # one line per 10 s, with a count

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from controller.client import Client, Unreachable
+from controller.devices import door as door_kind
 from controller.service import configfile as config
 from controller.service.cli import parse_params
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, close_all, on_gpio_demo
+from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, NEW_KEY, PANEL, TEST_TEXT, TIME_SCALE, close_all, on_gpio_demo
 
 demo_config = on_gpio_demo()
 
@@ -48,11 +49,11 @@ class Served:
             return await self.proc.wait()
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
+async def serve(config_file: Path, time_scale: float) -> Served:
+    """``pictl serve --simulate`` on *config_file*, once it says where it serves."""
     proc = await asyncio.create_subprocess_exec(
-        PICTL, "serve", "--config", str(DEMO), "--simulate", "--listen", "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE,
+        PICTL, "serve", "--config", str(config_file), "--simulate", "--time-scale", str(time_scale),
+        "--listen", "127.0.0.1:0", stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     lines = []
@@ -66,13 +67,54 @@ async def served() -> AsyncIterator[Served]:
                 break
     server = Served(proc, match.group(1))
     server.log.extend(lines)
-    yield server
-    if proc.returncode is None:
+    return server
+
+
+async def stopped(server: Served) -> None:
+    if server.proc.returncode is None:
         try:  # SIGTERM, so the daemon removes what the simulated plant made (pty links, temp dir)
             await server.stop()
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            server.proc.kill()
+            await server.proc.wait()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    """The demo plant as a process, at the tests' time scale and deadlines."""
+    config_file = tmp_path / "demo.toml"
+    config_file.write_text(TEST_TEXT)
+    server = await serve(config_file, TIME_SCALE)
+    yield server
+    await stopped(server)
+
+
+@pytest.mark.long
+async def test_the_quick_start_as_the_readme_tells_it() -> None:
+    """README's quick start on `make demo`'s own daemon (config/demo.toml, the plant at its real time):
+    the door answers after its ~0.3 s of travel; jammed, it fails after the demo's 2 s deadline."""
+    server = await serve(DEMO, 1.0)
+    try:
+        link = ("--url", server.url, "--token", ADMIN)
+        code, out, err = await run("call", "door.open", *link)
+        assert code == 0, err
+        opened = json.loads(out)
+        assert (opened["state"], opened["changed"], opened["confirmed"]) == ("open", True, True)
+        assert door_kind.TRAVEL_S * 1000 <= opened["elapsed_ms"] < 1500
+        assert (opened["evidence"]["source"], opened["evidence"]["value"]) == ("door.contact", "open")
+        code, _, err = await run("call", "sim.fault", "device=door", "fault=jammed", *link)
+        assert code == 0, err
+        code, out, err = await run("call", "door.close", *link)
+        jammed = json.loads(err)
+        assert code == 1 and out == "" and jammed["code"] == -32002
+        assert jammed["message"] == "door did not become closed within the deadline"
+        assert (jammed["data"]["expected"], jammed["data"]["observed"]) == ("closed", "open")
+        assert 2000 <= jammed["data"]["elapsed_ms"] < 3500  # config/demo.toml: the door's timeout = 2.0
+        assert jammed["data"]["recovery"] == "actuator released; door is open"
+        code, out, err = await run("call", "sim.clear", "device=door", *link)
+        assert code == 0 and json.loads(out)["faults"] == [], err
+    finally:
+        await stopped(server)
 
 
 async def test_call_prints_the_result_and_exits_0(served: Served) -> None:
@@ -205,7 +247,7 @@ async def test_call_with_key_value_params_and_an_rpc_error_on_stderr(daemon: Dae
 
 async def test_watch_prints_one_json_event_per_line_and_resumes_after_a_drop(daemon: Daemon) -> None:
     proc = await asyncio.create_subprocess_exec(
-        PICTL, "watch", "*.state", "--count", "4", "--url", daemon.url, "--token", PANEL,
+        PICTL, "watch", "*.state", "--count", "6", "--url", daemon.url, "--token", PANEL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     try:
@@ -220,22 +262,24 @@ async def test_watch_prints_one_json_event_per_line_and_resumes_after_a_drop(dae
             await close_all(daemon)  # watch's link drops; the door opens while it is away
         async with Client(daemon.url, ADMIN) as c:
             await c.call("door.open")
+            async with asyncio.timeout(10):
+                assert (await proc.stderr.readline()).decode().strip() == \
+                    "pictl watch: link lost (1012: service restart); reconnecting"
+                assert (await proc.stderr.readline()).decode().strip() == "pictl watch: reconnected"
+            await c.call("light.off")  # live again: the last two events
         async with asyncio.timeout(10):
-            assert (await proc.stderr.readline()).decode().strip() == \
-                "pictl watch: link lost (1012: service restart); reconnecting"
-            assert (await proc.stderr.readline()).decode().strip() == "pictl watch: reconnected"
-        async with asyncio.timeout(10):
-            for _ in range(2):
+            for _ in range(4):
                 lines.append(json.loads(await proc.stdout.readline()))
             assert await proc.wait() == 0
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    # The light's output changes first (state still off), then its feedback follows.
+    # A light's output changes first (its state still the old one), then its feedback follows.
     assert [(e["topic"], e["data"]["state"]) for e in lines] == [
-        ("light.state", "off"), ("light.state", "on"), ("door.state", "moving"), ("door.state", "open")]
-    assert [e["seq"] for e in lines[2:]] == [lines[1]["seq"] + 1, lines[1]["seq"] + 2]
+        ("light.state", "off"), ("light.state", "on"), ("door.state", "moving"), ("door.state", "open"),
+        ("light.state", "on"), ("light.state", "off")]
+    assert [e["seq"] for e in lines[1:]] == list(range(lines[1]["seq"], lines[1]["seq"] + 5))  # none lost, none twice
     assert set(lines[0]) == {"topic", "seq", "time", "data"}
 
 
@@ -334,7 +378,7 @@ async def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(served: Ser
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(20):
         out, err = await done.communicate()
-    assert len(out.decode().splitlines()) == 2  # two readings (about 0.5 s apart), then head left
+    assert len(out.decode().splitlines()) == 2  # two readings, then head left
     assert "Traceback" not in err.decode() and "Broken pipe" not in err.decode(), err.decode()
     assert done.returncode == 0
 
@@ -350,9 +394,9 @@ def tls_files(tmp: Path) -> tuple[Path, Path, Path]:
     ext = tmp / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
     for command in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=pictl test CA",
+        ["req", "-x509", *NEW_KEY, "-nodes", "-days", "1", "-subj", "/CN=pictl test CA",
          "-keyout", ca_key, "-out", ca],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr],
+        ["req", *NEW_KEY, "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr],
         ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "1",
          "-extfile", ext, "-out", cert],
     ):
@@ -364,7 +408,7 @@ async def test_cafile_trusts_a_private_ca_for_every_client(tmp_path: Path) -> No
     ca, cert, key = tls_files(tmp_path)
     text = DEMO_GPIO_TEXT.replace('listen = "127.0.0.1:8765"',
                                   f'listen = "127.0.0.1:0"\ntls_cert = "{cert}"\ntls_key = "{key}"')
-    daemon = Daemon(config.loads(text, str(tmp_path / "tls.toml")), simulate=True)
+    daemon = Daemon(config.loads(text, str(tmp_path / "tls.toml")), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         url = daemon.url

@@ -15,7 +15,7 @@ from controller import client as pictl
 from controller.client import Client, Event, SyncClient
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
-from tests.conftest import ADMIN, PANEL, close_all, on_gpio_demo
+from tests.conftest import ADMIN, PANEL, close_all, on_gpio_demo, sim_daemon
 
 # Event counting: the demo sensor's steady readings would interleave their seq numbers.
 demo_config = on_gpio_demo()
@@ -47,7 +47,7 @@ async def test_call_with_keyword_params_returns_the_confirmed_result(client: Cli
 async def test_errors_are_typed_and_carry_their_data(daemon: Daemon, client: Client) -> None:
     await client.call("sim.fault", {"device": "door", "fault": "jammed"})
     with pytest.raises(pictl.NotConfirmed) as jammed:
-        await client.call("door.open", timeout=0.3)
+        await client.call("door.open", timeout=0.1)
     assert jammed.value.code == -32002 and isinstance(jammed.value, pictl.RpcError)
     assert jammed.value.data["expected"] == "open" and jammed.value.data["observed"] == "closed"
     assert "actuator released" in jammed.value.data["recovery"]
@@ -77,7 +77,7 @@ async def test_a_refused_token_and_an_unreachable_daemon(daemon: Daemon) -> None
 async def test_wait_bounds_the_reply(client: Client) -> None:
     await client.call("sim.fault", {"device": "door", "fault": "jammed"})
     with pytest.raises(pictl.ReplyTimeout):
-        await client.call("door.open", timeout=1.0, wait=0.2)
+        await client.call("door.open", timeout=0.3, wait=0.05)
 
 
 async def test_events_arrive_in_order_for_the_patterns_asked(client: Client, daemon: Daemon) -> None:
@@ -90,8 +90,8 @@ async def test_events_arrive_in_order_for_the_patterns_asked(client: Client, dae
 
 
 async def test_a_dropped_link_reconnects_and_replays_what_was_missed(daemon: Daemon) -> None:
-    # A backoff long enough (0.15-0.3 s) that the door starts moving while the client is away.
-    client = await Client(daemon.url, ADMIN, backoff=(0.3, 0.5)).connect()
+    # A backoff long enough (0.1-0.2 s) that the door opens while the client is away.
+    client = await Client(daemon.url, ADMIN, backoff=(0.2, 0.4)).connect()
     stream = await client.events("*.state").start()
     await client.call("light.on")
     first = await next_events(stream, 2)
@@ -110,7 +110,7 @@ async def test_a_dropped_link_reconnects_and_replays_what_was_missed(daemon: Dae
 
 
 async def test_a_restarted_daemon_gives_a_resync_marker_with_the_status(demo_config: Config) -> None:
-    first = Daemon(demo_config, simulate=True, host="127.0.0.1", port=0)
+    first = sim_daemon(demo_config)
     await first.start()
     assert first.server is not None
     port = first.server.port
@@ -122,7 +122,7 @@ async def test_a_restarted_daemon_gives_a_resync_marker_with_the_status(demo_con
             await next_events(stream, 2)
             old_epoch = c.epoch
             await first.stop()
-            second = Daemon(demo_config, simulate=True, host="127.0.0.1", port=port)
+            second = sim_daemon(demo_config, port=port)
             await second.start()
             [marker] = await next_events(stream, 1, timeout=10)
             assert marker.is_resync and marker.topic == "resync"

@@ -14,6 +14,7 @@ from controller.service.simulation import start_plant
 from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable
 from drivers.base import OutputPoint
 from drivers.gpio import GpioBus
+from tests.conftest import TIME_SCALE, TRAVEL_S
 
 CONFIG = """
 [devices.door]
@@ -37,10 +38,10 @@ timeout = 0.5
 
 
 @pytest.fixture
-async def plant_devices():
+async def plant_devices(time_scale: float):
     loop = asyncio.get_running_loop()
     cfg = config.loads(CONFIG, "devices.toml")
-    plant, cfg = await start_plant(cfg, loop)
+    plant, cfg = await start_plant(cfg, loop, time_scale=time_scale)
     bus = GpioBus(plant.gpio_factory)
     wiring = Wiring({bus.key: bus})
     devices = {name: kinds.build(dc, wiring) for name, dc in cfg.devices.items()}
@@ -67,9 +68,9 @@ async def test_not_confirmed_carries_what_was_expected_and_seen(plant_devices) -
     plant, devices = plant_devices
     plant.inject("door", "jammed")
     with pytest.raises(NotConfirmed) as failed:
-        await devices["door"].run("open", {}, 0.2)
+        await devices["door"].run("open", {}, 0.1)
     data = failed.value.data
-    assert data["expected"] == "open" and data["observed"] == "closed" and data["elapsed_ms"] >= 190
+    assert data["expected"] == "open" and data["observed"] == "closed" and data["elapsed_ms"] >= 95
     assert data["recovery"].startswith("actuator released")
     assert devices["door"].relay.value is False
 
@@ -80,7 +81,7 @@ async def test_door_close_that_is_not_observed_keeps_relay_released(plant_device
     await door.run("open", {}, 1.0)
     plant.inject("door", "jammed")
     with pytest.raises(NotConfirmed) as failed:
-        await door.run("close", {}, 0.2)
+        await door.run("close", {}, 0.1)
     assert failed.value.data["observed"] == "open"
     assert door.relay.value is False and door.state()["state"] == "open"
 
@@ -112,7 +113,7 @@ async def test_waiting_longer_than_the_timeout_in_the_queue_is_busy(plant_device
     plant, devices = plant_devices
     plant.inject("door", "jammed")
     energised = devices["door"].relay.expect(lambda v: v is True)
-    first = asyncio.create_task(devices["door"].run("open", {}, 0.5))
+    first = asyncio.create_task(devices["door"].run("open", {}, 0.2))
     await energised.wait(1.0)  # the first run holds the queue
     with pytest.raises(Busy):
         await devices["door"].run("close", {}, 0.05)
@@ -120,15 +121,17 @@ async def test_waiting_longer_than_the_timeout_in_the_queue_is_busy(plant_device
         await first
 
 
-async def test_the_queue_wait_does_not_shorten_the_confirmation(plant_devices) -> None:
+@pytest.mark.parametrize("time_scale", [0.5])  # a travel long enough to tell 1.5 travels from 2
+async def test_the_queue_wait_does_not_shorten_the_confirmation(plant_devices, time_scale: float) -> None:
     _plant, devices = plant_devices
     door = devices["door"]
-    # Each door move takes ~0.3 s; the second waits ~0.3 s in the queue, then
-    # still gets its full 0.45 s to confirm.
+    # Each door move takes one travel; the second waits one travel in the queue, then
+    # still gets its full 1.5 travels to confirm.
+    deadline = 1.5 * TRAVEL_S / TIME_SCALE * time_scale
     energised = door.relay.expect(lambda v: v is True)
-    first = asyncio.create_task(door.run("open", {}, 0.45))
+    first = asyncio.create_task(door.run("open", {}, deadline))
     await energised.wait(1.0)
-    second = await door.run("close", {}, 0.45)
+    second = await door.run("close", {}, deadline)
     assert (await first)["state"] == "open" and second["state"] == "closed"
 
 
@@ -223,7 +226,7 @@ async def test_a_failed_release_after_a_jam_is_reported_and_logged_with_its_trac
 
     door.relay._write = lost_line  # type: ignore[method-assign]
     with pytest.raises(NotConfirmed) as failed:
-        await door.run("open", {}, 0.2)
+        await door.run("open", {}, 0.1)
     assert failed.value.data["recovery"].startswith("actuator release FAILED; check the relay")
     [record] = [r for r in caplog.records if "releasing the actuator" in r.getMessage()]
     assert record.levelname == "ERROR" and record.exc_info is not None and "GPIO line lost" in caplog.text

@@ -107,8 +107,8 @@ async def test_events_are_logged_to_csv_across_a_dropped_link(daemon: Daemon, sc
 
 
 async def test_a_door_left_open_is_closed_after_n_seconds(daemon: Daemon, script) -> None:
-    closer = await script("close_door_left_open.py", "--after", "0.5", "--once")
-    assert "closing it after 0.5 s open" in await closer.ready()
+    closer = await script("close_door_left_open.py", "--after", "0.2", "--once")
+    assert "closing it after 0.2 s open" in await closer.ready()
     async with Client(daemon.url, ADMIN) as admin:
         events = await admin.events("door.state").start()
         await admin.call("door.open")
@@ -117,25 +117,25 @@ async def test_a_door_left_open_is_closed_after_n_seconds(daemon: Daemon, script
             async for event in events:
                 if event.data["state"] == "closed":
                     break
-        assert time.monotonic() - opened_at >= 0.5
+        assert time.monotonic() - opened_at >= 0.2
         assert event.data["cause"] == "rpc"
-    assert (await closer.line()).startswith("door open for 0.5 s: closed (confirmed in ")
+    assert (await closer.line()).startswith("door open for 0.2 s: closed (confirmed in ")
     assert await closer.exit_code() == 0
 
 
 async def test_a_door_closed_in_time_is_left_alone(daemon: Daemon, script) -> None:
-    closer = await script("close_door_left_open.py", "--after", "0.6")
+    closer = await script("close_door_left_open.py", "--after", "0.3")
     await closer.ready()
     async with Client(daemon.url, ADMIN) as admin:
         events = await admin.events("door.state").start()
         await admin.call("door.open")
-        await admin.call("door.close")  # closed by hand before the 0.6 s were up
-        await admin.call("door.open")  # open again: a fresh 0.6 s
+        await admin.call("door.close")  # closed by hand before the 0.3 s were up
+        await admin.call("door.open")  # open again: a fresh 0.3 s
         opened_at = time.monotonic()
         async with asyncio.timeout(10):
             async for event in events:
                 if event.data["state"] == "closed" and event.data["cause"] == "rpc" and \
-                        time.monotonic() - opened_at > 0.1:
+                        time.monotonic() - opened_at > 0.05:
                     break
-        assert time.monotonic() - opened_at >= 0.6  # the first timer was cancelled, not just late
-    assert (await closer.line()).startswith("door open for 0.6 s: closed")
+        assert time.monotonic() - opened_at >= 0.3  # the first timer was cancelled, not just late
+    assert (await closer.line()).startswith("door open for 0.3 s: closed")

@@ -17,21 +17,26 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 
 from controller.client import Client, Unauthorized
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, ROOT
+from tests.browser import BROWSER_MISSING
+from tests.conftest import ADMIN, DEMO, DEMO_GPIO_TEXT, PANEL, ROOT, on_browser_loop
 from tests.crossbar import crossbar_executable
-from tests.test_panel import BROWSER_MISSING, CHROMIUM, CHROMIUM_ARGS, Browser, Page, async_playwright, open_panel
+from tests.test_panel import open_panel
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 MISSING = BROWSER_MISSING or (None if crossbar_executable() is not None else "crossbar is not installed")
 if MISSING and os.environ.get("CI"):
     pytest.fail(f"the fleet panel test cannot run: {MISSING}; .ci/run installs what it needs", pytrace=False)
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.long]
 
 DOCS = ROOT / "docs"
 OFFLINE_MS = 2000  # a node whose session leaves is offline within 2 s
@@ -79,7 +84,7 @@ class Demo:
         await self.proc.stdin.drain()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")  # the shared Chromium's loop (tests/conftest.py), as its test
 async def demo() -> AsyncIterator[Demo]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "scripts" / "demo_fleet.py"), "--nodes", "3", "--listen", "127.0.0.1:0",
@@ -105,16 +110,6 @@ async def demo() -> AsyncIterator[Demo]:
                 await proc.wait()
         if running.logs is not None:
             shutil.rmtree(running.logs, ignore_errors=True)
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def wall(page: Page, width: int, height: int, nodes: int, screenshot: str) -> dict[str, Any]:
@@ -167,8 +162,9 @@ async def start_nodes(router: str, names: list[str]) -> list[Daemon]:
     return started
 
 
-async def test_the_fleet_demo_survives_a_killed_node_and_its_wall_shows_a_dozen(demo: Demo, chromium: Browser) -> None:
-    panel = await open_panel(chromium, demo.panel, viewport={"width": 1280, "height": 800})
+@on_browser_loop
+async def test_the_fleet_demo_survives_a_killed_node_and_its_wall_shows_a_dozen(demo: Demo, browser: Browser) -> None:
+    panel = await open_panel(browser, demo.panel, viewport={"width": 1280, "height": 800})
     page = panel.page
     await panel.live()
     for node in ("pi01", "pi02", "pi03"):

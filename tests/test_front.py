@@ -23,7 +23,7 @@ from controller.security.policy import LockoutConfig, Role, Token
 from controller.security.secrets import digest_secret, hash_secret
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import Client, open_client, raw_http
+from tests.conftest import TIME_SCALE, Client, open_client, raw_http
 from tests.test_security import SECRETS, security_config
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # a valid Sec-WebSocket-Key
@@ -33,10 +33,15 @@ FRONT = 'trusted_proxies = ["127.0.0.1"]\nallowed_hosts = ["pictl.example"]'
 
 
 @pytest.fixture
-async def front(tmp_path: Path):
+def slowdown_after() -> int:
+    return 4  # security_config's: no failure is answered late before the lockout
+
+
+@pytest.fixture
+async def front(tmp_path: Path, slowdown_after: int):
     path = tmp_path / "front.toml"
-    path.write_text(security_config(FRONT))
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    path.write_text(security_config(FRONT, slowdown_after=slowdown_after))
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     yield daemon
     await daemon.stop()
@@ -286,6 +291,7 @@ async def test_a_wrong_secret_never_runs_a_slow_hash_when_tokens_are_digests() -
     assert auth.slow_checks == 0
 
 
+@pytest.mark.parametrize("slowdown_after", [2])
 async def test_session_auth_is_refused_in_a_batch_and_while_one_is_pending(front: Daemon) -> None:
     client = Client(await open_client(front.url, None))
     batch = [{"jsonrpc": "2.0", "id": i, "method": "session.auth", "params": {"token": f"guess-{i}"}}
@@ -307,7 +313,7 @@ async def test_session_auth_is_refused_in_a_batch_and_while_one_is_pending(front
 async def test_metrics_bearer_failures_count_and_lock_out(tmp_path: Path) -> None:
     path = tmp_path / "m.toml"
     path.write_text(security_config(FRONT) + '\n[metrics]\ntokens = ["viewer"]\n')
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         port = port_of(daemon)
@@ -346,7 +352,7 @@ async def test_refusals_log_one_line_per_reason_per_window_with_the_count(caplog
 async def test_a_reload_applies_allowed_hosts_and_trusted_proxies_at_once(tmp_path: Path) -> None:
     path = tmp_path / "front.toml"
     path.write_text(security_config(FRONT))
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         port = port_of(daemon)

@@ -27,6 +27,7 @@ from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.wire import jsonrpc
 from controller.wire.jsonrpc import Invalid, Request
+from tests.conftest import TIME_SCALE
 from tests.test_security import SECRETS, security_config
 
 RUNS: Counter[str] = Counter()  # examples actually run, reported by the last test
@@ -72,6 +73,7 @@ frames = (requests().map(json.dumps)
 
 # -- the codec -----------------------------------------------------------------------------------
 
+@pytest.mark.long
 @settings(max_examples=300, deadline=None)
 @given(frames | st.binary(max_size=200))
 def test_decode_never_raises_and_every_item_is_answerable(frame: str | bytes) -> None:
@@ -111,7 +113,7 @@ def serve_in_thread(cfg: config.Config) -> Iterator[Served]:
     holder: dict[str, Any] = {}
 
     async def main() -> None:
-        daemon = Daemon(cfg, simulate=True)
+        daemon = Daemon(cfg, simulate=True, time_scale=TIME_SCALE)
         await daemon.start()
         holder["served"] = Served(daemon, asyncio.get_running_loop())
         holder["stop"] = asyncio.Event()
@@ -214,6 +216,7 @@ def exchange(url: str, token: str, frame: str) -> None:
             check_reply(texts[0], count, expected_id)
 
 
+@pytest.mark.long
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(frame=frames)
@@ -237,6 +240,7 @@ def invalid_action_params(draw: Any) -> dict[str, Any]:
     return params
 
 
+@pytest.mark.long
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["door.open", "door.close", "light.on", "light.off", "light.toggle"]),
        params=invalid_action_params())
@@ -252,6 +256,7 @@ def test_invalid_params_never_actuate_even_for_admin(served: Served, method: str
     assert served.relay_changes() == before
 
 
+@pytest.mark.long
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=st.binary(min_size=1, max_size=300))
 def test_binary_and_invalid_utf8_frames_do_not_hurt_the_daemon(served: Served, payload: bytes) -> None:
@@ -279,6 +284,7 @@ def test_binary_and_invalid_utf8_frames_do_not_hurt_the_daemon(served: Served, p
 
 def test_no_secret_in_the_log_and_the_daemon_still_serves(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="websockets")  # whatever an earlier test's `pictl` main() left it at
     for secret in SECRETS.values():
         with pytest.raises(InvalidStatus) as refused, \
                 connect(served.daemon.url, additional_headers={"Authorization": f"Bearer {secret}x"},

@@ -28,10 +28,8 @@ from tests.test_front import FRONT, KEY
 from tests.test_fuzz import Served, serve_in_thread
 from tests.test_security import SECRETS, security_config
 
-RUNS: Counter[str] = Counter()
 VALID = f"Bearer {SECRETS['viewer']}"
 ROUTES = ["/ws", "/ws?x=1", "/", "/healthz", "/metrics", "/panel.js", "/nope", "//ws", "/ws/"]
-_sources = itertools.count()  # each example from its own loopback address: lockouts stay per example
 
 token_chars = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 header_names = st.sampled_from(["X-Custom", "Accept", "Cookie", "User-Agent", "Sec-WebSocket-Extensions",
@@ -112,7 +110,7 @@ def raw(port: int, path: str, lines: list[tuple[str, str]], source: str) -> tupl
     return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def front_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     path: Path = tmp_path_factory.mktemp("httpfuzz") / "front.toml"
     path.write_text(security_config(FRONT))
@@ -128,7 +126,7 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def log_records() -> Iterator[Records]:
     handler = Records()
     root = logging.getLogger()
@@ -140,29 +138,33 @@ def log_records() -> Iterator[Records]:
     root.setLevel(level)
 
 
-@settings(max_examples=1000, deadline=None)
-@given(data=st.data())
-def test_no_request_gets_a_5xx_or_a_traceback(front_served: Served, log_records: Records, data: Any) -> None:
+@pytest.mark.long
+def test_no_request_gets_a_5xx_or_a_traceback_and_the_daemon_serves_after(front_served: Served,
+                                                                          log_records: Records) -> None:
+    """The fuzz, then the after-check on what it left: one test, so that neither needs the other's leftovers."""
     assert front_served.daemon.server is not None
     port = front_served.daemon.server.port
-    path, lines, token_ok = data.draw(requests(port))
-    n = next(_sources)
-    # Mostly clients of their own; some through the trusted proxy address, whose X-Forwarded-For counts.
-    source = "127.0.0.1" if data.draw(st.integers(0, 3)) == 0 else f"127.3.{n // 250 % 250}.{n % 250 + 1}"
-    before = front_served.relay_changes()
-    status, head = raw(port, path, lines, source)
-    RUNS["http"] += 1
-    RUNS[f"http {status}"] += 1
-    assert status is not None, (path, lines)  # every well-formed request gets an answer
-    assert status < 500, (path, lines, head)
-    if status == 101:
-        assert path.partition("?")[0] == "/ws" and token_ok, (path, lines)
-    assert front_served.relay_changes() == before
+    runs: Counter[str] = Counter()
+    sources = itertools.count()  # each example from its own loopback address: lockouts stay per example
 
+    @settings(max_examples=1000, deadline=None)
+    @given(data=st.data())
+    def one_request(data: Any) -> None:
+        path, lines, token_ok = data.draw(requests(port))
+        n = next(sources)
+        # Mostly clients of their own; some through the trusted proxy address, whose X-Forwarded-For counts.
+        source = "127.0.0.1" if data.draw(st.integers(0, 3)) == 0 else f"127.3.{n // 250 % 250}.{n % 250 + 1}"
+        before = front_served.relay_changes()
+        status, head = raw(port, path, lines, source)
+        runs["http"] += 1
+        runs[f"http {status}"] += 1
+        assert status is not None, (path, lines)  # every well-formed request gets an answer
+        assert status < 500, (path, lines, head)
+        if status == 101:
+            assert path.partition("?")[0] == "/ws" and token_ok, (path, lines)
+        assert front_served.relay_changes() == before
 
-def test_after_the_http_fuzz_the_daemon_serves_and_logged_no_traceback(front_served: Served,
-                                                                       log_records: Records) -> None:
-    assert front_served.daemon.server is not None
+    one_request()
     # From an address of its own: the fuzz's wrong tokens from 127.0.0.1 may rightly have locked that one out.
     with connect(front_served.daemon.url, additional_headers={"Authorization": VALID}, compression=None,
                  source_address=("127.9.9.9", 0)) as ws:
@@ -172,5 +174,5 @@ def test_after_the_http_fuzz_the_daemon_serves_and_logged_no_traceback(front_ser
            or r.levelno >= logging.ERROR]
     assert not bad, bad[:5]
     assert SECRETS["viewer"] not in "\n".join(r.getMessage() for r in log_records.records)
-    assert RUNS["http"] >= 1
-    print(f"\nHTTP fuzz examples run: {dict(sorted(RUNS.items()))}")
+    assert runs["http"] >= 1
+    print(f"\nHTTP fuzz examples run: {dict(sorted(runs.items()))}")

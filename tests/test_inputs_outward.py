@@ -11,16 +11,21 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import ADMIN, PANEL, ROOT, Client, http_get, open_client, until
+from tests.conftest import ADMIN, PANEL, ROOT, TIME_SCALE, Client, http_get, on_browser_loop, open_client, until
 from tests.mosquitto import MOSQUITTO, Mosquitto
 from tests.test_mqtt import Watcher
-from tests.test_panel import Browser, browser, needs_browser, open_panel, panel_url  # noqa: F401 - a fixture
+from tests.test_panel import needs_browser, open_panel, panel_url
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 PROMTOOL = shutil.which("promtool")
 MISSING = None if MOSQUITTO else "mosquitto is not installed (apt-get install mosquitto)"
@@ -79,7 +84,11 @@ interval = 0.05
 """
 
 
-@pytest.fixture
+# One building per test, on the shared Chromium's event loop (tests/conftest.py), where its tests run.
+pytestmark = on_browser_loop
+
+
+@pytest_asyncio.fixture(loop_scope="session")
 async def building(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Mosquitto | None]]:
     broker = None
     text = BUILDING
@@ -87,7 +96,8 @@ async def building(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Mosquitto | No
         broker = Mosquitto(tmp_path)
         await broker.start()
         text += f'\n[mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\nnode = "pi01"\nrole = "admin"\n'
-    daemon = Daemon(config.loads(text, "building.toml"), simulate=True, host="127.0.0.1", port=0, time_scale=0.1)
+    daemon = Daemon(config.loads(text, "building.toml"), simulate=True, host="127.0.0.1", port=0,
+                    time_scale=TIME_SCALE)
     await daemon.start()
     try:
         yield daemon, broker
@@ -215,7 +225,7 @@ async def test_prometheus_exports_inputs_and_every_sensor_value_in_its_base_unit
 
 @needs_browser
 async def test_the_panel_shows_inputs_with_their_last_press_and_meters_with_units(
-        building: tuple[Daemon, Mosquitto | None], browser: Browser) -> None:  # noqa: F811 - the fixture
+        building: tuple[Daemon, Mosquitto | None], browser: Browser) -> None:
     daemon, _ = building
     panel = await open_panel(browser, panel_url(daemon), token=ADMIN)  # 800x480, a 7" screen
     await panel.live()

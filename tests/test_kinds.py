@@ -10,10 +10,11 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import pytest
+import pytest_asyncio
 
 from controller.devices import registry
 from controller.devices.base import Action, Device, Outcome
@@ -25,9 +26,13 @@ from controller.settings.devices import DeviceConfig, Loader, OutputSpec
 from controller.settings.reader import Table
 from controller.wire.clock import iso
 from drivers.base import OutputPoint, PointSpec
-from tests.conftest import ADMIN, DEMO_GPIO_TEXT, Client, open_client
+from tests.browser import BROWSER_MISSING
+from tests.conftest import ADMIN, DEMO_GPIO_TEXT, TIME_SCALE, Client, on_browser_loop, open_client
 from tests.mosquitto import MOSQUITTO, Mosquitto
-from tests.test_panel import BROWSER_MISSING, CHROMIUM, CHROMIUM_ARGS, async_playwright, open_panel, panel_url
+from tests.test_panel import open_panel, panel_url
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 
 # -- the whole kind: one module's worth ------------------------------------------------------------
@@ -86,7 +91,11 @@ CHIME = '\n[devices.chime]\nkind = "chime"\noutput = { gpio = 5 }\n'
 MQTT = '\n[auth.roles.automation]\nallow = ["chime.*", "*.state"]\n[mqtt]\nnode = "pi01"\nrole = "automation"\n'
 
 
-@pytest.fixture
+# Its tests run on the shared Chromium's event loop (tests/conftest.py), and so does their daemon.
+pytestmark = on_browser_loop
+
+
+@pytest_asyncio.fixture(loop_scope="session")
 async def chime_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[Daemon]:
     monkeypatch.setitem(registry.REGISTRY, "chime", registry.Kind(read_config, build))  # the one line
     broker = Mosquitto(tmp_path) if MOSQUITTO else None
@@ -94,7 +103,8 @@ async def chime_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Async
     if broker is not None:
         await broker.start()
         text += MQTT + f'url = "{broker.url}"\n'
-    daemon = Daemon(configfile.loads(text, "chime.toml"), simulate=True, host="127.0.0.1", port=0, time_scale=0.1)
+    daemon = Daemon(configfile.loads(text, "chime.toml"), simulate=True, host="127.0.0.1", port=0,
+                    time_scale=TIME_SCALE)
     await daemon.start()
     try:
         yield daemon
@@ -137,18 +147,12 @@ async def test_the_mqtt_bridge_announces_and_commands_a_kind_it_has_never_heard_
 
 
 @pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
-async def test_the_panel_draws_a_kind_from_its_own_description(chime_daemon: Daemon) -> None:
-    assert async_playwright is not None
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            panel = await open_panel(browser, panel_url(chime_daemon), token=ADMIN)
-            await panel.live()
-            tile = panel.tile("chime")
-            await panel.page.wait_for_selector(f'{tile}[data-kind="chime"] .facts dd:text("0")', timeout=5000)
-            await panel.press("chime", "ring")
-            assert "confirmed" in await panel.message("chime", "ok")
-            await panel.page.wait_for_selector(f'{tile} .facts dd:text("1")', timeout=5000)
-            assert panel.errors == []
-        finally:
-            await browser.close()
+async def test_the_panel_draws_a_kind_from_its_own_description(chime_daemon: Daemon, browser: Browser) -> None:
+    panel = await open_panel(browser, panel_url(chime_daemon), token=ADMIN)
+    await panel.live()
+    tile = panel.tile("chime")
+    await panel.page.wait_for_selector(f'{tile}[data-kind="chime"] .facts dd:text("0")', timeout=5000)
+    await panel.press("chime", "ring")
+    assert "confirmed" in await panel.message("chime", "ok")
+    await panel.page.wait_for_selector(f'{tile} .facts dd:text("1")', timeout=5000)
+    assert panel.errors == []

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
 from controller.settings.sections import AuditConfig, EventsConfig, MetricsConfig
-from tests.conftest import ADMIN, PANEL, Client, http_get, on_gpio_demo, open_client
+from tests.conftest import ADMIN, PANEL, TRAVEL_S, Client, http_get, on_gpio_demo, open_client, sim_daemon
 
 demo_config = on_gpio_demo()
 
@@ -41,7 +41,7 @@ async def events_until(client: Client, predicate: Any, timeout: float = 5.0) -> 
 
 
 async def started(config: Config) -> Daemon:
-    daemon = Daemon(config, simulate=True, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config)
     await daemon.start()
     return daemon
 
@@ -228,7 +228,7 @@ async def test_metrics_after_real_calls(daemon: Daemon, admin: Client) -> None:
     assert sample(m, "pictl_rpc_requests_total", method="unknown", outcome="method_not_found") == 1
     assert sample(m, "pictl_rpc_duration_seconds_count", method="door.open") == 1
     assert sample(m, "pictl_action_confirm_seconds_count", device="door", action="open") == 1
-    assert 0.25 < sample(m, "pictl_action_confirm_seconds_sum", device="door", action="open") < 1.0
+    assert 0.9 * TRAVEL_S < sample(m, "pictl_action_confirm_seconds_sum", device="door", action="open") < 1.0
     assert sample(m, "pictl_action_failures_total", device="light", action="on", reason="not_confirmed") == 1
     assert sample(m, "pictl_device_online", device="door") == 1
     assert sample(m, "pictl_ws_connections") == 1
@@ -294,7 +294,7 @@ async def test_audit_trail_records_every_action_without_secrets(demo_config: Con
         first = entries[0]
         assert first["token"] == "demo-panel" and first["role"] == "panel"
         assert first["peer"].startswith("127.0.0.1:") and first["params"] == {"timeout": 1.5}
-        assert first["state"] == "open" and first["changed"] is True and first["elapsed_ms"] >= 250
+        assert first["state"] == "open" and first["changed"] is True and first["elapsed_ms"] >= 900 * TRAVEL_S
         assert first["time"].endswith("Z")
         assert entries[3]["error"]["data"]["recovery"].startswith("actuator released")
         for secret in ("demo-panel\"", "demo-admin\""):  # names appear as values, secrets never as keys' values

@@ -3,7 +3,11 @@ actions with fsync = true and rotation, leave the loop answering within 50 ms al
 
 A ticker task asks to wake every 5 ms and records how late it woke: a stall of the loop is a late
 wake-up, whatever on the loop caused it (time the process merely waited for a CPU on this shared
-machine is left out)."""
+machine is left out).
+
+The two measurements run alone (marked ``alone``: `make test` runs them before the parallel run): a
+thread holding the interpreter lock that waits for a CPU delays the loop too, and on two cores
+shared by four test workers that is the machine's doing, not the daemon's."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import pytest
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.settings.sections import AuditConfig
-from tests.conftest import Client, open_client
+from tests.conftest import TIME_SCALE, Client, open_client
 from tests.test_security import SECRETS, security_config
 
 STALL_S = 0.050
@@ -112,10 +116,11 @@ def many_secret_file_tokens(tmp_path: Path, n: int) -> str:
     return "\n".join(blocks)
 
 
+@pytest.mark.alone
 async def test_a_reload_with_many_secret_files_does_not_stall_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "many.toml"
     path.write_text(security_config())
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         path.write_text(security_config() + many_secret_file_tokens(tmp_path, 4000))
@@ -135,13 +140,14 @@ async def test_a_reload_with_many_secret_files_does_not_stall_the_loop(tmp_path:
         await daemon.stop()
 
 
+@pytest.mark.alone
 async def test_audited_actions_with_fsync_and_rotation_do_not_stall_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "audit.toml"
     path.write_text(security_config())
     cfg = config.load(str(path))
     log_file = tmp_path / "audit.jsonl"
     cfg = dataclasses.replace(cfg, audit=AuditConfig(file=str(log_file), max_bytes=4096, backups=3, fsync=True))
-    daemon = Daemon(cfg, simulate=True)
+    daemon = Daemon(cfg, simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     writers: set[int] = set()
     try:
@@ -171,7 +177,7 @@ async def test_an_action_is_answered_after_its_audit_entry_is_written(tmp_path: 
     log_file = tmp_path / "audit.jsonl"
     cfg = dataclasses.replace(config.load(str(path)),
                               audit=AuditConfig(file=str(log_file), max_bytes=1 << 20, backups=1, fsync=True))
-    daemon = Daemon(cfg, simulate=True)
+    daemon = Daemon(cfg, simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         async with open_client(daemon.url, SECRETS["root"]) as ws:

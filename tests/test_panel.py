@@ -6,9 +6,8 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,33 +17,39 @@ from controller.security.policy import Role
 from controller.service.daemon import Daemon
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
-from tests.conftest import ADMIN, PANEL, Client, close_all, http_get, on_gpio_demo, open_client
+from tests.browser import BROWSER_MISSING
+from tests.conftest import (
+    ADMIN,
+    PANEL,
+    TEST_GPIO_TEXT,
+    Client,
+    close_all,
+    daemon_fixtures,
+    failing_fast,
+    http_get,
+    on_browser_loop,
+    on_gpio_demo,
+    open_client,
+    sim_daemon,
+)
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 demo_config = on_gpio_demo()
+daemon, admin, panel = daemon_fixtures("session")  # on the shared Chromium's loop (tests/conftest.py)
 
 
-CHROMIUM = os.environ.get("PICTL_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGE_WEIGHT_BUDGET = 40_000  # bytes of all panel files together
 FIRST_TILE_BUDGET_MS = 2000.0
 
-try:
-    from playwright.async_api import Browser, Page, async_playwright
-except ImportError:  # pragma: no cover - the test extra installs it
-    async_playwright = None  # type: ignore[assignment]
-
-BROWSER_MISSING = None
-if async_playwright is None:
-    BROWSER_MISSING = "playwright is not installed (pip install -e '.[test]')"
-elif not os.access(CHROMIUM, os.X_OK):
-    BROWSER_MISSING = f"{CHROMIUM} is missing (apt install chromium)"
 if BROWSER_MISSING and os.environ.get("CI"):
     pytest.fail(f"browser tests cannot run: {BROWSER_MISSING}; .ci/run installs both", pytrace=False)
 needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
 
 
 # -- the files, over plain HTTP -----------------------------------------------------------------------
+@on_browser_loop
 async def test_the_panel_is_served_at_root_with_types_caching_and_a_strict_policy(daemon: Daemon) -> None:
     status, headers, body = await http_get(daemon, "/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
@@ -66,6 +71,7 @@ async def test_the_panel_is_served_at_root_with_types_caching_and_a_strict_polic
     "/%2fetc%2fpasswd", "/panel/../server.py", "/static.py", "/server.py", "/panel.js/..", "/index.html%00.js",
     "/.\\..\\server.py", "/nowhere.html", "/PANEL.JS",
 ])
+@on_browser_loop
 async def test_nothing_outside_the_panel_folder_is_reachable(daemon: Daemon, path: str) -> None:
     status, _, body = await http_get(daemon, path)
     assert status == 404, (path, body[:80])
@@ -102,17 +108,6 @@ def test_page_weight_is_within_budget() -> None:
 
 
 # -- in a real browser --------------------------------------------------------------------------------
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert async_playwright is not None
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
 class Panel:
     """One page on the daemon, recording console errors (CSP violations show up there)."""
 
@@ -141,6 +136,20 @@ class Panel:
     async def live(self, timeout: float = 5000) -> None:
         await self.page.wait_for_selector('#link[data-state="up"]', timeout=timeout)
 
+    async def record_link(self) -> None:
+        """From now on, every state the link indicator goes through (a short "down" included)."""
+        await self.page.evaluate("""() => {
+            const link = document.querySelector('#link');
+            window.linkSeen = [];
+            new MutationObserver(() => window.linkSeen.push(link.dataset.state))
+                .observe(link, {attributes: true, attributeFilter: ['data-state']});
+        }""")
+
+    async def went_down(self, timeout: float = 3000) -> None:
+        """The link indicator said "down" since record_link(), however briefly; recording starts again."""
+        await self.page.wait_for_function("window.linkSeen.includes('down')", timeout=timeout)
+        await self.page.evaluate("window.linkSeen = []")
+
     async def dataset(self, name: str) -> str | None:
         return await self.page.evaluate(f"document.documentElement.dataset.{name} ?? null")
 
@@ -162,6 +171,7 @@ def panel_url(daemon: Daemon) -> str:
 
 
 @needs_browser
+@on_browser_loop
 async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon), token=None)
     page = panel.page
@@ -175,11 +185,21 @@ async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, br
     await panel.live()
     await panel.state("door", "closed")
     assert await page.locator(f'{panel.tile("light")} button[data-action="toggle"]').count() == 1
+    # Every (value shown, open button working) the door's tile goes through from now on, however
+    # quickly the door travels: progress while it moves, then the confirmed state.
+    await page.evaluate("""() => {
+        const tile = document.querySelector('.tile[data-device="door"]');
+        const now = () => [tile.querySelector('.value').textContent,
+                           !!tile.querySelector('button.working[data-action="open"]')];
+        window.doorSeen = [now()];
+        new MutationObserver(() => window.doorSeen.push(now()))
+            .observe(tile, {childList: true, characterData: true, subtree: true, attributes: true});
+    }""")
     await panel.press("door", "open")
-    # Progress while the door travels (~0.3 s), then the confirmed state.
-    await page.wait_for_selector(f'{panel.tile("door")} button.working[data-action="open"]', timeout=2000)
-    assert await page.locator(f'{panel.tile("door")} .value').inner_text() != "Open"
     await panel.state("door", "open")
+    seen = await page.evaluate("window.doorSeen")
+    working = [value for value, busy in seen if busy]
+    assert working and working[0] != "Open", seen  # the press showed as working before the contact said open
     assert "Opened — confirmed" in await panel.message("door", "ok")
     assert daemon.devices["door"].state()["state"] == "open"
     # The token was kept: a reload goes straight to the tiles, which show the daemon's truth.
@@ -195,13 +215,15 @@ async def test_log_in_once_open_the_door_and_see_it_confirmed(daemon: Daemon, br
 
 
 @needs_browser
+@on_browser_loop
+@pytest.mark.parametrize("demo_config", [failing_fast(TEST_GPIO_TEXT)], ids=["failing fast"])
 async def test_a_jammed_door_shows_expected_and_observed_in_words(daemon: Daemon, browser: Browser,
                                                                   admin: Client) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     await panel.live()
     await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
     await panel.press("door", "open")
-    text = await panel.message("door", "error", timeout=6000)  # the demo door's deadline is 2 s
+    text = await panel.message("door", "error", timeout=6000)
     assert "door did not open — contact still closed" in text
     assert "Actuator released" in text
     await panel.state("door", "closed")
@@ -212,6 +234,7 @@ async def test_a_jammed_door_shows_expected_and_observed_in_words(daemon: Daemon
 
 
 @needs_browser
+@on_browser_loop
 async def test_an_offline_device_is_greyed_with_since_when(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     await panel.live()
@@ -229,25 +252,26 @@ async def test_an_offline_device_is_greyed_with_since_when(daemon: Daemon, brows
 
 
 @needs_browser
+@on_browser_loop
 async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browser: Browser) -> None:
-    first = Daemon(demo_config, simulate=True, host="127.0.0.1", port=0)
+    first = sim_daemon(demo_config)
     await first.start()
     assert first.server is not None
     port = first.server.port
     second: Daemon | None = None
     try:
         panel = await open_panel(browser, panel_url(first))
-        page = panel.page
         await panel.live()
         await panel.state("light", "off")
         assert await panel.dataset("resyncs") == "1"  # the initial snapshot
+        await panel.record_link()  # the panel may be back before a look would see it away
         # The link drops (1012); while the panel is away, the light goes on.
         await close_all(first)
         async with open_client(first.url, ADMIN) as ws:
             admin = Client(ws)
             await admin.call("light.on")
             await admin.close()
-        await page.wait_for_selector('#link[data-state="down"]', timeout=3000)
+        await panel.went_down()
         await panel.live(timeout=8000)
         await panel.state("light", "on")  # replayed from since_seq: no resync needed
         assert await panel.dataset("connects") == "2" and await panel.dataset("resyncs") == "1"
@@ -259,8 +283,8 @@ async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browse
             await admin.close()
         await panel.state("door", "open")
         await first.stop()
-        await page.wait_for_selector('#link[data-state="down"]', timeout=3000)
-        second = Daemon(demo_config, simulate=True, host="127.0.0.1", port=port)
+        await panel.went_down()
+        second = sim_daemon(demo_config, port=port)
         await second.start()
         await panel.live(timeout=15000)
         await panel.state("door", "closed")  # the new run's truth, not the old run's last event
@@ -276,7 +300,10 @@ async def test_the_panel_reconnects_resumes_and_resyncs(demo_config: Any, browse
             await second.stop()
 
 
+# The demo's door: its travel outlasts the dropped link, so the press's answer is really lost.
 @needs_browser
+@pytest.mark.parametrize("time_scale", [1.0])
+@on_browser_loop
 async def test_an_action_in_flight_across_a_reconnect_actuates_once(daemon: Daemon, browser: Browser) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     await panel.live()
@@ -293,6 +320,7 @@ async def test_an_action_in_flight_across_a_reconnect_actuates_once(daemon: Daem
 
 
 @needs_browser
+@on_browser_loop
 async def test_first_tile_time_and_portrait_layout(daemon: Daemon, browser: Browser) -> None:
     started = time.perf_counter()
     panel = await open_panel(browser, panel_url(daemon))
@@ -353,6 +381,7 @@ class Gizmo(Device):
 
 
 @needs_browser
+@on_browser_loop
 async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daemon, browser: Browser) -> None:
     assert daemon.ctx is not None
     thermometer, gizmo = Thermometer(), Gizmo()
@@ -388,9 +417,10 @@ async def test_sensor_readings_with_units_and_unknown_kinds_as_json(daemon: Daem
 
 
 @needs_browser
+@on_browser_loop
 async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any, browser: Browser) -> None:
     roles = {**demo_config.roles, "panel": Role("panel", allow=("door.*", "session.*"))}  # no describe
-    daemon = Daemon(dataclasses.replace(demo_config, roles=roles), simulate=True, host="127.0.0.1", port=0)
+    daemon = sim_daemon(dataclasses.replace(demo_config, roles=roles))
     await daemon.start()
     try:
         panel = await open_panel(browser, panel_url(daemon))
@@ -401,10 +431,10 @@ async def test_a_token_whose_role_cannot_run_the_panel_says_so(demo_config: Any,
 
 
 @needs_browser
+@on_browser_loop
 async def test_only_the_buttons_the_role_may_press_are_shown(demo_config: Any, browser: Browser) -> None:
     guest = Role("panel", allow=demo_config.roles["panel"].allow, deny=("door.close", "light.toggle"))
-    daemon = Daemon(dataclasses.replace(demo_config, roles={**demo_config.roles, "panel": guest}), simulate=True,
-                    host="127.0.0.1", port=0)
+    daemon = sim_daemon(dataclasses.replace(demo_config, roles={**demo_config.roles, "panel": guest}))
     await daemon.start()
     try:
         panel = await open_panel(browser, panel_url(daemon))

@@ -10,9 +10,13 @@ import asyncio
 import os
 from typing import Any
 
+import pytest
+
 from controller.service.daemon import Daemon
-from tests.conftest import ROOT, Client
-from tests.test_panel import Panel, browser, needs_browser, open_panel, panel_url  # noqa: F401 - browser: a fixture
+from tests.conftest import ROOT, TEST_TEXT, Client, daemon_fixtures, failing_fast, on_browser_loop
+from tests.test_panel import Panel, needs_browser, open_panel, panel_url
+
+daemon, admin, panel = daemon_fixtures("session")  # on the shared Chromium's loop (tests/conftest.py)
 
 SIZES = ({"width": 800, "height": 480}, {"width": 390, "height": 844})
 DOCS = ROOT / "docs"
@@ -74,7 +78,8 @@ async def screenshot(panel: Panel, name: str) -> None:
 
 
 @needs_browser
-async def test_the_login_header_is_readable_over_the_token_question(daemon: Daemon, browser: Any) -> None:  # noqa: F811
+@on_browser_loop
+async def test_the_login_header_is_readable_over_the_token_question(daemon: Daemon, browser: Any) -> None:
     for size in SIZES:
         panel = await open_panel(browser, panel_url(daemon), token=None, viewport=size)
         await panel.page.wait_for_selector("#login:not([hidden])")
@@ -87,8 +92,9 @@ async def test_the_login_header_is_readable_over_the_token_question(daemon: Daem
 
 
 @needs_browser
+@on_browser_loop
 async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_moving(
-        daemon: Daemon, browser: Any, admin: Client) -> None:  # noqa: F811
+        daemon: Daemon, browser: Any, admin: Client) -> None:
     panel = await open_panel(browser, panel_url(daemon))
     page = panel.page
     await panel.live()
@@ -105,7 +111,7 @@ async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_movin
     assert await panel.message("door", "progress") == "Opening, waiting for the contact"
     assert await page.locator(panel.tile("door")).get_attribute("data-moving") == "opening"
     await screenshot(panel, "panel-door-jammed-800x480.png")
-    error = await panel.message("door", "error", timeout=6000)  # the demo door's deadline is 2 s
+    error = await panel.message("door", "error", timeout=6000)
     assert error.startswith("door did not open — contact still closed")
     assert set(await page.evaluate("window.doorShown")) == {"Closed"}  # never "Moving…": it never moved
     # Another client's command shows the same way: what the contact says, and what is awaited.
@@ -113,7 +119,7 @@ async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_movin
     await admin.call("door.open")
     await panel.state("door", "open")
     await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
-    closing = asyncio.create_task(admin.request("door.close", {"timeout": 1.0}))
+    closing = asyncio.create_task(admin.request("door.close", {"timeout": 0.5}))
     await page.locator(f'{panel.tile("door")} .msg', has_text="Closing, waiting for the contact").wait_for(timeout=3000)
     assert await page.locator(f'{panel.tile("door")} .value').inner_text() == "Open"
     assert "error" in await closing
@@ -123,7 +129,8 @@ async def test_a_jammed_door_says_it_waits_for_the_contact_and_never_shows_movin
 
 
 @needs_browser
-async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: Any, admin: Client) -> None:  # noqa: F811
+@on_browser_loop
+async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: Any, admin: Client) -> None:
     for method in ("door.open", "light.on", "fan.on"):
         await admin.call(method)
     for size in SIZES:
@@ -140,8 +147,11 @@ async def test_the_whole_demo_plant_fits_both_screens(daemon: Daemon, browser: A
 
 
 @needs_browser
+@on_browser_loop
+@pytest.mark.long
+@pytest.mark.parametrize("demo_config", [failing_fast(TEST_TEXT)], ids=["failing fast"])
 async def test_errors_do_not_move_other_tiles_read_only_tiles_say_so_and_nothing_scrolls(
-        daemon: Daemon, browser: Any, admin: Client) -> None:  # noqa: F811
+        daemon: Daemon, browser: Any, admin: Client) -> None:
     await admin.call("sim.fault", {"device": "door", "fault": "jammed"})
     await admin.call("sim.fault", {"device": "light", "fault": "no_feedback"})
     for size in SIZES:

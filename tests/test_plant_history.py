@@ -6,7 +6,7 @@ import time
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import DEMO, Client
+from tests.conftest import DEMO, LIGHT_TIMEOUT_S, TEST_TEXT, TRAVEL_S, Client, edit
 
 
 async def history(admin: Client, device: str, since: float) -> dict[str, list[list[float | bool]]]:
@@ -24,7 +24,7 @@ async def test_a_door_move_is_recorded_output_first_then_position_after_its_trav
     assert [v for _, v in record["positions"]] == [True]  # the door reached open once
     (energised, _), (opened, _) = record["outputs"][0], record["positions"][0]
     assert since < energised < opened <= held
-    assert opened - energised >= 0.25  # the simulated travel (0.3 s) lies between them
+    assert opened - energised >= 0.9 * TRAVEL_S  # the simulated travel lies between them
     assert result["changed"] is True
 
     again = time.monotonic()
@@ -35,7 +35,7 @@ async def test_a_door_move_is_recorded_output_first_then_position_after_its_trav
 async def test_a_failed_action_shows_its_output_going_back_to_safe(admin: Client) -> None:
     await admin.call("sim.fault", {"device": "light", "fault": "no_feedback"})
     since = time.monotonic()
-    error = await admin.error("light.on", {"timeout": 0.2})
+    error = await admin.error("light.on", {"timeout": 0.1})
     assert error["code"] == -32002
     record = await history(admin, "light", since)
     assert [v for _, v in record["outputs"]] == [True, False]  # on, then back to safe
@@ -61,8 +61,8 @@ async def test_the_record_survives_a_reload_that_rebuilds_the_device(daemon: Dae
     assert daemon.plant is not None
     since = time.monotonic()
     await daemon.devices["light"].run("on", {}, 1.0)  # type: ignore[union-attr]
-    text = DEMO.read_text().replace('feedback = { gpio = 23, pull = "down" }\ntimeout = 1.0',
-                                    'feedback = { gpio = 23, pull = "down" }\ntimeout = 1.5')
+    text = edit(TEST_TEXT, f'feedback = {{ gpio = 23, pull = "down" }}\ntimeout = {LIGHT_TIMEOUT_S}',
+                'feedback = { gpio = 23, pull = "down" }\ntimeout = 1.5')
     plan = await daemon.apply(config.loads(text, str(DEMO)))
     assert plan.changed == ("light",)
     outputs = daemon.plant.history("light", since)["outputs"]

@@ -24,14 +24,14 @@ from websockets.exceptions import InvalidStatus
 from controller.security.policy import LockoutConfig
 from controller.service.daemon import Daemon
 from controller.settings.load import Config
-from tests.conftest import ADMIN, PANEL, ROOT, Client
+from tests.conftest import ADMIN, NEW_KEY, PANEL, ROOT, Client, sim_daemon
 from tests.test_front import sample
 
 SBIN = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"))
 TOOLS = {"nginx": shutil.which("nginx", path=SBIN), "haproxy": shutil.which("haproxy", path=SBIN)}
 NGINX_SITE = ROOT / "systemd" / "nginx-pictl.conf"
 HAPROXY_CFG = ROOT / "systemd" / "haproxy-pictl.cfg"
-LOCKOUT = LockoutConfig(slowdown_after=5, lockout_after=6, lockout_s=60)  # the demo's, made quick to reach
+LOCKOUT = LockoutConfig(slowdown_after=6, lockout_after=6, lockout_s=60)  # quick to reach; no slowed answers first
 
 
 def free_port() -> int:
@@ -51,8 +51,7 @@ def tls_client() -> ssl.SSLContext:
 async def upstream(demo_config: Config) -> AsyncIterator[Daemon]:
     server = dataclasses.replace(demo_config.server, trusted_proxies=("127.0.0.1", "::1"),
                                  max_connections_per_address=4)
-    d = Daemon(dataclasses.replace(demo_config, server=server, lockout=LOCKOUT), simulate=True, host="127.0.0.1",
-               port=0)
+    d = sim_daemon(dataclasses.replace(demo_config, server=server, lockout=LOCKOUT))
     await d.start()
     try:
         yield d
@@ -98,7 +97,7 @@ def proxy(request: pytest.FixtureRequest, upstream: Daemon, tmp_path: Path) -> I
             pytest.fail(f"{name} is not installed (.ci/run installs it)")
         pytest.skip(f"{name} is not installed")
     assert upstream.server is not None
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+    subprocess.run(["openssl", "req", "-x509", *NEW_KEY, "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
                    check=True, capture_output=True, timeout=60)
     tls_port = free_port()

@@ -18,7 +18,7 @@ from controller.service import configfile as config
 from controller.service.daemon import Daemon
 from controller.service.reload import plan_reload
 from controller.settings.load import Config
-from tests.conftest import DEMO_GPIO_TEXT, ROOT, Client, open_client
+from tests.conftest import DEMO_GPIO_TEXT, ROOT, TIME_SCALE, Client, open_client, sim_daemon
 
 DEMO_TEXT = DEMO_GPIO_TEXT
 PANEL_HASH = re.search(r'\[auth\.tokens\.demo-panel\]\nrole = "panel"\nhash = "([^"]+)"', DEMO_TEXT).group(1)
@@ -181,7 +181,7 @@ async def test_a_revoked_token_loses_its_open_connections_and_others_keep_theirs
 async def test_a_listen_change_says_a_restart_is_needed(
         config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
     config_file.write_text(demo_with('listen = "127.0.0.1:8765"', 'listen = "127.0.0.1:0"'))
-    d = Daemon(config.load(str(config_file)), simulate=True)  # listening where the config says
+    d = Daemon(config.load(str(config_file)), simulate=True, time_scale=TIME_SCALE)  # listening where the config says
     config_file.write_text(demo_with('listen = "127.0.0.1:8765"', 'listen = "127.0.0.1:8766"'))
     await d.start()
     try:
@@ -232,7 +232,7 @@ async def test_a_removed_sensor_takes_its_serial_port_and_thread_with_it(tmp_pat
     from drivers.serial_sensor import SerialSensor
 
     path, full = await full_demo(tmp_path)
-    daemon = Daemon(config.load(str(path)), simulate=True, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config.load(str(path)))
     await daemon.start()
     try:
         [port] = [b for b in daemon.buses if isinstance(b, SerialSensor)]
@@ -259,7 +259,7 @@ async def test_rebuilt_modbus_and_serial_devices_are_polled_and_simulated_again(
     from tests.conftest import until
 
     path, full = await full_demo(tmp_path)
-    daemon = Daemon(config.load(str(path)), simulate=True, host="127.0.0.1", port=0)
+    daemon = sim_daemon(config.load(str(path)))
     await daemon.start()
     try:
         old_fan = daemon.devices["fan"]

@@ -18,12 +18,15 @@ from controller.security.policy import Role
 from controller.security.secrets import digest_secret
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
-from tests.conftest import Client, open_client
+from tests.conftest import DOOR_TIMEOUT_S, LIGHT_TIMEOUT_S, NEW_KEY, TIME_SCALE, Client, open_client
 
 SECRETS = {"root": "root-secret-1", "panel": "panel-secret-1", "viewer": "viewer-secret", "limited": "limited-sec"}
 
 
-def security_config(extra_server: str = "", tmp: Path | None = None) -> str:
+def security_config(extra_server: str = "", tmp: Path | None = None, *, auth_timeout: float = 1.0,
+                    slowdown_after: int = 4) -> str:
+    """Four tokens and roles on the demo's door and light. Failed authentications lock an address out
+    at the 4th; by default no answer is slowed down before that (a test of the slowdown asks for it)."""
     tokens = "\n".join(
         f'[auth.tokens.{name}]\nrole = "{"admin" if name == "root" else name}"\n'
         f'hash = "{digest_secret(secret)}"\n'
@@ -32,13 +35,13 @@ def security_config(extra_server: str = "", tmp: Path | None = None) -> str:
     return f"""
 [server]
 listen = "127.0.0.1:0"
-auth_timeout = 1.0
+auth_timeout = {auth_timeout}
 max_connections_per_address = 4
 allowed_origins = ["https://panel.example"]
 {extra_server}
 
 [auth]
-slowdown_after = 2
+slowdown_after = {slowdown_after}
 lockout_after = 4
 lockout_s = 30
 
@@ -63,21 +66,31 @@ deny = ["door.open", "sim.*"]
 kind = "door"
 relay = {{ gpio = 17 }}
 contact = {{ gpio = 27, pull = "up" }}
-timeout = 2.0
+timeout = {DOOR_TIMEOUT_S}
 
 [devices.light]
 kind = "switch"
 output = {{ gpio = 22 }}
 feedback = {{ gpio = 23, pull = "down" }}
-timeout = 1.0
+timeout = {LIGHT_TIMEOUT_S}
 """
 
 
 @pytest.fixture
-async def secure(tmp_path: Path):
+def auth_timeout() -> float:
+    return 1.0
+
+
+@pytest.fixture
+def slowdown_after() -> int:
+    return 4
+
+
+@pytest.fixture
+async def secure(tmp_path: Path, auth_timeout: float, slowdown_after: int):
     path = tmp_path / "secure.toml"
-    path.write_text(security_config())
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    path.write_text(security_config(auth_timeout=auth_timeout, slowdown_after=slowdown_after))
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     yield daemon
     await daemon.stop()
@@ -161,6 +174,7 @@ async def test_foreign_origin_is_refused_whatever_the_token(secure: Daemon) -> N
     assert refused.value.response.status_code == 403
 
 
+@pytest.mark.parametrize("auth_timeout", [0.2])
 async def test_silent_connection_is_closed_after_the_auth_timeout(secure: Daemon) -> None:
     async with open_client(secure.url, None) as ws:
         with pytest.raises(ConnectionClosed) as closed:
@@ -170,11 +184,12 @@ async def test_silent_connection_is_closed_after_the_auth_timeout(secure: Daemon
         assert closed.value.rcvd.reason == "authentication timeout"
 
 
-async def test_an_authenticated_connection_is_not_closed(secure: Daemon) -> None:
+@pytest.mark.parametrize("auth_timeout", [0.2])
+async def test_an_authenticated_connection_is_not_closed(secure: Daemon, auth_timeout: float) -> None:
     client = await connected(secure, None)
     await client.call("session.auth", {"token": SECRETS["viewer"]})
     closed = asyncio.ensure_future(client.ws.wait_closed())
-    done, _ = await asyncio.wait({closed}, timeout=1.3)  # past the auth timeout
+    done, _ = await asyncio.wait({closed}, timeout=1.5 * auth_timeout)  # past the auth timeout
     assert not done
     assert await client.call("system.ping") == {"pong": True}
     closed.cancel()
@@ -204,6 +219,7 @@ async def test_repeated_failures_lock_out_one_address_only(secure: Daemon) -> No
     assert secure.ctx.auth.lockouts == 1
 
 
+@pytest.mark.parametrize("slowdown_after", [2])
 async def test_failures_are_slowed_down_before_the_lockout(secure: Daemon) -> None:
     loop = asyncio.get_running_loop()
     times = []
@@ -317,7 +333,7 @@ async def test_a_busy_refusal_is_not_remembered(secure: Daemon) -> None:
     client = await connected(secure, "root")
     await client.call("sim.fault", {"device": "door", "fault": "jammed"})
     energised = secure.devices["door"].relay.expect(lambda v: v is True)
-    holding = asyncio.create_task(client.request("door.open", {"timeout": 0.5}))
+    holding = asyncio.create_task(client.request("door.open", {"timeout": 0.2}))
     await energised.wait(2.0)
     busy = await client.error("door.close", {"request_key": "b", "timeout": 0.05})
     assert busy["code"] == -32003
@@ -332,12 +348,12 @@ async def test_a_busy_refusal_is_not_remembered(secure: Daemon) -> None:
 
 async def test_tls_serves_wss(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+    subprocess.run(["openssl", "req", "-x509", *NEW_KEY, "-nodes", "-days", "1", "-subj",
                     "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
                     "-out", str(cert)], check=True, capture_output=True, timeout=60)
     path = tmp_path / "tls.toml"
     path.write_text(security_config(f'tls_cert = "{cert.name}"\ntls_key = "{key.name}"'))
-    daemon = Daemon(config.load(str(path)), simulate=True)
+    daemon = Daemon(config.load(str(path)), simulate=True, time_scale=TIME_SCALE)
     await daemon.start()
     try:
         assert daemon.url.startswith("wss://")

@@ -21,10 +21,13 @@ from tests.conftest import until_health
 PATTERN = re.compile(r"^T=(?P<temp>-?\d+(?:\.\d+)?)(?: H=(?P<rh>\d+))?$")
 
 
+STALE_S = 0.25  # five of the far side's 0.05 s periods
+
+
 def make_spec(port: str, **kw) -> SerialSensorSpec:
     base = SerialSensorSpec(port=port, baudrate=9600, bytesize=8, parity="N", stopbits=1, pattern=PATTERN,
                             units={"temp": "°C", "rh": "%"}, request=None, request_interval=1.0,
-                            stale_after=0.5, max_line=64)
+                            stale_after=STALE_S, max_line=64)
     return replace(base, **kw)
 
 
@@ -106,7 +109,7 @@ async def test_no_valid_reading_for_stale_after_is_offline(rig: Rig) -> None:
     await until_health(temp, online=True)
     rig.lines[:] = [b"T=oops\r\n"]  # the sensor keeps talking nonsense
     await until_health(temp, online=False)
-    assert "no valid reading for 0.5 s" in (temp.offline_reason or "")
+    assert f"no valid reading for {STALE_S} s" in (temp.offline_reason or "")
     rig.lines[:] = [b"T=20.0\r\n"]
     await until_health(temp, online=True)
 

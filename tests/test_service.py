@@ -4,7 +4,6 @@ the manager's end of the socket held by the test; reload by SIGHUP."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN, DEMO_GPIO_TEXT, Client, NotifySocket, open_client
-from tests.test_cli import PICTL, run
+from tests.conftest import ADMIN, LIGHT_TIMEOUT_S, TEST_GPIO_TEXT, TIME_SCALE, Client, NotifySocket, edit, open_client
+from tests.test_cli import PICTL
 
 WATCHDOG_USEC = 400_000  # pings expected every 0.2 s
 
@@ -51,10 +50,14 @@ class Service:
                 await self._line.wait()
 
     async def call(self, method: str, params: dict | None = None) -> dict:
-        args = ["call", method, *([json.dumps(params)] if params else []), "--url", self.url, "--token", ADMIN]
-        code, out, err = await run(*args)
-        assert code == 0, err
-        return json.loads(out)
+        """One call on a link of its own (tests/test_cli.py runs `pictl call`; here it would cost a
+        Python start per call)."""
+        async with open_client(self.url, ADMIN) as ws:
+            client = Client(ws)
+            try:
+                return await client.call(method, params)
+            finally:
+                await client.close()
 
     async def stop(self, sig: int | None = signal.SIGTERM) -> int:
         if sig is not None:
@@ -69,10 +72,11 @@ class Service:
 @pytest.fixture
 async def service(notify_socket: NotifySocket, tmp_path: Path) -> AsyncIterator[Service]:
     config_file = tmp_path / "pictl.toml"
-    config_file.write_text(DEMO_GPIO_TEXT)
+    config_file.write_text(TEST_GPIO_TEXT)
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     proc = await asyncio.create_subprocess_exec(
-        PICTL, "serve", "--config", str(config_file), "--simulate", "--listen", "127.0.0.1:0",
+        PICTL, "serve", "--config", str(config_file), "--simulate", "--time-scale", str(TIME_SCALE),
+        "--listen", "127.0.0.1:0",
         stderr=asyncio.subprocess.PIPE, env=env,
     )
     svc = Service(proc, notify_socket, config_file)
@@ -116,7 +120,7 @@ async def test_sighup_reload_keeps_the_open_door_and_refuses_a_broken_file(servi
     await service.call("light.on")
 
     # A valid change: the light's timeout. The door is not touched; the light is rebuilt.
-    config_file.write_text(DEMO_GPIO_TEXT.replace("timeout = 1.0", "timeout = 0.5"))
+    config_file.write_text(edit(TEST_GPIO_TEXT, f"timeout = {LIGHT_TIMEOUT_S}", "timeout = 0.25"))
     service.proc.send_signal(signal.SIGHUP)
     assert (await service.notify.next("RELOADING"))["RELOADING"] == "1"
     ready = await service.notify.next("READY")
@@ -134,7 +138,7 @@ async def test_sighup_reload_keeps_the_open_door_and_refuses_a_broken_file(servi
     await service.wait_log(rf"reload refused, still running the previous config: {config_file}:2: "
                            r"devices.door.kind: unknown device kind 'portcullis'")
     assert (await service.call("door.state"))["state"] == "open"
-    assert (await service.call("system.describe"))["devices"]["light"]["timeout"] == 0.5
+    assert (await service.call("system.describe"))["devices"]["light"]["timeout"] == 0.25
     assert await service.stop() == 0
     assert not any("Traceback" in line for line in service.log)
 
@@ -146,12 +150,12 @@ async def test_stop_lets_the_action_finish_and_a_second_signal_does_not_cut_it_s
     await service.call("sim.fault", {"device": "door", "fault": "jammed"})
     async with open_client(service.url, ADMIN) as ws:
         client = Client(ws)
-        opening = asyncio.create_task(client.request("door.open", {"timeout": 1.0}))
+        opening = asyncio.create_task(client.request("door.open", {"timeout": 0.5}))
         while (await client.call("door.state"))["state"] != "moving":
             pass  # each round trip waits for the daemon; the open is in flight once it says moving
         service.proc.send_signal(signal.SIGTERM)
         await service.notify.next("STOPPING")
-        # Draining now (the jammed door holds it for up to 1 s): an impatient second signal.
+        # Draining now (the jammed door holds it for up to 0.5 s): an impatient second signal.
         service.proc.send_signal(signal.SIGINT)
         reply = await opening
         assert reply["error"]["code"] == -32002  # the action ran to its end: relay released

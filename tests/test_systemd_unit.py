@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.http.admission import RESERVED_FDS, SPARE
 from controller.service.supervision import STOP_MARGIN_S
+from controller.settings.sections import ServerConfig
 from tests.conftest import ROOT
 
 UNIT = ROOT / "systemd" / "pictl.service"
@@ -73,3 +76,7 @@ def test_unit_keeps_what_the_daemon_relies_on() -> None:
     assert settings["Environment"][0] == "LG_WD=/run/pictl" and settings["RuntimeDirectory"] == ["pictl"]
     # Stop must outlast the default drain: 2 x max_timeout (30 s) + 1 s, plus closing.
     assert int(settings["TimeoutStopSec"][0]) >= 2 * 30 + 1 + STOP_MARGIN_S
+    # Descriptors for every connection the default caps admit, the daemon's reserve and what it has open
+    # at start (the listener counts connections from their accept and refuses past that): never EMFILE.
+    default_connections = next(f.default for f in dataclasses.fields(ServerConfig) if f.name == "max_connections")
+    assert int(settings["LimitNOFILE"][0]) >= default_connections + SPARE + 2 * RESERVED_FDS

@@ -3,9 +3,12 @@ and `pictl aggregate`'s usage errors (issue 15). tests/test_wamp.py runs the rea
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,21 @@ def test_check_config_reads_a_wamp_table_without_importing_autobahn(tmp_path: Pa
     assert out.stdout.split()[-2:] == ["0", "False"], out.stderr
 
 
+@contextlib.contextmanager
+def logging_left_as_it_was() -> Iterator[None]:
+    """main() sets up logging for a process of its own (a stderr handler, the websockets library at
+    WARNING): undone after, or a later test in this process (tests/test_fuzz.py reads the library's
+    DEBUG lines) would depend on whether this one ran first."""
+    root, library = logging.getLogger(), logging.getLogger("websockets")
+    handlers, levels = list(root.handlers), (root.level, library.level)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        library.setLevel(levels[1])  # setLevel, not an assignment: it clears logging's level cache
+
+
 @pytest.mark.parametrize(("argv", "phrase"), [
     (["--wamp", "http://x", "--realm", "r"], "--wamp: 'http://x' is not a ws:// or wss:// URL"),
     (["--wamp", "ws://x/ws", "--realm", "r", "--listen", "127.0.0.1:0"], "the panel needs tokens"),
@@ -77,7 +95,8 @@ def test_check_config_reads_a_wamp_table_without_importing_autobahn(tmp_path: Pa
      "--listen: expected HOST:PORT"),
 ])
 def test_aggregate_usage_errors_exit_2(argv: list[str], phrase: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["aggregate", *argv]) == 2
+    with logging_left_as_it_was():
+        assert main(["aggregate", *argv]) == 2
     assert phrase in capsys.readouterr().err
 
 
@@ -138,6 +157,25 @@ def test_the_fleet_view_follows_events_and_asks_for_a_resync_on_a_gap() -> None:
     assert view.snapshot()["nodes"]["pi01"]["online"] is False
     assert seen == [("pi01", "joined"), ("pi01", "event"), ("pi01", "event"), ("pi01", "left")]
     assert json.dumps(view.snapshot())  # plain JSON, as published
+
+
+def test_a_change_made_while_the_fleet_reads_a_node_is_not_lost() -> None:
+    """Events that arrive between the node's registration and the end of reading its status are
+    held and applied after the picture when newer than it (the fleet once stayed stale)."""
+    from controller.fleet.view import EARLY_NODES, FleetView
+
+    view = FleetView()
+    closed = {"kind": "door", "online": True, "state": {"state": "closed"}, "last_update": None}
+    old = {"topic": "door.state", "seq": 3, "time": "t3", "data": {"state": "closed", "cause": "rpc"}}
+    new = {"topic": "door.state", "seq": 5, "time": "t5", "data": {"state": "open", "cause": "rpc"}}
+    assert view.event("pi01", old) is True and view.event("pi01", new) is True  # heard while reading it
+    assert "pi01" not in view.snapshot()["nodes"]  # an event alone makes no node
+    view.joined("pi01", 7, {"devices": {"door": {"kind": "door", "actions": {}}}},
+                {"devices": {"door": closed}, "seq": 4, "epoch": "e1"})  # read before seq 5 happened
+    assert view.nodes["pi01"].devices["door"]["state"] == {"state": "open"} and view.nodes["pi01"].seq == 5
+    for i in range(EARLY_NODES + 10):  # names off the router: what is held stays bounded
+        view.event(f"junk{i}", new)
+    assert len(view._early) == EARLY_NODES
 
 
 def test_a_changed_wamp_table_waits_for_a_restart() -> None:

@@ -21,7 +21,15 @@ from typing import Any, ClassVar
 from controller.devices.outward import UNKNOWN, BadCommand, HaEntity, MqttMessage
 from controller.settings.devices import DeviceConfig
 from controller.wire.clock import iso
-from controller.wire.errors import Busy, InvalidParams, NotConfirmed, Unavailable, refuse_unknown_params
+from controller.wire.errors import (
+    DISCONNECTED,
+    Busy,
+    Dropped,
+    InvalidParams,
+    NotConfirmed,
+    Unavailable,
+    refuse_unknown_params,
+)
 from drivers.base import Listeners, Observation, OutputPoint, Point, PointError, PointUnavailable
 
 log = logging.getLogger(__name__)
@@ -211,12 +219,15 @@ class Device:
         if not self.online:
             raise self.unavailable()
 
-    async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def run(self, action: str, params: dict[str, Any], timeout: float,
+                  wanted: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Queue behind earlier actions (bounded by *timeout*), then perform and confirm.
 
         An action whose spec ``interrupts`` does not wait: it cancels the one in progress and every
-        call queued before it (see :attr:`Action.interrupts`). Raises Busy, Unavailable or
-        NotConfirmed; the result is the confirmed result README's *Methods* describes.
+        call queued before it (see :attr:`Action.interrupts`). *wanted* is asked once the queue is
+        ours, before anything is commanded: False (the caller has gone) drops the action unstarted
+        (:class:`Dropped`); once started, an action finishes. Raises Busy, Unavailable, NotConfirmed
+        or Dropped; the result is the confirmed result README's *Methods* describes.
         """
         word = self.actions[action].interrupts
         if word:
@@ -226,6 +237,8 @@ class Device:
         task = asyncio.current_task()
         started = time.monotonic()
         try:
+            if wanted is not None and not wanted():
+                raise Dropped(DISCONNECTED)
             if epoch != self._epoch:  # interrupted while it waited: it never began
                 raise self.interrupted(action, *self._last_interrupt, started)
             self.check_online()  # it may have gone offline while we queued
@@ -319,7 +332,10 @@ class Device:
 
         A bus that is down is -32004; an exception reply, no reply or no
         read-back in time is -32002 after *recover* (which returns what it did).
+        A read-back of *value* observed since the write began proves it even when the loop was
+        late to look (the deadline is judged on what was observed, as :meth:`Expectation.wait` does).
         """
+        begun = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 return await output.write(value)
@@ -329,6 +345,9 @@ class Device:
             raise self.not_confirmed(expected, exc.observed, started, await recover(),
                                      {"source": output.readback_source, **exc.evidence}) from None
         except TimeoutError:
+            last = output.last
+            if last is not None and last.mono >= begun and last.value == value:
+                return last
             raise self.not_confirmed(expected, "no read-back before the deadline", started, await recover()) from None
 
     def unavailable(self) -> Unavailable:

@@ -207,7 +207,8 @@ class Input(Device):
                  {"field": "press", "as": "text", "label": "Press"}] if self.cfg.button else []
         return {"proof": "line", "buttons": [], "facts": facts}
 
-    async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def run(self, action: str, params: dict[str, Any], timeout: float,
+                  wanted: Callable[[], bool] | None = None) -> dict[str, Any]:
         raise AssertionError("an input has no actions")  # dispatch finds none to call
 
     def close(self) -> None:

@@ -163,8 +163,9 @@ class Sensor(Device):
         self.changed_at = at
         self.publish_reading(self.reading())
 
-    async def run(self, action: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """No queue: reading the last value never waits for hardware."""
+    async def run(self, action: str, params: dict[str, Any], timeout: float,
+                  wanted: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """No queue: reading the last value never waits for hardware (nor starts anything to drop)."""
         self.check_online()
         if self._at is None:  # just started: its first line is on its way (offline after stale_after)
             raise Unavailable(f"{self.name} has no reading yet", device=self.name, since=None)

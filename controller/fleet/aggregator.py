@@ -168,9 +168,9 @@ class Aggregator:
         topic = str(getattr(details, "topic", "") or "")
         rest = topic[len("pictl."):]
         node, _, _ = rest.partition(".")
-        if node in ("fleet", "error") or node not in self.view.nodes or not isinstance(event, dict):
+        if node in ("fleet", "error") or not isinstance(event, dict):
             return
-        if not self.view.event(node, event):
+        if not self.view.event(node, event) and node in self.view.nodes:
             session = self.link.session
             view = self.view.nodes[node]
             if session is not None:

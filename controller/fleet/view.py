@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from drivers.base import Listeners
 log = logging.getLogger(__name__)
 
 DEVICE_FIELDS = ("kind", "online", "state", "last_update")
+EARLY_EVENTS = 256  # events held per node while its picture is being read (they may be newer than it)
+EARLY_NODES = 64  # nodes whose early events are held at once (names come off the router: bounded)
 
 
 @dataclass
@@ -48,6 +51,9 @@ class FleetView:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeView] = {}
+        # Events of a node not yet online (its describe and status are being read): held, then applied
+        # after its picture if newer than it, so a change made while the fleet reads a node is not lost.
+        self._early: dict[str, deque[dict[str, Any]]] = {}
         self._listeners: Listeners[[str, str, dict[str, Any]]] = Listeners("fleet changes")  # (node, what, data)
 
     def on_change(self, listener: Callable[[str, str, dict[str, Any]], None]) -> Callable[[], None]:
@@ -77,19 +83,25 @@ class FleetView:
         view.devices = {d: dict(s) for d, s in (status.get("devices") or {}).items()}
         view.seq, view.epoch = status.get("seq"), status.get("epoch")
         self._emit(name, "joined", {"was_online": was_online})
+        for event in self._early.pop(name, ()):
+            self.event(name, event)  # those the picture already holds (seq <= its seq) are skipped
 
     def left(self, name: str, reason: str) -> None:
         view = self.nodes.get(name)
         if view is None or not view.online:
             return
         view.online, view.session = False, None
+        self._early.pop(name, None)
         view.since = view.last_update = time.time()
         self._emit(name, "left", {"reason": reason})
 
     def event(self, name: str, event: dict[str, Any]) -> bool:
         """Apply one node event; False when it shows a gap (the caller refetches system.status)."""
+        if not isinstance(event, dict):
+            return True
         view = self.nodes.get(name)
-        if view is None or not view.online or not isinstance(event, dict):
+        if view is None or not view.online:
+            self._hold(name, event)
             return True
         seq = event.get("seq")
         in_order = not isinstance(seq, int) or view.seq is None or seq == view.seq + 1
@@ -119,3 +131,10 @@ class FleetView:
         return in_order
 
 
+
+    def _hold(self, name: str, event: dict[str, Any]) -> None:
+        held = self._early.pop(name, None) or deque(maxlen=EARLY_EVENTS)
+        held.append(event)
+        self._early[name] = held  # the most recently heard from last
+        while len(self._early) > EARLY_NODES:
+            self._early.pop(next(iter(self._early)))

@@ -14,19 +14,23 @@ the connection caps (503, 429), then an ``Authorization: Bearer`` header if sent
 (401). Every refusal is counted in ``pictl_ws_refused_total{reason}`` and
 logged at most once per reason per 10 s. Each text frame that must wait is
 handled in a task owned by the server, not by the connection, so a client that
-goes away does not abort its action.
+goes away does not abort its action; but nothing of a connection that has ended
+or is ending starts any more (its session is :attr:`Session.gone`): neither the
+frames websockets still hands over from its buffer, nor an action waiting in a
+device's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
@@ -34,22 +38,26 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
+from controller.http.admission import Admission
 from controller.http.guard import Front, Guard, Refusal
+from controller.http.peer import parse_address
 from controller.http.refusals import RefusalLog
 from controller.http.static import StaticFiles
-from controller.rpc.dispatch import Answer, binary_frame_error
+from controller.rpc.dispatch import MAX_INFLIGHT, Answer, binary_frame_error
 from controller.runtime.context import Context
 from controller.security.auth import Session
 from controller.settings.sections import ServerConfig
+from controller.wire.errors import DISCONNECTED
 from controller.wire.jsonrpc import decode
 from controller.wire.owned import OwnedTasks
+from controller.wire.throttle import ThrottledLog
 from drivers.base import Listeners
 
 log = logging.getLogger(__name__)
 
 AUTH_GRACE_S = 10.0  # a connection silent about auth for this long is closed
-MAX_INFLIGHT_PER_CONNECTION = 32  # frames being handled at once; more waits (TCP back-pressure)
 CLOSE_POLICY = 1008  # WebSocket close code: policy violation
 
 
@@ -93,10 +101,27 @@ def tls_context(files: tuple[str, str] | None) -> ssl.SSLContext | None:
     return context
 
 
+def _open(ws: ServerConnection | None) -> bool:
+    """Whether a connection can still carry a reply: OPEN, and its transport not closing."""
+    return ws is not None and ws.protocol.state is State.OPEN and not ws.transport.is_closing()
+
+
 class Connection(ServerConnection):
-    """A WebSocket connection of ours: websockets' own, with its session as typed state."""
+    """A WebSocket connection of ours: websockets' own, with its session as typed state, counted by
+    its listener's :class:`Admission` from accept to close."""
 
     session: Session | None = None  # set by the handshake check once the connection is admitted
+    gate: ClassVar[Admission | None] = None  # the listener's count (each listener serves a subclass)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.gate is not None:
+            self.gate.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.gate is not None:
+            self.gate.closed(self)
+        super().connection_lost(exc)
 
 
 class HttpServer:
@@ -115,6 +140,9 @@ class HttpServer:
         self.guard = Guard(tls=self.tls is not None)
         self.ws_refusals = RefusalLog(ctx.metrics.ws_refused, "handshake")
         self.http_refusals = RefusalLog(ctx.metrics.http_refused, "request")
+        self.closings = ThrottledLog(log, "closing the connection of {peer} ({reason}): {detail}",
+                                     "closed {count} more connection(s) ({reason}) in the last {window:.0f} s; "
+                                     "latest {latest}", level=logging.INFO)
         self.allowed_origins: frozenset[str] = frozenset()  # browser origins admitted besides our own
         self.metrics_tokens: frozenset[str] = frozenset()  # token names that may scrape; empty: open
         self.auth_timeout = server.auth_timeout  # unauthenticated connections are closed after this long
@@ -122,6 +150,9 @@ class HttpServer:
         self.max_per_address = server.max_connections_per_address
         self.apply(server)
         self.per_address: dict[str, int] = {}  # open (or opening) WebSocket connections by address
+        self.handshake_timeout = server.handshake_timeout
+        self.admission = Admission(self.ws_refusals, self._trusted, max_connections=self.max_connections,
+                                   max_per_address=self.max_per_address, handshake_timeout=self.handshake_timeout)
         self.tasks = OwnedTasks("frame")  # frames being answered, owned here: a client that leaves aborts none
         self.open_connections = 0  # WebSocket connections past the handshake
         self._connections_changed = Listeners[[]]("connection count")
@@ -158,13 +189,18 @@ class HttpServer:
         """The open WebSocket connections."""
         return [ws for ws in self._ws.connections if isinstance(ws, Connection)] if self._ws is not None else []
 
+    def _trusted(self, address: str) -> bool:
+        return self.guard.proxies.trusts(parse_address(address))
+
     async def start(self) -> None:
+        self.admission.start()
         self._ws = await serve(
             self._handle,
             self.host,
             self.port,
             process_request=self._process_request,
-            create_connection=Connection,
+            create_connection=type("Connection", (Connection,), {"gate": self.admission}),
+            open_timeout=self.handshake_timeout + 1.0,  # ours (Admission) ends a slow one first, and counts it
             compression=None,  # no permessage-deflate: a compression bomb costs memory
             max_size=self.max_frame_bytes,  # larger frames close with 1009
             ssl=self.tls,
@@ -295,17 +331,27 @@ class HttpServer:
         assert isinstance(ws, Connection)  # serve() makes ours (create_connection)
         session = ws.session
         assert session is not None  # the handshake check admitted it with one
-        session.events_to = weakref.ref(ws)  # events.subscribe sends on it (no ws -> session -> ws cycle)
-        slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
+        reference = weakref.ref(ws)  # no ws -> session -> ws cycle
+        session.events_to = reference  # events.subscribe sends on it
+        session.link_open = lambda: _open(reference())
+        slots = asyncio.Semaphore(MAX_INFLIGHT)
         guard = None
         self._count_open(+1)
         if not session.authenticated:
             guard = asyncio.get_running_loop().call_later(self.auth_timeout, self._close_if_anonymous, ws, session)
         try:
             async for frame in ws:
+                # websockets hands over frames it buffered before the peer went (FIN, RST) or before
+                # the daemon closed the connection (1011, 1013): none of them may start anything.
+                await slots.acquire()
+                if session.gone:
+                    slots.release()
+                    self.ctx.metrics.rpc_dropped.labels(DISCONNECTED).inc()
+                    continue
                 if isinstance(frame, str):
                     answer = self.dispatcher.call(session, decode(frame, self.dispatcher.max_batch))
                     if isinstance(answer, Answer):  # answered inline: no task for the common case
+                        slots.release()
                         reply = answer.frame()
                         if reply is not None:
                             await ws.send(reply, text=True)
@@ -313,7 +359,6 @@ class HttpServer:
                     work: Awaitable[Answer] | None = answer
                 else:
                     work = None  # a binary frame: answered with an error
-                await slots.acquire()
                 self.tasks.spawn(self._frame(ws, session, work, slots))
         except ConnectionClosed:
             pass
@@ -332,18 +377,16 @@ class HttpServer:
 
     def _close_if_anonymous(self, ws: Connection, session: Session) -> None:
         if not session.authenticated:
-            log.info("closing %s: no authentication within %.0f s", session.peer, self.auth_timeout)
+            self.closings.note("no_authentication", session.peer, f"no authentication within {self.auth_timeout:g} s")
             self.tasks.spawn(ws.close(CLOSE_POLICY, "authentication timeout"))
 
     async def _frame(self, ws: Connection, session: Session, work: Awaitable[Answer] | None,
                      slots: asyncio.Semaphore) -> None:
         try:
             reply = binary_frame_error() if work is None else (await work).frame()
-            if reply is not None:
-                try:
+            if reply is not None and not session.gone:  # nobody to answer: the outcome is in the audit
+                with contextlib.suppress(ConnectionClosed):
                     await ws.send(reply, text=True)
-                except ConnectionClosed:
-                    log.info("reply to %s dropped: client disconnected", session.peer)
         except Exception:
             log.exception("frame handling failed for %s", session.peer)
         finally:
@@ -360,6 +403,8 @@ class HttpServer:
         return await self.tasks.wait(timeout)
 
     async def close(self) -> None:
+        self.admission.close()
+        self.closings.close()
         self.ws_refusals.close()
         self.http_refusals.close()
         if self._ws is not None:

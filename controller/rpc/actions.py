@@ -7,8 +7,9 @@ device's queue and confirmation, and is counted (``pictl_action_confirm_seconds`
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from controller.devices.base import Device
@@ -17,7 +18,12 @@ from controller.rpc.metrics import Metrics
 from controller.rpc.oncekeys import OnceKeys, check_key
 from controller.security.audit import AuditTrail
 from controller.security.auth import Session
-from controller.wire.errors import RpcError, refuse_unknown_params
+from controller.wire.errors import Busy, Dropped, RpcError, refuse_unknown_params
+
+# One running and one waiting, per connection and device: the queue absorbs overlap (a second tap
+# while the first still moves), not a script. A flood of commands from one client is refused busy at
+# once instead of switching a relay for minutes.
+MAX_QUEUED_PER_DEVICE = 2
 
 
 def register_device(dispatcher: Dispatcher, device: Device, *, metrics: Metrics, audit: AuditTrail,
@@ -48,21 +54,29 @@ def _action_handler(device: Device, action: str, metrics: Metrics, audit: AuditT
     async def run(session: Session, params: dict[str, Any]) -> Any:
         started = time.monotonic()
         replayed = False
+
+        def wanted() -> bool:  # asked when the device's queue is ours: a gone caller's action never starts
+            return not session.gone
+
         try:
             action_params = {k: v for k, v in params.items() if k != "request_key"}
             timeout = device.check_params(action, action_params)
             key = check_key(params["request_key"]) if "request_key" in params else None
             device.check_online()
-            if key is None:
-                outcome = await device.run(action, action_params, timeout)
-            else:
-                assert session.token is not None
-                outcome, replayed = await once.run(session.token.name, key, method, action_params,
-                                                   lambda: device.run(action, action_params, timeout))
+            with _one_more(session, device.name, capped=not device.actions[action].interrupts):
+                if key is None:
+                    outcome = await device.run(action, action_params, timeout, wanted)
+                else:
+                    assert session.token is not None
+                    outcome, replayed = await once.run(session.token.name, key, method, action_params,
+                                                       lambda: device.run(action, action_params, timeout, wanted))
         except RpcError as err:
             metrics.action_failed(device.name, action, err.name)
             await audit.write(session, method, params, err.name, (time.monotonic() - started) * 1000,
                               error=err.to_wire())
+            raise
+        except Dropped:
+            audit.record(session, method, params, "dropped", (time.monotonic() - started) * 1000)
             raise
         if replayed:
             outcome = {**outcome, "replayed": True}
@@ -72,3 +86,22 @@ def _action_handler(device: Device, action: str, metrics: Metrics, audit: AuditT
         return outcome
 
     return run
+
+
+@contextlib.contextmanager
+def _one_more(session: Session, device: str, capped: bool) -> Iterator[None]:
+    """Count one more action of *session* on *device* while it waits and runs; -32003 past the cap
+    (unless it is not *capped*: an interrupting action such as ``stop`` never waits, so never queues)."""
+    queued = session.queued.get(device, 0)
+    if capped and queued >= MAX_QUEUED_PER_DEVICE:
+        raise Busy(f"{device} already has {queued} actions of this connection running or waiting: wait for "
+                   "their answers", device=device)
+    session.queued[device] = queued + 1
+    try:
+        yield
+    finally:
+        left = session.queued[device] - 1
+        if left:
+            session.queued[device] = left
+        else:
+            del session.queued[device]

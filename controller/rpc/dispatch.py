@@ -11,7 +11,12 @@ table, never a client's string.
 A message whose only request is a method registered ``instant`` (it answers without waiting:
 ping, state, status) is answered inline: :meth:`call` returns the :class:`Answer` itself, and no
 task is made. Anything else returns an awaitable of it, which the front door awaits in a task of
-its own (a client that goes away must not cut an action short).
+its own (a client that goes away must not cut an action short). A session has at most
+:data:`MAX_INFLIGHT` such messages at once; past that it is answered ``-32005`` at once.
+
+A request whose caller has gone before it started (:attr:`Session.gone`: the connection closed,
+the broker link dropped, the WAMP caller left) is dropped: no reply, counted as outcome
+``dropped`` and in ``pictl_rpc_dropped_total{reason}``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from controller.security.auth import Authenticator, Session
 from controller.security.policy import Role
 from controller.wire import jsonrpc
 from controller.wire.errors import (
+    Dropped,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -42,6 +48,9 @@ from controller.wire.errors import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Session, dict[str, Any]], Any]  # returns the result, or an awaitable of it
+# Messages of one session answered at once: the WebSocket listener stops reading at this many (TCP
+# back-pressure); a front door that cannot (an MQTT broker keeps delivering) gets -32005 past it.
+MAX_INFLIGHT = 32
 ADMIN_ROLE = "admin"  # the role an admin-only method (sim.*) needs, whatever other roles' patterns say
 
 
@@ -128,25 +137,37 @@ class Dispatcher:
     # -- the calls --------------------------------------------------------------------------------
     def call(self, session: Session, message: jsonrpc.Message) -> Answer | Awaitable[Answer]:
         """Answer one decoded message: the :class:`Answer` itself when it could be answered at once
-        (invalid, or a single instant method), else an awaitable of it."""
+        (invalid, a single instant method, or one past the session's :data:`MAX_INFLIGHT`), else an
+        awaitable of it."""
         if len(message.items) == 1:
             item = message.items[0]
             entry = self._table.get(item.method) if isinstance(item, jsonrpc.Request) else None
             if entry is None or entry.instant:  # invalid, unknown (an error now) or instant
                 reply = self._answer_now(session, item)
                 return Answer(() if reply is None else (reply,), message.batch)
+        if session.inflight >= MAX_INFLIGHT:  # a front door that cannot hold back its reader (MQTT)
+            limited = RateLimited(f"{MAX_INFLIGHT} requests of this session are in flight: wait for their answers",
+                                  retry_after_s=0.5)
+            started = time.perf_counter()
+            replies = (self._settle(item, started, error=limited) if isinstance(item, jsonrpc.Request)
+                       else self._answer_now(session, item) for item in message.items)
+            return Answer(tuple(r for r in replies if r is not None), message.batch)
+        session.inflight += 1
         return self._answer_later(session, message)
 
     async def _answer_later(self, session: Session, message: jsonrpc.Message) -> Answer:
-        if len(message.items) == 1:
-            reply = await self._answer(session, message.items[0])
-            return Answer(() if reply is None else (reply,), message.batch)
-        # Batch members run concurrently; the per-device queue keeps same-device members in
-        # arrival order because their tasks start in that order. session.auth is refused in a
-        # batch: one frame must not carry many guesses.
-        replies = await asyncio.gather(*(self._answer(session, item) if not _is_auth(item)
-                                         else self._refuse_batched_auth(item) for item in message.items))
-        return Answer(tuple(r for r in replies if r is not None), message.batch)
+        try:
+            if len(message.items) == 1:
+                reply = await self._answer(session, message.items[0])
+                return Answer(() if reply is None else (reply,), message.batch)
+            # Batch members run concurrently; the per-device queue keeps same-device members in
+            # arrival order because their tasks start in that order. session.auth is refused in a
+            # batch: one frame must not carry many guesses.
+            replies = await asyncio.gather(*(self._answer(session, item) if not _is_auth(item)
+                                             else self._refuse_batched_auth(item) for item in message.items))
+            return Answer(tuple(r for r in replies if r is not None), message.batch)
+        finally:
+            session.inflight -= 1
 
     async def _refuse_batched_auth(self, item: jsonrpc.Request | jsonrpc.Invalid) -> dict[str, Any] | None:
         assert isinstance(item, jsonrpc.Request)
@@ -174,6 +195,10 @@ class Dispatcher:
         try:
             handler, params = self._resolve(session, item.method, item.params)
             value = await handler(session, params)
+        except Dropped as dropped:  # its caller has gone: counted, never answered
+            self._count(item.method, "dropped")
+            self.metrics.rpc_dropped.labels(dropped.reason).inc()
+            return None
         except Exception as exc:
             return self._settle(item, started, error=exc)
         return self._settle(item, started, value=value)

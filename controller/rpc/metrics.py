@@ -18,12 +18,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from controller.wire.errors import DROP_REASONS
+
 prometheus_client.disable_created_metrics()  # no *_created series: noise for an embedded daemon
 
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Why a handshake or request was refused: fixed vocabularies, all exported from the start.
 WS_REFUSALS = ("origin", "unauthorized", "locked_out", "too_many_connections", "too_many_from_address",
-               "bad_request", "misdirected")
+               "bad_request", "misdirected", "handshake_timeout", "out_of_descriptors")
 HTTP_REFUSALS = ("unauthorized", "locked_out", "bad_request", "misdirected")
 # Confirmation times: five buckets per doubling (each bound 1.149x the last) from 3.9 ms to 64 s.
 # histogram_quantile interpolates linearly inside a bucket, so its answer is off by at most half a
@@ -61,6 +63,10 @@ class Metrics:
         r = self.registry
         self.rpc_requests = Counter("pictl_rpc_requests", "JSON-RPC requests by method and outcome",
                                     ["method", "outcome"], registry=r)
+        self.rpc_dropped = Counter("pictl_rpc_dropped", "Requests dropped before they started: their caller "
+                                   "had gone, or a newer command replaced them", ["reason"], registry=r)
+        for reason in DROP_REASONS:
+            self.rpc_dropped.labels(reason)
         self.rpc_duration = Histogram("pictl_rpc_duration_seconds", "Time to answer a JSON-RPC request",
                                       ["method"], buckets=RPC_BUCKETS, registry=r)
         self.action_confirm = Histogram("pictl_action_confirm_seconds",

@@ -25,11 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.wire.errors import Busy, InvalidParams, Unavailable
+from controller.wire.errors import Busy, Dropped, InvalidParams, Unavailable
 
 MAX_KEY_LENGTH = 128
 MAX_ENTRIES = 10_000
-NOT_ACTUATED = (Busy, Unavailable)  # outcomes that prove nothing was commanded
+NOT_ACTUATED = (Busy, Unavailable, Dropped)  # outcomes that prove nothing was commanded
 
 
 @dataclass

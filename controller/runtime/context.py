@@ -59,13 +59,20 @@ class Context:
         register_node_methods(self.dispatcher, self.devices, self.events, self.started)
 
     def add_device(self, device: Device) -> None:
-        """Offer *device* (replacing one of the same name) and publish what it emits."""
-        self.remove_device(device.name)
+        """Offer *device* (replacing one of the same name) and publish what it emits.
+
+        A replacement (a reload rebuilt the device) publishes its state at once, with cause
+        ``reload``, to every front door: the rebuilt device starts from what its points read (its
+        outputs at their safe level), which panels, MQTT and WAMP subscribers must not miss.
+        """
+        replaced = self.remove_device(device.name) is not None
         self.devices[device.name] = device
         self._owned[device.name] = [
             register_device(self.dispatcher, device, metrics=self.metrics, audit=self.audit, once=self.once),
             device.listen(self._device_event),
         ]
+        if replaced:
+            self._device_event(device, "state", {**device.state(), "cause": "reload"})
 
     def remove_device(self, name: str) -> Device | None:
         """Withdraw a device, its methods and its metric series; calls already running finish."""

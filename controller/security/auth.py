@@ -22,15 +22,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
 from controller.security.policy import LockoutConfig, Role, Token
 from controller.security.secrets import SecretDigest, SecretHash, fingerprint
+from controller.wire.throttle import ThrottledLog
 
 log = logging.getLogger(__name__)
 VERIFIED_CACHE = 256  # secrets remembered after a successful check
-TRACKED_ADDRESSES = 4096  # addresses with recent failures remembered
+TRACKED_ADDRESSES = 4096  # addresses with recent failures, not locked out: the least recent is forgotten first
+LOCKED_ADDRESSES = 4096  # addresses locked out: never forgotten for a newcomer before their lockout ends
 
 
 @dataclass
@@ -76,8 +78,15 @@ class Session:
     # connection -> session -> connection cycle); None for a front door that publishes every event
     # on its own topics (MQTT, WAMP).
     events_to: Callable[[], object | None] | None = None
-    # The connection has closed: requests of it that have not started are dropped.
+    # The connection has ended: requests of it that have not started are dropped (see :attr:`gone`).
     closed: bool = False
+    # The front door's own test that its link still stands (a WebSocket still OPEN, not closing): a
+    # peer that sent FIN or RST, or that the daemon is closing, is gone before the door's loop sees it.
+    link_open: Callable[[], bool] | None = None
+    # Device -> this session's actions waiting or running on it (capped per device by the dispatcher's
+    # action handler); shared by the per-call copies of :meth:`for_call`.
+    queued: dict[str, int] = field(default_factory=dict)
+    inflight: int = 0  # this session's messages being answered (capped by the dispatcher)
 
     @classmethod
     def for_service(cls, who: str, role: Role, *, peer: str, address: str) -> Session:
@@ -88,6 +97,18 @@ class Session:
         if role.rate is not None:
             session.bucket = RateBucket(role.rate, role.burst or 1)
         return session
+
+    def for_call(self) -> Session:
+        """A copy for one call of a front door whose calls end on their own (a WAMP caller that leaves
+        cancels only its call): same token, role, rate bucket and per-device count, its own ``closed``."""
+        return replace(self, closed=False, link_open=None, inflight=0)
+
+    @property
+    def gone(self) -> bool:
+        """The caller has gone (or is going): work of it that has not started must not start."""
+        if not self.closed and self.link_open is not None and not self.link_open():
+            self.closed = True
+        return self.closed
 
     @property
     def authenticated(self) -> bool:
@@ -141,11 +162,16 @@ class Authenticator:
         self._by_digest: dict[bytes, Token] = {}  # fast digest -> token
         self._slow: tuple[Token, ...] = ()  # tokens in the legacy PBKDF2 format
         self._verified: OrderedDict[bytes, Token] = OrderedDict()  # digest -> legacy token that verified
-        self._failures: OrderedDict[str, _Failures] = OrderedDict()  # address -> recent failures
+        self._failures: OrderedDict[str, _Failures] = OrderedDict()  # address -> recent failures (least recent first)
+        self._locked: dict[str, _Failures] = {}  # address -> its record while locked out (the first to end first)
         self.lockouts = 0  # addresses locked out so far (metrics)
         self.slow_checks = 0  # PBKDF2 runs so far (legacy tokens only)
         self._decisions: dict[tuple[str, str], bool] = {}  # (role, method) -> allowed; methods come from config
         self._hasher: ThreadPoolExecutor | None = None  # one thread: legacy checks never take more than a core
+        # Failed logins and lockouts: a peer makes as many as it likes, the journal gets a line per 10 s.
+        self.failures_log = ThrottledLog(log, "failed authentication from {peer} ({reason}): {detail}",
+                                         "{count} more failed authentication(s) ({reason}) in the last "
+                                         "{window:.0f} s; latest from {latest}")
         self.update(tokens, roles)
 
     def update(self, tokens: tuple[Token, ...], roles: dict[str, Role]) -> None:
@@ -188,14 +214,20 @@ class Authenticator:
         return found
 
     def close(self) -> None:
+        self.failures_log.close()
         if self._hasher is not None:
             self._hasher.shutdown(wait=False, cancel_futures=True)
             self._hasher = None
 
     # -- failures per address -------------------------------------------------------------------
+    # A flood of single failures from new addresses must not release a locked one (the old table of
+    # 4,096 addresses did: 4,100 newcomers evicted it and reset its count). Locked addresses live in
+    # a table of their own that newcomers cannot evict; the table of recent failures forgets its
+    # least recent entry. Should even the locked table fill up, a newcomer's lock is kept among the
+    # recent failures: the limit costs newcomers, never the locked.
     def locked_for(self, address: str) -> float:
         """Seconds this address remains locked out (0 when it is not)."""
-        entry = self._failures.get(address)
+        entry = self._locked.get(address) or self._failures.get(address)
         if entry is None:
             return 0.0
         return max(0.0, entry.locked_until - time.monotonic())
@@ -207,7 +239,8 @@ class Authenticator:
         if locked:
             return locked
         now = time.monotonic()
-        entry = self._failures.pop(address, None) or _Failures()
+        # A lock that has ended comes back among the recent failures (most recent last).
+        entry = self._locked.pop(address, None) or self._failures.pop(address, None) or _Failures()
         if now - entry.last > self.lockout.lockout_s and not entry.pending:
             entry.count = 0  # quiet for a lockout period: start over
         self._failures[address] = entry  # most recent last
@@ -220,7 +253,7 @@ class Authenticator:
         return 0.0
 
     def _release_slot(self, address: str) -> _Failures:
-        entry = self._failures.get(address)
+        entry = self._locked.get(address) or self._failures.get(address)
         if entry is None:  # forgotten meanwhile (TRACKED_ADDRESSES): start a fresh record
             entry = self._failures[address] = _Failures()
         entry.pending = max(0, entry.pending - 1)
@@ -235,11 +268,27 @@ class Authenticator:
         if entry.count >= self.lockout.lockout_after:
             entry.locked_until = now + self.lockout.lockout_s
             self.lockouts += 1
-            log.warning("locking out %s for %.0f s after %d failed authentications", address,
-                        self.lockout.lockout_s, entry.count)
+            self._lock(address, entry, now)
+            self.failures_log.note("locked_out", address, f"locked out for {self.lockout.lockout_s:.0f} s after "
+                                   f"{entry.count} failed authentications")
             return 0.0
         over = entry.count - self.lockout.slowdown_after
         return 0.0 if over < 0 else min(5.0, 0.25 * 2**over)
+
+    def _lock(self, address: str, entry: _Failures, now: float) -> None:
+        """Move a locked-out address to the table newcomers cannot evict (the most recent lock last)."""
+        self._locked.pop(address, None)
+        while self._locked:  # lockouts end in the order they began: drop those that ended
+            first, oldest = next(iter(self._locked.items()))
+            if oldest.locked_until > now or oldest.pending:
+                break
+            del self._locked[first]
+        if len(self._locked) >= LOCKED_ADDRESSES:
+            self.failures_log.note("lock_table_full", address, f"{LOCKED_ADDRESSES} addresses are locked out "
+                                   "already: this lock is kept among the recent failures, where newcomers can evict it")
+            return
+        self._failures.pop(address, None)
+        self._locked[address] = entry
 
     def _record_success(self, address: str) -> None:
         entry = self._release_slot(address)
@@ -270,7 +319,7 @@ class Authenticator:
         verdict = await self.attempt(session.address, secret)
         if verdict.token is None:
             if not verdict.locked_s:
-                log.warning("failed authentication from %s", session.peer)
+                self.failures_log.note("bad_token", session.peer, "no token has that secret")
             return verdict
         token = verdict.token
         session.token = token

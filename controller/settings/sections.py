@@ -23,6 +23,7 @@ class ServerConfig:
     max_batch: int  # JSON-RPC batch members accepted in one frame
     tls: tuple[str, str] | None = None  # (certificate, key) files: serve wss://
     auth_timeout: float = 10.0  # an unauthenticated connection is closed after this long
+    handshake_timeout: float = 10.0  # a connection whose HTTP request or upgrade is not done by then is dropped
     max_connections: int = 200  # WebSocket connections in total
     max_connections_per_address: int = 20  # from one client address
     request_key_window: float = 300.0  # seconds a request_key is remembered (at-most-once)
@@ -85,6 +86,7 @@ def read_server(t: Table, doc: Document) -> ServerConfig | None:
         "max_frame_bytes": t.integer("max_frame_bytes", default=65536, low=1024, high=16 * 1024 * 1024),
         "max_batch": t.integer("max_batch", default=50, low=1, high=1000),
         "auth_timeout": t.number("auth_timeout", default=10.0, high=3600.0),
+        "handshake_timeout": t.number("handshake_timeout", default=10.0, high=300.0),
         "max_connections": t.integer("max_connections", default=200, low=1, high=100000),
         "max_connections_per_address": t.integer("max_connections_per_address", default=20, low=1, high=100000),
         "request_key_window": t.number("request_key_window", default=300.0, high=86400.0),

@@ -76,6 +76,22 @@ class RateLimited(RpcError):
     code = p.RATE_LIMITED
 
 
+class Dropped(Exception):
+    """A request dropped before it started because its caller has gone (a closed connection, a
+    broker link that dropped, a WAMP caller that left) or a newer command replaced it. Never an error
+    on the wire: nobody is left to answer. The dispatcher counts it (``pictl_rpc_dropped_total``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # a fixed word (a metric label): "disconnected", "superseded"
+
+
+DISCONNECTED = "disconnected"  # why a request is dropped: its caller has gone
+SUPERSEDED = "superseded"  # a newer command for the same device replaced it while it waited
+OVERFLOW = "overflow"  # a front door's backlog of received messages was full: the oldest went (MQTT)
+DROP_REASONS = (DISCONNECTED, SUPERSEDED, OVERFLOW)
+
+
 NAME_LIMIT = 128  # a client's method name echoed in an error: at most this many characters
 PARAM_NAME_LIMIT = 40  # a client's parameter name likewise
 NAMES_LISTED = 8  # unknown parameter names echoed at most

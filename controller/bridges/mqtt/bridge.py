@@ -21,6 +21,11 @@ command payload asks for (:meth:`Device.mqtt_command`).
 - Home Assistant discovery (see :mod:`controller.bridges.mqtt.discovery`) is
   published on every connect and when Home Assistant says it is back online.
 
+What arrives is bounded: the Maximum Packet Size announced in CONNECT keeps oversized messages on
+the broker; received messages and commands wait in :mod:`controller.bridges.mqtt.intake` (the
+oldest message goes first; one command per device runs, the latest waits); rpc requests are capped
+in flight by the dispatcher; commands of a connection that dropped are dropped with it.
+
 aiomqtt 2.x does not reconnect by itself: :meth:`MqttBridge._run` does, with a
 capped backoff, and republishes availability, discovery and state each time.
 The node's last will marks it offline when the link dies without a goodbye.
@@ -51,24 +56,43 @@ from prometheus_client import Gauge
 
 from controller import __version__
 from controller.bridges.mqtt.discovery import OFFLINE, ONLINE, Topics, command_leaves, discovery, outcome
+from controller.bridges.mqtt.intake import Backlog, Commands
 from controller.devices.outward import MAX_COMMAND_BYTES, BadCommand, MqttMessage
 from controller.rpc.dispatch import Answer, request, settled
 from controller.runtime.context import Context
 from controller.security.auth import Session
 from controller.wire import jsonrpc
-from controller.wire.errors import InvalidRequest
+from controller.wire.errors import DISCONNECTED, OVERFLOW, SUPERSEDED, InvalidRequest
 from controller.wire.owned import OwnedTasks
+from controller.wire.protocol import ERROR_NAMES
+from controller.wire.throttle import ThrottledFilter, ThrottledLog
 from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
+CLIENT_LOG = logging.getLogger(__name__ + ".client")  # aiomqtt's and paho's lines: their warnings throttled
+LINK_LINES = ("MQTT: {peer}: {detail}", "MQTT: {count} more time(s) ({reason}) in the last {window:.0f} s; "
+              "latest {latest}")
+# aiomqtt's warnings a flood causes, by message template -> the reason they are counted under
+CLIENT_WARNINGS = {"There are %d pending publish calls.": "pending_publishes",
+                   "Message queue is full. Discarding message.": "queue_full"}
 
 BACKOFF_START = 0.1  # first reconnect delay, seconds; doubles up to the config's backoff_max
+# Announced to the broker as our Maximum Packet Size (MQTT 5): the largest request we take, plus room
+# for its topic and properties (response topic, correlation data). A compliant broker (Mosquitto 2)
+# drops anything larger instead of sending it: it never reaches this process's memory.
+PACKET_HEADROOM = 4096
+BACKLOG = 1000  # messages read from the broker and not yet routed; past it the oldest is dropped
 PENDING_WARNING = 500  # aiomqtt warns past this many unacknowledged publishes (an announce sends ~30)
 GOODBYE_TIMEOUT = 2.0  # at shutdown: how long the final "offline" may take to reach the broker
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle + delayed ACK cost ~40 ms per hop (LIBRARIES.md)
 # retainAsPublished: a command published with the retain flag keeps it even live, so it is
 # recognised and ignored whether the broker replays it now or later.
-COMMAND_OPTIONS = SubscribeOptions(qos=1, retainAsPublished=True)
+RPC_OPTIONS = SubscribeOptions(qos=1, retainAsPublished=True)
+# Commands at QoS 0: on a clean session QoS 1 adds no delivery guarantee over TCP, but it puts the
+# broker's per-client window in the way (Mosquitto: 20 in flight, then 1,000 queued, then it drops
+# the *newest*): a flood faster than the Pi reads would lose the user's last command at the broker.
+# At QoS 0 everything reaches the bridge, whose own backlog drops the oldest (Backlog).
+COMMAND_OPTIONS = SubscribeOptions(qos=0, retainAsPublished=True)
 
 
 def _short(payload: bytes, limit: int = 40) -> str:
@@ -86,8 +110,10 @@ class MqttBridge:
         self.config = config = ctx.config.mqtt
         self.dispatcher = ctx.dispatcher
         self.topics = Topics(config.topic_prefix, config.node)
-        # A bigger rpc request is refused, as the WebSocket refuses a frame.
+        # A bigger rpc request is refused, as the WebSocket refuses a frame (and never sent to us at all
+        # by a broker that honours the Maximum Packet Size we announce).
         self.max_payload = ctx.config.server.max_frame_bytes
+        self.max_packet = self.max_payload + PACKET_HEADROOM
         self.session = self._new_session()
         self.connected = Gauge("pictl_mqtt_connected", "1 while the MQTT bridge is connected to its broker",
                                registry=ctx.metrics.registry)
@@ -102,9 +128,28 @@ class MqttBridge:
         self._retained: dict[str, str | bytes] = {}  # device topic -> what it holds on the broker (this connection)
         self._audited: dict[str, int] = {}  # device -> actions audited so far (whoever called)
         self._subscribed: set[str] = set()  # command leaves subscribed on this connection
+        # Commands on .../set, per device: at most one of ours running (or waiting for the device) and
+        # the latest one behind it. A burst coalesces to its last word, never reorders, costs no task.
+        self._waiting = Commands(self._act, self._commands,
+                                 ctx.metrics.rpc_dropped.labels(SUPERSEDED).inc)  # one running, the latest waiting
         self._untap: Callable[[], None] | None = None
         self._unaudit: Callable[[], None] | None = None
         self._closing = False
+        # What a peer on the broker can make us log at will: one line per reason per 10 s, with the count.
+        self.ignored = ThrottledLog(log, "MQTT: ignored {detail} on {peer} ({reason})",
+                                    "MQTT: ignored {count} more message(s) ({reason}) in the last {window:.0f} s; "
+                                    "latest on {latest}")
+        self.failed = ThrottledLog(log, "MQTT: a command on {peer} failed ({reason}): {detail}",
+                                   "MQTT: {count} more command(s) failed ({reason}) in the last {window:.0f} s; "
+                                   "latest on {latest}")
+        self.link_log = ThrottledLog(log, *LINK_LINES)  # a broker that accepts and drops us ten times a second
+        self.link_info = ThrottledLog(log, *LINK_LINES, level=logging.INFO)
+        self.client_log = ThrottledLog(log, "MQTT client ({reason}): {detail}",
+                                       "MQTT client: {count} more warning(s) ({reason}) in the last {window:.0f} s; "
+                                       "latest {latest}")
+        self._client_filter = ThrottledFilter(self.client_log, CLIENT_WARNINGS, "aiomqtt")
+        overflow = ctx.metrics.rpc_dropped.labels(OVERFLOW)
+        self._backlog = type("Backlog", (Backlog,), {"dropped": staticmethod(overflow.inc)})
 
     def _new_session(self) -> Session:
         return Session.for_service(f"mqtt:{self.config.node}", self.ctx.auth.roles[self.config.role],
@@ -114,6 +159,7 @@ class MqttBridge:
     async def start(self) -> None:
         """Start connecting (in the background: a broker that is down does not stop the daemon)."""
         self._untap = self.ctx.events.tap(self._on_event)
+        CLIENT_LOG.addFilter(self._client_filter)
         self._unaudit = self.ctx.audit.recorded.add(self._on_audited)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt-bridge")
 
@@ -138,6 +184,9 @@ class MqttBridge:
                 await self._runner
         self._tasks.cancel()
         self.connected.set(0)
+        for throttled in (self.ignored, self.failed, self.link_log, self.link_info, self.client_log):
+            throttled.close()
+        CLIENT_LOG.removeFilter(self._client_filter)
 
     def config_applied(self) -> None:
         """After a reload: the role may have changed, devices come and go (a removed one is
@@ -165,10 +214,18 @@ class MqttBridge:
             timeout=10.0,
             tls_context=tls,
             socket_options=[NODELAY],
-            logger=log,
+            logger=CLIENT_LOG,
+            properties=self._connect_properties(),
+            max_queued_incoming_messages=BACKLOG,
+            queue_type=self._backlog,
         )
         client.pending_calls_threshold = PENDING_WARNING
         return client
+
+    def _connect_properties(self) -> Properties:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.MaximumPacketSize = self.max_packet
+        return properties
 
     async def _run(self) -> None:
         """Connect, serve, and on any loss reconnect after a delay doubling up to backoff_max."""
@@ -179,28 +236,31 @@ class MqttBridge:
             try:
                 async with client:
                     self._client = client
+                    self.session = self._new_session()  # this connection's: closed when it drops
                     self.connected.set(1)
                     self.connects += 1
-                    log.info("MQTT: connected to %s as node %s", where, self.config.node)
+                    self.link_info.note("connected", where, f"connected as node {self.config.node}")
                     backoff.reset()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 if self._client is not None:
-                    log.warning("MQTT: lost the broker at %s (%s); reconnecting", where, exc)
+                    self.link_log.note("lost", where, f"lost the broker ({exc}); reconnecting")
                 else:
-                    log.warning("MQTT: cannot reach the broker at %s (%s); retrying in %.1f s", where, exc,
-                                backoff.upcoming)
+                    self.link_log.note("unreachable", where, f"cannot reach the broker ({exc}); retrying in "
+                                       f"{backoff.upcoming:.1f} s")
             except Exception:  # a bug must not end the bridge for good: log it and connect again
                 log.exception("MQTT: the link to %s failed; reconnecting", where)
             finally:
                 self._client = None
+                self.session.closed = True  # its commands not started yet are dropped: nobody hears their outcome
+                self.ctx.metrics.rpc_dropped.labels(DISCONNECTED).inc(self._waiting.drop_waiting())
                 self.ready.clear()
                 self.connected.set(0)
             await asyncio.sleep(backoff.next())
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._subscribed.clear()  # a new connection (clean start): nothing is subscribed yet
-        await client.subscribe(self.topics.rpc, options=COMMAND_OPTIONS)
+        await client.subscribe(self.topics.rpc, options=RPC_OPTIONS)
         if self.config.discovery_prefix:
             await client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
         self._announce()
@@ -312,7 +372,7 @@ class MqttBridge:
             self._request(message, payload)
         elif self.config.discovery_prefix and topic == f"{self.config.discovery_prefix}/status":
             if payload.strip() == b"online":
-                log.info("MQTT: Home Assistant is online: announcing the devices again")
+                self.link_info.note("announced", topic, "Home Assistant is online: announcing the devices again")
                 self._announce()
         else:
             found = self.topics.command(topic)
@@ -322,15 +382,15 @@ class MqttBridge:
     def _command(self, name: str, leaf: str, payload: bytes, retained: bool) -> None:
         where = self.topics.device(_short(name.encode(), 64), leaf)
         if retained:
-            log.warning("MQTT: ignored a retained command on %s (%s): a command the broker replays never runs; "
-                        "clear it with an empty retained message", where, _short(payload))
+            self.ignored.note("retained", where, f"a retained command {_short(payload)} (a command the broker "
+                              "replays never runs; clear it with an empty retained message)")
             return
         if self._closing:
-            log.warning("MQTT: ignored a command on %s: shutting down", where)
+            self.ignored.note("shutting_down", where, "a command while shutting down")
             return
         device = self.ctx.devices.get(name)
         if device is None:
-            log.warning("MQTT: ignored a command on %s: no such device", where)
+            self.ignored.note("unknown_device", where, "a command for no such device")
             return
         try:
             if len(payload) > MAX_COMMAND_BYTES:
@@ -341,19 +401,21 @@ class MqttBridge:
                 raise BadCommand("not ASCII text") from None
             action, params = device.mqtt_command(leaf, text)
         except BadCommand as exc:
-            log.warning("MQTT: ignored a malformed command on %s (%s): %s", where, _short(payload), exc)
+            self.ignored.note("malformed", where, f"a malformed command {_short(payload)} ({exc})")
             return
-        self._commands.spawn(self._act(name, action, params))
+        self._waiting.submit(name, (self.session, action, params), interrupts=bool(device.actions[action].interrupts))
 
-    async def _act(self, name: str, action: str, params: dict[str, Any]) -> None:
+    async def _act(self, name: str, session: Session, action: str, params: dict[str, Any]) -> None:
         """Run one command as a confirmed action; publish its outcome (state comes from the events)."""
         audited = self._audited.get(name, 0)
-        reply = (await settled(self.dispatcher.call(self.session, request(f"{name}.{action}", params)))).reply
-        if reply is None:  # pragma: no cover - a request with an id always gets a reply
+        reply = (await settled(self.dispatcher.call(session, request(f"{name}.{action}", params)))).reply
+        if reply is None:  # dropped unstarted: the connection it came on is gone
             return
         attributes, event = outcome(action, reply)
         if attributes["error"] is not None:
-            log.warning("MQTT: %s %s failed: %s", name, action, attributes["error"].get("message"))
+            error = attributes["error"]
+            self.failed.note(ERROR_NAMES.get(error.get("code"), "error"), self.topics.device(name, "set"),
+                             f"{action}: {error.get('message')}")
         if self._audited.get(name, 0) == audited:  # refused before it ran (role, rate): not audited
             self._publish_attributes(name, attributes)
         self._publish(self.topics.device(name, "event"), orjson.dumps(event), retain=False)
@@ -371,6 +433,8 @@ class MqttBridge:
         device = self.ctx.devices.get(name)
         if device is None or action not in device.actions:
             return  # sim.*, or a device this bridge does not serve
+        if result is None and error is None:
+            return  # dropped unstarted (its caller had gone): nothing happened, the last outcome stands
         self._audited[name] = self._audited.get(name, 0) + 1
         attributes, _ = outcome(action, {"error": error} if error is not None else {"result": result})
         self._publish_attributes(name, attributes)
@@ -378,14 +442,16 @@ class MqttBridge:
     def _request(self, message: aiomqtt.Message, payload: bytes) -> None:
         """A JSON-RPC request or batch on the rpc topic; answered on its response topic, if any."""
         if message.retain:
-            log.warning("MQTT: ignored a retained request on %s: a replayed request never runs", self.topics.rpc)
+            self.ignored.note("retained_request", self.topics.rpc, "a retained request (a replayed request never "
+                              "runs)")
             return
         properties = message.properties
         respond = getattr(properties, "ResponseTopic", None) or None
         correlation = getattr(properties, "CorrelationData", None)
         if respond is not None and not self._may_answer_on(respond):
-            log.warning("MQTT: refused an rpc request whose response topic is one of pictl's or Home Assistant's, "
-                        "or a wildcard")
+            self.ignored.note("reply_topic", self.topics.rpc, f"an rpc request whose response topic "
+                              f"{_short(respond.encode(), 64)} is under pictl's or Home Assistant's prefix, "
+                              "or a wildcard")
             return
         if len(payload) > self.max_payload:
             too_big = InvalidRequest(f"request too large: {len(payload)} > {self.max_payload} bytes")
@@ -398,11 +464,14 @@ class MqttBridge:
             self._tasks.spawn(self._answer(answer, respond, correlation, message.qos))
 
     def _may_answer_on(self, topic: str) -> bool:
-        """A reply never lands on our own topics (a command, a state) or on discovery topics."""
-        ours = [f"{self.topics.base}/"]
+        """A reply never lands under pictl's prefix (this node's topics, and any other node's: a reply on
+        ``pictl/pi02/door/set`` would be a command to another Pi), under the discovery prefix, on a
+        wildcard or on a broker's ``$`` topic."""
+        ours = [self.config.topic_prefix]
         if self.config.discovery_prefix:
-            ours.append(f"{self.config.discovery_prefix}/")
-        return not ("+" in topic or "#" in topic or any(topic.startswith(prefix) for prefix in ours))
+            ours.append(self.config.discovery_prefix)
+        return not ("+" in topic or "#" in topic or topic.startswith("$") or not topic
+                    or any(topic == prefix or topic.startswith(f"{prefix}/") for prefix in ours))
 
     async def _answer(self, answer: Awaitable[Answer], respond: str | None, correlation: bytes | None,
                       qos: int) -> None:

@@ -40,6 +40,7 @@ from controller.rpc.dispatch import Answer, request, settled  # noqa: E402
 from controller.runtime.context import Context  # noqa: E402
 from controller.security.auth import Session  # noqa: E402
 from controller.wire.protocol import ERROR_NAMES, INTERNAL_ERROR, INVALID_PARAMS  # noqa: E402
+from controller.wire.throttle import ThrottledLog  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class WampBridge:
         self.connected = Gauge("pictl_wamp_connected", "1 while joined to the WAMP router",
                                registry=ctx.metrics.registry)
         self.tasks: set[asyncio.Task[Answer]] = set()  # calls in progress, owned here
+        self._calls: set[Session] = set()  # the sessions of those calls: marked gone when the link drops
+        # Callers that leave mid-call, as often as they like: one line per reason per 10 s, with the count.
+        self.orphans = ThrottledLog(log, "{detail}", "WAMP: {count} more call(s) ({reason}) in the last "
+                                    "{window:.0f} s; latest {latest}", level=logging.INFO)
         self._sessions: OrderedDict[int | None, Session] = OrderedDict()  # per disclosed caller
         self._registrations: dict[str, Registration] = {}  # uri -> registration, this session's
         self._registering = asyncio.Lock()
@@ -132,6 +137,8 @@ class WampBridge:
                         self._endpoint(method), uri, options=RegisterOptions(details_arg=DETAILS_ARG))
 
     def _lost(self) -> None:
+        for session in self._calls:  # no caller can hear an answer any more: what waits is dropped
+            session.closed = True
         self.ready.clear()
         self.connected.set(0)
         self._registrations.clear()
@@ -158,30 +165,53 @@ class WampBridge:
             if args:
                 raise ApplicationError(error_uri("invalid_params"), "params go as keyword arguments",
                                        code=INVALID_PARAMS, data=None)
-            answer = self.dispatcher.call(self._session(details), request(method, kwargs))
+            session = self._session(details).for_call()
+            answer = self.dispatcher.call(session, request(method, kwargs))
             if not isinstance(answer, Answer):
-                return self._wait(method, answer, details)  # a coroutine: autobahn awaits it
+                return self._wait(method, answer, details, session)  # a coroutine: autobahn awaits it
             return _unwrap(answer.reply)  # ping, state, status: answered here, no task
 
         return endpoint
 
     async def call(self, method: str, params: dict[str, Any], details: CallDetails | None = None) -> Any:
         """Run *method* through the dispatcher in a task of our own: the caller may go away."""
-        return await self._wait(method, settled(self.dispatcher.call(self._session(details),
-                                                                     request(method, params))), details)
+        session = self._session(details).for_call()
+        return await self._wait(method, settled(self.dispatcher.call(session, request(method, params))), details,
+                                session)
 
-    async def _wait(self, method: str, answer: Awaitable[Answer], details: CallDetails | None) -> Any:
+    async def _wait(self, method: str, answer: Awaitable[Answer], details: CallDetails | None,
+                    session: Session) -> Any:
+        """Each call runs under its own copy of the caller's session: a caller that leaves (the router
+        cancels the invocation) or a link that drops marks it gone, so a call still waiting for its
+        device is dropped; one already running finishes, is audited and published."""
         task = asyncio.ensure_future(answer)
         self.tasks.add(task)
+        self._calls.add(session)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _: self._calls.discard(session))
         try:
             reply = (await asyncio.shield(task)).reply
         except asyncio.CancelledError:
-            log.info("WAMP caller of %s went away (%s); the call carries on", method,
-                     "?" if details is None else details.caller)
-            task.add_done_callback(lambda t: _log_orphan(method, t))
+            session.closed = True
+            caller = "?" if details is None else str(details.caller)
+            self.orphans.note("caller_left", caller,
+                              f"WAMP caller of {method} went away ({caller}); the call carries on if it has started")
+            task.add_done_callback(lambda t: self._log_orphan(method, caller, t))
             raise
         return _unwrap(reply)
+
+    def _log_orphan(self, method: str, caller: str, task: asyncio.Future[Answer]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            outcome = str(task.exception())
+        else:
+            reply = task.result().reply
+            if reply is None:
+                self.orphans.note("dropped", caller, f"{method} was dropped unstarted: its WAMP caller left")
+                return
+            outcome = "ok" if "result" in reply else reply["error"].get("message")
+        self.orphans.note("finished", caller, f"{method} finished after its WAMP caller left: {outcome}")
 
     # -- events -----------------------------------------------------------------------------------
     def _publish(self, event: dict[str, Any]) -> None:
@@ -203,6 +233,7 @@ class WampBridge:
 
     async def stop(self) -> None:
         self._untap()
+        self.orphans.close()
         await self.link.stop()
         self.connected.set(0)
 
@@ -215,9 +246,3 @@ def _unwrap(reply: dict[str, Any] | None) -> Any:
     return reply["result"]
 
 
-def _log_orphan(method: str, task: asyncio.Future[Answer]) -> None:
-    if task.cancelled():
-        return
-    reply = task.result().reply or {} if task.exception() is None else {"error": {"message": str(task.exception())}}
-    outcome = "ok" if "result" in reply else reply["error"].get("message")
-    log.info("%s finished after its WAMP caller left: %s", method, outcome)
