@@ -47,6 +47,7 @@ NEEDS_A_COMPILER = {("armhf", "wamp")}
 TOOL_SKIP = re.compile(r"playwright|chromium|mosquitto|crossbar|router|nginx|haproxy|prometheus|promtool|"
                        r"systemd-analyze|cannot install on \w+ without a compiler", re.I)  # the last: pi_check_plugin
 LIBRARY = {"mqtt": "aiomqtt", "wamp": "autobahn"}  # each extra's library: what installing it must make importable
+WORKERS = 4  # pytest-xdist workers for the tests not marked alone, as `make test` has them
 RERUN_AT_MOST = 5  # more failures than this in one run is not timing: no second chance
 TEST_TIMEOUT_S = 300  # pytest-timeout per test in the root (pyproject's 60 s, times the emulation's slowness)
 
@@ -341,34 +342,46 @@ def core_tests(place: Place, report: Report, args: list[str], figures: dict[str,
               f"--timeout={TEST_TIMEOUT_S if place.session else 60}"]
     absent = ",".join(f"{LIBRARY[extra]}={extra}" for arch, extra in sorted(NEEDS_A_COMPILER) if arch == place.arch)
     env = {"PYTHONPATH": f"{place.home}/pictl/scripts", "PICTL_PI_ABSENT": absent, "PICTL_PI_ARCH": place.arch}
-    code, log = place.attempt("tests", *pytest, "--durations=5", *args, timeout=60 * 60, cwd=f"{place.home}/pictl",
-                              echo=True, env=env)
-    summary = pytest_summary(log)
-    figures["tests"] = summary.get("seconds", 0.0)  # the first, whole run's time, even when it fails
-    skips = re.findall(r"^SKIPPED \[(\d+)\] \S+: (.*)$", log.read_text(errors="replace"), re.M)
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+::\S+)", log.read_text(errors="replace"), re.M)
-    collection = re.search(r"error(s)? during collection", log.read_text(errors="replace"))
-    if code != 0 and failed and len(failed) <= RERUN_AT_MOST and not collection:
+    # As `make test` runs them: the tests marked alone (loop latency, tight physics) first, on their
+    # own; then the rest on pytest-xdist workers, those of one xdist_group on one worker.
+    failed: list[str] = []
+    skips: list[tuple[str, str]] = []
+    passed = figures["tests"] = 0.0  # pytest's own time of both runs, even when one fails
+    logs = []
+    for name, how in (("tests-alone", ["-m", "alone"]),
+                      ("tests", ["-n", str(WORKERS), "--dist", "loadgroup", "-m", "not alone"])):
+        code, log = place.attempt(name, *pytest, *how, "--durations=5", *args, timeout=60 * 60,
+                                  cwd=f"{place.home}/pictl", echo=True, env=env)
+        text, summary = log.read_text(errors="replace"), pytest_summary(log)
+        figures["tests"] += summary.get("seconds", 0.0)
+        passed += summary.get("passed", 0.0)
+        skips += re.findall(r"^SKIPPED \[(\d+)\] \S+: (.*)$", text, re.M)
+        failed += re.findall(r"^(?:FAILED|ERROR) (\S+::\S+)", text, re.M)
+        logs.append(log)
+        if code not in (0, 1, 5) or re.search(r"errors? during collection", text) or (code == 1 and not failed):
+            raise StepFailed(f"{place.name}: pytest stopped (exit {code}; log {log}):\n" + "\n".join(
+                text.splitlines()[-15:]))
+    if failed:
+        if len(failed) > RERUN_AT_MOST:
+            raise StepFailed(f"{place.name}: {len(failed)} core tests failed: {' '.join(failed)} (logs {logs})")
         # Timing under an emulated CPU: each failure gets one more run, alone. A test that fails again
         # fails the check; one that passes is reported as flaky under emulation, never silently.
         print(f"    {len(failed)} failed; once more, alone: {' '.join(failed)}", flush=True)
         code, again = place.attempt("tests-again", *pytest, *failed, timeout=30 * 60, cwd=f"{place.home}/pictl",
                                     echo=True, env=env)
-        if code == 0:
-            report.findings.append(f"{place.name}: flaky under emulation (failed, then passed alone): "
-                                   f"{', '.join(failed)} (log {log})")
-            summary["passed"] = summary.get("passed", 0) + len(failed)
-        log = again
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise StepFailed(f"{place.name}: the core tests failed (log {log}):\n{tail}")
+        if code != 0:
+            tail = "\n".join(again.read_text(errors="replace").splitlines()[-15:])
+            raise StepFailed(f"{place.name}: core tests failed twice (log {again}):\n{tail}")
+        report.findings.append(f"{place.name}: flaky under emulation (failed, then passed alone): "
+                               f"{', '.join(failed)} (logs {', '.join(map(str, logs))})")
+        passed += len(failed)
     if unexplained := [reason for _, reason in skips if not TOOL_SKIP.search(reason)]:
         raise StepFailed(f"{place.name}: core tests skipped for another reason than a tool the root lacks: "
-                         f"{'; '.join(sorted(set(unexplained)))} (log {log})")
+                         f"{'; '.join(sorted(set(unexplained)))} (logs {logs})")
     tools = sum(int(n) for n, _ in skips)
     skipped = f" ({tools} skipped: for want of a tool missing here, as their reasons say)" if tools else ""
-    report.prove(f"{place.name}: {summary.get('passed', 0):.0f} core tests passed against the installed wheel "
-                 f"in {summary.get('seconds', 0):.0f} s{skipped}")
+    report.prove(f"{place.name}: {passed:.0f} core tests passed against the installed wheel in "
+                 f"{figures['tests']:.0f} s of pytest time{skipped}")
 
 
 def build_wheel(dest: Path) -> Path:
