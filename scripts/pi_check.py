@@ -338,8 +338,10 @@ def core_tests(place: Place, report: Report, args: list[str], figures: dict[str,
     if "site-packages" not in where:
         raise StepFailed(f"{place.name}: the tests would import pictl from {where}, not the installed wheel")
     # The per-test timeout is a net for hangs, not a measure: qemu-user runs 5-10x slower than this host.
+    # The fuzz tests draw CI's fixed examples (tests/conftest.py's profile "ci"), as CI's own run does:
+    # without CI in the environment, which would fail, not skip, the tests whose tools the root lacks.
     pytest = [place.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pi_check_plugin",
-              f"--timeout={TEST_TIMEOUT_S if place.session else 60}"]
+              "--hypothesis-profile=ci", f"--timeout={TEST_TIMEOUT_S if place.session else 60}"]
     absent = ",".join(f"{LIBRARY[extra]}={extra}" for arch, extra in sorted(NEEDS_A_COMPILER) if arch == place.arch)
     env = {"PYTHONPATH": f"{place.home}/pictl/scripts", "PICTL_PI_ABSENT": absent, "PICTL_PI_ARCH": place.arch}
     # As `make test` runs them: the tests marked alone (loop latency, tight physics) first, on their
