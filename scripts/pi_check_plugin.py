@@ -1,9 +1,10 @@
 """pytest plugin for the core tests in the emulated Pi OS root (scripts/pi_check.py loads it).
 
 On an architecture where an extra cannot install without a compiler (pi_check.py has just shown it
-cannot), a test, or a test file, that stops on ``ModuleNotFoundError`` for that extra's library is
-reported as skipped, with the reason, instead of failing or stopping the collection. Only those
-libraries, named in ``PICTL_PI_ABSENT`` ("autobahn=wamp,..."); every other error stays an error.
+cannot), a test, or a test file, that stops because that extra is missing (``ModuleNotFoundError``
+for its library, or pictl's own ``MissingExtra`` for it) is reported as skipped, with the reason,
+instead of failing or stopping the collection. Only those extras, named in ``PICTL_PI_ABSENT``
+("autobahn=wamp,..."); every other error stays an error.
 """
 
 from __future__ import annotations
@@ -19,10 +20,17 @@ ARCH = os.environ.get("PICTL_PI_ARCH", "this architecture")
 
 
 def _absent(exc: BaseException | None) -> str | None:
-    """Why *exc* is expected here, or None."""
-    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in ABSENT:
-        library = (exc.name or "").split(".")[0]
-        return f"needs {library} (pictl[{ABSENT[library]}]), which cannot install on {ARCH} without a compiler"
+    """Why *exc* is expected here, or None: it, or an exception it was raised from, is the absent
+    library's ModuleNotFoundError, or pictl's MissingExtra for its extra (a library the extra brings,
+    such as autobahn's txaio, was missing)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        library = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+        extra = ABSENT.get(library) or next((e for e in ABSENT.values() if type(exc).__name__ == "MissingExtra"
+                                             and f"needs the {e} extra" in str(exc)), None)
+        if extra is not None:
+            return f"needs pictl[{extra}], which cannot install on {ARCH} without a compiler"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 
 
@@ -40,7 +48,8 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
         text = str(report.longrepr)
         for library in ABSENT:
             if f"ModuleNotFoundError: No module named '{library}" in text:
-                _skipped(report, (str(collector.path), 1), str(_absent(ModuleNotFoundError(name=library))))
+                _skipped(report, (str(collector.path), 1), f"needs pictl[{ABSENT[library]}], which cannot install "
+                                                           f"on {ARCH} without a compiler")
                 report.result = []
 
 
