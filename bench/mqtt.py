@@ -110,7 +110,7 @@ async def measure(quick: bool) -> list[tuple[str, str, str, str]]:
         bare = await asyncio.create_subprocess_exec(sys.executable, __file__, "--echo", str(broker.port),
                                                     stdout=asyncio.subprocess.PIPE)
         try:
-            await wait_line(ours, "MQTT: connected")
+            await wait_line(ours, "connected as node")
             await wait_line(bare, "echo ready")
             async with client(broker.port) as c:
                 await c.subscribe("bench/replies", qos=1)
