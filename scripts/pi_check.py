@@ -17,7 +17,6 @@ debootstrap, qemu-user-static and binfmt-support.
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import os
 import re
@@ -33,11 +32,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pi_check_root import PATH, QEMU, RootError, Session, ensure_binfmt, ensure_root, host_mirror, run_logged
+from pi_check_root import (
+    HOME,
+    PATH,
+    QEMU,
+    RootError,
+    Session,
+    ensure_binfmt,
+    ensure_root,
+    host_mirror,
+    local_paths,
+    pip_config_files,
+    pip_environment,
+    run_logged,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IGNORE = Path(__file__).with_name("pi_check_ignore.txt")
-HOME = "/home/pi"
 NOT_COPIED = ("controller/", "drivers/")  # the tests import the installed wheel, not the source
 TOOLS_NOT_NEEDED = {"playwright"}  # the test extra's browser driver: only the panel tests use it
 # Extras that cannot install without a compiler on an architecture (README.md says so and what to do):
@@ -114,51 +125,6 @@ class Report:
             print(f"  ! {finding}")
         print(f"logs: {self.logs}")
         print(f"\npi-check {self.arch} FAILED: {failure}" if failure else f"\npi-check {self.arch} passed")
-
-
-def pip_config_files() -> list[tuple[Path, str]]:
-    """(host file, where the Pi user's pip finds it in the root): every pip configuration file."""
-    files: list[tuple[Path, str]] = []
-    for path in [Path("/etc/pip.conf"), *sorted(Path("/etc/xdg/pip").glob("*"))]:
-        if path.is_file():
-            files.append((path, str(path)))
-    for user in (Path.home() / ".config/pip", Path.home() / ".pip"):
-        for path in sorted(user.glob("*")):
-            if path.is_file():
-                files.append((path, f"{HOME}/{path.relative_to(Path.home())}"))
-    if (named := os.environ.get("PIP_CONFIG_FILE")) and Path(named).is_file():
-        files.append((Path(named), named))
-    return files
-
-
-def pip_environment() -> dict[str, str]:
-    """The host's PIP_* environment, its proxies and its CA settings, for the Pi user's pip.
-
-    Not CI: under CI the suite fails, rather than skips, a test whose tool is missing, and the root
-    has none of them (see TOOL_SKIP)."""
-    keep = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-            "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
-    return {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in keep}
-
-
-def local_paths(files: list[tuple[Path, str]], env: dict[str, str]) -> set[Path]:
-    """Host paths named by pip's settings (find-links, file:// indexes, constraints, certificates)."""
-    values = list(env.values())
-    for path, _ in files:
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read(path)
-        except configparser.Error:
-            continue
-        values += [v for section in parser.sections() for v in parser[section].values()]
-    found = set()
-    for word in " ".join(values).split():
-        path = Path(word.removeprefix("file://"))
-        if word.startswith("file://") and path.name == "simple":
-            path = path.parent  # a file index's pages link to files beside it (../../files/...)
-        if path.is_absolute() and path.exists():
-            found.add(path)
-    return found
 
 
 def bring_pip_settings(s: Session, report: Report) -> dict[str, str]:

@@ -4,11 +4,13 @@ A Debian bookworm root of the Pi's architecture (Pi OS bookworm is Debian 12 wit
 made with debootstrap and run through qemu-user-static registered with binfmt_misc. The root is
 built once per recipe into a cache outside the repository and never changed afterwards: each check
 runs in an overlay on top of it (its changes are thrown away) with /proc, /sys and /dev mounted,
-all unmounted on the way out whatever happened.
+all unmounted on the way out whatever happened. And the host's pip settings, found for the root:
+its configuration files, its PIP_* environment and the local paths they name.
 """
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import os
@@ -28,6 +30,7 @@ INCLUDE = ("python3", "python3-venv", "python3-pip", "ca-certificates")  # and n
 RECIPE_VERSION = 1  # bump when the way the root is made changes
 DEBIAN_SUITES = {"bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable"}
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOME = "/home/pi"  # the Pi user's home in the root
 
 
 class RootError(Exception):
@@ -245,3 +248,49 @@ class Session:
         chroot = ["chroot", f"--userspec={uid}:{gid}", f"--groups={gid}", str(self.root), "/usr/bin/env", "-i",
                   *(f"{k}={v}" for k, v in clean.items()), "/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv]
         return run_logged(chroot, log, timeout=timeout, echo=echo, env={"PATH": PATH})
+
+
+# -- the host's pip settings, for the Pi user's pip in the root ---------------------------------
+def pip_config_files() -> list[tuple[Path, str]]:
+    """(host file, where the Pi user's pip finds it in the root): every pip configuration file."""
+    files: list[tuple[Path, str]] = []
+    for path in [Path("/etc/pip.conf"), *sorted(Path("/etc/xdg/pip").glob("*"))]:
+        if path.is_file():
+            files.append((path, str(path)))
+    for user in (Path.home() / ".config/pip", Path.home() / ".pip"):
+        for path in sorted(user.glob("*")):
+            if path.is_file():
+                files.append((path, f"{HOME}/{path.relative_to(Path.home())}"))
+    if (named := os.environ.get("PIP_CONFIG_FILE")) and Path(named).is_file():
+        files.append((Path(named), named))
+    return files
+
+
+def pip_environment() -> dict[str, str]:
+    """The host's PIP_* environment, its proxies and its CA settings, for the Pi user's pip.
+
+    Not CI: under CI the suite fails, rather than skips, a test whose tool is missing, and the root
+    has none of them (see TOOL_SKIP)."""
+    keep = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+            "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+    return {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in keep}
+
+
+def local_paths(files: list[tuple[Path, str]], env: dict[str, str]) -> set[Path]:
+    """Host paths named by pip's settings (find-links, file:// indexes, constraints, certificates)."""
+    values = list(env.values())
+    for path, _ in files:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        values += [v for section in parser.sections() for v in parser[section].values()]
+    found = set()
+    for word in " ".join(values).split():
+        path = Path(word.removeprefix("file://"))
+        if word.startswith("file://") and path.name == "simple":
+            path = path.parent  # a file index's pages link to files beside it (../../files/...)
+        if path.is_absolute() and path.exists():
+            found.add(path)
+    return found
