@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo demo-building demo-fleet crossbar test lint check-config bench bench-quick soak soak-hour partition scale clean install uninstall
+.PHONY: demo demo-building demo-fleet crossbar test lint check-config bench bench-quick soak soak-hour partition scale clean install uninstall pi-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pictl needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -91,6 +91,14 @@ lint: $(STAMP)
 check-config: $(STAMP)
 	$(BIN)/pictl check-config config/demo.toml
 	$(BIN)/pictl check-config config/example-pi.toml
+
+# On Raspberry Pi OS by emulation (as root): a Debian bookworm root of ARCH (arm64 or armhf) made with
+# debootstrap, run through qemu-user-static, cached in /var/cache/pictl-pi-check; installs the wheel,
+# runs the quick start and the core tests there (scripts/pi_check.py). PI_CHECK_FLAGS=--compare: the
+# core tests on this host too, for the x86 figures.
+ARCH ?= arm64
+pi-check: $(STAMP)
+	$(BIN)/python scripts/pi_check.py --arch $(ARCH) $(PI_CHECK_FLAGS)
 
 install:
 	scripts/install.sh

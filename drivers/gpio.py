@@ -9,13 +9,16 @@ handed to the loop with ``call_soon_threadsafe``; nothing polls.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from gpiozero import Device, DigitalInputDevice, DigitalOutputDevice
-from gpiozero.exc import BadPinFactory, GPIOZeroError
+from gpiozero.exc import BadPinFactory, GPIOZeroError, NativePinFactoryFallback, PinFactoryFallback
 
 from drivers.base import InputPoint, OutputPoint, Point, SpecTable
 
@@ -103,33 +106,71 @@ def read_input(t: SpecTable, claims: PinClaims) -> GpioInputSpec | None:
 
 
 class GpioUnavailable(RuntimeError):
-    """No GPIO pin factory could be loaded (not a Pi, or its library is missing)."""
+    """No GPIO pin factory could be loaded (not a Pi, or its library is missing); one line saying why."""
+
+
+ADVICE = ("On a Raspberry Pi, install lgpio (sudo apt install python3-lgpio, or pip install lgpio in pictl's venv) "
+          "and check the pins with `pinout` or `gpiodetect`; without the hardware, run with --simulate.")
+_factories: dict[str, Any] = {}  # named factories made so far: one per process, as gpiozero keeps its default
+
+
+def no_gpio_here() -> str | None:
+    """Why this machine plainly has no GPIO, or None when it may have some."""
+    if any(Path("/dev").glob("gpiochip*")) or Path("/proc/device-tree").exists():
+        return None
+    return "this machine has no GPIO: no /dev/gpiochip*, no /proc/device-tree"
 
 
 def load_pin_factory(name: str = "auto") -> Any:
-    """Return a gpiozero pin factory, or raise :class:`GpioUnavailable`.
+    """Return the gpiozero pin factory, chosen as gpiozero documents, or raise :class:`GpioUnavailable`.
 
-    *name* is ``auto`` (gpiozero's own order: lgpio, rpigpio, pigpio, native)
-    or one of gpiozero's registered factory names.
+    *name* is the ``[gpio] factory`` setting: one of gpiozero's registered factories (``lgpio``,
+    ``rpigpio``, ``pigpio``, ``native``, ``mock``), or ``auto``: then ``GPIOZERO_PIN_FACTORY`` when
+    set, else gpiozero's own order (lgpio first: the only one that works on a Pi 5, then rpigpio,
+    pigpio, native). Calling it again returns the same factory.
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if name == "auto":
+                Device.ensure_pin_factory()
+                factory = Device.pin_factory
+            elif name in _factories:
+                factory = _factories[name]
+            else:
+                named = [ep for ep in entry_points(group="gpiozero_pin_factories") if ep.name == name]
+                if not named:
+                    raise GpioUnavailable(f"unknown gpiozero pin factory {name!r} (the [gpio] factory setting)")
+                factory = _factories[name] = named[0].load()()
+        except GpioUnavailable:
+            raise
+        except (BadPinFactory, ImportError, OSError, RuntimeError, GPIOZeroError) as exc:
+            # gpiozero says why each factory in its order failed as a warning; the first is lgpio's.
+            tried = [str(w.message).removeprefix("Falling back from ") for w in caught
+                     if issubclass(w.category, PinFactoryFallback)]
+            chosen = name if name != "auto" else f"GPIOZERO_PIN_FACTORY={os.environ.get('GPIOZERO_PIN_FACTORY')}"
+            detail = tried[0] if tried else f"{chosen}: {exc}"
+            why = no_gpio_here() or "no gpiozero pin factory could open it"
+            raise GpioUnavailable(f"{why} ({detail}). {ADVICE}") from exc
+    if any(issubclass(w.category, NativePinFactoryFallback) for w in caught):
+        log.warning("GPIO through gpiozero's experimental native factory (%s): install lgpio",
+                    "; ".join(str(w.message) for w in caught if issubclass(w.category, PinFactoryFallback)))
+    return factory
+
+
+def gpio_refusal(devices: Iterable[Any], name: str = "auto") -> str | None:
+    """Why *devices* (configs: ``.name``, ``.specs()``) cannot have their GPIO lines, in one line, or
+    None when the pin factory *name* loads (or none uses GPIO). Run before anything starts, so that a
+    machine without GPIO gets this line at once instead of a start and a stop."""
+    users = [d.name for d in devices if any(spec.bus_kind == "gpio" for spec in d.specs().values())]
+    if not users:
+        return None
     try:
-        if name == "auto":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # gpiozero warns on every fallback
-                Device.ensure_pin_factory()  # honours GPIOZERO_PIN_FACTORY
-                return Device.pin_factory
-        for ep in entry_points(group="gpiozero_pin_factories"):
-            if ep.name == name:
-                return ep.load()()
-        raise GpioUnavailable(f"unknown gpiozero pin factory {name!r}")
-    except GpioUnavailable:
-        raise
-    except (BadPinFactory, ImportError, OSError, RuntimeError, GPIOZeroError) as exc:
-        raise GpioUnavailable(
-            f"no GPIO pin factory available ({exc}); on a Raspberry Pi install lgpio "
-            "(apt install python3-lgpio, or pip install lgpio in the venv); "
-            "elsewhere run with --simulate"
-        ) from exc
+        load_pin_factory(name)
+    except GpioUnavailable as exc:
+        names = " and ".join([", ".join(users[:-1]), users[-1]] if len(users) > 1 else users)
+        return f"{names} use{'s' if len(users) == 1 else ''} GPIO, but {exc}"
+    return None
 
 
 class GpioOutput(OutputPoint):
@@ -244,9 +285,18 @@ class GpioBus:
     key = "gpio"  # what point specs name it by (their bus_key)
     owner: str | None = None  # shared by every device
 
-    def __init__(self, factory: Any) -> None:
-        self.factory = factory  # a gpiozero Factory (real, or MockFactory in the plant)
+    def __init__(self, factory: Any = None, *, factory_name: str = "auto") -> None:
+        self._factory = factory  # a gpiozero Factory (MockFactory in the plant), or None: loaded when needed
+        self.factory_name = factory_name  # the [gpio] factory setting, for load_pin_factory()
         self.points: list[GpioOutput | GpioInput] = []  # every open line, for stop()
+
+    @property
+    def factory(self) -> Any:
+        """The pin factory, loaded with the first line claimed: a config without GPIO devices
+        (Modbus and serial only) runs on a machine without GPIO."""
+        if self._factory is None:
+            self._factory = load_pin_factory(self.factory_name)
+        return self._factory
 
     def output(self, name: str, spec: GpioOutputSpec, *, safe: bool, keep: bool = False) -> GpioOutput:
         """An output driven to *safe* as it is claimed, or left as found when *keep*."""

@@ -205,7 +205,7 @@ def serve(args: argparse.Namespace) -> int:
     from controller.service.supervision import serve_until_signalled
     from controller.settings.mqtt import MqttUnusable
     from controller.settings.wamp import MissingExtra
-    from drivers.gpio import GpioUnavailable
+    from drivers.gpio import GpioUnavailable, gpio_refusal
 
     _log_to_stderr(args.log_level)
     # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
@@ -218,6 +218,9 @@ def serve(args: argparse.Namespace) -> int:
     if not 0.001 <= args.time_scale <= 100 or (args.time_scale != 1.0 and not args.simulate):
         print("pictl serve: --time-scale takes 0.001-100, and only with --simulate", file=sys.stderr)
         return EXIT_USAGE
+    if not args.simulate and (refusal := gpio_refusal(cfg.devices.values(), cfg.gpio_factory)):  # before starting
+        print(f"pictl serve: {refusal}", file=sys.stderr)
+        return 1
     daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port, time_scale=args.time_scale)
     try:
         asyncio.run(serve_until_signalled(daemon))

@@ -22,7 +22,7 @@ from controller.settings.load import Config
 from controller.settings.reader import ConfigError
 from controller.settings.wamp import MissingExtra
 from drivers.base import Bus
-from drivers.gpio import GpioBus, load_pin_factory
+from drivers.gpio import GpioBus
 from drivers.registry import LINK_DRIVERS
 from drivers.sim.plant import Plant
 
@@ -108,10 +108,9 @@ class Daemon:
         if self.simulate:
             # The plant's servers and terminals, and the config rewritten to reach them.
             self.plant, config = await start_plant(self.config, loop, time_scale=self.time_scale)
-            factory = self.plant.gpio_factory
+            self.gpio = GpioBus(self.plant.gpio_factory)
         else:
-            factory = load_pin_factory(self.config.gpio_factory)
-        self.gpio = GpioBus(factory)
+            self.gpio = GpioBus(factory_name=self.config.gpio_factory)  # loaded with the first GPIO line
         point_buses: dict[str, PointBus] = {self.gpio.key: self.gpio}
         for kind, driver in LINK_DRIVERS.items():
             for link in config.links(kind).values():
