@@ -29,13 +29,11 @@ from controller.client.errors import (
     is_action,
 )
 from controller.wire import protocol
-from controller.wire.owned import stop_task
 from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
-CLOSE_TIMEOUT = 5.0  # s for the link's task to stop when the client closes
 T = TypeVar("T")
 
 
@@ -123,7 +121,9 @@ class Client:
         self._fail_all(Closed("client closed"))
         runner, self._runner = self._runner, None
         if runner is not None:
-            await stop_task(runner, CLOSE_TIMEOUT)
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
         if self._ws is not None:
             await self._ws.close()
             self._ws = None
