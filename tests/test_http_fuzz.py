@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from tests.test_fuzz import Served, serve_in_thread
 from tests.test_security import SECRETS, security_config
 
 VALID = f"Bearer {SECRETS['viewer']}"
+# RFC 7235: the scheme is case-insensitive and one or more spaces follow it ("bearer  <secret>" is good)
+GOOD_CREDENTIALS = re.compile(f"(?i:bearer) +{re.escape(SECRETS['viewer'])} *")
 ROUTES = ["/ws", "/ws?x=1", "/", "/healthz", "/metrics", "/panel.js", "/nope", "//ws", "/ws/"]
 
 token_chars = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -91,7 +94,7 @@ def requests(draw: Any, port: int) -> tuple[str, list[tuple[str, str]], bool]:
             extra = draw(st.sampled_from(sorted(odd)))
             lines.append((odd_case(draw, extra), draw(odd[extra])))
     auth = [v for k, v in lines if k.lower() == "authorization"]
-    return path, lines, not auth or auth == [VALID]
+    return path, lines, not auth or (len(auth) == 1 and bool(GOOD_CREDENTIALS.fullmatch(auth[0])))
 
 
 def raw(port: int, path: str, lines: list[tuple[str, str]], source: str) -> tuple[int | None, bytes]:

@@ -9,6 +9,7 @@ import json
 import logging
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from controller.fleet.aggregator import Aggregator
 from controller.fleet.panel import FleetPanel
 from controller.service import configfile
 from controller.service.daemon import Daemon
+from controller.wire.owned import stop_task
 from drivers.base import Listeners
 from tests.conftest import ADMIN, Client, open_client
 
@@ -137,3 +139,25 @@ async def test_the_session_is_typed_connection_state_and_points_back_weakly() ->
         assert session.closed and conn.session is None
     finally:
         await daemon.stop()
+
+
+async def test_a_task_that_swallowed_its_cancellation_is_still_stopped() -> None:
+    """On Python 3.11, asyncio.wait_for returns its result and drops a cancellation that lands as
+    its future completes (aiomqtt awaits it for a SUBACK inside the MQTT bridge's connection task):
+    a bridge closed at that moment waited for that task for ever. stop_task ends it anyway."""
+    loop = asyncio.get_running_loop()
+    answered = loop.create_future()
+    served = asyncio.Event()
+
+    async def link() -> None:
+        await asyncio.wait_for(answered, 10)  # the broker's acknowledgement
+        served.set()
+        await asyncio.Event().wait()  # then serving messages, for ever
+
+    task = loop.create_task(link())
+    await asyncio.sleep(0)  # it awaits the acknowledgement
+    answered.set_result(None)
+    task.cancel()  # in the same turn as the acknowledgement
+    assert await stop_task(task, 2.0)
+    assert task.cancelled()
+    assert served.is_set() == (sys.version_info < (3, 12))  # the cancellation was swallowed there

@@ -13,6 +13,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+RECANCEL_EVERY = 0.1  # s between cancellations of a task that swallowed one (stop_task)
 
 
 class OwnedTasks:
@@ -47,3 +48,24 @@ class OwnedTasks:
         """Cancel every task still running (they end at their next await)."""
         for task in tuple(self._tasks):
             task.cancel()
+
+
+async def stop_task(task: asyncio.Task[Any], timeout: float) -> bool:
+    """Cancel *task* and wait up to *timeout* for it to end; False if it is still running then.
+
+    One ``cancel()`` is not always enough: on Python 3.11, ``asyncio.wait_for`` (which aiomqtt and
+    autobahn await inside) returns its result and drops a cancellation that arrives just as its
+    future completes, and the task runs on as if never cancelled. So it is cancelled again until it
+    ends. Its exception, if it ended with one, is taken here (its owner is stopping it anyway).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done():
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(RECANCEL_EVERY, left))
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" at collection
+    return True

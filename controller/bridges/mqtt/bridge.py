@@ -34,7 +34,6 @@ The node's last will marks it offline when the link dies without a goodbye.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
@@ -64,7 +63,7 @@ from controller.runtime.context import Context
 from controller.security.auth import Session
 from controller.wire import jsonrpc
 from controller.wire.errors import DISCONNECTED, OVERFLOW, SUPERSEDED, InvalidRequest
-from controller.wire.owned import OwnedTasks
+from controller.wire.owned import OwnedTasks, stop_task
 from controller.wire.protocol import ERROR_NAMES
 from controller.wire.throttle import ThrottledFilter, ThrottledLog
 from drivers.backoff import Backoff
@@ -181,10 +180,8 @@ class MqttBridge:
                 await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=GOODBYE_TIMEOUT)
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 log.info("MQTT: could not say offline before leaving (%s); the last will says it", exc)
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        if self._runner is not None and not await stop_task(self._runner, GOODBYE_TIMEOUT):
+            log.warning("MQTT: the bridge's connection task did not stop within %.0f s", GOODBYE_TIMEOUT)
         self._tasks.cancel()
         self.connected.set(0)
         for throttled in (self.ignored, self.failed, self.link_log, self.link_info, self.client_log):

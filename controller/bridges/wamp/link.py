@@ -22,6 +22,8 @@ from autobahn.asyncio.wamp import ApplicationSession  # noqa: E402
 from autobahn.asyncio.wamp import Session as WampSession  # noqa: E402
 from autobahn.wamp.exception import ApplicationError  # noqa: E402
 
+from controller.wire.owned import stop_task  # noqa: E402
+
 log = logging.getLogger(__name__)
 if logging.getLogger("autobahn").level == logging.NOTSET:
     # autobahn narrates every connection attempt at WARNING; the link's own lines say what matters.
@@ -146,9 +148,8 @@ class Link:
             # future it already dropped, and log the AttributeError).
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._runner), timeout)
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
+            if not await stop_task(self._runner, timeout):
+                log.warning("%s: the link's task did not stop within %.1f s", self.name, timeout)
         transport = getattr(self.session, "_transport", None)
         if transport is not None:  # the goodbye went unanswered: drop the connection
             transport.close()
