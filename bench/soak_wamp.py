@@ -316,6 +316,8 @@ class WampHook:
     def check_against(self, v: Violations, record: PlantRecord, audit: list[dict[str, Any]],
                       counts: dict[str, int]) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counts)
+        keyed = {e["params"]["request_key"]: e for e in audit  # the node's own entry of each call through the fleet
+                 if isinstance(e.get("params"), dict) and e["params"].get("request_key")}
         acted = {e["params"].get("request_key") for e in audit  # the node ran it (refusals are audited too)
                  if isinstance(e.get("params"), dict) and e.get("outcome") not in ("unavailable", "busy")}
         outcomes: dict[str, int] = {}
@@ -335,7 +337,9 @@ class WampHook:
                 code = call.reply["error"].get("code")
                 label = f"error {code}"
                 if code == -32002:
-                    record.check_safe(call, counts)
+                    # Judged as the node answered (its entry), not as the answer came back through the
+                    # router: the node's next queued action may move the output in between.
+                    record.check_safe(call, counts, keyed.get(call.key))
                 elif code == -32004 and call.key in acted:
                     v.add("unavailable yet acted", dataclasses.asdict(call))
                 elif code == -32603:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from typing import Any
+
+import pytest
 
 from controller.service import configfile as config
 from controller.service.daemon import Daemon
@@ -67,3 +71,33 @@ async def test_the_record_survives_a_reload_that_rebuilds_the_device(daemon: Dae
     assert plan.changed == ("light",)
     outputs = daemon.plant.history("light", since)["outputs"]
     assert [v for _, v in outputs] == [True, False]  # on by the action, off (safe) by the reload
+
+
+STALL_S = 0.05  # longer than the soak's 3 ms tolerance: a descheduled daemon on a loaded machine
+
+
+async def test_an_audit_entry_spans_its_action_even_when_the_daemon_stalls_while_recording_it(
+        daemon: Daemon, admin: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry's ``time`` minus its ``elapsed_ms`` is never after the moment its action began: the
+    trail reads its two clocks together, so a stall between the action's end and the entry (the
+    process descheduled, a garbage collection) widens the span instead of moving it later. The
+    soak and the partition benchmark judge every output change by these spans; an hour's soak
+    found a light switched 7 ms "before" the call that switched it."""
+    audit = daemon.ctx.audit
+    entries: list[dict[str, Any]] = []
+    write = audit.write
+
+    async def stalled(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        time.sleep(STALL_S)  # blocks the loop as a stall would, just as the entry is to be made
+        entries.append(await write(*args, **kwargs))
+        return entries[-1]
+
+    monkeypatch.setattr(audit, "write", stalled)
+    mono_to_wall = time.time() - time.monotonic()
+    since = time.monotonic()
+    await admin.call("light.on")
+    ((switched, value),) = (await history(admin, "light", since))["outputs"]
+    assert value is True
+    (entry,) = entries
+    began = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp() - entry["elapsed_ms"] / 1000
+    assert began <= switched + mono_to_wall + 0.0001  # elapsed_ms is rounded to 0.1 ms

@@ -108,3 +108,21 @@ def test_a_safe_write_kept_pending_must_come_back(checker: soak.Soak) -> None:
     checker.record.check_safe(call("fan.on", "k", 100.0, 101.0, error=error), checker.counts)
     assert checker.violations.total() == 0
     assert checker.counts["failures that said the output could not be made safe"] == 2
+
+
+def test_the_next_queued_action_moving_the_output_as_a_failure_is_answered_is_not_that_failure_s(
+        checker: soak.Soak) -> None:
+    """The hour soak "trim": fan.on failed (the unit silent; its safe write of off found the coil off
+    already, so the plant recorded nothing), and the fan.on queued behind it switched the coil on
+    0.5 ms before the failure's audit stamp: the device's queue is released before the daemon stamps
+    the entry. The output was safe as the failure ended; a failure that left it on is still flagged."""
+    error = {"code": -32002, "message": "x", "data": {"recovery": "output returned to off (safe state)"}}
+    checker.record.history["fan"]["outputs"] = [(99.0, False), (101.2835, True)]
+    audited(checker, "fan.on", "k", end_mono=101.284, elapsed_ms=1283.7)
+    entry = json.loads(checker.audit.read_text())
+    checker.record.check_safe(call("fan.on", "k", 100.0, 101.2845, error=error), checker.counts, entry)
+    assert checker.violations.total() == 0
+
+    checker.record.history["fan"]["outputs"] = [(99.0, False), (100.004, True)]  # this call's own write
+    checker.record.check_safe(call("fan.on", "k", 100.0, 101.2845, error=error), checker.counts, entry)
+    assert checker.violations.counts == {"unsafe failure": 1}

@@ -128,10 +128,9 @@ class FleetPanel:
                 result = as_fleet(node, await self.aggregator.call(node, called, params, 2 * timeout + CALL_SLACK_S))
             except errors.RpcError as err:
                 err.data = as_fleet(node, err.data)
-                await self.ctx.audit.write(session, method, params, err.name, (time.monotonic() - started) * 1000,
-                                           error=err.to_wire())
+                await self.ctx.audit.write(session, method, params, err.name, started, error=err.to_wire())
                 raise
-            await self.ctx.audit.write(session, method, params, "ok", (time.monotonic() - started) * 1000,
+            await self.ctx.audit.write(session, method, params, "ok", started,
                                        result=result if isinstance(result, dict) else None)
             return result
 

@@ -72,17 +72,16 @@ def _action_handler(device: Device, action: str, metrics: Metrics, audit: AuditT
                                                        lambda: device.run(action, action_params, timeout, wanted))
         except RpcError as err:
             metrics.action_failed(device.name, action, err.name)
-            await audit.write(session, method, params, err.name, (time.monotonic() - started) * 1000,
-                              error=err.to_wire())
+            await audit.write(session, method, params, err.name, started, error=err.to_wire())
             raise
         except Dropped:
-            audit.record(session, method, params, "dropped", (time.monotonic() - started) * 1000)
+            audit.record(session, method, params, "dropped", started)
             raise
         if replayed:
             outcome = {**outcome, "replayed": True}
         elif outcome.get("changed"):  # an actuation (a sensor read has no confirmation time)
             metrics.action_confirm.labels(device.name, action).observe(outcome["elapsed_ms"] / 1000)
-        await audit.write(session, method, params, "ok", (time.monotonic() - started) * 1000, result=outcome)
+        await audit.write(session, method, params, "ok", started, result=outcome)
         return outcome
 
     return run

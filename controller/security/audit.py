@@ -59,16 +59,18 @@ class AuditTrail:
             self._handler.setFormatter(logging.Formatter("%(message)s"))
             self._file_log.addHandler(self._handler)
 
-    def record(self, session: Session, method: str, params: Any, outcome: str, elapsed_ms: float,
+    def record(self, session: Session, method: str, params: Any, outcome: str, started: float,
                result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Log an entry and queue it for the file (without waiting for the write)."""
-        entry, _ = self._record(session, method, params, outcome, elapsed_ms, result, error)
+        """Log an entry for a call that began at *started* (``time.monotonic()``) and queue it for the
+        file (without waiting for the write)."""
+        entry, _ = self._record(session, method, params, outcome, started, result, error)
         return entry
 
-    async def write(self, session: Session, method: str, params: Any, outcome: str, elapsed_ms: float,
+    async def write(self, session: Session, method: str, params: Any, outcome: str, started: float,
                     result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Log an entry and wait (off the loop, up to WRITE_DEADLINE_S) until the file has it."""
-        entry, written = self._record(session, method, params, outcome, elapsed_ms, result, error)
+        """Log an entry for a call that began at *started* (``time.monotonic()``) and wait (off the
+        loop, up to WRITE_DEADLINE_S) until the file has it."""
+        entry, written = self._record(session, method, params, outcome, started, result, error)
         if written is not None:
             try:
                 await asyncio.wait_for(asyncio.wrap_future(written), WRITE_DEADLINE_S)
@@ -79,11 +81,17 @@ class AuditTrail:
                 log.error("audit file %s: cannot write: %s", self.path, exc.strerror or exc)
         return entry
 
-    def _record(self, session: Session, method: str, params: Any, outcome: str, elapsed_ms: float,
+    def _record(self, session: Session, method: str, params: Any, outcome: str, started: float,
                 result: dict[str, Any] | None,
                 error: dict[str, Any] | None) -> tuple[dict[str, Any], Future[None] | None]:
+        # The wall clock first, then the call's duration: "time" minus "elapsed_ms" is then never after
+        # the call began, however long the daemon stalls on its way here (descheduled on a loaded
+        # machine, a garbage collection). Measured by the caller, a stall between its clock and this
+        # one would move the call's span later than the action it records.
+        now = time.time()
+        elapsed_ms = (time.monotonic() - started) * 1000
         entry: dict[str, Any] = {
-            "time": iso(time.time()),
+            "time": iso(now),
             "token": session.token.name if session.token else None,
             "role": session.role.name if session.role else None,
             "peer": session.peer,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -101,7 +102,7 @@ def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[
             plant.inject(device, name)
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="fault", faults=plant.faults(device)) from None
-        audit.record(session, "sim.fault", params, "ok", 0.0)
+        audit.record(session, "sim.fault", params, "ok", time.monotonic())
         return {"device": device, "faults": plant.active_faults(device)}
 
     def clear(session: Session, params: dict[str, Any]) -> Any:
@@ -111,7 +112,7 @@ def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[
             plant.clear(device)
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="device") from None
-        audit.record(session, "sim.clear", params, "ok", 0.0)
+        audit.record(session, "sim.clear", params, "ok", time.monotonic())
         return {"device": device, "faults": plant.active_faults(device)}
 
     def timeline(session: Session, params: dict[str, Any]) -> Any:
@@ -144,7 +145,7 @@ def register_sim_methods(dispatcher: Dispatcher, plant: Plant, devices: Mapping[
             plant.set_input(device, active, bounces)
         except UnknownFault as exc:
             raise InvalidParams(str(exc), param="device") from None
-        audit.record(session, "sim.input", params, "ok", 0.0)
+        audit.record(session, "sim.input", params, "ok", time.monotonic())
         return {"device": device, "active": active}
 
     return [dispatcher.register(f"sim.{name}", handler, instant=True, admin_only=True)
