@@ -168,6 +168,7 @@ class Session:
 
     def __enter__(self) -> Session:
         try:
+            self.unmount_leftovers()  # a run killed before its cleanup (SIGKILL) left its mounts
             if self.work.exists():
                 shutil.rmtree(self.work)
             for name in ("upper", "work", "merged"):
@@ -202,6 +203,14 @@ class Session:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
         self._mount(target, "--bind", "-o", "ro", str(path))
+
+    def unmount_leftovers(self) -> None:
+        """Unmount what an earlier run left mounted under this run's directory, deepest first."""
+        with open("/proc/self/mounts") as mounts:
+            targets = [line.split()[1].replace("\\040", " ") for line in mounts]
+        inside = [t for t in targets if Path(t) == self.work or self.work in Path(t).parents]
+        for target in sorted(set(inside), key=len, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
 
     def close(self) -> None:
         """Stop whatever still runs in the root, unmount everything, drop the overlay's layers."""
