@@ -19,6 +19,7 @@ from typing import Any
 
 from controller.service.daemon import Daemon
 from controller.service.sdnotify import Notifier, watchdog_interval
+from controller.wire.owned import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class StatusLine:
             self.notifier.status(line)
 
 
+RELOAD_STOP_S = 5.0  # at shutdown: how long a reload under way may take to stop (it is cancelled)
 STOP_MARGIN_S = 15.0  # beyond the drain deadline: closing buses, writing safe levels
 
 
@@ -188,9 +190,9 @@ async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None
         supervision.stopping()
         for sig in signals:  # a second signal must not kill us half-way to safe outputs
             loop.add_signal_handler(sig, log.info, "already shutting down; signal %s ignored", sig.name)
-        reloader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloader
+        # Outputs go safe in daemon.stop(): it runs even when a reload under way will not end in time.
+        if not await stop_task(reloader, RELOAD_STOP_S):
+            log.warning("a reload under way did not stop within %.0f s; stopping anyway", RELOAD_STOP_S)
         try:
             await daemon.stop()
         finally:
