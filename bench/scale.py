@@ -14,7 +14,14 @@ Three curves, each against ``pictl serve --simulate`` as a child process:
   share one interpreter) to ``*``, while GPIO switches are toggled at rising rates; per rate the
   events delivered per subscriber per second, the daemon's CPU, and system.ping p50/p90/p99 on a
   probe connection, until the pings slow (p90 over 10 ms: p99 alone is at the mercy of a shared
-  machine's scheduler) or the subscribers get less than 80% of what was published.
+  machine's scheduler) or the subscribers get less than 80% of what was published. Before the
+  curve, at the largest subscriber count, ``system.ping`` idle and at 100 events/s in alternating
+  blocks (idle, loaded, loaded, idle, ...: the machine's drift falls on both), under each way of
+  keeping the bench's own load (the subscribers' process, the toggles' driver: stand-ins for
+  panels and clients on other machines) off the daemon and the probe (``--isolate``): none, the
+  load pinned to a core the daemon and the probe do not use, nice 19 on the load, or the load
+  under SCHED_IDLE. Each block records how long the daemon's and the probe's threads waited for a
+  core (schedstat) and the daemon's garbage collections of 1 ms or more.
 
 For each curve a least-squares slope (the cost per added unit) is printed, and with --charts
 (the default on full runs) drawn into docs/scale-*.png with matplotlib (the ``bench`` extra).
@@ -32,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,9 +99,10 @@ def write(text: str) -> Path:
     return Path(name)
 
 
-async def started(text: str, launcher: list[str] | None = None) -> tuple[Daemon, Path]:
+async def started(text: str, launcher: list[str] | None = None,
+                  on_line: Callable[[str], None] | None = None) -> tuple[Daemon, Path]:
     path = write(text)
-    daemon = Daemon(path, launcher=launcher)
+    daemon = Daemon(path, on_line, launcher=launcher)
     await daemon.start()
     return daemon, path
 
@@ -344,30 +353,61 @@ class Curve:
     idle: list[float] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
+    collections: list[tuple[float, int, float]] = field(default_factory=list)  # (when, generation, ms)
+
+    def served(self) -> list[int]:
+        """The daemon and the probe: what the measurement is about."""
+        assert self.daemon.proc is not None and self.probe is not None
+        return [self.daemon.proc.pid, self.probe.proc.pid]
+
+    def load(self) -> list[int]:
+        """The subscribers' process: panels on other machines in a real building."""
+        assert self.subs is not None
+        return [self.subs.proc.pid]
+
+
+@dataclass
+class Paired:
+    """The p99 check: idle against *rate* events/s at *at* subscribers, in alternating blocks,
+    under each isolation mode; the curve after it runs under *curve_mode*."""
+
+    at: int
+    modes: list[str]
+    curve_mode: str
+    rate: int = 100
+    blocks: int = 3  # per condition
+    block_s: float = 5.0
 
 
 async def events(subscriber_counts: list[int], rates: list[int], seconds: float, switches: int,
-                 codes: dict[str, list[str] | None]) -> dict[str, Any]:
-    """For each code (this tree's, and a baseline's), a daemon with *n* subscribers; the rates are
-    measured on each in turn, side by side, each curve until its replies slow or its subscribers
-    fall behind."""
+                 codes: dict[str, list[str] | None], paired: Paired) -> dict[str, Any]:
+    """For each code (this tree's, and a baseline's), a daemon with *n* subscribers; at
+    ``paired.at`` subscribers first the p99 check (:func:`p99_check`); then the rates are measured
+    on each in turn, side by side, each curve until its replies slow or its subscribers fall
+    behind."""
     out: dict[str, Any] = {code: {} for code in codes}
+    checked: dict[str, Any] = {}
     for n in subscriber_counts:
         curves: dict[str, Curve] = {}
         try:
             for code, launcher in codes.items():
-                curve = curves[code] = Curve(*await started(outputs_config(switches), launcher))
+                collections: list[tuple[float, int, float]] = []
+                curve = curves[code] = Curve(*await started(outputs_config(switches), gc_logged(launcher),
+                                                            collected(collections)), collections=collections)
                 curve.subs = await asyncio.to_thread(Subscribers, curve.daemon.url, n)
                 curve.probe = await asyncio.to_thread(Probe, curve.daemon.url)
                 curve.idle = await asyncio.to_thread(curve.probe.run, min(5.0, 2 * seconds))  # subscribers, no events
                 curve.driver = await connect(curve.daemon.url, additional_headers=ADMIN, compression=None)
+            if n == paired.at:
+                checked[str(n)] = await p99_check(curves, paired, switches)
+            isolate(paired.curve_mode, curves)
             for rate in rates:
                 for code, curve in curves.items():
                     if curve.done:
                         continue
                     assert curve.subs is not None and curve.driver is not None and curve.probe is not None
-                    row = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, rate, seconds,
-                                            switches)
+                    row, _ = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, rate, seconds,
+                                               switches)
                     curve.rows.append(row)
                     print(f"  events to {n}, {code}: {row}", file=sys.stderr, flush=True)
                     slow = row["ping_ms_p90"] > SLOW_P90_MS
@@ -376,6 +416,7 @@ async def events(subscriber_counts: list[int], rates: list[int], seconds: float,
                         row["limit"] = "pings slowed" if slow else "subscribers fell behind" if short else "cut off"
                         curve.done = True
         finally:
+            isolate("none", {code: c for code, c in curves.items() if c.probe is not None and c.subs is not None})
             for curve in curves.values():
                 if curve.driver is not None:
                     await curve.driver.close()
@@ -386,7 +427,7 @@ async def events(subscriber_counts: list[int], rates: list[int], seconds: float,
                 await stopped(curve.daemon, curve.path)
         for code, curve in curves.items():
             out[code][str(n)] = summary(curve, n)
-    return out
+    return {"curves": out, "p99_check": checked}
 
 
 def summary(curve: Curve, n: int) -> dict[str, Any]:
@@ -454,7 +495,7 @@ class Probe:
 
 
 async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscribers, probe: Probe, rate: int,
-                      seconds: float, switches: int) -> dict[str, Any]:
+                      seconds: float, switches: int) -> tuple[dict[str, Any], list[float]]:
     """Toggle the switches round-robin at *rate* toggles per second (each toggle is one state
     event) for *seconds*, pinging on the probe's connection meanwhile."""
     before = await asyncio.to_thread(subs.count)
@@ -495,13 +536,145 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
     return {"target_per_s": rate, "published_per_s": round(published, 1),
             "delivered_per_sub_per_s": round((after["events"] - before["events"]) / subs.n / elapsed, 1),
             "daemon_cpu_pct": round(cpu, 1), "ping_ms_p50_p99": p50_p99(pings),
-            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"]}
+            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"]}, pings
 
 
 async def seq(url: str) -> int:
     async with connect(url, additional_headers=ADMIN, compression=None, max_size=None) as ws:
         await ws.send(STATUS)
         return int(json.loads(await ws.recv())["result"]["seq"])
+
+
+# -- the p99 check: idle against loaded, with the bench's own load kept off the daemon -------------
+
+ISOLATION = ("none", "affinity", "nice", "idle")
+CPUS = sorted(os.sched_getaffinity(0))
+BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+LOAD_NICE = 19  # the weakest nice
+# The daemon's garbage collections, timed in the daemon by a gc callback and written to its stderr
+# (os.write: no Python-level buffer a collection could interrupt) when they take 1 ms or more.
+GC_HOOK = """import gc, os, time
+_gc_t0 = [0.0]
+def _gc_timed(phase, info):
+    if phase == "start":
+        _gc_t0[0] = time.perf_counter()
+    elif (ms := (time.perf_counter() - _gc_t0[0]) * 1000) >= 1:
+        os.write(2, f"bench-gc {info['generation']} {ms:.3f}\\n".encode())
+gc.callbacks.append(_gc_timed)
+"""
+
+
+def gc_logged(launcher: list[str] | None) -> list[str]:
+    """*launcher* (None: this tree's pictl) with :data:`GC_HOOK` run first."""
+    python, flag, code = launcher or [sys.executable, "-c", "import sys; from controller.service.cli import main; "
+                                      "sys.exit(main())"]
+    assert flag == "-c", launcher
+    return [python, "-c", GC_HOOK + code]
+
+
+def collected(into: list[tuple[float, int, float]]) -> Callable[[str], None]:
+    def on_line(line: str) -> None:
+        if line.startswith("bench-gc "):
+            _, generation, ms = line.split()
+            into.append((time.monotonic(), int(generation), float(ms)))
+    return on_line
+
+
+def place(pid: int, cpus: list[int], nice: int = BASE_NICE, policy: int = os.SCHED_OTHER) -> None:
+    """Every thread of *pid* on *cpus*, at *nice*, under *policy* (all three are per thread in Linux)."""
+    for tid in (int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
+def isolate(mode: str, curves: dict[str, Curve]) -> None:
+    """Keep the bench's own load (every curve's subscribers, and this process: the toggles' driver)
+    off the daemons and the probes, by *mode*:
+
+    - "affinity": the load pinned to the second half of the cores, the daemons and probes to the first;
+    - "nice": the load at nice 19 (a weight of 15 against the daemon's 1,024);
+    - "idle": the load under SCHED_IDLE: it runs on what nothing else wants, and a waking task of
+      any other policy preempts it at once (the scheduler's rule for idle tasks; a nice 19 task
+      has a small share, but a waking task still waits for the fair scheduler to preempt it);
+    - "none": as started.
+
+    Going back to "none" from "nice" or "idle" needs root (or CAP_SYS_NICE)."""
+    split = mode == "affinity" and len(CPUS) > 1
+    half = len(CPUS) // 2
+    for curve in curves.values():
+        for pid in curve.served():
+            place(pid, CPUS[:half] if split else CPUS)
+        for pid in [*curve.load(), os.getpid()]:
+            place(pid, CPUS[half:] if split else CPUS, LOAD_NICE if mode == "nice" else BASE_NICE,
+                  os.SCHED_IDLE if mode == "idle" else os.SCHED_OTHER)
+
+
+def waited_s(pid: int) -> float:
+    """How long *pid*'s main thread has waited, runnable, for a core (schedstat's second field)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+async def p99_check(curves: dict[str, Curve], paired: Paired, switches: int) -> dict[str, Any]:
+    """Each isolation mode in turn, and under it each code in turn: blocks idle and at
+    ``paired.rate`` events/s alternating (idle first, then loaded first, ...), pooled per condition."""
+    out: dict[str, Any] = {code: {} for code in curves}
+    for mode in paired.modes:
+        isolate(mode, curves)
+        for code, curve in curves.items():
+            out[code][mode] = result = await paired_blocks(curve, paired, switches)
+            print(f"  p99 check, {code}, isolation {mode}: {result}", file=sys.stderr, flush=True)
+    return out
+
+
+async def paired_blocks(curve: Curve, paired: Paired, switches: int) -> dict[str, Any]:
+    assert curve.subs is not None and curve.driver is not None and curve.probe is not None
+    daemon_pid, probe_pid = curve.served()
+    pings: dict[str, list[float]] = {"idle": [], "loaded": []}
+    blocks: dict[str, list[float]] = {"idle": [], "loaded": []}  # each block's p99
+    waits: dict[str, list[float]] = {k: [0.0, 0.0, 0.0] for k in pings}  # daemon, probe, seconds
+    gcs: dict[str, list[float]] = {"idle": [], "loaded": []}  # collections of 1 ms or more, ms
+    rows = []
+    for i in range(paired.blocks):
+        for condition in ("idle", "loaded") if i % 2 == 0 else ("loaded", "idle"):
+            d0, p0, t0 = waited_s(daemon_pid), waited_s(probe_pid), time.monotonic()
+            if condition == "idle":
+                got = await asyncio.to_thread(curve.probe.run, paired.block_s)
+            else:
+                row, got = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, paired.rate,
+                                             paired.block_s, switches)
+                rows.append(row)
+            t1 = time.monotonic()
+            w = waits[condition]
+            w[0] += waited_s(daemon_pid) - d0
+            w[1] += waited_s(probe_pid) - p0
+            w[2] += t1 - t0
+            pings[condition] += got
+            blocks[condition].append(round(pct(got, 0.99), 2))
+            gcs[condition] += [ms for when, _, ms in curve.collections if t0 <= when < t1]
+    idle_p99, loaded_p99 = pct(pings["idle"], 0.99), pct(pings["loaded"], 0.99)
+    return {
+        "pings": {k: len(v) for k, v in pings.items()},
+        "idle_ms_p50_p99": p50_p99(pings["idle"]),
+        "loaded_ms_p50_p99": p50_p99(pings["loaded"]),
+        "loaded_ms_p90": round(pct(pings["loaded"], 0.9), 3),
+        "p99_delta_ms": round(loaded_p99 - idle_p99, 3),
+        "p99_ratio": round(loaded_p99 / idle_p99, 2),
+        "block_p99s_ms": blocks,
+        # ms per second that the daemon's and the probe's main threads waited, runnable, for a core
+        "daemon_waited_ms_per_s": {k: round(v[0] / v[2] * 1000, 2) for k, v in waits.items()},
+        "probe_waited_ms_per_s": {k: round(v[1] / v[2] * 1000, 2) for k, v in waits.items()},
+        "gc_1ms_or_more": {k: [len(v), max(v, default=0.0)] for k, v in gcs.items()},
+        "published_per_s": round(statistics.mean(r["published_per_s"] for r in rows), 1),
+        "delivered_per_sub_per_s": round(statistics.mean(r["delivered_per_sub_per_s"] for r in rows), 1),
+        "daemon_cpu_pct": round(statistics.mean(r["daemon_cpu_pct"] for r in rows), 1),
+        "subscribers_cut_off": rows[-1]["subscribers_cut_off"],
+        "load_average": os.getloadavg()[0],
+    }
 
 
 # -- charts ---------------------------------------------------------------------------------------
@@ -518,7 +691,7 @@ def charts(result: dict[str, Any], into: Path) -> list[Path]:
     if "devices" in result:
         made.append(devices_chart(plt, result["devices"]["rows"], into))
     if "events" in result:
-        made.append(events_chart(plt, result["events"], into))
+        made.append(events_chart(plt, result["events"]["curves"], into))
     return made
 
 
@@ -592,6 +765,11 @@ async def main() -> None:
                     f"tree's (default {BASELINE}: the fan-out before it wrote in turns); '' for none")
     ap.add_argument("--subscribers", type=int, nargs="+", help="the events curve's subscriber counts")
     ap.add_argument("--rates", type=int, nargs="+", help="the events curve's rates (events/s)")
+    ap.add_argument("--isolate", choices=ISOLATION, nargs="+", default=None,
+                    help="the p99 check's ways of keeping the bench's load off the daemon, each measured in turn "
+                    "(default: all four); the curve runs under the last one given")
+    ap.add_argument("--blocks", type=int, default=None, help="the p99 check's blocks per condition (default 3)")
+    ap.add_argument("--block-seconds", type=float, default=None, help="each block's length (default 5 s)")
     args = ap.parse_args()
     q = args.quick
     raise_fd_limit()
@@ -611,7 +789,13 @@ async def main() -> None:
             codes: dict[str, list[str] | None] = {"now": None}
             if tree is not None:
                 codes[f"before ({args.baseline})"] = tree_launcher(tree)
-            result["events"] = await events(*sizes, 12, codes)
+            modes = args.isolate or list(ISOLATION if not q else ("none", "idle"))
+            if os.geteuid() != 0 and (renice := [m for m in modes if m in ("nice", "idle")]):
+                print(f"  not root: {renice} left out (could not be undone between modes)", file=sys.stderr)
+                modes = [m for m in modes if m not in renice] or ["none"]
+            paired = Paired(at=max(sizes[0]), modes=modes, curve_mode=modes[-1], blocks=args.blocks or (1 if q else 3),
+                            block_s=args.block_seconds or (0.5 if q else 5.0))
+            result["events"] = await events(*sizes, 12, codes, paired)
     result["load after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
     into = args.charts if args.charts is not None else (None if q else ROOT / "docs")
