@@ -638,7 +638,7 @@ async def paired_blocks(curve: Curve, paired: Paired, switches: int) -> dict[str
     pings: dict[str, list[float]] = {"idle": [], "loaded": []}
     blocks: dict[str, list[float]] = {"idle": [], "loaded": []}  # each block's p99
     waits: dict[str, list[float]] = {k: [0.0, 0.0, 0.0] for k in pings}  # daemon, probe, seconds
-    gcs: dict[str, list[float]] = {"idle": [], "loaded": []}  # collections of 1 ms or more, ms
+    gcs: dict[str, list[tuple[int, float]]] = {"idle": [], "loaded": []}  # collections of 1 ms or more
     rows = []
     for i in range(paired.blocks):
         for condition in ("idle", "loaded") if i % 2 == 0 else ("loaded", "idle"):
@@ -656,7 +656,7 @@ async def paired_blocks(curve: Curve, paired: Paired, switches: int) -> dict[str
             w[2] += t1 - t0
             pings[condition] += got
             blocks[condition].append(round(pct(got, 0.99), 2))
-            gcs[condition] += [ms for when, _, ms in curve.collections if t0 <= when < t1]
+            gcs[condition] += [(generation, ms) for when, generation, ms in curve.collections if t0 <= when < t1]
     idle_p99, loaded_p99 = pct(pings["idle"], 0.99), pct(pings["loaded"], 0.99)
     return {
         "pings": {k: len(v) for k, v in pings.items()},
@@ -669,7 +669,9 @@ async def paired_blocks(curve: Curve, paired: Paired, switches: int) -> dict[str
         # ms per second that the daemon's and the probe's main threads waited, runnable, for a core
         "daemon_waited_ms_per_s": {k: round(v[0] / v[2] * 1000, 2) for k, v in waits.items()},
         "probe_waited_ms_per_s": {k: round(v[1] / v[2] * 1000, 2) for k, v in waits.items()},
-        "gc_1ms_or_more": {k: [len(v), max(v, default=0.0)] for k, v in gcs.items()},
+        # per generation: how many took 1 ms or more, the longest, and their sum (ms)
+        "gc_1ms_or_more": {k: {g: [len(ms), round(max(ms), 1), round(sum(ms), 1)]
+                               for g in range(3) if (ms := [m for gen, m in v if gen == g])} for k, v in gcs.items()},
         "published_per_s": round(statistics.mean(r["published_per_s"] for r in rows), 1),
         "delivered_per_sub_per_s": round(statistics.mean(r["delivered_per_sub_per_s"] for r in rows), 1),
         "daemon_cpu_pct": round(statistics.mean(r["daemon_cpu_pct"] for r in rows), 1),
