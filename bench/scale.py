@@ -537,7 +537,7 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
     return {"target_per_s": rate, "published_per_s": round(published, 1),
             "delivered_per_sub_per_s": round((after["events"] - before["events"]) / subs.n / elapsed, 1),
             "daemon_cpu_pct": round(cpu, 1), "ping_ms_p50_p99": p50_p99(pings),
-            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"]}, pings
+            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"] - before["closed"]}, pings
 
 
 async def seq(url: str) -> int:
@@ -675,7 +675,7 @@ async def paired_blocks(curve: Curve, paired: Paired, switches: int) -> dict[str
         "published_per_s": round(statistics.mean(r["published_per_s"] for r in rows), 1),
         "delivered_per_sub_per_s": round(statistics.mean(r["delivered_per_sub_per_s"] for r in rows), 1),
         "daemon_cpu_pct": round(statistics.mean(r["daemon_cpu_pct"] for r in rows), 1),
-        "subscribers_cut_off": rows[-1]["subscribers_cut_off"],
+        "subscribers_cut_off": sum(r["subscribers_cut_off"] for r in rows),
         "load_average": os.getloadavg()[0],
     }
 
