@@ -17,11 +17,14 @@ Three curves, each against ``pictl serve --simulate`` as a child process:
   machine's scheduler) or the subscribers get less than 80% of what was published. Before the
   curve, at the largest subscriber count, ``system.ping`` idle and at 100 events/s in alternating
   blocks (idle, loaded, loaded, idle, ...: the machine's drift falls on both), under each way of
-  keeping the bench's own load (the subscribers' process, the toggles' driver: stand-ins for
-  panels and clients on other machines) off the daemon and the probe (``--isolate``): none, the
-  load pinned to a core the daemon and the probe do not use, nice 19 on the load, or the load
-  under SCHED_IDLE. Each block records how long the daemon's and the probe's threads waited for a
-  core (schedstat) and the daemon's garbage collections of 1 ms or more.
+  keeping the bench's own load (the subscribers' process: stand-ins for 1,000 panels on other
+  machines) off the daemon and the probe (``--isolate``): none, the subscribers pinned to a core
+  the daemon and the probe do not use, nice 19 on them, or them under SCHED_IDLE. The toggles'
+  driver (this process, 100 paced sends a second) keeps its place: starved, it sends its toggles
+  in bursts, and the daemon's replies wait behind a burst of actions that no client would send.
+  Each block records how long the daemon's and the probe's threads waited for a core
+  (schedstat), the daemon's garbage collections of 1 ms or more, and the largest burst of
+  toggles the driver had to send at once.
 
 For each curve a least-squares slope (the cost per added unit) is printed, and with --charts
 (the default on full runs) drawn into docs/scale-*.png with matplotlib (the ``bench`` extra).
@@ -506,7 +509,10 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
     stop = t0 + seconds
     pinging = asyncio.ensure_future(asyncio.to_thread(probe.run, seconds))
 
+    burst = 0  # the most toggles sent in one go: a driver kept from its clock catches up in bursts
+
     async def drive() -> None:
+        nonlocal burst
         sent = 0
         replies = 0
 
@@ -519,6 +525,7 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
         reader = asyncio.create_task(asyncio.sleep(0))
         while (now := time.monotonic()) < stop:
             due = int((now - t0) * rate)
+            burst = max(burst, due - sent)
             for _ in range(due - sent):
                 await driver.send(json.dumps({"jsonrpc": "2.0", "id": sent, "method": f"o{sent % switches}.toggle"}))
                 sent += 1
@@ -537,7 +544,8 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
     return {"target_per_s": rate, "published_per_s": round(published, 1),
             "delivered_per_sub_per_s": round((after["events"] - before["events"]) / subs.n / elapsed, 1),
             "daemon_cpu_pct": round(cpu, 1), "ping_ms_p50_p99": p50_p99(pings),
-            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"] - before["closed"]}, pings
+            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"] - before["closed"],
+            "largest_burst": burst}, pings
 
 
 async def seq(url: str) -> int:
@@ -593,8 +601,8 @@ def place(pid: int, cpus: list[int], nice: int = BASE_NICE, policy: int = os.SCH
 
 
 def isolate(mode: str, curves: dict[str, Curve]) -> None:
-    """Keep the bench's own load (every curve's subscribers, and this process: the toggles' driver)
-    off the daemons and the probes, by *mode*:
+    """Keep the bench's own load (every curve's subscribers) off the daemons and the probes, by
+    *mode* (the toggles' driver, this process, is left where it is: see the module's docstring):
 
     - "affinity": the load pinned to the second half of the cores, the daemons and probes to the first;
     - "nice": the load at nice 19 (a weight of 15 against the daemon's 1,024);
@@ -609,7 +617,7 @@ def isolate(mode: str, curves: dict[str, Curve]) -> None:
     for curve in curves.values():
         for pid in curve.served():
             place(pid, CPUS[:half] if split else CPUS)
-        for pid in [*curve.load(), os.getpid()]:
+        for pid in curve.load():
             place(pid, CPUS[half:] if split else CPUS, LOAD_NICE if mode == "nice" else BASE_NICE,
                   os.SCHED_IDLE if mode == "idle" else os.SCHED_OTHER)
 
@@ -676,6 +684,7 @@ async def paired_blocks(curve: Curve, paired: Paired, switches: int) -> dict[str
         "delivered_per_sub_per_s": round(statistics.mean(r["delivered_per_sub_per_s"] for r in rows), 1),
         "daemon_cpu_pct": round(statistics.mean(r["daemon_cpu_pct"] for r in rows), 1),
         "subscribers_cut_off": sum(r["subscribers_cut_off"] for r in rows),
+        "largest_burst": max(r["largest_burst"] for r in rows),
         "load_average": os.getloadavg()[0],
     }
 
