@@ -14,7 +14,17 @@ Three curves, each against ``pictl serve --simulate`` as a child process:
   share one interpreter) to ``*``, while GPIO switches are toggled at rising rates; per rate the
   events delivered per subscriber per second, the daemon's CPU, and system.ping p50/p90/p99 on a
   probe connection, until the pings slow (p90 over 10 ms: p99 alone is at the mercy of a shared
-  machine's scheduler) or the subscribers get less than 80% of what was published.
+  machine's scheduler) or the subscribers get less than 80% of what was published. Before the
+  curve, at the largest subscriber count, ``system.ping`` idle and at 100 events/s in alternating
+  blocks (idle, loaded, loaded, idle, ...: the machine's drift falls on both), under each way of
+  keeping the bench's own load (the subscribers' process: stand-ins for 1,000 panels on other
+  machines) off the daemon and the probe (``--isolate``): none, the subscribers pinned to a core
+  the daemon and the probe do not use, nice 19 on them, or them under SCHED_IDLE. The toggles'
+  driver (this process, 100 paced sends a second) keeps its place: starved, it sends its toggles
+  in bursts, and the daemon's replies wait behind a burst of actions that no client would send.
+  Each block records how long the daemon's and the probe's threads waited for a core
+  (schedstat), the daemon's garbage collections of 1 ms or more, and the largest burst of
+  toggles the driver had to send at once.
 
 For each curve a least-squares slope (the cost per added unit) is printed, and with --charts
 (the default on full runs) drawn into docs/scale-*.png with matplotlib (the ``bench`` extra).
@@ -32,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +54,7 @@ ADMIN = {"Authorization": "Bearer demo-admin"}
 PING = '{"jsonrpc":"2.0","id":1,"method":"system.ping"}'
 STATUS = '{"jsonrpc":"2.0","id":1,"method":"system.status"}'
 COILS_PER_UNIT = 25
+PAIRED_RATE = 100  # events/s: the p99 check's load (issue 24: within 2 ms of idle at 1,000 subscribers)
 SLOW_P90_MS = 10.0  # "replies slow": one ping in ten waits longer than this behind the fan-out
 GPIO_PAIRS = [(4 + 2 * i, 5 + 2 * i) for i in range(8)]  # relay, feedback: BCM 4-19
 GPIO_OUTPUTS = list(range(4, 28))  # output-only switches for the events curve
@@ -91,9 +103,10 @@ def write(text: str) -> Path:
     return Path(name)
 
 
-async def started(text: str, launcher: list[str] | None = None) -> tuple[Daemon, Path]:
+async def started(text: str, launcher: list[str] | None = None,
+                  on_line: Callable[[str], None] | None = None) -> tuple[Daemon, Path]:
     path = write(text)
-    daemon = Daemon(path, launcher=launcher)
+    daemon = Daemon(path, on_line, launcher=launcher)
     await daemon.start()
     return daemon, path
 
@@ -344,30 +357,61 @@ class Curve:
     idle: list[float] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
+    collections: list[tuple[float, int, float]] = field(default_factory=list)  # (when, generation, ms)
+
+    def served(self) -> list[int]:
+        """The daemon and the probe: what the measurement is about."""
+        assert self.daemon.proc is not None and self.probe is not None
+        return [self.daemon.proc.pid, self.probe.proc.pid]
+
+    def load(self) -> list[int]:
+        """The subscribers' process: panels on other machines in a real building."""
+        assert self.subs is not None
+        return [self.subs.proc.pid]
+
+
+@dataclass
+class Paired:
+    """The p99 check: idle against *rate* events/s at *at* subscribers, in alternating blocks,
+    under each isolation mode; the curve after it runs under *curve_mode*."""
+
+    at: int
+    modes: list[str]
+    curve_mode: str
+    rate: int = PAIRED_RATE
+    blocks: int = 3  # per condition
+    block_s: float = 5.0
 
 
 async def events(subscriber_counts: list[int], rates: list[int], seconds: float, switches: int,
-                 codes: dict[str, list[str] | None]) -> dict[str, Any]:
-    """For each code (this tree's, and a baseline's), a daemon with *n* subscribers; the rates are
-    measured on each in turn, side by side, each curve until its replies slow or its subscribers
-    fall behind."""
+                 codes: dict[str, list[str] | None], paired: Paired) -> dict[str, Any]:
+    """For each code (this tree's, and a baseline's), a daemon with *n* subscribers; at
+    ``paired.at`` subscribers first the p99 check (:func:`p99_check`); then the rates are measured
+    on each in turn, side by side, each curve until its replies slow or its subscribers fall
+    behind."""
     out: dict[str, Any] = {code: {} for code in codes}
+    checked: dict[str, Any] = {}
     for n in subscriber_counts:
         curves: dict[str, Curve] = {}
         try:
             for code, launcher in codes.items():
-                curve = curves[code] = Curve(*await started(outputs_config(switches), launcher))
+                collections: list[tuple[float, int, float]] = []
+                curve = curves[code] = Curve(*await started(outputs_config(switches), gc_logged(launcher),
+                                                            collected(collections)), collections=collections)
                 curve.subs = await asyncio.to_thread(Subscribers, curve.daemon.url, n)
                 curve.probe = await asyncio.to_thread(Probe, curve.daemon.url)
                 curve.idle = await asyncio.to_thread(curve.probe.run, min(5.0, 2 * seconds))  # subscribers, no events
                 curve.driver = await connect(curve.daemon.url, additional_headers=ADMIN, compression=None)
+            if n == paired.at:
+                checked[str(n)] = await p99_check(curves, paired, switches)
+            isolate(paired.curve_mode, curves)
             for rate in rates:
                 for code, curve in curves.items():
                     if curve.done:
                         continue
                     assert curve.subs is not None and curve.driver is not None and curve.probe is not None
-                    row = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, rate, seconds,
-                                            switches)
+                    row, _ = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, rate, seconds,
+                                               switches)
                     curve.rows.append(row)
                     print(f"  events to {n}, {code}: {row}", file=sys.stderr, flush=True)
                     slow = row["ping_ms_p90"] > SLOW_P90_MS
@@ -376,6 +420,7 @@ async def events(subscriber_counts: list[int], rates: list[int], seconds: float,
                         row["limit"] = "pings slowed" if slow else "subscribers fell behind" if short else "cut off"
                         curve.done = True
         finally:
+            isolate("none", {code: c for code, c in curves.items() if c.probe is not None and c.subs is not None})
             for curve in curves.values():
                 if curve.driver is not None:
                     await curve.driver.close()
@@ -386,7 +431,7 @@ async def events(subscriber_counts: list[int], rates: list[int], seconds: float,
                 await stopped(curve.daemon, curve.path)
         for code, curve in curves.items():
             out[code][str(n)] = summary(curve, n)
-    return out
+    return {"curves": out, "p99_check": checked}
 
 
 def summary(curve: Curve, n: int) -> dict[str, Any]:
@@ -454,7 +499,7 @@ class Probe:
 
 
 async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscribers, probe: Probe, rate: int,
-                      seconds: float, switches: int) -> dict[str, Any]:
+                      seconds: float, switches: int) -> tuple[dict[str, Any], list[float]]:
     """Toggle the switches round-robin at *rate* toggles per second (each toggle is one state
     event) for *seconds*, pinging on the probe's connection meanwhile."""
     before = await asyncio.to_thread(subs.count)
@@ -464,7 +509,10 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
     stop = t0 + seconds
     pinging = asyncio.ensure_future(asyncio.to_thread(probe.run, seconds))
 
+    burst = 0  # the most toggles sent in one go: a driver kept from its clock catches up in bursts
+
     async def drive() -> None:
+        nonlocal burst
         sent = 0
         replies = 0
 
@@ -477,6 +525,7 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
         reader = asyncio.create_task(asyncio.sleep(0))
         while (now := time.monotonic()) < stop:
             due = int((now - t0) * rate)
+            burst = max(burst, due - sent)
             for _ in range(due - sent):
                 await driver.send(json.dumps({"jsonrpc": "2.0", "id": sent, "method": f"o{sent % switches}.toggle"}))
                 sent += 1
@@ -495,13 +544,149 @@ async def event_round(daemon: Daemon, driver: ClientConnection, subs: Subscriber
     return {"target_per_s": rate, "published_per_s": round(published, 1),
             "delivered_per_sub_per_s": round((after["events"] - before["events"]) / subs.n / elapsed, 1),
             "daemon_cpu_pct": round(cpu, 1), "ping_ms_p50_p99": p50_p99(pings),
-            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"]}
+            "ping_ms_p90": round(pct(pings, 0.9), 3), "subscribers_cut_off": after["closed"] - before["closed"],
+            "largest_burst": burst}, pings
 
 
 async def seq(url: str) -> int:
     async with connect(url, additional_headers=ADMIN, compression=None, max_size=None) as ws:
         await ws.send(STATUS)
         return int(json.loads(await ws.recv())["result"]["seq"])
+
+
+# -- the p99 check: idle against loaded, with the bench's own load kept off the daemon -------------
+
+ISOLATION = ("none", "affinity", "nice", "idle")
+CPUS = sorted(os.sched_getaffinity(0))
+BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+LOAD_NICE = 19  # the weakest nice
+# The daemon's garbage collections, timed in the daemon by a gc callback and written to its stderr
+# (os.write: no Python-level buffer a collection could interrupt) when they take 1 ms or more.
+GC_HOOK = """import gc, os, time
+_gc_t0 = [0.0]
+def _gc_timed(phase, info):
+    if phase == "start":
+        _gc_t0[0] = time.perf_counter()
+    elif (ms := (time.perf_counter() - _gc_t0[0]) * 1000) >= 1:
+        os.write(2, f"bench-gc {info['generation']} {ms:.3f}\\n".encode())
+gc.callbacks.append(_gc_timed)
+"""
+
+
+def gc_logged(launcher: list[str] | None) -> list[str]:
+    """*launcher* (None: this tree's pictl) with :data:`GC_HOOK` run first."""
+    python, flag, code = launcher or [sys.executable, "-c", "import sys; from controller.service.cli import main; "
+                                      "sys.exit(main())"]
+    assert flag == "-c", launcher
+    return [python, "-c", GC_HOOK + code]
+
+
+def collected(into: list[tuple[float, int, float]]) -> Callable[[str], None]:
+    def on_line(line: str) -> None:
+        if line.startswith("bench-gc "):
+            _, generation, ms = line.split()
+            into.append((time.monotonic(), int(generation), float(ms)))
+    return on_line
+
+
+def place(pid: int, cpus: list[int], nice: int = BASE_NICE, policy: int = os.SCHED_OTHER) -> None:
+    """Every thread of *pid* on *cpus*, at *nice*, under *policy* (all three are per thread in Linux)."""
+    for tid in (int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
+def isolate(mode: str, curves: dict[str, Curve]) -> None:
+    """Keep the bench's own load (every curve's subscribers) off the daemons and the probes, by
+    *mode* (the toggles' driver, this process, is left where it is: see the module's docstring):
+
+    - "affinity": the load pinned to the second half of the cores, the daemons and probes to the first;
+    - "nice": the load at nice 19 (a weight of 15 against the daemon's 1,024);
+    - "idle": the load under SCHED_IDLE: it runs on what nothing else wants, and a waking task of
+      any other policy preempts it at once (the scheduler's rule for idle tasks; a nice 19 task
+      has a small share, but a waking task still waits for the fair scheduler to preempt it);
+    - "none": as started.
+
+    Going back to "none" from "nice" or "idle" needs root (or CAP_SYS_NICE)."""
+    split = mode == "affinity" and len(CPUS) > 1
+    half = len(CPUS) // 2
+    for curve in curves.values():
+        for pid in curve.served():
+            place(pid, CPUS[:half] if split else CPUS)
+        for pid in curve.load():
+            place(pid, CPUS[half:] if split else CPUS, LOAD_NICE if mode == "nice" else BASE_NICE,
+                  os.SCHED_IDLE if mode == "idle" else os.SCHED_OTHER)
+
+
+def waited_s(pid: int) -> float:
+    """How long *pid*'s main thread has waited, runnable, for a core (schedstat's second field)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+async def p99_check(curves: dict[str, Curve], paired: Paired, switches: int) -> dict[str, Any]:
+    """Each isolation mode in turn, and under it each code in turn: blocks idle and at
+    ``paired.rate`` events/s alternating (idle first, then loaded first, ...), pooled per condition."""
+    out: dict[str, Any] = {code: {} for code in curves}
+    for mode in paired.modes:
+        isolate(mode, curves)
+        for code, curve in curves.items():
+            out[code][mode] = result = await paired_blocks(curve, paired, switches)
+            print(f"  p99 check, {code}, isolation {mode}: {result}", file=sys.stderr, flush=True)
+    return out
+
+
+async def paired_blocks(curve: Curve, paired: Paired, switches: int) -> dict[str, Any]:
+    assert curve.subs is not None and curve.driver is not None and curve.probe is not None
+    daemon_pid, probe_pid = curve.served()
+    pings: dict[str, list[float]] = {"idle": [], "loaded": []}
+    blocks: dict[str, list[float]] = {"idle": [], "loaded": []}  # each block's p99
+    waits: dict[str, list[float]] = {k: [0.0, 0.0, 0.0] for k in pings}  # daemon, probe, seconds
+    gcs: dict[str, list[tuple[int, float]]] = {"idle": [], "loaded": []}  # collections of 1 ms or more
+    rows = []
+    for i in range(paired.blocks):
+        for condition in ("idle", "loaded") if i % 2 == 0 else ("loaded", "idle"):
+            d0, p0, t0 = waited_s(daemon_pid), waited_s(probe_pid), time.monotonic()
+            if condition == "idle":
+                got = await asyncio.to_thread(curve.probe.run, paired.block_s)
+            else:
+                row, got = await event_round(curve.daemon, curve.driver, curve.subs, curve.probe, paired.rate,
+                                             paired.block_s, switches)
+                rows.append(row)
+            t1 = time.monotonic()
+            w = waits[condition]
+            w[0] += waited_s(daemon_pid) - d0
+            w[1] += waited_s(probe_pid) - p0
+            w[2] += t1 - t0
+            pings[condition] += got
+            blocks[condition].append(round(pct(got, 0.99), 2))
+            gcs[condition] += [(generation, ms) for when, generation, ms in curve.collections if t0 <= when < t1]
+    idle_p99, loaded_p99 = pct(pings["idle"], 0.99), pct(pings["loaded"], 0.99)
+    return {
+        "pings": {k: len(v) for k, v in pings.items()},
+        "idle_ms_p50_p99": p50_p99(pings["idle"]),
+        "loaded_ms_p50_p99": p50_p99(pings["loaded"]),
+        "loaded_ms_p90": round(pct(pings["loaded"], 0.9), 3),
+        "p99_delta_ms": round(loaded_p99 - idle_p99, 3),
+        "p99_ratio": round(loaded_p99 / idle_p99, 2),
+        "block_p99s_ms": blocks,
+        # ms per second that the daemon's and the probe's main threads waited, runnable, for a core
+        "daemon_waited_ms_per_s": {k: round(v[0] / v[2] * 1000, 2) for k, v in waits.items()},
+        "probe_waited_ms_per_s": {k: round(v[1] / v[2] * 1000, 2) for k, v in waits.items()},
+        # per generation: how many took 1 ms or more, the longest, and their sum (ms)
+        "gc_1ms_or_more": {k: {g: [len(ms), round(max(ms), 1), round(sum(ms), 1)]
+                               for g in range(3) if (ms := [m for gen, m in v if gen == g])} for k, v in gcs.items()},
+        "published_per_s": round(statistics.mean(r["published_per_s"] for r in rows), 1),
+        "delivered_per_sub_per_s": round(statistics.mean(r["delivered_per_sub_per_s"] for r in rows), 1),
+        "daemon_cpu_pct": round(statistics.mean(r["daemon_cpu_pct"] for r in rows), 1),
+        "subscribers_cut_off": sum(r["subscribers_cut_off"] for r in rows),
+        "largest_burst": max(r["largest_burst"] for r in rows),
+        "load_average": os.getloadavg()[0],
+    }
 
 
 # -- charts ---------------------------------------------------------------------------------------
@@ -554,9 +739,11 @@ def devices_chart(plt: Any, dev: list[dict[str, Any]], into: Path) -> Path:
     return save(fig, into / "scale-devices.png")
 
 
-def events_chart(plt: Any, curves: dict[str, Any], into: Path) -> Path:
-    """Each code's curves (this tree's, and the baseline's when measured), one line per subscriber count."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+def events_chart(plt: Any, events: dict[str, Any], into: Path) -> Path:
+    """Each code's curves (this tree's, and the baseline's when measured), one line per subscriber
+    count; and the p99 check: idle and loaded p99 per code and isolation mode."""
+    curves, checked = events["curves"], events["p99_check"]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.4))
     for code, per_n in curves.items():
         style = "--" if code != "now" else "-"
         for n, curve in per_n.items():
@@ -574,6 +761,18 @@ def events_chart(plt: Any, curves: dict[str, Any], into: Path) -> Path:
     b.set(xlabel="events published per second", ylabel="% of a core", title="Daemon CPU", xscale="log")
     a.legend(fontsize=7)
     b.legend(fontsize=7)
+    for n, per_code in checked.items():
+        modes = list(next(iter(per_code.values())))
+        width = 0.8 / (2 * len(per_code))
+        for i, (code, per_mode) in enumerate(per_code.items()):
+            for j, condition in enumerate(("idle", "loaded")):
+                at = [m + (2 * i + j - len(per_code) + 0.5) * width for m in range(len(modes))]
+                c.bar(at, [per_mode[m][f"{condition}_ms_p50_p99"][1] for m in modes], width,
+                      label=f"{code}: {condition}", color="tab:blue" if code == "now" else "tab:red",
+                      alpha=0.4 + 0.6 * j)
+        c.set_xticks(range(len(modes)), [f"load: {m}" for m in modes])
+        c.set(ylabel="system.ping p99, ms", title=f"p99 idle and at {PAIRED_RATE} events/s, {n} subscribers")
+        c.legend(fontsize=7)
     return save(fig, into / "scale-events.png")
 
 
@@ -592,6 +791,13 @@ async def main() -> None:
                     f"tree's (default {BASELINE}: the fan-out before it wrote in turns); '' for none")
     ap.add_argument("--subscribers", type=int, nargs="+", help="the events curve's subscriber counts")
     ap.add_argument("--rates", type=int, nargs="+", help="the events curve's rates (events/s)")
+    ap.add_argument("--isolate", choices=ISOLATION, nargs="+", default=None,
+                    help="the p99 check's ways of keeping the bench's load off the daemon, each measured in turn "
+                    "(default: all four)")
+    ap.add_argument("--curve-isolation", choices=ISOLATION, default=None,
+                    help="the isolation the curve runs under (default: the last of --isolate)")
+    ap.add_argument("--blocks", type=int, default=None, help="the p99 check's blocks per condition (default 3)")
+    ap.add_argument("--block-seconds", type=float, default=None, help="each block's length (default 5 s)")
     args = ap.parse_args()
     q = args.quick
     raise_fd_limit()
@@ -611,7 +817,15 @@ async def main() -> None:
             codes: dict[str, list[str] | None] = {"now": None}
             if tree is not None:
                 codes[f"before ({args.baseline})"] = tree_launcher(tree)
-            result["events"] = await events(*sizes, 12, codes)
+            modes = args.isolate or list(ISOLATION if not q else ("none", "idle"))
+            curve_mode = args.curve_isolation or modes[-1]
+            if os.geteuid() != 0 and (renice := {m for m in [*modes, curve_mode] if m in ("nice", "idle")}):
+                print(f"  not root: {sorted(renice)} left out (could not be undone between modes)", file=sys.stderr)
+                modes = [m for m in modes if m not in renice] or ["none"]
+                curve_mode = "none" if curve_mode in renice else curve_mode
+            paired = Paired(at=max(sizes[0]), modes=modes, curve_mode=curve_mode, blocks=args.blocks or (1 if q else 3),
+                            block_s=args.block_seconds or (0.5 if q else 5.0))
+            result["events"] = await events(*sizes, 12, codes, paired)
     result["load after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
     into = args.charts if args.charts is not None else (None if q else ROOT / "docs")
