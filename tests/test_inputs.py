@@ -86,11 +86,12 @@ async def test_bounces_and_a_glitch_publish_nothing_and_each_gesture_gives_exact
     press(0.03, 0.12)
     await seen.until(lambda: seen.of("press"))
     assert seen.levels == ["on", "off"]  # the spike never showed
-    # Two short presses 0.1 s apart (0.7 s inside the double-press window: room for a loaded machine's
-    # late timers; at 0.3 s a suite run beside an hour's soak once saw two singles), then one held for
-    # 0.7 s (0.3 s past a long press).
-    press(0.0, 0.1)
-    press(0.2, 0.1)
+    # Two short presses 0.25 s apart, then one held for 0.7 s (0.3 s past a long press). The gap leaves
+    # 0.2 s beyond the first release's 50 ms debounce: at 0.1 s apart, a loaded machine's late edge
+    # let the second press cancel the first release's debounce, and the two merged into one single.
+    # The gap is 0.55 s inside the 0.8 s double-press window.
+    press(0.0, 0.15)
+    press(0.4, 0.15)
     await seen.until(lambda: len(seen.of("press")) == 2)
     press(0.0, 0.7)
     await seen.until(lambda: len(seen.of("press")) == 3 and bell.state()["state"] == "off")
