@@ -126,6 +126,11 @@ class SimThermometer:
         """The next *reads* answers stop mid-line (a file read while it is being written)."""
         self._half_written += reads
 
+    @property
+    def half_written_left(self) -> int:
+        """Answers still to be cut mid-line (a reader has not yet taken them)."""
+        return self._half_written
+
     def close(self) -> None:
         """Stop answering (the files stay until the bus removes them)."""
         self._stop.set()
