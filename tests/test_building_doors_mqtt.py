@@ -17,7 +17,9 @@ from tests.doors import HEAD
 from tests.mosquitto import Mosquitto
 from tests.test_mqtt import MISSING, NODE, Watcher, metrics, send
 
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+# alone: the lock's physics and its alarms have margins of tens of ms (as tests/test_lock.py); among
+# four workers a forced-open injected right after a jam was once missed.
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.alone]
 
 DOORS = """
 [devices.entrance]

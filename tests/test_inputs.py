@@ -68,6 +68,9 @@ class Recorder:
         await until(self.device.listen, check, timeout)
 
 
+# alone: gestures are timed by the loop's timers against a 50 ms debounce; among four workers a double
+# press was still read as a single about once in four full runs (cause not found: see the stop note).
+@pytest.mark.alone
 async def test_bounces_and_a_glitch_publish_nothing_and_each_gesture_gives_exactly_one_press(
         daemon: Daemon) -> None:
     plant, bell = daemon.plant, daemon.devices["bell"]
