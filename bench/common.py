@@ -96,11 +96,16 @@ class Daemon:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), 30)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, 10)
+        await stop_child(self.proc, self._reader)
+
+
+async def stop_child(proc: asyncio.subprocess.Process | None, reader: asyncio.Task[None] | None) -> None:
+    """SIGTERM a child process started by a bench, then wait for it and for its log reader (with deadlines)."""
+    if proc is not None and proc.returncode is None:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    if reader is not None:
+        await asyncio.wait_for(reader, 10)
 
 
 def raise_fd_limit() -> None:

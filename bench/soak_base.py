@@ -54,6 +54,15 @@ class Call:
 
 
 @dataclass
+class Restart:
+    """A broker's or router's restart during a bridge soak (monotonic times)."""
+
+    down: float  # it stopped
+    up: float = 0.0  # listening again
+    converged: float | None = None  # the view a newcomer gets equalled the daemon's
+
+
+@dataclass
 class Violations:
     """Counts per invariant, and the first offending record of each."""
 

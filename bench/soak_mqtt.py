@@ -50,7 +50,7 @@ from typing import Any
 import aiomqtt
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
-from soak_base import PlantRecord, Soaked, Violations, audit_span, rpc
+from soak_base import PlantRecord, Restart, Soaked, Violations, audit_span, rpc
 from websockets.asyncio.client import ClientConnection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,13 +89,6 @@ class Command:
     sent: float  # monotonic
     outcome: dict[str, Any] | None = None  # the event or attributes that ended it
     outcome_at: float | None = None
-
-
-@dataclass
-class Restart:
-    down: float  # monotonic: the broker stopped
-    up: float = 0.0  # listening again
-    converged: float | None = None  # the view equalled the daemon's
 
 
 @dataclass

@@ -42,12 +42,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from common import stop_child
 from soak_base import (
     IDS,
     SAFE,
     TOKENS,
     Call,
     PlantRecord,
+    Restart,
     Soaked,
     Violations,
     rpc,
@@ -72,13 +74,6 @@ CALL_DEADLINE_S = 70.0
 STATE_WINDOW_S = 1.5
 SHOWN_STATE = {"open": ("positions", True), "closed": ("positions", False), "on": ("positions", True),
                "off": ("positions", False)}
-
-
-@dataclasses.dataclass
-class Restart:
-    down: float
-    up: float = 0.0
-    converged: float | None = None
 
 
 class Aggregator:
@@ -125,11 +120,7 @@ class Aggregator:
                     self.errors.append(line.strip())
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), 30)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, 10)
+        await stop_child(self.proc, self._reader)
 
 
 def fleet_differences(fleet: dict[str, Any], node_status: dict[str, Any], node: str) -> list[str]:
