@@ -203,6 +203,7 @@ def token(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from controller.service.daemon import Daemon
+    from controller.service.memory import settle_allocator
     from controller.service.supervision import serve_until_signalled
     from controller.settings.mqtt import MqttUnusable
     from controller.settings.wamp import MissingExtra
@@ -211,6 +212,7 @@ def serve(args: argparse.Namespace) -> int:
     _log_to_stderr(args.log_level)
     # When systemd's watchdog kills a wedged daemon (SIGABRT), the journal gets every thread's stack.
     faulthandler.enable()
+    trimmer = settle_allocator()  # before any thread starts: glibc's arenas are set per thread
     cfg = _load_config(args.config)
     listen = _listen(args.listen, "serve")
     if cfg is None or listen is None:
@@ -224,7 +226,7 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     daemon = Daemon(cfg, simulate=args.simulate, host=host, port=port, time_scale=args.time_scale)
     try:
-        asyncio.run(serve_until_signalled(daemon))
+        asyncio.run(serve_until_signalled(daemon, trimmer=trimmer))
     except (GpioUnavailable, MqttUnusable, MissingExtra) as exc:
         logging.getLogger("pictl").error("%s", exc)
         return 1

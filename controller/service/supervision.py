@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.service.daemon import Daemon
+from controller.service.memory import Trimmer
 from controller.service.sdnotify import Notifier, watchdog_interval
 from controller.wire.owned import stop_task
 
@@ -159,11 +160,13 @@ class Supervision:
         self.notifier.close()
 
 
-async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None) -> None:
+async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None, *,
+                                trimmer: Trimmer | None = None) -> None:
     """Run *daemon* until SIGTERM or SIGINT, then stop it cleanly; SIGHUP reloads the config.
 
     Under systemd (``$NOTIFY_SOCKET``) it reports READY once serving, pings the
     watchdog while healthy, keeps ``STATUS=`` current, and says RELOADING and STOPPING.
+    *trimmer* gives freed memory back while serving (:mod:`controller.service.memory`).
     """
     notifier = Notifier.from_environment() if notifier is None else notifier
     supervision = Supervision(daemon, notifier, watchdog_interval())
@@ -182,6 +185,8 @@ async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None
         await supervision.close()
         raise
     supervision.serving()
+    if trimmer is not None:
+        trimmer.start()
     reloader = loop.create_task(supervision.reload_on(reload_wanted), name="reloader")
     try:
         await stop.wait()
@@ -196,6 +201,8 @@ async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None
         try:
             await daemon.stop()
         finally:
+            if trimmer is not None:
+                await trimmer.stop()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await supervision.close()
