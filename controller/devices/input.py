@@ -14,8 +14,10 @@ exactly one ``<name>.press`` event, ``{"press": "single" | "double" | "long"}``:
   second press ends, or once it has been held ``long_press_s``);
 - released sooner, and not pressed again within ``double_press_s``: ``single``.
 
-Both edges of a press are delayed by the same debounce, so the durations
-measured are the line's own.
+Every duration (the debounce, a press, the gap between two) is measured
+between the times the driver saw the edges (stamped on its own thread), not
+when the event loop got to them: a loop that stalls for a moment (a long
+garbage collection, a busy machine) still reads the presses the finger made.
 """
 
 from __future__ import annotations
@@ -80,12 +82,24 @@ def read_config(name: str, t: Table, loader: Loader) -> InputConfig | None:
 
 
 class Presses:
-    """Debounced press and release edges in, one gesture (single, double, long) out per press sequence."""
+    """Debounced press and release edges in, one gesture (single, double, long) out per press sequence.
 
-    def __init__(self, long_s: float, double_s: float, emit: Callable[[str], None]) -> None:
+    Every edge comes with the time it happened on the line (``time.monotonic()``, stamped by the
+    driver's thread), and durations are measured between those times, not by when the loop got to
+    them: after a stall of the event loop (a long collection, a busy machine) the edges that waited
+    are still timed as the finger made them. A timer that fires while the edge that decides it is
+    still inside its debounce (*pending*) looks again *recheck_s* later instead of deciding.
+    """
+
+    def __init__(self, long_s: float, double_s: float, emit: Callable[[str], None],
+                 pending: Callable[[bool], float | None] = lambda pressed: None, recheck_s: float = 0.05) -> None:
         self.long_s = long_s
         self.double_s = double_s
         self.emit = emit  # called with "single", "double" or "long"
+        self.pending = pending  # the line's time of a press (True) or release (False) still being debounced
+        self.recheck_s = recheck_s
+        self._pressed_at: float | None = None  # the current press's edge time, while held
+        self._released_at: float | None = None  # a short press's release, while a second press may follow
         self._second = False  # this press is the second of a possible double
         self._decided = False  # the current press already gave its gesture (long, or a held second press)
         self._timer: asyncio.TimerHandle | None = None  # long-press or double-window timer
@@ -95,30 +109,55 @@ class Presses:
             self._timer.cancel()
             self._timer = None
 
-    def pressed(self) -> None:
-        waiting = self._timer is not None  # released earlier, inside the double window
-        self._cancel()
-        self._second, self._decided = waiting, False
-        self._timer = asyncio.get_running_loop().call_later(self.long_s, self._held)
+    def _at(self, deadline: float, then: Callable[[], None]) -> None:
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), then)
 
-    def released(self) -> None:
+    def pressed(self, at: float) -> None:
         self._cancel()
-        if self._decided:
+        first_release = self._released_at
+        self._second = first_release is not None and at - first_release <= self.double_s
+        self._pressed_at, self._released_at, self._decided = at, None, False
+        self._at(at + self.long_s, self._held)
+
+    def released(self, at: float) -> None:
+        self._cancel()
+        pressed_at, self._pressed_at = self._pressed_at, None
+        if self._decided or pressed_at is None:
+            return
+        if at - pressed_at >= self.long_s:  # held long enough, though no timer said so yet
+            self._decide()
             return
         if self._second:
             self._second = False
             self.emit("double")
             return
-        self._timer = asyncio.get_running_loop().call_later(self.double_s, self._no_second)
+        self._released_at = at
+        self._at(at + self.double_s, self._no_second)
 
     def _held(self) -> None:
         self._timer = None
+        release, pressed_at = self.pending(False), self._pressed_at
+        if pressed_at is None:
+            return
+        if release is not None and release - pressed_at < self.long_s:
+            self._timer = asyncio.get_running_loop().call_later(self.recheck_s, self._held)  # released in time
+            return
+        self._decide()
+
+    def _decide(self) -> None:
         self._decided = True
         self.emit("double" if self._second else "long")
         self._second = False
 
     def _no_second(self) -> None:
         self._timer = None
+        press, released_at = self.pending(True), self._released_at
+        if released_at is None:
+            return
+        if press is not None and press - released_at <= self.double_s:
+            self._timer = asyncio.get_running_loop().call_later(self.recheck_s, self._no_second)  # pressed in time
+            return
+        self._released_at = None
         self.emit("single")
 
     def close(self) -> None:
@@ -139,8 +178,10 @@ class Input(Device):
         self.since = time.time()  # when the debounced state last changed
         self.last_press: float | None = None  # wall-clock time of the last gesture
         self.press: str | None = None  # the last gesture
-        self._pending: asyncio.TimerHandle | None = None  # a change waiting out the debounce
-        self._presses = Presses(config.long_press_s, config.double_press_s, self._pressed) if config.button else None
+        # A change waiting out the debounce: its level, the line's time of it, and the timer that accepts it.
+        self._pending: tuple[bool, float, asyncio.TimerHandle] | None = None
+        self._presses = Presses(config.long_press_s, config.double_press_s, self._pressed, self._pending_change,
+                                recheck_s=max(config.debounce_s, 0.01)) if config.button else None
         super().__init__(config, [point])
 
     def state(self) -> dict[str, Any]:
@@ -152,28 +193,45 @@ class Input(Device):
         return out
 
     def _on_observation(self, obs: Observation) -> None:
+        """Debounce by the line's own times (``obs.mono``): a change counts once the line held it for
+        ``debounce_s``, whether the next edge shows that (the loop was late) or the timer does."""
         if obs.value is None:
             return
         on = bool(obs.value) == self.cfg.on_when_active
+        if self._pending is not None and self._pending[0] == on:
+            return  # the same level seen again (a poll, a refresh): not an edge, the debounce goes on
         if self._pending is not None:
-            self._pending.cancel()  # the line moved again: the debounce starts over
+            level, since, timer = self._pending
+            timer.cancel()  # the line moved again
             self._pending = None
+            if obs.mono - since >= self.cfg.debounce_s:
+                self._accept(level, since)  # it had held long enough: this edge only came late to the loop
         if self.on is None or self.cfg.debounce_s == 0:
-            self._accept(on)  # the first reading is the truth; no debounce asked for
+            self._accept(on, obs.mono)  # the first reading is the truth; no debounce asked for
         elif on != self.on:
-            self._pending = asyncio.get_running_loop().call_later(self.cfg.debounce_s, self._accept, on)
+            wait = max(0.0, obs.mono + self.cfg.debounce_s - time.monotonic())
+            self._pending = (on, obs.mono, asyncio.get_running_loop().call_later(wait, self._settled))
 
-    def _accept(self, on: bool) -> None:
-        self._pending = None
+    def _pending_change(self, on: bool) -> float | None:
+        """The line's time of a change to *on* still inside its debounce, else None."""
+        return self._pending[1] if self._pending is not None and self._pending[0] == on else None
+
+    def _settled(self) -> None:
+        if self._pending is not None:
+            level, since, _ = self._pending
+            self._pending = None
+            self._accept(level, since)
+
+    def _accept(self, on: bool, at: float) -> None:
         first = self.on is None
         if on == self.on:
             return
-        self.on, self.since = on, time.time()
+        self.on, self.since = on, time.time() - max(0.0, time.monotonic() - at - self.cfg.debounce_s)
         if self._presses is not None and not first:
             if on:
-                self._presses.pressed()
+                self._presses.pressed(at)
             else:
-                self._presses.released()
+                self._presses.released(at)
         self._publish_if_changed()
 
     def _pressed(self, gesture: str) -> None:
@@ -213,7 +271,7 @@ class Input(Device):
 
     def close(self) -> None:
         if self._pending is not None:
-            self._pending.cancel()
+            self._pending[2].cancel()
         if self._presses is not None:
             self._presses.close()
         super().close()
