@@ -241,6 +241,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def aggregate(args: argparse.Namespace) -> int:
+    from controller.service.memory import settle_allocator
     from controller.settings.wamp import check_url, read_ticket
 
     _log_to_stderr(args.log_level)
@@ -274,9 +275,20 @@ def aggregate(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"pictl aggregate needs the wamp extra: pip install 'pictl[wamp]' ({exc})", file=sys.stderr)
         return 1
+    trimmer = settle_allocator()  # a daemon too: the same memory given back as serve's
+
+    async def aggregate_until_signalled() -> None:
+        if trimmer is not None:
+            trimmer.start()
+        try:
+            await fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket,
+                              max_retry_delay=max(0.5, args.max_retry_delay))
+        finally:
+            if trimmer is not None:
+                await trimmer.stop()
+
     try:
-        asyncio.run(fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket,
-                                max_retry_delay=max(0.5, args.max_retry_delay)))
+        asyncio.run(aggregate_until_signalled())
     except OSError as exc:
         logging.getLogger("pictl").error("cannot listen: %s", exc.strerror or exc)
         return 1
