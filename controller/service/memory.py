@@ -2,7 +2,7 @@
 
 Python hands what it frees to the C allocator, and glibc's malloc keeps most of it: free pages in
 the middle of a heap are returned only by ``malloc_trim``, and every thread that allocates may get
-an arena of its own (up to eight per core), each keeping its own free memory. The one-hour soak
+an arena of its own (up to eight per core on 64-bit), each keeping its own free memory. The one-hour soak
 showed it: Python's allocated blocks and objects flat after the warm-up while RSS still rose in
 steps (docs/benchmarks.md, "The hour"). So, on glibc only (musl and others are left alone):
 
