@@ -84,3 +84,10 @@ async def test_a_failing_trim_is_one_log_line_and_the_end_of_trimming(caplog: py
     assert allocator.calls == 2 and trimmer.trims == 1
     assert [r.getMessage() for r in caplog.records] == ["malloc_trim failed; no more trims this run"]
     await trimmer.stop()
+
+
+async def test_without_glibc_the_trimmer_starts_nothing() -> None:
+    trimmer = Trimmer(None)
+    trimmer.start()
+    assert trimmer._task is None and trimmer.trims == 0
+    await trimmer.stop()

@@ -92,7 +92,7 @@ class Presses:
     """
 
     def __init__(self, long_s: float, double_s: float, emit: Callable[[str], None],
-                 pending: Callable[[bool], float | None] = lambda pressed: None, recheck_s: float = 0.05) -> None:
+                 pending: Callable[[bool], float | None], recheck_s: float) -> None:
         self.long_s = long_s
         self.double_s = double_s
         self.emit = emit  # called with "single", "double" or "long"

@@ -278,14 +278,12 @@ def aggregate(args: argparse.Namespace) -> int:
     trimmer = settle_allocator()  # a daemon too: the same memory given back as serve's
 
     async def aggregate_until_signalled() -> None:
-        if trimmer is not None:
-            trimmer.start()
+        trimmer.start()
         try:
             await fleet.serve(args.wamp, args.realm, cfg, host=host, port=port, authid=args.authid, ticket=ticket,
                               max_retry_delay=max(0.5, args.max_retry_delay))
         finally:
-            if trimmer is not None:
-                await trimmer.stop()
+            await trimmer.stop()
 
     try:
         asyncio.run(aggregate_until_signalled())

@@ -69,9 +69,10 @@ class Glibc:
 
 
 class Trimmer:
-    """Trims *allocator* every *every* seconds from a worker thread, until stopped."""
+    """Trims *allocator* every *every* seconds from a worker thread, until stopped (with no allocator,
+    where the C library is not glibc, it does nothing)."""
 
-    def __init__(self, allocator: Allocator, every: float = TRIM_EVERY_S) -> None:
+    def __init__(self, allocator: Allocator | None, every: float = TRIM_EVERY_S) -> None:
         self.allocator = allocator
         self.every = every
         self.trims = 0  # trims done
@@ -79,14 +80,15 @@ class Trimmer:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="malloc-trim")
+        if self.allocator is not None:
+            self._task = asyncio.get_running_loop().create_task(self._run(self.allocator), name="malloc-trim")
 
-    async def _run(self) -> None:
+    async def _run(self, allocator: Allocator) -> None:
         while True:
             await asyncio.sleep(self.every)
             started = time.monotonic()
             try:
-                await asyncio.to_thread(self.allocator.trim)
+                await asyncio.to_thread(allocator.trim)
             except Exception:  # nothing a trim does is worth stopping the daemon for
                 log.exception("malloc_trim failed; no more trims this run")
                 return
@@ -102,12 +104,10 @@ class Trimmer:
             self._task = None
 
 
-def settle_allocator() -> Trimmer | None:
+def settle_allocator() -> Trimmer:
     """Limit glibc's arenas (call before any thread starts) and return the trimmer to start on the
-    loop, or None where the C library is not glibc."""
+    loop (one that does nothing where the C library is not glibc)."""
     libc = Glibc.here()
-    if libc is None:
-        return None
-    if not libc.limit_arenas(ARENAS):
+    if libc is not None and not libc.limit_arenas(ARENAS):
         log.debug("glibc refused M_ARENA_MAX=%d", ARENAS)
     return Trimmer(libc)

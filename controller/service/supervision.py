@@ -169,6 +169,7 @@ async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None
     *trimmer* gives freed memory back while serving (:mod:`controller.service.memory`).
     """
     notifier = Notifier.from_environment() if notifier is None else notifier
+    trimmer = Trimmer(None) if trimmer is None else trimmer
     supervision = Supervision(daemon, notifier, watchdog_interval())
     stop = asyncio.Event()
     reload_wanted = asyncio.Event()
@@ -185,8 +186,7 @@ async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None
         await supervision.close()
         raise
     supervision.serving()
-    if trimmer is not None:
-        trimmer.start()
+    trimmer.start()
     reloader = loop.create_task(supervision.reload_on(reload_wanted), name="reloader")
     try:
         await stop.wait()
@@ -201,8 +201,7 @@ async def serve_until_signalled(daemon: Daemon, notifier: Notifier | None = None
         try:
             await daemon.stop()
         finally:
-            if trimmer is not None:
-                await trimmer.stop()
+            await trimmer.stop()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await supervision.close()
